@@ -1,0 +1,55 @@
+"""Storage URLs: where they come from, how they are shown."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import sqlalchemy.engine
+import sqlalchemy.exc
+
+from ._errors import StoreError
+
+ENV_VAR = "TUNER_STORAGE"
+DEFAULT_URL = "sqlite:///tuner.db"
+
+_SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
+# Catches `scheme://user:secret@host` even where SQLAlchemy cannot parse the rest.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
+
+
+def resolve_url(explicit: str | None = None, spec_url: str | None = None) -> str:
+    """Pick the storage URL: the command line, else the spec, else the environment, else a file."""
+    for candidate in (explicit, spec_url, os.environ.get(ENV_VAR)):
+        if candidate:
+            return candidate
+    return DEFAULT_URL
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``.
+
+    Works on URLs SQLAlchemy cannot parse too, so a malformed URL can be shown safely.
+    """
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return _USERINFO.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+def check_url(url: str) -> sqlalchemy.engine.URL:
+    """Parse ``url`` or raise one clear line naming it (masked) and what would be right."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise StoreError(
+            f"storage URL {mask_url(url)!r} is malformed; expected e.g. "
+            "'sqlite:///tuner.db' or 'postgresql+psycopg://user:password@host:5432/db'"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend not in _SUPPORTED:
+        raise StoreError(
+            f"storage URL {mask_url(url)!r} uses {backend!r}; "
+            f"expected one of {', '.join(_SUPPORTED)}"
+        )
+    return parsed

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import tuner
+from tuner._spec import load_spec
+
+
+def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    import copy
+
+    data = copy.deepcopy(base)
+    keys = path.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node[k]
+    if value is _DELETE:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return data
+
+
+_DELETE = object()
+
+
+def test_shipped_specs_load() -> None:
+    for name in ("digits_mlp", "mnist1d_cnn"):
+        spec = load_spec(name)
+        assert spec.objectives == {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+        assert "prune_threshold" in spec.params and "quantize" in spec.params
+
+
+def test_yaml_and_python_specs_are_the_same(tmp_path: Path, tiny_spec: Any) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec()))
+    from_yaml = tuner.load_spec(path)
+    from_python = tuner.StudySpec(**tiny_spec())
+    assert from_yaml == from_python
+    assert tuner.load_spec(from_yaml.to_dict()) == from_yaml
+
+
+def test_fixed_values_and_int_step_log(tiny_spec: Any) -> None:
+    spec = tuner.StudySpec(**_with(tiny_spec(), "search_space.hidden_units", {"type": "int", "low": 16, "high": 64, "step": 16}))
+    assert spec.params["hidden_units"].step == 16
+    spec = tuner.StudySpec(**_with(tiny_spec(), "search_space.hidden_units", {"type": "int", "low": 16, "high": 256, "log": True}))
+    assert spec.params["hidden_units"].log
+    assert tuner.StudySpec(**tiny_spec()).params["hidden_units"].value == 32
+
+
+# One case per validation rule: (field path, bad value, words the message must hold).
+RULES = [
+    ("naem", "x", ["'naem'", "did you mean 'name'"]),
+    ("search_space.lr.hgih", 1.0, ["search_space.lr.hgih", "did you mean 'high'"]),
+    ("budget.n_trails", 3, ["budget.n_trails", "did you mean 'n_trials'"]),
+    ("budget.n_trials", "ten", ["budget.n_trials", "'ten'", "integer"]),
+    ("budget.n_trials", 0, ["budget.n_trials", "0", ">= 1"]),
+    ("search_space.lr.low", 0.5, ["search_space.lr", "low=0.5 > high=0.1", "low <= high"]),
+    ("search_space.lr", {"type": "float", "low": 0.0, "high": 0.1, "log": True}, ["search_space.lr.low", "log: true", "low > 0"]),
+    ("search_space.lr", {"type": "float", "low": "a", "high": 0.1}, ["search_space.lr.low", "'a'", "a number"]),
+    ("search_space.quantize", {"type": "categorical", "choices": []}, ["search_space.quantize.choices", "at least one choice"]),
+    ("search_space.quantize", {"type": "categorical", "choices": ["none", "int4"]}, ["search_space.quantize", "'int4'", "none, int8"]),
+    ("search_space.lr.type", "floaty", ["search_space.lr.type", "'floaty'", "float, int, categorical"]),
+    ("search_space.momentum.when", {"optimiser": "sgd"}, ["search_space.momentum.when", "'optimiser'", "did you mean 'optimizer'"]),
+    ("search_space.momentum.when", {"optimizer": "rmsprop"}, ["search_space.momentum.when.optimizer", "'rmsprop'", "sgd"]),
+    ("workload", "digits-mpl", ["workload", "'digits-mpl'", "digits-mlp"]),
+    ("workload", "nosuchpkg.mod:fn", ["workload", "nosuchpkg.mod"]),
+    ("sampler", {"name": "tpee"}, ["sampler.name", "'tpee'", "did you mean 'tpe'"]),
+    ("sampler", {"name": "cmaes"}, ["sampler.name", "cmaes", "multi-objective"]),
+    ("sampler", {"name": "grid"}, ["search_space.lr", "grid"]),
+    ("objectives", {"acuracy": "maximize"}, ["objectives.acuracy", "does not report", "did you mean 'accuracy'"]),
+    ("objectives", {"accuracy": "up"}, ["objectives.accuracy", "'up'", "maximize or minimize"]),
+    ("constraints", {"latency_ms": {"max": 1.0, "min": 2.0}}, ["constraints.latency_ms", "min <= max"]),
+    ("constraints", {"latency": {"max": 1.0}}, ["constraints.latency", "did you mean 'latency_ms'"]),
+    ("search_space.prune_threshold", {"type": "float", "low": 0.0, "high": 1.5}, ["search_space.prune_threshold", "high < 1"]),
+    ("resources", {"cpus": 0}, ["resources.cpus", "> 0"]),
+    ("resources", {"gpus": 1.5}, ["resources.gpus", "fraction"]),
+    ("early_stopping", "sometimes", ["early_stopping.name", "'sometimes'"]),
+    ("search_space", {}, ["search_space", "at least one parameter"]),
+    ("name", _DELETE, ["name", "missing"]),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "words"), RULES, ids=[r[0] + "-" + str(i) for i, r in enumerate(RULES)])
+def test_validation_rule(path: str, value: Any, words: list[str], tiny_spec: Any) -> None:
+    data = _with(tiny_spec(), path, value) if "." in path or path in tiny_spec() else {**tiny_spec(), path: value}
+    with pytest.raises(tuner.SpecError) as err:
+        tuner.load_spec(data)
+    message = str(err.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message, message
+
+
+def test_when_cycle_is_refused(tiny_spec: Any) -> None:
+    data = _with(tiny_spec(), "search_space.optimizer", {"type": "categorical", "choices": ["sgd", "adamw"], "when": {"momentum": 0.5}})
+    data["search_space"]["momentum"] = {"type": "categorical", "choices": [0.5, 0.9], "when": {"optimizer": "sgd"}}
+    with pytest.raises(tuner.SpecError, match="cycle"):
+        tuner.load_spec(data)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsearch_space: {lr: [1, 2\n")
+    with pytest.raises(tuner.SpecError, match="line"):
+        tuner.load_spec(path)
+
+
+def test_missing_file_lists_shipped_specs(tmp_path: Path) -> None:
+    with pytest.raises(tuner.SpecError, match="digits_mlp"):
+        tuner.load_spec(tmp_path / "nope.yaml")
+
+
+def test_user_workload_declares_extra_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_spec: Any) -> None:
+    (tmp_path / "extra_wl.py").write_text(
+        "def fn(params, ctx):\n    raise RuntimeError\nfn.metrics = ['energy_mj']\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tuner.load_spec(tiny_spec(workload="extra_wl:fn", objectives={"energy_mj": "minimize"}))
+    assert spec.objectives == {"energy_mj": "minimize"}

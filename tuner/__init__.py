@@ -1,0 +1,82 @@
+"""tuner: tune PyTorch training and compression together.
+
+Each trial trains a real model with the sampled hyperparameters, sparsifies and
+quantizes it, and measures the accuracy, size and latency of the model as it would
+ship. Studies live in Optuna's SQL storage (a SQLite file by default, PostgreSQL when
+shared), so plain ``optuna`` and ``optuna-dashboard`` can open them too.
+
+Example::
+
+    import tuner
+
+    spec = tuner.load_spec("search_spaces/digits_mlp.yaml")
+    result = tuner.run(spec, n_trials=10)
+    for trial in result.pareto_front:
+        print(trial.number, trial.values)
+"""
+
+from __future__ import annotations
+
+from ._exceptions import (
+    CompressionError,
+    DispatchError,
+    SpecError,
+    StorageError,
+    TunerError,
+    WorkloadError,
+)
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._run import RunResult, run
+    from ._spec import StudySpec, load_spec
+    from ._workloads import TrainedModel, TrialContext, TrialStopped, train_classifier
+    from .storage import TrialRecord
+
+__version__ = "0.1.0"
+
+# torch and optuna load on first use, so `import tuner` (and the CLI) start fast.
+_LAZY = {
+    "RunResult": "._run",
+    "run": "._run",
+    "StudySpec": "._spec",
+    "load_spec": "._spec",
+    "TrainedModel": "._workloads",
+    "TrialContext": "._workloads",
+    "TrialStopped": "._workloads",
+    "train_classifier": "._workloads",
+    "TrialRecord": ".storage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+__all__ = [
+    "CompressionError",
+    "DispatchError",
+    "RunResult",
+    "SpecError",
+    "StorageError",
+    "StudySpec",
+    "TrainedModel",
+    "TrialContext",
+    "TrialRecord",
+    "TrialStopped",
+    "TunerError",
+    "WorkloadError",
+    "load_spec",
+    "run",
+    "train_classifier",
+]

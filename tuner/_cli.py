@@ -1,0 +1,307 @@
+"""The ``tuner`` command line.
+
+Every command that touches a store takes ``--storage URL`` (else ``$TUNER_STORAGE``,
+else ``sqlite:///tuner.db``). Errors print one line and exit non-zero: 2 for bad input
+(spec, arguments, storage URL), 1 for anything that failed while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._exceptions import SpecError, StorageError, TunerError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL", help="study store URL (else $TUNER_STORAGE, else sqlite:///tuner.db)")
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="run (or resume) a study until its budget is met")
+    p.add_argument("spec", help="YAML spec file, or the name of a shipped spec (digits_mlp, mnist1d_cnn)")
+    _storage_arg(p)
+    p.add_argument("--n-trials", type=int, help="total finished trials (COMPLETE + PRUNED)")
+    p.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
+    p.add_argument("--study-name", help="name in the store (default: the spec's name)")
+    p.add_argument("--backend", choices=["inline", "local", "ray"], help="where trials run")
+    p.add_argument("--address", help="Ray cluster address (backend ray; else $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--json", action="store_true", help="print the Pareto front as JSON")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._run import result_as_json, run
+
+    options: dict[str, Any] = {}
+    if args.address:
+        if args.backend not in (None, "ray"):
+            raise SpecError(f"--address: only used with --backend ray, got --backend {args.backend}")
+        args.backend = "ray"
+        options["address"] = args.address
+    result = run(
+        args.spec,
+        storage=args.storage,
+        n_trials=args.n_trials,
+        workers=args.workers,
+        backend=args.backend,
+        study_name=args.study_name,
+        progress=not args.json,
+        **options,
+    )
+    if args.json:
+        print(result_as_json(result))
+        return EXIT_OK
+    console = _console()
+    counts = result.counts
+    console.print(
+        f"\nstudy [bold]{result.study_name}[/] on {result.storage_url}: "
+        f"{counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} stopped early, "
+        f"{counts.get('FAIL', 0)} failed ({result.trials_run} run now)"
+    )
+    _print_front(console, result.pareto_front, result.objectives, title="Pareto front")
+    storage_flag = "" if args.storage is None else f" --storage '{result.storage_url}'"
+    console.print(
+        "\nnext:\n"
+        f"  tuner best {result.study_name}{storage_flag}          the front again (--json for scripts)\n"
+        f"  tuner status{storage_flag}                   every study in the store\n"
+        f"  tuner dashboard{storage_flag}                see the trade-off in the browser\n"
+        f"  python -c \"import optuna; s = optuna.load_study(study_name='{result.study_name}', "
+        f"storage='{result.storage_url}'); print(s.metric_names, len(s.trials))\""
+    )
+    return EXIT_OK
+
+
+def _fmt(metric: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if metric == "size_bytes":
+        return f"{value / 1024:.1f} KB"
+    if "accuracy" in metric or metric == "sparsity":
+        return f"{100 * float(value):.1f}%"
+    if metric.startswith("latency_ms"):
+        return f"{float(value):.3f}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_front(console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str) -> None:
+    from rich.table import Table
+
+    if not front:
+        console.print("no complete trial meets the constraints yet")
+        return
+    table = Table(title=f"{title} ({len(front)} trials)", title_justify="left")
+    table.add_column("trial", justify="right")
+    columns = list(objectives)
+    for extra in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count"):
+        if extra not in columns:
+            columns.append(extra)
+    for c in columns:
+        arrow = {"maximize": " ↑", "minimize": " ↓"}.get(objectives.get(c, ""), "")
+        table.add_column(c + arrow, justify="right")
+    table.add_column("int8")
+    table.add_column("params")
+    for r in front:
+        row = [str(r.number)]
+        for c in columns:
+            row.append(_fmt(c, r.values.get(c, r.metrics.get(c))))
+        int8 = r.metrics.get("int8_layers") or []
+        row.append(f"{len(int8)} layers" if int8 else "no")
+        row.append(", ".join(f"{k}={_fmt(k, v)}" for k, v in sorted(r.params.items())))
+        table.add_row(*row)
+    console.print(table)
+
+
+# --- status / best -----------------------------------------------------------------
+
+
+def _open_readonly(url_arg: str | None) -> Any:
+    from .storage import StoreError, open_storage, resolve_url
+
+    try:
+        return open_storage(resolve_url(url_arg), read_only=True, heartbeat=False)
+    except StoreError as exc:
+        raise StorageError(str(exc)) from exc
+
+
+def _add_status(sub: Any) -> None:
+    p = sub.add_parser("status", help="studies in the store, or one study's trials by state")
+    p.add_argument("study", nargs="?", help="study name (default: every study)")
+    _storage_arg(p)
+    p.set_defaults(func=_cmd_status)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .storage import StoreError, list_studies, load_records, mask_url, pareto_front, resolve_url
+
+    store = _open_readonly(args.storage)
+    console = _console()
+    try:
+        if args.study is None:
+            summaries = list_studies(store)
+            console.print(f"store {mask_url(resolve_url(args.storage))}")
+            if not summaries:
+                console.print("no studies yet: tuner run search_spaces/digits_mlp.yaml")
+                return EXIT_OK
+            table = Table()
+            for col in ("study", "state", "complete", "stopped", "failed", "running", "last update"):
+                table.add_column(col)
+            for s in summaries:
+                c = s.counts
+                table.add_row(
+                    s.name,
+                    "running" if s.is_running else "idle",
+                    str(c.get("COMPLETE", 0)),
+                    str(c.get("PRUNED", 0)),
+                    str(c.get("FAIL", 0)),
+                    str(c.get("RUNNING", 0) + c.get("WAITING", 0)),
+                    s.last_update.strftime("%Y-%m-%d %H:%M:%S") if s.last_update else "-",
+                )
+            console.print(table)
+            return EXIT_OK
+        records = load_records(store, args.study)
+    except StoreError as exc:
+        raise StorageError(str(exc)) from exc
+    from .storage import load_study_readonly, study_objectives
+
+    objectives = study_objectives(load_study_readonly(store, args.study))
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    epochs = sum(int(r.metrics.get("epochs", len(r.curve))) for r in records if r.state in ("COMPLETE", "PRUNED"))
+    console.print(
+        f"study [bold]{args.study}[/]: {counts.get('COMPLETE', 0)} complete, "
+        f"{counts.get('PRUNED', 0)} stopped early, {counts.get('FAIL', 0)} failed, "
+        f"{counts.get('RUNNING', 0)} running, {counts.get('WAITING', 0)} waiting; {epochs} epochs trained"
+    )
+    failed = [r for r in records if r.state == "FAIL" and r.error]
+    for r in failed[-3:]:
+        console.print(f"  trial {r.number} failed: {r.error.splitlines()[0]}")
+    _print_front(console, pareto_front(records, objectives), objectives, title="Pareto front")
+    return EXIT_OK
+
+
+def _add_best(sub: Any) -> None:
+    p = sub.add_parser("best", help="the Pareto front of a study")
+    p.add_argument("study", help="study name")
+    _storage_arg(p)
+    p.add_argument("--json", action="store_true", help="a JSON list of {number, params, values}")
+    p.set_defaults(func=_cmd_best)
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from .storage import StoreError, load_records, load_study_readonly, pareto_front, study_objectives
+
+    store = _open_readonly(args.storage)
+    try:
+        objectives = study_objectives(load_study_readonly(store, args.study))
+        front = pareto_front(load_records(store, args.study), objectives)
+    except StoreError as exc:
+        raise StorageError(str(exc)) from exc
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"number": r.number, "params": r.params, "values": r.values, "metrics": r.metrics}
+                    for r in front
+                ],
+                indent=2,
+                default=str,
+            )
+        )
+        return EXIT_OK
+    _print_front(_console(), front, objectives, title=f"Pareto front of {args.study}")
+    return EXIT_OK
+
+
+# --- entry point ---------------------------------------------------------------------
+
+_COMMANDS: list[Callable[[Any], None]] = [_add_run, _add_status, _add_best]
+
+
+def _extra_commands() -> list[Callable[[Any], None]]:
+    """Commands that live in their own modules (each has ``add_parser(sub)``)."""
+    import importlib
+
+    found = []
+    for module in (
+        "tuner._cli_dashboard",
+        "tuner._cli_ray",
+        "tuner._cli_nightly",
+        "tuner._cli_export",
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        found.append(mod.add_parser)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tuner",
+        description="Tune PyTorch training and compression: accuracy, size and latency of the model you ship.",
+    )
+    parser.add_argument("--version", action="version", version="tuner 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in _COMMANDS + _extra_commands():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # User workloads named 'package.module:function' are imported from where tuner runs.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except (SpecError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,406 @@
+"""Measure the model tuner would ship: its file size, its latency and its accuracy.
+
+Shipping encoding (format version 1)
+------------------------------------
+
+The size tuner reports is the length of a real file, written by :func:`serialize_model` and
+read back by :func:`deserialize_model_state`. It holds the model's state (its weights and
+buffers; the architecture is code and is not stored)::
+
+    magic     4 bytes   b"TUNR"
+    version   2 bytes   unsigned little-endian, 1
+    length    4 bytes   unsigned little-endian, size of the index in bytes
+    index     JSON (UTF-8, sorted keys, no spaces): {"tensors": [entry, ...]}
+    payload   the tensor blocks, one after the other, in index order
+
+Each index entry has ``name`` (the state-dict key), ``dtype`` (the stored element type, e.g.
+``float32``, ``int64``, ``int8``), ``shape``, ``encoding`` (``dense`` or ``sparse``),
+``offset`` and ``length`` (the block's place in the payload), ``nnz`` (non-zero count) and,
+for int8 tensors, ``quant``: ``{"dtype": "qint8", "scheme": "per_channel" | "per_tensor",
+"axis": a, "channels": c}``. A block is laid out as:
+
+* for int8 tensors first the quantization parameters: ``c`` float32 scales, then ``c`` int32
+  zero points (``c = 1`` when per tensor);
+* ``dense``: every element, little-endian, in row-major order;
+* ``sparse``: a bitmask of one bit per element (row-major, least significant bit first,
+  padded to whole bytes; 1 = non-zero), then only the non-zero elements.
+
+Every tensor is written in whichever of the two encodings is smaller, so zeros left by pruning
+cost one bit each. Float tensors keep their own dtype (float32 usually). Int8 layers store
+their weights as 1 byte per element plus their per-channel scales and zero points; tuner
+quantizes weights symmetrically, so a pruned (zero) weight is the integer 0 and stays sparse.
+Biases and buffers (BatchNorm statistics, activation scales) are stored like any tensor. The
+same model always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+from torch import nn
+
+from tuner._compression import _quiet_quantization_warnings, is_quantized
+
+__all__ = [
+    "LatencyStats",
+    "accuracy",
+    "deserialize_model_state",
+    "measure_latency",
+    "serialize_model",
+    "size_bytes",
+]
+
+MAGIC = b"TUNR"
+FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<4sHI")
+_PACKED_SUFFIX = "_packed_params._packed_params"
+# Stored element type -> little-endian numpy type; bfloat16 travels as its raw 16 bits.
+_NUMPY_TYPES = {
+    "float64": "<f8",
+    "float32": "<f4",
+    "float16": "<f2",
+    "bfloat16": "<i2",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+_INT_REPR_TYPES = {torch.qint8: "int8", torch.quint8: "uint8", torch.qint32: "int32"}
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one forward pass over a batch.
+
+    Attributes:
+        p50_ms: Median, in milliseconds.
+        p90_ms: 90th percentile, in milliseconds.
+        batch_size: Rows per forward pass.
+        device: Where it was really measured (``"cpu"``, ``"cuda:0"``, ...).
+        threads: CPU threads torch was allowed to use.
+    """
+
+    p50_ms: float
+    p90_ms: float
+    batch_size: int
+    device: str
+    threads: int
+
+
+def _shipping_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a shipped model needs; int8 layers give their packed weight and bias."""
+    state: dict[str, torch.Tensor] = {}
+    with _quiet_quantization_warnings():
+        raw = model.state_dict()
+    for key, value in raw.items():
+        if isinstance(value, torch.Tensor):
+            state[key] = value.detach()
+        elif key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
+            prefix = key[: -len(_PACKED_SUFFIX)]
+            weight, bias = value[0], value[1]
+            state[prefix + "weight"] = weight.detach()
+            if bias is not None:
+                state[prefix + "bias"] = bias.detach()
+        # Anything else (dtype tags, extra state) describes code, not data.
+    return state
+
+
+def _numpy_values(tensor: torch.Tensor) -> tuple[str, np.ndarray]:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+        dtype = "bfloat16"
+    else:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype not in _NUMPY_TYPES:
+        raise ValueError(f"cannot serialize a tensor of dtype {tensor.dtype}")
+    return dtype, tensor.numpy().reshape(-1).astype(_NUMPY_TYPES[dtype], copy=False)
+
+
+def _encode_values(values: np.ndarray) -> tuple[str, int, bytes]:
+    nonzero = values != 0
+    nnz = int(nonzero.sum())
+    dense = values.tobytes()
+    sparse_length = (values.size + 7) // 8 + nnz * values.itemsize
+    if sparse_length < len(dense):
+        mask = np.packbits(nonzero, bitorder="little").tobytes()
+        return "sparse", nnz, mask + values[nonzero].tobytes()
+    return "dense", nnz, dense
+
+
+def _encode_tensor(name: str, tensor: torch.Tensor) -> tuple[dict[str, object], bytes]:
+    quant_block = b""
+    quant: dict[str, object] | None = None
+    if tensor.is_quantized:
+        tensor = tensor.cpu()
+        scheme = tensor.qscheme()
+        if scheme in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = tensor.q_per_channel_scales()
+            zero_points = tensor.q_per_channel_zero_points()
+            quant = {"scheme": "per_channel", "axis": int(tensor.q_per_channel_axis())}
+        elif scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            scales = torch.tensor([tensor.q_scale()])
+            zero_points = torch.tensor([tensor.q_zero_point()])
+            quant = {"scheme": "per_tensor"}
+        else:
+            raise ValueError(f"cannot serialize {name!r}: unsupported qscheme {scheme}")
+        quant["dtype"] = str(tensor.dtype).removeprefix("torch.")
+        quant["channels"] = int(scales.numel())
+        quant_block = (
+            scales.to(torch.float32).numpy().astype("<f4").tobytes()
+            + zero_points.to(torch.int32).numpy().astype("<i4").tobytes()
+        )
+        tensor = tensor.int_repr()
+    dtype, values = _numpy_values(tensor)
+    encoding, nnz, block = _encode_values(values)
+    entry: dict[str, object] = {
+        "name": name,
+        "dtype": dtype,
+        "shape": list(tensor.shape),
+        "encoding": encoding,
+        "nnz": nnz,
+    }
+    if quant is not None:
+        entry["quant"] = quant
+    return entry, quant_block + block
+
+
+def serialize_model(model: nn.Module) -> bytes:
+    """Encode ``model``'s state in tuner's shipping format (see the module docstring).
+
+    Args:
+        model: A float, pruned or quantized model.
+
+    Returns:
+        The file's bytes; the same model always gives the same bytes.
+    """
+    entries: list[dict[str, object]] = []
+    blocks: list[bytes] = []
+    offset = 0
+    for name, tensor in _shipping_state(model).items():
+        entry, block = _encode_tensor(name, tensor)
+        entry["offset"] = offset
+        entry["length"] = len(block)
+        offset += len(block)
+        entries.append(entry)
+        blocks.append(block)
+    index = json.dumps({"tensors": entries}, sort_keys=True, separators=(",", ":")).encode()
+    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(index)) + index + b"".join(blocks)
+
+
+def size_bytes(model: nn.Module) -> int:
+    """Size in bytes of ``model`` as shipped: ``len(serialize_model(model))``."""
+    return len(serialize_model(model))
+
+
+def _decode_values(entry: dict[str, object], block: bytes) -> torch.Tensor:
+    dtype = str(entry["dtype"])
+    shape = [int(size) for size in entry["shape"]]  # type: ignore[attr-defined]
+    numpy_type = np.dtype(_NUMPY_TYPES[dtype])
+    count = math.prod(shape)
+    if entry["encoding"] == "sparse":
+        mask_length = (count + 7) // 8
+        mask = np.unpackbits(
+            np.frombuffer(block[:mask_length], dtype=np.uint8), count=count, bitorder="little"
+        ).astype(bool)
+        values = np.zeros(count, dtype=numpy_type)
+        values[mask] = np.frombuffer(block[mask_length:], dtype=numpy_type)
+    elif entry["encoding"] == "dense":
+        values = np.frombuffer(block, dtype=numpy_type, count=count)
+    else:
+        raise ValueError(f"unknown encoding {entry['encoding']!r} for {entry['name']!r}")
+    tensor = torch.from_numpy(values.astype(numpy_type.newbyteorder("="))).reshape(shape)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+
+
+def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
+    """Decode a file written by :func:`serialize_model` into dense tensors.
+
+    Args:
+        data: The file's bytes.
+
+    Returns:
+        The state in file order. Float and integer tensors come back with their dtype. An int8
+        tensor ``name`` comes back as its integers (``int8``) plus ``name + ".scale"``
+        (float32, one per channel) and ``name + ".zero_point"`` (int32, one per channel).
+
+    Raises:
+        ValueError: ``data`` is not a tuner shipping file of a known version.
+    """
+    if len(data) < _PREAMBLE.size:
+        raise ValueError("not a tuner model file: too short")
+    magic, version, index_length = _PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"not a tuner model file: magic {magic!r}, expected {MAGIC!r}")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"tuner model file version {version} is not supported")
+    start = _PREAMBLE.size + index_length
+    index = json.loads(data[_PREAMBLE.size : start].decode())
+    state: dict[str, torch.Tensor] = {}
+    for entry in index["tensors"]:
+        block = data[start + entry["offset"] : start + entry["offset"] + entry["length"]]
+        name = entry["name"]
+        quant = entry.get("quant")
+        if quant is not None:
+            channels = int(quant["channels"])
+            scales = np.frombuffer(block, dtype="<f4", count=channels)
+            zero_points = np.frombuffer(block, dtype="<i4", count=channels, offset=4 * channels)
+            state[name + ".scale"] = torch.from_numpy(scales.astype(np.float32))
+            state[name + ".zero_point"] = torch.from_numpy(zero_points.astype(np.int32))
+            block = block[8 * channels :]
+        state[name] = _decode_values(entry, block)
+    return state
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device) -> torch.device:
+    """Where ``model`` can really run: int8 models only have CPU kernels."""
+    if is_quantized(model):
+        return torch.device("cpu")
+    target = torch.device(device)
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available")
+        if target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+    return target
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``device``, leaving the caller's model as it was."""
+    tensors = chain(model.parameters(), model.buffers())
+    if all(tensor.device == device for tensor in tensors):
+        modes = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            yield model
+        finally:
+            for module, training in modes:
+                module.training = training
+    else:
+        yield copy.deepcopy(model).to(device).eval()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _one_batch(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
+    sample = example_input.detach()
+    if sample.ndim == 0 or sample.shape[0] != 1:
+        sample = sample.unsqueeze(0)
+    return sample.expand(batch_size, *sample.shape[1:]).contiguous()
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    batch_size: int = 1,
+    device: str = "cpu",
+    warmup: int = 10,
+    repeats: int = 50,
+    threads: int = 1,
+) -> LatencyStats:
+    """Time forward passes of ``model`` in eval mode under ``torch.inference_mode``.
+
+    Args:
+        model: The model to time; its device and train/eval mode are left as they were.
+        example_input: One sample, with (``[1, ...]``) or without (``[...]``) a batch
+            dimension; a tensor whose first dimension is not 1 is taken to lack it.
+        batch_size: The sample is repeated to this many rows.
+        device: Where to run; int8 models always run (and are reported) on CPU.
+        warmup: Untimed passes first.
+        repeats: Timed passes.
+        threads: ``torch.set_num_threads`` during the measurement (restored afterwards).
+
+    Returns:
+        Median and 90th percentile latency of one pass.
+
+    Raises:
+        ValueError: A count is not a positive integer, or CUDA was asked for but is missing.
+    """
+    _check_count("batch_size", batch_size, 1)
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
+    _check_count("threads", threads, 1)
+    target = _resolve_device(model, device)
+    batch = _one_batch(example_input, batch_size).to(target)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    timings_ms: list[float] = []
+    try:
+        with _evaluating(model, target) as runnable, torch.inference_mode():
+            for _ in range(warmup):
+                runnable(batch)
+            for _ in range(repeats):
+                _synchronize(target)
+                start = time.perf_counter()
+                runnable(batch)
+                _synchronize(target)
+                timings_ms.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return LatencyStats(
+        p50_ms=float(np.percentile(timings_ms, 50)),
+        p90_ms=float(np.percentile(timings_ms, 90)),
+        batch_size=batch_size,
+        device=str(target),
+        threads=threads,
+    )
+
+
+def accuracy(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: str = "cpu",
+    batch_size: int = 512,
+) -> float:
+    """Fraction of ``labels`` matched by the argmax of ``model``'s logits over dim 1.
+
+    Args:
+        model: A classifier; evaluated in eval mode without gradients, left as it was.
+        inputs: All inputs, batch first.
+        labels: Class indices, one per input row.
+        device: Where to run; int8 models always run on CPU.
+        batch_size: Rows per forward pass.
+
+    Returns:
+        The accuracy, in [0, 1].
+
+    Raises:
+        ValueError: Empty or mismatched inputs/labels, or a bad batch size.
+    """
+    _check_count("batch_size", batch_size, 1)
+    if inputs.shape[0] == 0 or inputs.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"need as many labels as inputs (at least one); got {inputs.shape[0]} inputs "
+            f"and {labels.shape[0]} labels"
+        )
+    target = _resolve_device(model, device)
+    correct = 0
+    with _evaluating(model, target) as runnable, torch.inference_mode():
+        for batch, batch_labels in zip(inputs.split(batch_size), labels.split(batch_size), strict=True):
+            predictions = runnable(batch.to(target)).argmax(dim=1)
+            correct += int((predictions == batch_labels.to(target)).sum())
+    return correct / labels.numel()

@@ -1,0 +1,185 @@
+"""One trial: sample, train, sparsify, quantize, measure, record."""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from ._samplers import VIOLATIONS_ATTR
+from ._space import suggest
+from ._spec import StudySpec
+from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload, fit
+
+ERROR_ATTR = "error"
+CURVE_ATTR = "curve"
+
+
+class BudgetMet(Exception):
+    """Other workers already started the trials that fill the budget."""
+
+
+def trial_device(spec: StudySpec) -> torch.device:
+    if spec.resources.gpus > 0 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _short_error(exc: BaseException) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    tail = "".join(lines[-6:])
+    return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
+
+
+class Objective:
+    """The callable handed to ``study.optimize``; one instance per worker."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        workload: Workload,
+        *,
+        admit: Callable[[optuna.Trial], None] | None = None,
+        should_stop: Callable[[optuna.Trial, int, list[float]], bool] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.workload = workload
+        self._admit = admit
+        self._should_stop = should_stop
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        try:
+            if self._admit is not None:
+                self._admit(trial)
+            return self._run(trial)
+        except (optuna.TrialPruned, BudgetMet):
+            raise
+        except Exception as exc:
+            trial.set_user_attr(ERROR_ATTR, _short_error(exc))
+            raise
+
+    def _run(self, trial: optuna.Trial) -> list[float]:
+        spec = self.spec
+        params = suggest(trial, spec.params)
+        device = trial_device(spec)
+        trial.set_user_attr("device", str(device))
+        single = len(spec.objectives) == 1
+        ctx = TrialContext(device=device, max_epochs=spec.budget.max_epochs, seed=_trial_seed(spec, trial))
+
+        def on_report(epoch: int, metrics: dict[str, float]) -> bool:
+            trial.set_user_attr(CURVE_ATTR, list(ctx.curve))
+            if single:
+                trial.report(metrics["val_accuracy"], epoch)
+            return bool(self._should_stop and self._should_stop(trial, epoch, list(ctx.curve)))
+
+        ctx.on_report = on_report
+        started = time.perf_counter()
+        try:
+            trained = self.workload.fn(params, ctx)
+        except TrialStopped as stop:
+            trial.set_user_attr("epochs", len(ctx.curve))
+            trial.set_user_attr("stopped_reason", str(stop))
+            raise optuna.TrialPruned(str(stop)) from None
+        train_time = time.perf_counter() - started
+        if not isinstance(trained, TrainedModel):
+            from ._exceptions import WorkloadError
+
+            raise WorkloadError(
+                f"workload {spec.workload!r} returned {type(trained).__name__}; expected tuner.TrainedModel"
+            )
+        metrics = measure_trained(spec, params, trained, device=device, seed=ctx.seed)
+        metrics.setdefault("train_time_s", train_time)
+        metrics["epochs"] = len(ctx.curve) or spec.budget.max_epochs
+        for key, value in metrics.items():
+            trial.set_user_attr(key, value)
+        violations = [c.violation(float(metrics[c.metric])) for c in spec.constraints]
+        if violations:
+            trial.set_user_attr(VIOLATIONS_ATTR, violations)
+            for c, v in zip(spec.constraints, violations):
+                trial.set_constraint(c.metric, v)
+        trial.set_user_attr("feasible", all(v <= 0 for v in violations))
+        values = [float(metrics[name]) for name in spec.objectives]
+        for name, value in zip(spec.objectives, values):
+            if not math.isfinite(value):
+                raise ValueError(f"metric {name} is {value}")
+        return values
+
+
+def _trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
+    return (spec.sampler.seed or 0) * 100_003 + trial.number
+
+
+def measure_trained(
+    spec: StudySpec,
+    params: dict[str, Any],
+    trained: TrainedModel,
+    *,
+    device: torch.device,
+    seed: int,
+) -> dict[str, Any]:
+    """Compress the trained model as sampled and measure what would ship."""
+    from ._compression import compress
+    from ._measure import accuracy, measure_latency, size_bytes
+
+    model = trained.model.to("cpu").eval()
+    float_val_acc = accuracy(model, *trained.val_data)
+    threshold = float(params.get("prune_threshold", 0.0))
+    structure = str(params.get("prune_structure", "unstructured"))
+    quant = str(params.get("quantize", "none"))
+    finetune_epochs = int(params.get("finetune_epochs", 0))
+    finetune = None
+    if finetune_epochs > 0 and threshold > 0 and trained.train_data is not None:
+        train_data = trained.train_data
+
+        def finetune(m: torch.nn.Module) -> None:
+            fit(m, train_data, params, epochs=finetune_epochs, device=device, seed=seed + 1)
+            m.to("cpu")
+
+    calibration = None
+    if trained.train_data is not None:
+        calibration = trained.train_data[0][:512]
+    shipped, report = compress(
+        model,
+        threshold=threshold,
+        structure=structure,
+        quantize=quant,
+        calibration_inputs=calibration,
+        finetune=finetune,
+    )
+    shipped.eval()
+    measure_device = "cpu" if report.int8_layers else str(device)
+    threads = spec.measure.threads or max(1, int(spec.resources.cpus))
+    example = trained.val_data[0][:1]
+    lat1 = measure_latency(
+        shipped, example, batch_size=1, device=measure_device,
+        warmup=spec.measure.warmup, repeats=spec.measure.repeats, threads=threads,
+    )
+    latb = measure_latency(
+        shipped, example, batch_size=spec.measure.batch_size, device=measure_device,
+        warmup=max(1, spec.measure.warmup // 2), repeats=max(3, spec.measure.repeats // 2), threads=threads,
+    )
+    metrics: dict[str, Any] = {
+        "accuracy": accuracy(shipped, *trained.val_data, device=measure_device),
+        "test_accuracy": accuracy(shipped, *trained.test_data, device=measure_device),
+        "accuracy_float": float_val_acc,
+        "size_bytes": size_bytes(shipped),
+        "latency_ms": lat1.p50_ms,
+        "latency_ms_p90": lat1.p90_ms,
+        "latency_ms_batch": latb.p50_ms,
+        "latency_ms_batch_p90": latb.p90_ms,
+        "latency_batch_size": latb.batch_size,
+        "latency_device": lat1.device,
+        "latency_threads": lat1.threads,
+        "param_count": report.param_count,
+        "sparsity": report.sparsity,
+        "prune_structure": report.prune_structure,
+        "int8_layers": list(report.int8_layers),
+        "removed_units": report.removed_units,
+    }
+    metrics.update({k: float(v) for k, v in trained.metrics.items()})
+    return metrics

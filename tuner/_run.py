@@ -1,0 +1,273 @@
+"""``tuner.run``: create or resume a study on the store and drive it to its budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher
+from ._exceptions import SpecError, StorageError
+from ._spec import StudySpec, load_spec
+from .storage import (
+    StoreError,
+    TrialRecord,
+    count_states,
+    load_records,
+    mask_url,
+    open_storage,
+    pareto_front,
+    resolve_url,
+)
+
+SPEC_ATTR = "tuner.spec"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run leaves behind: the study's counts and its Pareto front."""
+
+    study_name: str
+    storage_url: str
+    objectives: dict[str, str]
+    counts: dict[str, int]
+    pareto_front: list[TrialRecord]
+    trials_run: int = 0
+
+    @property
+    def n_finished(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def open_store(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    try:
+        return open_storage(url, **kwargs)
+    except StoreError as exc:
+        raise StorageError(str(exc)) from exc
+
+
+def prepare_study(spec: StudySpec, storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """Create the study, or check that the existing one has the same objectives."""
+    directions = list(spec.objectives.values())
+    names = list(spec.objectives)
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        have = existing.metric_names or []
+        have_dirs = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in existing.directions]
+        if have and (have != names or have_dirs != directions):
+            raise SpecError(
+                f"spec field 'objectives': study {study_name!r} already exists with objectives "
+                f"{dict(zip(have, have_dirs))}; expected the same, or a new --study-name"
+            )
+        return existing
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, directions=directions, load_if_exists=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+    study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    study.set_user_attr("tuner.workload", spec.workload)
+    return study
+
+
+def run(
+    study: StudySpec | str | Path | Mapping[str, Any],
+    *,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    workers: int = 1,
+    backend: str | None = None,
+    study_name: str | None = None,
+    progress: bool = False,
+    **backend_options: Any,
+) -> RunResult:
+    """Tune ``study`` until its budget of finished trials is met; return the Pareto front.
+
+    Running the same spec again continues to the same total and never re-runs a
+    finished trial.
+
+    Args:
+        study: a :class:`StudySpec`, a path to a YAML spec, or the spec as a mapping.
+        storage: storage URL; else the spec's ``storage``, else ``$TUNER_STORAGE``,
+            else ``sqlite:///tuner.db``.
+        n_trials: total finished trials (COMPLETE + PRUNED); else ``budget.n_trials``.
+        workers: trials in flight at once.
+        backend: ``inline`` (this process), ``local`` (processes) or ``ray``; by default
+            ``inline`` for one worker and ``local`` for more.
+        study_name: name in the store; else the spec's ``name``.
+        progress: draw a progress bar on the terminal.
+
+    Example::
+
+        result = tuner.run("search_spaces/digits_mlp.yaml", n_trials=10)
+        for t in result.pareto_front:
+            print(t.number, t.values)
+
+    Raises:
+        SpecError: the spec or an argument is invalid (nothing is written).
+        StorageError: the store cannot be opened.
+    """
+    spec = load_spec(study)
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise SpecError(f"--n-trials: got {n_trials!r}; expected an integer >= 1")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SpecError(f"--workers: got {workers!r}; expected an integer >= 1")
+    backend = backend or ("inline" if workers == 1 else "local")
+    if backend not in BACKENDS:
+        raise SpecError(f"--backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "inline" and workers != 1:
+        raise SpecError(f"--workers: got {workers} with backend 'inline'; expected 1, or backend 'local'")
+    name = study_name or spec.name
+    if study_name is not None:
+        spec.with_overrides(name=study_name)  # validates the name
+    url = resolve_url(storage, spec.storage)
+    budget = n_trials or spec.budget.n_trials
+    store = open_store(url)
+    prepare_study(spec, store, name)
+    dispatcher = make_dispatcher(backend, **backend_options)
+    deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
+    threads = spec.measure.threads or max(1, int(spec.resources.cpus))
+    if backend == "local" and workers * threads > cpu_count():
+        threads = max(1, cpu_count() // workers)
+    jobs = [
+        WorkerJob(
+            spec=spec.to_dict(),
+            storage_url=url,
+            study_name=name,
+            n_trials=budget,
+            deadline=deadline,
+            worker_index=i,
+            threads=threads,
+        )
+        for i in range(workers)
+    ]
+    before = count_states(store, name)
+    reporter = _Progress(store, name, spec, budget) if progress else None
+    if reporter is not None:
+        reporter.start(url, workers, backend)
+    try:
+        dispatcher.run(jobs, on_tick=reporter.tick if reporter else None)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    counts = count_states(store, name)
+    records = load_records(store, name)
+    ran = sum(counts.values()) - sum(before.values())
+    result = RunResult(
+        study_name=name,
+        storage_url=mask_url(url),
+        objectives=dict(spec.objectives),
+        counts=counts,
+        pareto_front=pareto_front(records, spec.objectives),
+        trials_run=ran,
+    )
+    store.engine.dispose()
+    return result
+
+
+class _Progress:
+    """A progress bar fed by the store, so it sees every worker's trials."""
+
+    def __init__(self, store: Any, name: str, spec: StudySpec, budget: int) -> None:
+        self._store = store
+        self._name = name
+        self._spec = spec
+        self._budget = budget
+        self._last = 0.0
+        self._progress: Any = None
+        self._task: Any = None
+        self._lock = threading.Lock()
+
+    def start(self, url: str, workers: int, backend: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        console.print(
+            f"study [bold]{self._name}[/] on {mask_url(url)}: {self._budget} trials, "
+            f"{workers} worker(s), backend {backend}"
+        )
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal and not _force_progress(),
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("trials", total=self._budget, detail="")
+        self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        now = time.time()
+        if self._progress is None or (not force and now - self._last < 1.0):
+            return
+        self._last = now
+        with self._lock:
+            try:
+                counts = count_states(self._store, self._name)
+            except Exception:
+                return
+            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+            detail = (
+                f"done {counts.get('COMPLETE', 0)} · stopped {counts.get('PRUNED', 0)} · "
+                f"failed {counts.get('FAIL', 0)} · running {counts.get('RUNNING', 0)}"
+            )
+            best = self._best()
+            if best:
+                detail += f" · {best}"
+            self._progress.update(self._task, completed=min(finished, self._budget), detail=detail)
+
+    def _best(self) -> str:
+        first, direction = next(iter(self._spec.objectives.items()))
+        try:
+            records = load_records(self._store, self._name)
+        except Exception:
+            return ""
+        front = pareto_front(records, self._spec.objectives)
+        if not front:
+            return ""
+        values = [r.values[first] for r in front]
+        best = max(values) if direction == "maximize" else min(values)
+        return f"best {first} {best:.4g} · front {len(front)}"
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self.tick(force=True)
+            self._progress.stop()
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("TUNER_PROGRESS") == "1"
+
+
+def result_as_json(result: RunResult) -> str:
+    return json.dumps(
+        [
+            {"number": r.number, "params": r.params, "values": r.values}
+            for r in result.pareto_front
+        ],
+        indent=2,
+        default=str,
+    )
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()

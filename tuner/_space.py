@@ -1,0 +1,56 @@
+"""The search space compiled to Optuna suggestions, conditions included."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+from ._spec import ParamSpec
+
+
+def suggestion_order(params: Mapping[str, ParamSpec]) -> list[str]:
+    """Parameters ordered so that every ``when`` condition is decided before it is read."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for other in params[name].when:
+            visit(other)
+        order.append(name)
+
+    for name in params:
+        visit(name)
+    return order
+
+
+def _active(p: ParamSpec, chosen: Mapping[str, Any]) -> bool:
+    return all(other in chosen and chosen[other] in values for other, values in p.when.items())
+
+
+def suggest(trial: optuna.Trial, params: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    """Sample every active parameter; fixed values are passed through without sampling."""
+    chosen: dict[str, Any] = {}
+    for name in suggestion_order(params):
+        p = params[name]
+        if not _active(p, chosen):
+            continue
+        if p.type == "fixed":
+            chosen[name] = p.value
+        elif p.type == "categorical":
+            chosen[name] = trial.suggest_categorical(name, list(p.choices))
+        elif p.type == "int":
+            chosen[name] = trial.suggest_int(
+                name, int(p.low or 0), int(p.high or 0), step=int(p.step or 1), log=p.log
+            )
+        else:
+            chosen[name] = trial.suggest_float(name, float(p.low or 0), float(p.high or 0), step=p.step, log=p.log)
+    return chosen
+
+
+def fixed_params(params: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    return {n: p.value for n, p in params.items() if p.type == "fixed" and not p.when}

@@ -1,0 +1,631 @@
+"""Study specs: what to tune, how to judge it, and how much to spend.
+
+A spec is a YAML file or a :class:`StudySpec` built in Python. Both go through the
+same validation, which runs before anything is written to a store: every problem is
+reported as one line naming the field, the value and what would be right.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._exceptions import SpecError
+
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid", "cmaes")
+EARLY_STOPPING = ("none",)
+PARAM_TYPES = ("float", "int", "categorical")
+PRUNE_STRUCTURES = ("unstructured", "structured")
+QUANTIZE_MODES = ("none", "int8")
+OPTIMIZERS = ("sgd", "adamw", "adam")
+
+# Metrics tuner measures on every trial's shipped model, whatever the workload.
+MEASURED_METRICS = (
+    "accuracy",
+    "test_accuracy",
+    "size_bytes",
+    "latency_ms",
+    "latency_ms_p90",
+    "latency_ms_batch",
+    "latency_ms_batch_p90",
+    "param_count",
+    "sparsity",
+    "train_time_s",
+    "epochs",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _field(path: str, value: Any, expected: str) -> SpecError:
+    return SpecError(f"spec field '{path}': got {value!r}; expected {expected}")
+
+
+def _check_keys(path: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(allowed)}"
+            where = f"{path}.{key}" if path else str(key)
+            raise SpecError(f"spec field '{where}': unknown key; {hint}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(path: str, value: Any, *, minimum: float | None = None, integer: bool = False,
+            strict_min: bool = False) -> float:
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _field(path, value, "an integer")
+    if not _is_number(value):
+        raise _field(path, value, "a number")
+    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
+        op = ">" if strict_min else ">="
+        raise _field(path, value, f"a number {op} {minimum:g}")
+    return value
+
+
+def _mapping(path: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _field(path, value, "a mapping of keys to values")
+    return value
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched (or fixed) hyperparameter."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.type == "fixed"
+
+    def domain_values(self) -> tuple[Any, ...]:
+        """Every value the parameter can take, where that is a finite list."""
+        if self.type == "fixed":
+            return (self.value,)
+        if self.type == "categorical":
+            return self.choices
+        if self.type == "int" and not self.log:
+            step = int(self.step or 1)
+            return tuple(range(int(self.low or 0), int(self.high or 0) + 1, step))
+        raise SpecError(
+            f"spec field 'search_space.{self.name}': a {self.type} range has no finite grid; "
+            "expected categorical choices or an int range for sampler 'grid'"
+        )
+
+
+def _parse_param(name: str, raw: Any) -> ParamSpec:
+    path = f"search_space.{name}"
+    if not _NAME.match(str(name)):
+        raise _field("search_space", name, "parameter names of letters, digits, '_', '.' or '-'")
+    if not isinstance(raw, Mapping):
+        if isinstance(raw, (list, tuple)):
+            raise _field(path, raw, "a mapping with 'type', or a plain fixed value")
+        return ParamSpec(name=name, type="fixed", value=raw)
+    _check_keys(path, raw, ("type", "low", "high", "log", "step", "choices", "value", "when"))
+    kind = raw.get("type")
+    if kind == "fixed" or (kind is None and "value" in raw):
+        if "value" not in raw:
+            raise SpecError(f"spec field '{path}.value': missing; a fixed parameter needs a value")
+        return ParamSpec(name=name, type="fixed", value=raw["value"], when=_parse_when(path, raw))
+    if kind not in PARAM_TYPES:
+        raise _field(f"{path}.type", kind, f"one of {', '.join(PARAM_TYPES)}")
+    when = _parse_when(path, raw)
+    if kind == "categorical":
+        for key in ("low", "high", "log", "step"):
+            if key in raw:
+                raise SpecError(f"spec field '{path}.{key}': not used by a categorical parameter")
+        choices = raw.get("choices")
+        if not isinstance(choices, (list, tuple)):
+            raise _field(f"{path}.choices", choices, "a list of values")
+        if len(choices) == 0:
+            raise _field(f"{path}.choices", choices, "at least one choice")
+        for c in choices:
+            if not (c is None or isinstance(c, (str, int, float, bool))):
+                raise _field(f"{path}.choices", c, "choices that are strings, numbers or booleans")
+        if len(set(map(repr, choices))) != len(choices):
+            raise _field(f"{path}.choices", list(choices), "distinct choices")
+        return ParamSpec(name=name, type="categorical", choices=tuple(choices), when=when)
+    if "choices" in raw:
+        raise SpecError(f"spec field '{path}.choices': only categorical parameters have choices")
+    integer = kind == "int"
+    for key in ("low", "high"):
+        if key not in raw:
+            raise SpecError(f"spec field '{path}.{key}': missing; a {kind} parameter needs low and high")
+    low = _number(f"{path}.low", raw["low"], integer=integer)
+    high = _number(f"{path}.high", raw["high"], integer=integer)
+    if low > high:
+        raise SpecError(f"spec field '{path}': low={low!r} > high={high!r}; expected low <= high")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise _field(f"{path}.log", log, "true or false")
+    step = raw.get("step")
+    if step is not None:
+        step = _number(f"{path}.step", step, minimum=0, strict_min=True, integer=integer)
+        if log:
+            raise SpecError(f"spec field '{path}': step and log together; expected one of them")
+    if log and low <= 0:
+        raise SpecError(f"spec field '{path}.low': got {low!r} with log: true; expected low > 0")
+    return ParamSpec(name=name, type=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _parse_when(path: str, raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    when = raw.get("when")
+    if when is None:
+        return {}
+    when = _mapping(f"{path}.when", when)
+    if not when:
+        raise _field(f"{path}.when", dict(when), "a mapping such as {optimizer: sgd}")
+    out: dict[str, tuple[Any, ...]] = {}
+    for other, values in when.items():
+        out[str(other)] = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    return out
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A bound on one metric: ``min <= metric <= max``."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+    def violation(self, value: float) -> float:
+        """How far ``value`` is outside the bound (0 or less when it holds)."""
+        worst = -math.inf
+        if self.max is not None:
+            worst = max(worst, value - self.max)
+        if self.min is not None:
+            worst = max(worst, self.min - value)
+        return worst
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSpec:
+    name: str = "none"
+
+
+@dataclass(frozen=True)
+class Budget:
+    n_trials: int = 30
+    max_epochs: int = 15
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = 1
+    gpus: float = 0
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How latency is measured: batch 1 and ``batch_size``, after warm-up, repeated."""
+
+    batch_size: int = 32
+    warmup: int = 10
+    repeats: int = 50
+    threads: int | None = None
+
+
+_TOP_KEYS = (
+    "name",
+    "workload",
+    "storage",
+    "objectives",
+    "constraints",
+    "search_space",
+    "sampler",
+    "early_stopping",
+    "budget",
+    "resources",
+    "measure",
+)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study: the workload, its search space, the objectives and the budget.
+
+    Build it from YAML with :func:`tuner.load_spec`, or directly::
+
+        spec = tuner.StudySpec(
+            name="digits-quick",
+            workload="digits-mlp",
+            search_space={
+                "lr": {"type": "float", "low": 1e-3, "high": 0.3, "log": True},
+                "prune_threshold": {"type": "float", "low": 0.0, "high": 0.9},
+                "quantize": {"type": "categorical", "choices": ["none", "int8"]},
+            },
+            budget={"n_trials": 10, "max_epochs": 5},
+        )
+
+    Nested fields take mappings or the dataclasses themselves. Every field is checked
+    at construction; a problem raises :class:`tuner.SpecError` naming the field.
+    """
+
+    name: str
+    workload: str
+    search_space: Mapping[str, Any]
+    objectives: Mapping[str, str] = field(
+        default_factory=lambda: {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    )
+    storage: str | None = None
+    constraints: Any = field(default_factory=dict)
+    sampler: Any = field(default_factory=SamplerSpec)
+    early_stopping: Any = field(default_factory=EarlyStoppingSpec)
+    budget: Any = field(default_factory=Budget)
+    resources: Any = field(default_factory=Resources)
+    measure: Any = field(default_factory=MeasureSpec)
+
+    def __post_init__(self) -> None:
+        _validate_into(self)
+
+    @property
+    def params(self) -> dict[str, ParamSpec]:
+        return dict(self.search_space)  # type: ignore[arg-type]
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.objectives.values())
+
+    def with_overrides(self, **changes: Any) -> StudySpec:
+        """A copy with top-level fields replaced (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (what a YAML file with the same meaning holds)."""
+        space: dict[str, Any] = {}
+        for p in self.params.values():
+            if p.is_fixed and not p.when:
+                space[p.name] = p.value
+                continue
+            entry: dict[str, Any] = {"type": p.type}
+            if p.type == "fixed":
+                entry["value"] = p.value
+            elif p.type == "categorical":
+                entry["choices"] = list(p.choices)
+            else:
+                entry.update(low=p.low, high=p.high)
+                if p.log:
+                    entry["log"] = True
+                if p.step is not None:
+                    entry["step"] = p.step
+            if p.when:
+                entry["when"] = {k: list(v) if len(v) > 1 else v[0] for k, v in p.when.items()}
+            space[p.name] = entry
+        constraints = {
+            c.metric: {k: v for k, v in (("max", c.max), ("min", c.min)) if v is not None}
+            for c in self.constraints
+        }
+        return {
+            "name": self.name,
+            "workload": self.workload,
+            **({"storage": self.storage} if self.storage else {}),
+            "objectives": dict(self.objectives),
+            "constraints": constraints,
+            "search_space": space,
+            "sampler": {"name": self.sampler.name, "seed": self.sampler.seed},
+            "early_stopping": {"name": self.early_stopping.name},
+            "budget": {
+                "n_trials": self.budget.n_trials,
+                "max_epochs": self.budget.max_epochs,
+                "timeout_s": self.budget.timeout_s,
+            },
+            "resources": {"cpus": self.resources.cpus, "gpus": self.resources.gpus},
+            "measure": {
+                "batch_size": self.measure.batch_size,
+                "warmup": self.measure.warmup,
+                "repeats": self.measure.repeats,
+                "threads": self.measure.threads,
+            },
+        }
+
+
+def _set(spec: StudySpec, name: str, value: Any) -> None:
+    object.__setattr__(spec, name, value)
+
+
+def _validate_into(spec: StudySpec) -> None:
+    from ._workloads import resolve_workload
+
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+        raise _field("name", spec.name, "1-128 letters, digits, '_', '.' or '-'")
+    if not isinstance(spec.workload, str) or not spec.workload:
+        raise _field("workload", spec.workload, "a built-in workload name or 'package.module:function'")
+    workload = resolve_workload(spec.workload)
+    if spec.storage is not None and (not isinstance(spec.storage, str) or not spec.storage):
+        raise _field("storage", spec.storage, "a storage URL such as sqlite:///tuner.db")
+
+    # search space
+    raw_space = _mapping("search_space", spec.search_space)
+    if not raw_space:
+        raise _field("search_space", dict(raw_space), "at least one parameter")
+    params: dict[str, ParamSpec] = {}
+    for name, raw in raw_space.items():
+        params[str(name)] = raw if isinstance(raw, ParamSpec) else _parse_param(str(name), raw)
+    for p in params.values():
+        for other, values in p.when.items():
+            if other not in params:
+                close = difflib.get_close_matches(other, list(params), n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"parameters: {', '.join(params)}"
+                raise SpecError(
+                    f"spec field 'search_space.{p.name}.when': names unknown parameter '{other}'; {hint}"
+                )
+            if other == p.name:
+                raise SpecError(f"spec field 'search_space.{p.name}.when': a parameter cannot depend on itself")
+            target = params[other]
+            if target.type in ("categorical", "fixed"):
+                allowed = target.domain_values()
+                for v in values:
+                    if v not in allowed:
+                        raise _field(f"search_space.{p.name}.when.{other}", v, f"one of {list(allowed)}")
+    _check_acyclic(params)
+    _check_reserved(params)
+    _set(spec, "search_space", params)
+
+    # objectives
+    objectives = _mapping("objectives", spec.objectives)
+    if not objectives:
+        raise _field("objectives", dict(objectives), "at least one metric, e.g. {accuracy: maximize}")
+    known = tuple(MEASURED_METRICS) + tuple(workload.extra_metrics)
+    for metric, direction in objectives.items():
+        if metric not in known:
+            close = difflib.get_close_matches(str(metric), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"metrics reported: {', '.join(known)}"
+            raise SpecError(
+                f"spec field 'objectives.{metric}': workload '{spec.workload}' does not report "
+                f"this metric; {hint}"
+            )
+        if direction not in DIRECTIONS:
+            raise _field(f"objectives.{metric}", direction, "maximize or minimize")
+    _set(spec, "objectives", {str(k): str(v) for k, v in objectives.items()})
+
+    # constraints
+    constraints: list[Constraint] = []
+    raw_constraints = spec.constraints
+    if isinstance(raw_constraints, (list, tuple)) and all(isinstance(c, Constraint) for c in raw_constraints):
+        constraints = list(raw_constraints)
+    else:
+        raw_constraints = _mapping("constraints", raw_constraints or {})
+        for metric, bound in raw_constraints.items():
+            path = f"constraints.{metric}"
+            if metric not in known:
+                close = difflib.get_close_matches(str(metric), known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"metrics reported: {', '.join(known)}"
+                raise SpecError(f"spec field '{path}': unknown metric; {hint}")
+            bound = _mapping(path, bound)
+            _check_keys(path, bound, ("max", "min"))
+            if not bound:
+                raise _field(path, dict(bound), "max and/or min, e.g. {max: 2.0}")
+            hi = _number(f"{path}.max", bound["max"]) if "max" in bound else None
+            lo = _number(f"{path}.min", bound["min"]) if "min" in bound else None
+            if hi is not None and lo is not None and lo > hi:
+                raise SpecError(f"spec field '{path}': min={lo!r} > max={hi!r}; expected min <= max")
+            constraints.append(Constraint(metric=str(metric), max=hi, min=lo))
+    _set(spec, "constraints", tuple(constraints))
+
+    # sampler
+    sampler = spec.sampler
+    if isinstance(sampler, str):
+        sampler = {"name": sampler}
+    if not isinstance(sampler, SamplerSpec):
+        sampler = _mapping("sampler", sampler)
+        _check_keys("sampler", sampler, ("name", "seed"))
+        name = sampler.get("name", "tpe")
+        if name not in SAMPLERS:
+            close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise _field("sampler.name", name, f"one of {', '.join(SAMPLERS)}{hint}")
+        seed = sampler.get("seed")
+        if seed is not None:
+            seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
+        sampler = SamplerSpec(name=name, seed=seed)
+    if sampler.name == "cmaes" and len(spec.objectives) > 1:
+        raise _field("sampler.name", "cmaes", "tpe, nsga2, gp or random for a multi-objective study (cmaes has one objective)")
+    if sampler.name == "grid":
+        for p in params.values():
+            p.domain_values()
+    _set(spec, "sampler", sampler)
+
+    # early stopping
+    es = spec.early_stopping
+    if es is None or isinstance(es, str):
+        es = {"name": es or "none"}
+    if not isinstance(es, EarlyStoppingSpec):
+        es = _mapping("early_stopping", es)
+        _check_keys("early_stopping", es, ("name",))
+        if es.get("name", "none") not in EARLY_STOPPING:
+            raise _field("early_stopping.name", es.get("name"), f"one of {', '.join(EARLY_STOPPING)}")
+        es = EarlyStoppingSpec(name=es.get("name", "none"))
+    _set(spec, "early_stopping", es)
+
+    # budget
+    budget = spec.budget
+    if not isinstance(budget, Budget):
+        budget = _mapping("budget", budget)
+        _check_keys("budget", budget, ("n_trials", "max_epochs", "timeout_s"))
+        n_trials = int(_number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True))
+        max_epochs = int(_number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True))
+        timeout = budget.get("timeout_s")
+        if timeout is not None:
+            timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
+        budget = Budget(n_trials=n_trials, max_epochs=max_epochs, timeout_s=timeout)
+    _set(spec, "budget", budget)
+
+    # resources
+    res = spec.resources
+    if not isinstance(res, Resources):
+        res = _mapping("resources", res)
+        _check_keys("resources", res, ("cpus", "gpus"))
+        cpus = _number("resources.cpus", res.get("cpus", 1), minimum=0, strict_min=True)
+        gpus = _number("resources.gpus", res.get("gpus", 0), minimum=0)
+        if gpus > 1 and gpus != int(gpus):
+            raise _field("resources.gpus", gpus, "a fraction below 1 (e.g. 0.25) or a whole number")
+        res = Resources(cpus=cpus, gpus=gpus)
+    _set(spec, "resources", res)
+
+    # measurement
+    measure = spec.measure
+    if not isinstance(measure, MeasureSpec):
+        measure = _mapping("measure", measure)
+        _check_keys("measure", measure, ("batch_size", "warmup", "repeats", "threads"))
+        threads = measure.get("threads")
+        measure = MeasureSpec(
+            batch_size=int(_number("measure.batch_size", measure.get("batch_size", 32), minimum=1, integer=True)),
+            warmup=int(_number("measure.warmup", measure.get("warmup", 10), minimum=0, integer=True)),
+            repeats=int(_number("measure.repeats", measure.get("repeats", 50), minimum=3, integer=True)),
+            threads=None if threads is None else int(_number("measure.threads", threads, minimum=1, integer=True)),
+        )
+    _set(spec, "measure", measure)
+
+
+def _check_acyclic(params: Mapping[str, ParamSpec]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join([*trail[trail.index(name):], name])
+            raise SpecError(f"spec field 'search_space.{name}.when': conditions form a cycle ({cycle})")
+        state[name] = 1
+        for other in params[name].when:
+            visit(other, [*trail, name])
+        state[name] = 2
+
+    for n in params:
+        visit(n, [])
+
+
+def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
+    """Parameters tuner itself acts on must stay in the range it can honour."""
+
+    def values_of(p: ParamSpec) -> tuple[Any, ...]:
+        return p.domain_values() if p.type in ("categorical", "fixed") else ()
+
+    if "prune_threshold" in params:
+        p = params["prune_threshold"]
+        if p.type == "float" or p.type == "int":
+            if (p.low or 0) < 0 or (p.high or 0) >= 1:
+                raise SpecError(
+                    f"spec field 'search_space.prune_threshold': range [{p.low}, {p.high}]; "
+                    "expected a fraction of weights with 0 <= low <= high < 1"
+                )
+        else:
+            for v in values_of(p):
+                if not _is_number(v) or not 0 <= v < 1:
+                    raise _field("search_space.prune_threshold", v, "a fraction 0 <= value < 1")
+    for name, allowed in (
+        ("prune_structure", PRUNE_STRUCTURES),
+        ("quantize", QUANTIZE_MODES),
+        ("optimizer", OPTIMIZERS),
+    ):
+        if name in params:
+            p = params[name]
+            if p.type not in ("categorical", "fixed"):
+                raise _field(f"search_space.{name}.type", p.type, f"categorical over {', '.join(allowed)}")
+            for v in values_of(p):
+                if v not in allowed:
+                    raise _field(f"search_space.{name}", v, f"one of {', '.join(allowed)}")
+    for name, minimum in (("batch_size", 1), ("finetune_epochs", 0)):
+        if name in params:
+            p = params[name]
+            vals = values_of(p) if p.type in ("categorical", "fixed") else (p.low,)
+            for v in vals:
+                if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                    raise _field(f"search_space.{name}", v, f"an integer >= {minimum}")
+    for name in ("lr",):
+        if name in params:
+            p = params[name]
+            vals = values_of(p) if p.type in ("categorical", "fixed") else (p.low,)
+            for v in vals:
+                if not _is_number(v) or v <= 0:
+                    raise _field(f"search_space.{name}", v, "a learning rate > 0")
+
+
+def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:
+    """Build a :class:`StudySpec` from plain data (what a YAML file holds)."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: expected a mapping of spec fields at the top level, got {type(data).__name__}")
+    _check_keys("", data, _TOP_KEYS)
+    for required in ("name", "workload", "search_space"):
+        if required not in data:
+            raise SpecError(f"spec field '{required}': missing; it is required")
+    kwargs = {f.name: data[f.name] for f in fields(StudySpec) if f.name in data}
+    for key in ("sampler", "early_stopping", "budget", "resources", "measure", "constraints"):
+        if key in kwargs and kwargs[key] is None:
+            del kwargs[key]
+    return StudySpec(**kwargs)
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
+    """Load and validate a study spec from a YAML file, a mapping, or a spec.
+
+    A name without a path that is not a file (``digits_mlp``) is looked up among the
+    specs shipped in ``search_spaces/``.
+
+    Raises:
+        SpecError: one line naming the field, the value and what would be right.
+    """
+    if isinstance(source, StudySpec):
+        return source
+    if isinstance(source, Mapping):
+        return spec_from_dict(source)
+    path = Path(source)
+    if not path.exists():
+        shipped = _shipped_spec(str(source))
+        if shipped is None:
+            raise SpecError(f"spec file {str(source)!r} does not exist; expected a YAML file or one of "
+                            f"the shipped specs: {', '.join(shipped_specs())}")
+        path = shipped
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise SpecError(f"spec file {str(path)!r}{where}: {problem}") from exc
+    except OSError as exc:
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    return spec_from_dict(data, source=f"spec file {str(path)!r}")
+
+
+def _spaces_dir() -> Path:
+    from . import search_spaces
+
+    return Path(search_spaces.__file__).parent
+
+
+def shipped_specs() -> list[str]:
+    return sorted(p.stem for p in _spaces_dir().glob("*.yaml"))
+
+
+def _shipped_spec(name: str) -> Path | None:
+    stem = Path(name).name.removesuffix(".yaml")
+    candidate = _spaces_dir() / f"{stem.replace('-', '_')}.yaml"
+    return candidate if candidate.exists() else None

@@ -1,0 +1,224 @@
+"""Workloads: what one trial trains.
+
+A workload is a function ``(params, ctx) -> TrainedModel``. It builds and trains a
+model with the sampled hyperparameters, reports validation accuracy once per epoch
+through ``ctx.report``, and hands back the trained float model with its evaluation
+data. tuner then sparsifies, quantizes and measures it, so every workload is judged
+the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._exceptions import SpecError, WorkloadError
+
+
+class TrialStopped(Exception):
+    """Raised by :meth:`TrialContext.report` when early stopping ends the trial.
+
+    Workloads let it propagate; tuner records the trial as stopped (PRUNED).
+    """
+
+
+@dataclass
+class TrialContext:
+    """What a workload gets besides the hyperparameters.
+
+    Attributes:
+        device: where to train (``cuda`` when the trial has a GPU, else ``cpu``).
+        max_epochs: the spec's ``budget.max_epochs``.
+        seed: a seed for this trial; built-in workloads seed torch with it.
+        trial_number: the Optuna trial number.
+    """
+
+    device: torch.device
+    max_epochs: int
+    seed: int
+    trial_number: int = 0
+    on_report: Callable[[int, dict[str, float]], bool] | None = None
+    curve: list[float] = field(default_factory=list)
+
+    def report(self, epoch: int, **metrics: float) -> None:
+        """Report validation metrics after ``epoch`` (0-based); ``val_accuracy`` is required.
+
+        Raises:
+            TrialStopped: early stopping decided this trial will not reach the front.
+        """
+        if "val_accuracy" not in metrics:
+            raise WorkloadError("ctx.report needs val_accuracy=<float in [0, 1]>")
+        acc = float(metrics["val_accuracy"])
+        if not math.isfinite(acc):
+            raise WorkloadError(f"ctx.report got val_accuracy={acc}; expected a finite number")
+        self.curve.append(acc)
+        if self.on_report is not None and self.on_report(epoch, {k: float(v) for k, v in metrics.items()}):
+            raise TrialStopped(f"stopped early after epoch {epoch + 1}")
+
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TrainedModel:
+    """What a workload returns.
+
+    Attributes:
+        model: the trained float model (tuner compresses a copy).
+        val_data: (inputs, labels) used to guide the search.
+        test_data: (inputs, labels) held out; its accuracy is reported, never optimized.
+        train_data: (inputs, labels) for calibration of int8 and sparsity fine-tuning.
+        metrics: extra numbers the workload measured (declared in ``fn.metrics``).
+    """
+
+    model: nn.Module
+    val_data: Split
+    test_data: Split
+    train_data: Split | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+WorkloadFn = Callable[[Mapping[str, Any], TrialContext], TrainedModel]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    fn: WorkloadFn
+    extra_metrics: tuple[str, ...] = ()
+
+
+BUILTIN_WORKLOADS = {"digits-mlp": "digits_mlp", "mnist1d-cnn": "mnist1d_cnn"}
+
+
+def _builtin(name: str) -> WorkloadFn:
+    from . import _builtin_workloads
+
+    return getattr(_builtin_workloads, BUILTIN_WORKLOADS[name])
+
+
+def resolve_workload(name: str) -> Workload:
+    """Find a built-in workload by name, or a user workload by ``package.module:function``."""
+    if name in BUILTIN_WORKLOADS:
+        return Workload(name=name, fn=_builtin(name))
+    if ":" not in name:
+        raise SpecError(
+            f"spec field 'workload': got {name!r}; expected a built-in workload "
+            f"({', '.join(BUILTIN_WORKLOADS)}) or an import path 'package.module:function'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(
+            f"spec field 'workload': cannot import module {module_name!r} ({exc}); "
+            "expected an importable 'package.module:function'"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SpecError(
+            f"spec field 'workload': module {module_name!r} has no function {attr!r}; "
+            "expected 'package.module:function'"
+        )
+    extra = tuple(str(m) for m in getattr(fn, "metrics", ()))
+    return Workload(name=name, fn=fn, extra_metrics=extra)
+
+
+def make_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer the sampled ``optimizer``, ``lr``, ``momentum`` and ``weight_decay`` ask for."""
+    kind = str(params.get("optimizer", "sgd"))
+    lr = float(params.get("lr", 0.05))
+    wd = float(params.get("weight_decay", 0.0))
+    if kind == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=float(params.get("momentum", 0.0)), weight_decay=wd
+        )
+    if kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    raise WorkloadError(f"optimizer {kind!r} is not supported; expected sgd, adamw or adam")
+
+
+def evaluate_accuracy(model: nn.Module, data: Split, device: torch.device) -> float:
+    model.eval()
+    x, y = data
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), 1024):
+            xb = x[start : start + 1024].to(device)
+            yb = y[start : start + 1024].to(device)
+            correct += int((model(xb).argmax(dim=1) == yb).sum())
+    return correct / max(1, len(x))
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    params: Mapping[str, Any],
+    *,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    on_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train ``model`` on ``train`` with the sampled optimizer settings and batch size."""
+    model.to(device)
+    optimizer = make_optimizer(model, params)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = train
+    batch_size = int(params.get("batch_size", 64))
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise WorkloadError(
+                    f"training diverged: loss is {float(loss)} in epoch {epoch + 1} "
+                    f"(lr={params.get('lr')}); a lower lr would help"
+                )
+            loss.backward()
+            optimizer.step()
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+
+def train_classifier(
+    model: nn.Module,
+    params: Mapping[str, Any],
+    ctx: TrialContext,
+    *,
+    train: Split,
+    val: Split,
+    test: Split,
+) -> TrainedModel:
+    """Train a classifier for ``ctx.max_epochs`` epochs and report validation accuracy each epoch.
+
+    The helper built-in workloads use; user workloads may call it too.
+    """
+    torch.manual_seed(ctx.seed)
+    started = time.perf_counter()
+
+    def after_epoch(epoch: int) -> None:
+        ctx.report(epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device))
+
+    fit(model, train, params, epochs=ctx.max_epochs, device=ctx.device, seed=ctx.seed, on_epoch=after_epoch)
+    return TrainedModel(
+        model=model,
+        val_data=val,
+        test_data=test,
+        train_data=train,
+        metrics={"train_time_s": time.perf_counter() - started},
+    )
