@@ -85,7 +85,9 @@ def open_storage(
     if backend == "sqlite":
         _enable_wal(url)
     try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, **kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, RuntimeError) as exc:
         raise StoreError(_describe(url, exc)) from exc
     if backend == "sqlite":

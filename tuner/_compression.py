@@ -49,6 +49,7 @@ STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_Layer = nn.Linear | nn.Conv1d | nn.Conv2d
 # nnq.dynamic.Linear and the fused int8 modules (LinearReLU, ConvReLU1d, ...) subclass these.
 _INT8_WEIGHTED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)
 _QUANTIZED_MODULE_PREFIXES = (
@@ -284,10 +285,9 @@ def _is_activation(module: nn.Module) -> bool:
 def _is_structured_leaf(module: nn.Module) -> bool:
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return module.groups == 1
-    return (
-        isinstance(module, (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, *_PASS_THROUGH))
-        or _is_activation(module)
-    )
+    return isinstance(
+        module, (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, *_PASS_THROUGH)
+    ) or _is_activation(module)
 
 
 def _describe(module: nn.Module) -> str:
@@ -332,11 +332,12 @@ class _Kept:
     flattened: bool = False
 
 
-def _units_to_keep(module: nn.Module, threshold: float) -> torch.Tensor:
+def _units_to_keep(module: _Layer, threshold: float) -> torch.Tensor:
     """Indices (sorted) of the output units that L2 structured pruning keeps."""
     original = module.weight.detach().clone()
     prune.ln_structured(module, "weight", amount=threshold, n=2, dim=0)
-    alive = module.weight_mask.flatten(1).any(dim=1)
+    mask = module.get_buffer("weight_mask")
+    alive = mask.flatten(1).any(dim=1)
     prune.remove(module, "weight")
     with torch.no_grad():
         # The layer is rebuilt from the kept rows, so restore them untouched.
@@ -347,7 +348,7 @@ def _units_to_keep(module: nn.Module, threshold: float) -> torch.Tensor:
     return kept
 
 
-def _input_indices(kept: _Kept, consumer: nn.Module, name: str) -> torch.Tensor:
+def _input_indices(kept: _Kept, consumer: _Layer, name: str) -> torch.Tensor:
     """Columns (Linear) or input channels (Conv) of ``consumer`` that survive ``kept``."""
     if isinstance(consumer, nn.Linear):
         if kept.is_conv:
@@ -379,9 +380,7 @@ def _input_indices(kept: _Kept, consumer: nn.Module, name: str) -> torch.Tensor:
     return kept.indices
 
 
-def _rebuild(
-    module: nn.Module, inputs: torch.Tensor | None, outputs: torch.Tensor | None
-) -> nn.Module:
+def _rebuild(module: _Layer, inputs: torch.Tensor | None, outputs: torch.Tensor | None) -> _Layer:
     """A dense layer holding only the given input and output units of ``module``."""
     weight = module.weight.detach()
     bias = module.bias.detach() if module.bias is not None else None
@@ -390,32 +389,35 @@ def _rebuild(
         bias = bias[outputs] if bias is not None else None
     if inputs is not None:
         weight = weight[:, inputs]
-    factory = {"device": weight.device, "dtype": weight.dtype}
-    rebuilt: nn.Module
+    device, dtype = weight.device, weight.dtype
+    rebuilt: _Layer
     if isinstance(module, nn.Linear):
-        rebuilt = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, **factory)
+        rebuilt = nn.Linear(
+            weight.shape[1], weight.shape[0], bias=bias is not None, device=device, dtype=dtype
+        )
     else:
         conv_type = nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
         rebuilt = conv_type(
             weight.shape[1],
             weight.shape[0],
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
+            module.kernel_size,  # type: ignore[arg-type]
+            stride=module.stride,  # type: ignore[arg-type]
+            padding=module.padding,  # type: ignore[arg-type]
+            dilation=module.dilation,  # type: ignore[arg-type]
             bias=bias is not None,
-            padding_mode=module.padding_mode,
-            **factory,
+            padding_mode=module.padding_mode,  # type: ignore[arg-type]
+            device=device,
+            dtype=dtype,
         )
     with torch.no_grad():
         rebuilt.weight.copy_(weight)
-        if bias is not None:
+        if bias is not None and rebuilt.bias is not None:
             rebuilt.bias.copy_(bias)
     rebuilt.train(module.training)
     return rebuilt
 
 
-def _slice_batch_norm(norm: nn.Module, kept: _Kept, name: str) -> None:
+def _slice_batch_norm(norm: nn.BatchNorm1d | nn.BatchNorm2d, kept: _Kept, name: str) -> None:
     if kept.flattened or norm.num_features != kept.units:
         raise CompressionError(
             f"cannot prune {kept.layer!r} structurally: {type(norm).__name__} {name!r} has "
@@ -439,7 +441,11 @@ def _prune_structured(
 ) -> tuple[nn.Module, int]:
     pruned = copy.deepcopy(model)
     leaves = _sequential_leaves(pruned)
-    layers = [position for position, leaf in enumerate(leaves) if isinstance(leaf[3], _PRUNABLE)]
+    layers = [
+        (position, module)
+        for position, (_, _, _, module) in enumerate(leaves)
+        if isinstance(module, _PRUNABLE)
+    ]
     if not layers:
         raise CompressionError(
             f"{type(model).__name__} has no nn.Linear, nn.Conv1d or nn.Conv2d layer to prune"
@@ -447,10 +453,9 @@ def _prune_structured(
     keep: dict[int, torch.Tensor] = {}
     if threshold > 0:
         # The last layer produces the model's outputs (classes), so it keeps all its units.
-        for position in layers[:-1]:
-            module = leaves[position][3]
-            kept = _units_to_keep(module, threshold)
-            if kept.numel() < module.weight.shape[0]:
+        for position, layer in layers[:-1]:
+            kept = _units_to_keep(layer, threshold)
+            if kept.numel() < layer.weight.shape[0]:
                 keep[position] = kept
 
     removed = 0
@@ -493,7 +498,9 @@ def quantize(
     ``calibration_inputs`` are given, it is quantized statically instead (FX graph mode, x86
     engine, per-channel symmetric int8 weights, activation ranges calibrated on the inputs), so
     the convolutions compute in int8 too; if the model cannot be traced or quantized that way,
-    it falls back to dynamic int8 for the Linear layers only. The result runs on CPU only.
+    it falls back to dynamic int8 for the Linear layers only. The result runs on CPU only, on
+    the quantized engine it was packed for: x86 (or fbgemm), which this function activates in
+    ``torch.backends.quantized.engine`` when another one is active.
 
     Args:
         model: A float model (on any device; the quantized copy lives on CPU).
@@ -544,7 +551,7 @@ def _quantize_dynamic(model: nn.Module, engine: str) -> nn.Module:
     qconfig = default_dynamic_qconfig if engine == "qnnpack" else per_channel_dynamic_qconfig
     with _quiet_quantization_warnings():
         return torch.ao.quantization.quantize_dynamic(
-            model, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=False
+            model, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
         )
 
 
@@ -577,14 +584,16 @@ def _quantize_static(
                 prepared(batch)
             converted = convert_fx(prepared)
             converted(inputs[:1])
-    except Exception as error:  # noqa: BLE001 - any tracing/conversion failure means "not possible"
+    except Exception as error:  # FX could not trace or convert it
         _log.info("static int8 not possible (%s); using dynamic int8 for Linear layers", error)
         return None
     return converted
 
 
 def _int8_layers(model: nn.Module) -> tuple[str, ...]:
-    return tuple(name for name, module in model.named_modules() if isinstance(module, _INT8_WEIGHTED))
+    return tuple(
+        name for name, module in model.named_modules() if isinstance(module, _INT8_WEIGHTED)
+    )
 
 
 def compress(
@@ -615,9 +624,7 @@ def compress(
     _check_threshold(threshold)
     _check_structure(structure)
     _check_mode(quantize)
-    pruned, removed = _sparsify(
-        model, threshold=threshold, structure=structure, finetune=finetune
-    )
+    pruned, removed = _sparsify(model, threshold=threshold, structure=structure, finetune=finetune)
     shipped, int8_layers = _quantize(pruned, mode=quantize, calibration_inputs=calibration_inputs)
     report = CompressionReport(
         sparsity=weight_sparsity(shipped),

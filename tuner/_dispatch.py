@@ -22,6 +22,8 @@ import sqlalchemy
 from ._exceptions import DispatchError
 
 POLL_S = 1.0
+MAX_CONSECUTIVE_FAILURES = 5
+GAVE_UP_EXIT = 3
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def work(job: WorkerJob) -> int:
         admit=_admit_under_budget(storage, study_id, job.n_trials),
     )
     ran = 0
+    failures = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     while job.deadline is None or time.time() < job.deadline:
         finished, running = _finished_and_running(storage, study_id)
@@ -106,10 +109,20 @@ def work(job: WorkerJob) -> int:
                 optuna.storages.fail_stale_trials(study)
             time.sleep(POLL_S)
             continue
+        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         ran += 1
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before
+        failures = failures + 1 if failed else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            storage.engine.dispose()
+            raise WorkerGaveUp(f"the last {failures} trials of this worker failed")
     storage.engine.dispose()
     return ran
+
+
+class WorkerGaveUp(Exception):
+    """A worker stopped because its trials keep failing."""
 
 
 class Dispatcher(ABC):
@@ -179,6 +192,8 @@ class InlineDispatcher(Dispatcher):
         pass
 
     def _check(self) -> None:
+        if isinstance(self._error, WorkerGaveUp):
+            return
         if self._error is not None:
             raise self._error
 
@@ -188,6 +203,8 @@ def _process_main(job: WorkerJob) -> None:
         work(job)
     except KeyboardInterrupt:
         pass
+    except WorkerGaveUp:
+        raise SystemExit(GAVE_UP_EXIT) from None
 
 
 class LocalProcessDispatcher(Dispatcher):
@@ -216,7 +233,7 @@ class LocalProcessDispatcher(Dispatcher):
             p.join(timeout=10)
 
     def _check(self) -> None:
-        bad = [p for p in self._procs if p.exitcode not in (0, None)]
+        bad = [p for p in self._procs if p.exitcode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:
             raise DispatchError(
                 f"all {len(bad)} worker processes exited with an error (exit codes "

@@ -400,7 +400,9 @@ def accuracy(
     target = _resolve_device(model, device)
     correct = 0
     with _evaluating(model, target) as runnable, torch.inference_mode():
-        for batch, batch_labels in zip(inputs.split(batch_size), labels.split(batch_size), strict=True):
+        for batch, batch_labels in zip(
+            inputs.split(batch_size), labels.split(batch_size), strict=True
+        ):
             predictions = runnable(batch.to(target)).argmax(dim=1)
             correct += int((predictions == batch_labels.to(target)).sum())
     return correct / labels.numel()

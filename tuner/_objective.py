@@ -69,7 +69,10 @@ class Objective:
         device = trial_device(spec)
         trial.set_user_attr("device", str(device))
         single = len(spec.objectives) == 1
-        ctx = TrialContext(device=device, max_epochs=spec.budget.max_epochs, seed=_trial_seed(spec, trial))
+        ctx = TrialContext(
+            device=device, max_epochs=spec.budget.max_epochs, seed=_trial_seed(spec, trial),
+            trial_number=trial.number,
+        )
 
         def on_report(epoch: int, metrics: dict[str, float]) -> bool:
             trial.set_user_attr(CURVE_ATTR, list(ctx.curve))

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher
-from ._exceptions import SpecError, StorageError
+from ._exceptions import DispatchError, SpecError, StorageError
 from ._spec import StudySpec, load_spec
 from .storage import (
     StoreError,
@@ -165,6 +165,16 @@ def run(
     counts = count_states(store, name)
     records = load_records(store, name)
     ran = sum(counts.values()) - sum(before.values())
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    timed_out = deadline is not None and time.time() >= deadline
+    if finished < budget and not timed_out:
+        store.engine.dispose()
+        errors = [r.error for r in records if r.state == "FAIL" and r.error]
+        last = errors[-1].splitlines()[0] if errors else "no error recorded"
+        raise DispatchError(
+            f"study {name!r} stopped at {finished}/{budget} finished trials because trials keep "
+            f"failing; last error: {last}. Fix the cause and run again to resume"
+        )
     result = RunResult(
         study_name=name,
         storage_url=mask_url(url),

@@ -184,9 +184,9 @@ def fit(
             xb, yb = x[idx].to(device), y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss.detach()):
                 raise WorkloadError(
-                    f"training diverged: loss is {float(loss)} in epoch {epoch + 1} "
+                    f"training diverged: loss is {loss.item()} in epoch {epoch + 1} "
                     f"(lr={params.get('lr')}); a lower lr would help"
                 )
             loss.backward()

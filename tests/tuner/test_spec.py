@@ -31,7 +31,11 @@ _DELETE = object()
 def test_shipped_specs_load() -> None:
     for name in ("digits_mlp", "mnist1d_cnn"):
         spec = load_spec(name)
-        assert spec.objectives == {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+        assert spec.objectives == {
+            "accuracy": "maximize",
+            "size_bytes": "minimize",
+            "latency_ms": "minimize",
+        }
         assert "prune_threshold" in spec.params and "quantize" in spec.params
 
 
@@ -45,9 +49,21 @@ def test_yaml_and_python_specs_are_the_same(tmp_path: Path, tiny_spec: Any) -> N
 
 
 def test_fixed_values_and_int_step_log(tiny_spec: Any) -> None:
-    spec = tuner.StudySpec(**_with(tiny_spec(), "search_space.hidden_units", {"type": "int", "low": 16, "high": 64, "step": 16}))
+    spec = tuner.StudySpec(
+        **_with(
+            tiny_spec(),
+            "search_space.hidden_units",
+            {"type": "int", "low": 16, "high": 64, "step": 16},
+        )
+    )
     assert spec.params["hidden_units"].step == 16
-    spec = tuner.StudySpec(**_with(tiny_spec(), "search_space.hidden_units", {"type": "int", "low": 16, "high": 256, "log": True}))
+    spec = tuner.StudySpec(
+        **_with(
+            tiny_spec(),
+            "search_space.hidden_units",
+            {"type": "int", "low": 16, "high": 256, "log": True},
+        )
+    )
     assert spec.params["hidden_units"].log
     assert tuner.StudySpec(**tiny_spec()).params["hidden_units"].value == 32
 
@@ -60,23 +76,67 @@ RULES = [
     ("budget.n_trials", "ten", ["budget.n_trials", "'ten'", "integer"]),
     ("budget.n_trials", 0, ["budget.n_trials", "0", ">= 1"]),
     ("search_space.lr.low", 0.5, ["search_space.lr", "low=0.5 > high=0.1", "low <= high"]),
-    ("search_space.lr", {"type": "float", "low": 0.0, "high": 0.1, "log": True}, ["search_space.lr.low", "log: true", "low > 0"]),
-    ("search_space.lr", {"type": "float", "low": "a", "high": 0.1}, ["search_space.lr.low", "'a'", "a number"]),
-    ("search_space.quantize", {"type": "categorical", "choices": []}, ["search_space.quantize.choices", "at least one choice"]),
-    ("search_space.quantize", {"type": "categorical", "choices": ["none", "int4"]}, ["search_space.quantize", "'int4'", "none, int8"]),
-    ("search_space.lr.type", "floaty", ["search_space.lr.type", "'floaty'", "float, int, categorical"]),
-    ("search_space.momentum.when", {"optimiser": "sgd"}, ["search_space.momentum.when", "'optimiser'", "did you mean 'optimizer'"]),
-    ("search_space.momentum.when", {"optimizer": "rmsprop"}, ["search_space.momentum.when.optimizer", "'rmsprop'", "sgd"]),
+    (
+        "search_space.lr",
+        {"type": "float", "low": 0.0, "high": 0.1, "log": True},
+        ["search_space.lr.low", "log: true", "low > 0"],
+    ),
+    (
+        "search_space.lr",
+        {"type": "float", "low": "a", "high": 0.1},
+        ["search_space.lr.low", "'a'", "a number"],
+    ),
+    (
+        "search_space.quantize",
+        {"type": "categorical", "choices": []},
+        ["search_space.quantize.choices", "at least one choice"],
+    ),
+    (
+        "search_space.quantize",
+        {"type": "categorical", "choices": ["none", "int4"]},
+        ["search_space.quantize", "'int4'", "none, int8"],
+    ),
+    (
+        "search_space.lr.type",
+        "floaty",
+        ["search_space.lr.type", "'floaty'", "float, int, categorical"],
+    ),
+    (
+        "search_space.momentum.when",
+        {"optimiser": "sgd"},
+        ["search_space.momentum.when", "'optimiser'", "did you mean 'optimizer'"],
+    ),
+    (
+        "search_space.momentum.when",
+        {"optimizer": "rmsprop"},
+        ["search_space.momentum.when.optimizer", "'rmsprop'", "sgd"],
+    ),
     ("workload", "digits-mpl", ["workload", "'digits-mpl'", "digits-mlp"]),
     ("workload", "nosuchpkg.mod:fn", ["workload", "nosuchpkg.mod"]),
     ("sampler", {"name": "tpee"}, ["sampler.name", "'tpee'", "did you mean 'tpe'"]),
     ("sampler", {"name": "cmaes"}, ["sampler.name", "cmaes", "multi-objective"]),
     ("sampler", {"name": "grid"}, ["search_space.lr", "grid"]),
-    ("objectives", {"acuracy": "maximize"}, ["objectives.acuracy", "does not report", "did you mean 'accuracy'"]),
+    (
+        "objectives",
+        {"acuracy": "maximize"},
+        ["objectives.acuracy", "does not report", "did you mean 'accuracy'"],
+    ),
     ("objectives", {"accuracy": "up"}, ["objectives.accuracy", "'up'", "maximize or minimize"]),
-    ("constraints", {"latency_ms": {"max": 1.0, "min": 2.0}}, ["constraints.latency_ms", "min <= max"]),
-    ("constraints", {"latency": {"max": 1.0}}, ["constraints.latency", "did you mean 'latency_ms'"]),
-    ("search_space.prune_threshold", {"type": "float", "low": 0.0, "high": 1.5}, ["search_space.prune_threshold", "high < 1"]),
+    (
+        "constraints",
+        {"latency_ms": {"max": 1.0, "min": 2.0}},
+        ["constraints.latency_ms", "min <= max"],
+    ),
+    (
+        "constraints",
+        {"latency": {"max": 1.0}},
+        ["constraints.latency", "did you mean 'latency_ms'"],
+    ),
+    (
+        "search_space.prune_threshold",
+        {"type": "float", "low": 0.0, "high": 1.5},
+        ["search_space.prune_threshold", "high < 1"],
+    ),
     ("resources", {"cpus": 0}, ["resources.cpus", "> 0"]),
     ("resources", {"gpus": 1.5}, ["resources.gpus", "fraction"]),
     ("early_stopping", "sometimes", ["early_stopping.name", "'sometimes'"]),
@@ -85,9 +145,15 @@ RULES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "words"), RULES, ids=[r[0] + "-" + str(i) for i, r in enumerate(RULES)])
+@pytest.mark.parametrize(
+    ("path", "value", "words"), RULES, ids=[r[0] + "-" + str(i) for i, r in enumerate(RULES)]
+)
 def test_validation_rule(path: str, value: Any, words: list[str], tiny_spec: Any) -> None:
-    data = _with(tiny_spec(), path, value) if "." in path or path in tiny_spec() else {**tiny_spec(), path: value}
+    data = (
+        _with(tiny_spec(), path, value)
+        if "." in path or path in tiny_spec()
+        else {**tiny_spec(), path: value}
+    )
     with pytest.raises(tuner.SpecError) as err:
         tuner.load_spec(data)
     message = str(err.value)
@@ -97,8 +163,16 @@ def test_validation_rule(path: str, value: Any, words: list[str], tiny_spec: Any
 
 
 def test_when_cycle_is_refused(tiny_spec: Any) -> None:
-    data = _with(tiny_spec(), "search_space.optimizer", {"type": "categorical", "choices": ["sgd", "adamw"], "when": {"momentum": 0.5}})
-    data["search_space"]["momentum"] = {"type": "categorical", "choices": [0.5, 0.9], "when": {"optimizer": "sgd"}}
+    data = _with(
+        tiny_spec(),
+        "search_space.optimizer",
+        {"type": "categorical", "choices": ["sgd", "adamw"], "when": {"momentum": 0.5}},
+    )
+    data["search_space"]["momentum"] = {
+        "type": "categorical",
+        "choices": [0.5, 0.9],
+        "when": {"optimizer": "sgd"},
+    }
     with pytest.raises(tuner.SpecError, match="cycle"):
         tuner.load_spec(data)
 
@@ -115,7 +189,9 @@ def test_missing_file_lists_shipped_specs(tmp_path: Path) -> None:
         tuner.load_spec(tmp_path / "nope.yaml")
 
 
-def test_user_workload_declares_extra_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_spec: Any) -> None:
+def test_user_workload_declares_extra_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_spec: Any
+) -> None:
     (tmp_path / "extra_wl.py").write_text(
         "def fn(params, ctx):\n    raise RuntimeError\nfn.metrics = ['energy_mj']\n"
     )

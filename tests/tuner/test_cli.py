@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+TUNER = [sys.executable, "-m", "tuner._cli"]
+
+
+def _tuner(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("TUNER_STORAGE", None) if env is None or "TUNER_STORAGE" not in env else None
+    return subprocess.run(
+        [*TUNER, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _write(tmp_path: Path, data: dict[str, Any], name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_run_best_status_round_trip(tmp_path: Path, tiny_spec: Any) -> None:
+    spec = _write(tmp_path, tiny_spec(budget={"n_trials": 2, "max_epochs": 1}))
+    run = _tuner("run", str(spec), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Pareto front" in run.stdout and "tuner best tiny" in run.stdout
+    assert (tmp_path / "tuner.db").exists(), "the default store is ./tuner.db"
+    best = _tuner("best", "tiny", "--json", cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    front = json.loads(best.stdout)
+    assert front and {"number", "params", "values"} <= set(front[0])
+    assert set(front[0]["values"]) == {"accuracy", "size_bytes", "latency_ms"}
+    status = _tuner("status", cwd=tmp_path)
+    assert status.returncode == 0 and "tiny" in status.stdout
+    one = _tuner("status", "tiny", cwd=tmp_path)
+    assert one.returncode == 0 and "2 complete" in one.stdout
+
+
+def test_n_trials_flag_and_env_storage(tmp_path: Path, tiny_spec: Any) -> None:
+    spec = _write(tmp_path, tiny_spec(budget={"n_trials": 5, "max_epochs": 1}))
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    run = _tuner("run", str(spec), "--n-trials", "1", cwd=tmp_path, env={"TUNER_STORAGE": url})
+    assert run.returncode == 0, run.stderr
+    assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 1
+    assert not (tmp_path / "tuner.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"budget": {"n_trials": -1}}, "budget.n_trials"),
+        ({"sampler": {"name": "bayes"}}, "sampler.name"),
+        ({"objectives": {"acc": "maximize"}}, "objectives.acc"),
+        ({"workload": "no_such_module:fn"}, "workload"),
+        ({"extra": 1}, "'extra'"),
+    ],
+)
+def test_bad_spec_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, tiny_spec: Any, change: dict[str, Any], words: str
+) -> None:
+    spec = _write(tmp_path, {**tiny_spec(), **change})
+    run = _tuner("run", str(spec), cwd=tmp_path)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], run.stderr
+    assert not (tmp_path / "tuner.db").exists(), "no store or study is created"
+
+
+def test_bad_flags_exit_2(tmp_path: Path, tiny_spec: Any) -> None:
+    spec = _write(tmp_path, tiny_spec())
+    run = _tuner("run", str(spec), "--workers", "0", cwd=tmp_path)
+    assert run.returncode == 2 and "--workers" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_malformed_storage_url(tmp_path: Path, tiny_spec: Any) -> None:
+    spec = _write(tmp_path, tiny_spec())
+    run = _tuner("run", str(spec), "--storage", "not a url", cwd=tmp_path)
+    assert run.returncode == 2
+    assert "malformed" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_unreachable_postgres_is_one_line_with_password_masked(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    spec = _write(tmp_path, tiny_spec())
+    url = "postgresql+psycopg://alice:s3cr3t-pw@127.0.0.1:1/nowhere"
+    run = _tuner("run", str(spec), "--storage", url, cwd=tmp_path)
+    assert run.returncode == 2
+    assert "s3cr3t-pw" not in run.stderr + run.stdout
+    assert "alice:***@127.0.0.1:1" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_unknown_study_lists_known_ones(tmp_path: Path, tiny_spec: Any) -> None:
+    spec = _write(tmp_path, tiny_spec(budget={"n_trials": 1, "max_epochs": 1}))
+    assert _tuner("run", str(spec), cwd=tmp_path).returncode == 0
+    best = _tuner("best", "nope", cwd=tmp_path)
+    assert best.returncode == 2 and "'nope'" in best.stderr and "tiny" in best.stderr
+
+
+README_WORKLOAD = Path(__file__).parents[2] / "README.md"
+
+
+def _readme_block(marker: str) -> str:
+    text = README_WORKLOAD.read_text()
+    start = text.index(marker)
+    body = text[text.index("```python", start) + len("```python") :]
+    return body[: body.index("```")]
+
+
+def test_readme_user_workload_runs_from_the_cli(tmp_path: Path, tiny_spec: Any) -> None:
+    (tmp_path / "my_workloads.py").write_text(_readme_block("<!-- user-workload -->"))
+    spec = tiny_spec(workload="my_workloads:wine_mlp", budget={"n_trials": 2, "max_epochs": 2})
+    spec["search_space"].pop("hidden_units")
+    path = _write(tmp_path, spec)
+    run = _tuner("run", str(path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tuner.db'}")
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert all(0 < t.values[0] <= 1 for t in study.trials)

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import tuner
+from tuner.storage import count_states, load_records, open_storage
+
+
+def test_run_returns_pareto_front_with_measured_metrics(sqlite_url: str, tiny_spec: Any) -> None:
+    result = tuner.run(tiny_spec(), storage=sqlite_url)
+    assert result.counts.get("COMPLETE") == 3
+    assert result.pareto_front, "a finished study has a front"
+    for t in result.pareto_front:
+        assert set(t.values) == {"accuracy", "size_bytes", "latency_ms"}
+        assert 0 < t.values["accuracy"] <= 1
+        assert t.values["size_bytes"] > 0 and t.values["latency_ms"] > 0
+        for key in (
+            "test_accuracy",
+            "latency_ms_p90",
+            "latency_ms_batch",
+            "param_count",
+            "sparsity",
+            "train_time_s",
+        ):
+            assert key in t.metrics
+        assert t.metrics["latency_ms_p90"] >= t.values["latency_ms"]
+        if t.params["quantize"] == "int8":
+            assert t.metrics["int8_layers"], "an int8 trial names its int8 layers"
+        else:
+            assert t.metrics["int8_layers"] == []
+        if t.params["optimizer"] == "adamw":
+            assert "momentum" not in t.params, "momentum is only sampled for sgd"
+
+
+def test_plain_optuna_reads_the_study(sqlite_url: str, tiny_spec: Any) -> None:
+    tuner.run(tiny_spec(budget={"n_trials": 2, "max_epochs": 1}), storage=sqlite_url)
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
+    assert len(study.directions) == 3
+    t = study.trials[0]
+    assert {"accuracy", "size_bytes", "latency_ms", "test_accuracy", "sparsity"} <= set(
+        t.user_attrs
+    )
+
+
+def test_rerun_resumes_to_the_total_and_never_reruns(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1})
+    first = tuner.run(spec, storage=sqlite_url)
+    assert first.trials_run == 2
+    again = tuner.run(spec, storage=sqlite_url)
+    assert again.trials_run == 0 and again.n_finished == 2
+    more = tuner.run(spec, storage=sqlite_url, n_trials=4)
+    assert more.trials_run == 2 and more.n_finished == 4
+    store = open_storage(sqlite_url)
+    records = load_records(store, "tiny")
+    assert [r.number for r in records] == [0, 1, 2, 3]
+    # The first two trials are the same rows, untouched by the later runs.
+    assert [r.datetime_complete for r in records[:2]] == [
+        r.datetime_complete for r in load_records(store, "tiny")[:2]
+    ]
+
+
+FAILING_WORKLOAD = """
+import tuner
+from tuner._builtin_workloads import digits_mlp
+
+def flaky(params, ctx):
+    if ctx.trial_number in (0, 2):
+        raise RuntimeError("CUDA out of memory (simulated by the test workload)")
+    return digits_mlp(params, ctx)
+"""
+
+
+def test_failing_trial_is_kept_with_its_error_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, tiny_spec: Any
+) -> None:
+    (tmp_path / "flaky_workloads.py").write_text(FAILING_WORKLOAD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tiny_spec(workload="flaky_workloads:flaky", budget={"n_trials": 3, "max_epochs": 1})
+    result = tuner.run(spec, storage=sqlite_url)
+    assert result.n_finished == 3
+    records = load_records(open_storage(sqlite_url), "tiny")
+    failed = [r for r in records if r.state == "FAIL"]
+    assert [r.number for r in failed] == [0, 2]
+    assert all("out of memory" in (r.error or "") for r in failed)
+    assert sum(r.state == "COMPLETE" for r in records) == 3
+
+
+def test_nan_loss_fails_the_trial_with_a_clear_reason(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(
+        search_space={
+            "optimizer": "sgd",
+            "lr": 1.0e6,
+            "momentum": 0.9,
+            "batch_size": 64,
+            "hidden_units": 32,
+        },
+        budget={"n_trials": 1, "max_epochs": 2},
+        objectives={"accuracy": "maximize"},
+    )
+    with pytest.raises(tuner.DispatchError, match="keep failing.*diverged"):
+        tuner.run(spec, storage=sqlite_url, n_trials=1)
+    records = load_records(open_storage(sqlite_url), "tiny")
+    assert "diverged" in (records[0].error or "")
+    assert records[0].state == "FAIL"
+
+
+def test_two_local_workers_on_sqlite_meet_the_budget_exactly(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    result = tuner.run(
+        tiny_spec(budget={"n_trials": 4, "max_epochs": 1}), storage=sqlite_url, workers=2
+    )
+    counts = count_states(open_storage(sqlite_url), "tiny")
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
+    assert counts.get("RUNNING", 0) == 0
+    assert "database is locked" not in " ".join(
+        r.error or "" for r in load_records(open_storage(sqlite_url), "tiny")
+    )
+    assert result.n_finished == 4
+
+
+def test_constraints_mark_infeasible_trials(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(
+        constraints={"size_bytes": {"max": 1}}, budget={"n_trials": 2, "max_epochs": 1}
+    )
+    result = tuner.run(spec, storage=sqlite_url)
+    assert result.pareto_front == []
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    assert all(t.user_attrs["feasible"] is False for t in study.trials)
+    assert all(t.constraints["size_bytes"] > 0 for t in study.trials)
+
+
+def test_existing_study_with_other_objectives_is_refused(sqlite_url: str, tiny_spec: Any) -> None:
+    tuner.run(tiny_spec(budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
+    with pytest.raises(tuner.SpecError, match="already exists"):
+        tuner.run(tiny_spec(objectives={"accuracy": "maximize"}), storage=sqlite_url)
+
+
+@pytest.mark.postgres
+def test_run_on_postgresql(postgres_url: str, tiny_spec: Any) -> None:
+    result = tuner.run(
+        tiny_spec(budget={"n_trials": 2, "max_epochs": 1}), storage=postgres_url, workers=2
+    )
+    assert result.n_finished == 2
+    study = optuna.load_study(study_name="tiny", storage=postgres_url)
+    assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
+    assert "***" not in result.storage_url or "@" in result.storage_url
