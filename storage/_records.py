@@ -72,7 +72,9 @@ def load_study_readonly(storage: optuna.storages.BaseStorage, name: str) -> optu
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:
         known = sorted(s.study_name for s in storage.get_all_studies())
-        hint = f"; studies in this store: {', '.join(known)}" if known else "; the store has no study"
+        hint = (
+            f"; studies in this store: {', '.join(known)}" if known else "; the store has no study"
+        )
         raise StoreError(f"no study named {name!r}{hint}") from exc
 
 
@@ -118,7 +120,9 @@ def count_states(storage: optuna.storages.BaseStorage, name: str) -> dict[str, i
 
     with engine.connect() as conn:
         rows = conn.execute(
-            sqlalchemy.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+            sqlalchemy.text(
+                "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"
+            ),
             {"sid": study_id},
         ).all()
     return {_state_name(state): int(n) for state, n in rows}
@@ -154,7 +158,9 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return mask
 
 
-def pareto_front(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> list[TrialRecord]:
+def pareto_front(
+    records: Sequence[TrialRecord], objectives: Mapping[str, str]
+) -> list[TrialRecord]:
     """Complete, feasible, non-dominated trials, best first by the first objective."""
     names = list(objectives)
     pool = [
@@ -174,9 +180,7 @@ def pareto_front(records: Sequence[TrialRecord], objectives: Mapping[str, str]) 
     return front
 
 
-def hypervolume(
-    points: np.ndarray, directions: Sequence[str], reference: Sequence[float]
-) -> float:
+def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
     """Hypervolume dominated by ``points`` up to ``reference`` (Optuna's exact algorithm)."""
     from optuna._hypervolume import compute_hypervolume
 

@@ -10,7 +10,9 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-PG_ADMIN_URL = os.environ.get("TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
@@ -65,7 +67,9 @@ def postgres_server() -> str:
     if not _postgres_available():
         if os.environ.get("TUNER_SKIP_POSTGRES") == "1":
             pytest.skip("PostgreSQL not reachable and TUNER_SKIP_POSTGRES=1")
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set TUNER_SKIP_POSTGRES=1 to skip)")
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set TUNER_SKIP_POSTGRES=1 to skip)"
+        )
     return PG_ADMIN_URL
 
 
@@ -78,7 +82,11 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
     admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sqlalchemy.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    url = (
+        sqlalchemy.engine.make_url(postgres_server)
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
     try:
         yield url
     finally:

@@ -17,6 +17,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._exceptions import (
     CompressionError,
     DispatchError,
@@ -25,7 +27,6 @@ from ._exceptions import (
     TunerError,
     WorkloadError,
 )
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._run import RunResult, run
@@ -62,6 +63,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "CompressionError",

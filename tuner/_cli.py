@@ -35,7 +35,11 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", metavar="URL", help="study store URL (else $TUNER_STORAGE, else sqlite:///tuner.db)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="study store URL (else $TUNER_STORAGE, else sqlite:///tuner.db)",
+    )
 
 
 # --- run -----------------------------------------------------------------------------
@@ -43,13 +47,17 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run (or resume) a study until its budget is met")
-    p.add_argument("spec", help="YAML spec file, or the name of a shipped spec (digits_mlp, mnist1d_cnn)")
+    p.add_argument(
+        "spec", help="YAML spec file, or the name of a shipped spec (digits_mlp, mnist1d_cnn)"
+    )
     _storage_arg(p)
     p.add_argument("--n-trials", type=int, help="total finished trials (COMPLETE + PRUNED)")
     p.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
     p.add_argument("--study-name", help="name in the store (default: the spec's name)")
     p.add_argument("--backend", choices=["inline", "local", "ray"], help="where trials run")
-    p.add_argument("--address", help="Ray cluster address (backend ray; else $RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--address", help="Ray cluster address (backend ray; else $RAY_ADDRESS or a local Ray)"
+    )
     p.add_argument("--json", action="store_true", help="print the Pareto front as JSON")
     p.set_defaults(func=_cmd_run)
 
@@ -60,7 +68,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.address:
         if args.backend not in (None, "ray"):
-            raise SpecError(f"--address: only used with --backend ray, got --backend {args.backend}")
+            raise SpecError(
+                f"--address: only used with --backend ray, got --backend {args.backend}"
+            )
         args.backend = "ray"
         options["address"] = args.address
     result = run(
@@ -110,7 +120,9 @@ def _fmt(metric: str, value: Any) -> str:
     return str(value)
 
 
-def _print_front(console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str) -> None:
+def _print_front(
+    console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str
+) -> None:
     from rich.table import Table
 
     if not front:
@@ -172,7 +184,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 console.print("no studies yet: tuner run search_spaces/digits_mlp.yaml")
                 return EXIT_OK
             table = Table()
-            for col in ("study", "state", "complete", "stopped", "failed", "running", "last update"):
+            for col in (
+                "study",
+                "state",
+                "complete",
+                "stopped",
+                "failed",
+                "running",
+                "last update",
+            ):
                 table.add_column(col)
             for s in summaries:
                 c = s.counts
@@ -196,7 +216,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for r in records:
         counts[r.state] = counts.get(r.state, 0) + 1
-    epochs = sum(int(r.metrics.get("epochs", len(r.curve))) for r in records if r.state in ("COMPLETE", "PRUNED"))
+    epochs = sum(
+        int(r.metrics.get("epochs", len(r.curve)))
+        for r in records
+        if r.state in ("COMPLETE", "PRUNED")
+    )
     console.print(
         f"study [bold]{args.study}[/]: {counts.get('COMPLETE', 0)} complete, "
         f"{counts.get('PRUNED', 0)} stopped early, {counts.get('FAIL', 0)} failed, "
@@ -218,7 +242,13 @@ def _add_best(sub: Any) -> None:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from .storage import StoreError, load_records, load_study_readonly, pareto_front, study_objectives
+    from .storage import (
+        StoreError,
+        load_records,
+        load_study_readonly,
+        pareto_front,
+        study_objectives,
+    )
 
     store = _open_readonly(args.storage)
     try:
@@ -230,7 +260,12 @@ def _cmd_best(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    {"number": r.number, "params": r.params, "values": r.values, "metrics": r.metrics}
+                    {
+                        "number": r.number,
+                        "params": r.params,
+                        "values": r.values,
+                        "metrics": r.metrics,
+                    }
                     for r in front
                 ],
                 indent=2,
@@ -299,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished trials are kept; run the same command to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -35,7 +35,9 @@ def _three_way(x: np.ndarray, y: np.ndarray, val: float, test: float) -> Splits:
     n_test = int(round(len(x) * test))
     n_val = int(round(len(x) * val))
     te, va, tr = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return Splits(_tensors(x[tr], y[tr]), _tensors(x[va], y[va]), _tensors(x[te], y[te]), int(y.max()) + 1)
+    return Splits(
+        _tensors(x[tr], y[tr]), _tensors(x[va], y[va]), _tensors(x[te], y[te]), int(y.max()) + 1
+    )
 
 
 @lru_cache(maxsize=1)

@@ -67,20 +67,32 @@ def _admit_under_budget(storage: Any, study_id: int, n_trials: int):
                 {"sid": study_id, "num": trial.number},
             ).scalar_one()
         if ahead >= n_trials:
-            trial.set_user_attr("error", "not run: trials started before it already fill the budget")
+            trial.set_user_attr(
+                "error", "not run: trials started before it already fill the budget"
+            )
             raise BudgetMet()
 
     return admit
+
+
+def build_objective(spec: Any, storage: Any, study_id: int, n_trials: int) -> Any:
+    """The objective every backend's workers run: budget check, training, compression, measuring."""
+    from ._objective import Objective
+    from ._workloads import resolve_workload
+
+    return Objective(
+        spec,
+        resolve_workload(spec.workload),
+        admit=_admit_under_budget(storage, study_id, n_trials),
+    )
 
 
 def work(job: WorkerJob) -> int:
     """Run trials of ``job`` until the budget is met or the deadline passes; return trials run."""
     import torch
 
-    from ._objective import Objective
     from ._samplers import build_sampler
     from ._spec import spec_from_dict
-    from ._workloads import resolve_workload
     from .storage import open_storage
 
     torch.set_num_threads(max(1, job.threads))
@@ -90,11 +102,7 @@ def work(job: WorkerJob) -> int:
     finished, running = _finished_and_running(storage, study_id)
     sampler = build_sampler(spec, seed_offset=1000 * job.worker_index + finished + running)
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
-    objective = Objective(
-        spec,
-        resolve_workload(spec.workload),
-        admit=_admit_under_budget(storage, study_id, job.n_trials),
-    )
+    objective = build_objective(spec, storage, study_id, job.n_trials)
     ran = 0
     failures = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -112,7 +120,9 @@ def work(job: WorkerJob) -> int:
         before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
         ran += 1
-        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before
+        failed = (
+            len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before
+        )
         failures = failures + 1 if failed else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             storage.engine.dispose()
@@ -173,7 +183,9 @@ class InlineDispatcher(Dispatcher):
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         if len(jobs) != 1:
-            raise DispatchError(f"--workers {len(jobs)} with backend 'inline'; expected 1 (use backend 'local')")
+            raise DispatchError(
+                f"--workers {len(jobs)} with backend 'inline'; expected 1 (use backend 'local')"
+            )
 
         def target() -> None:
             try:
@@ -218,7 +230,9 @@ class LocalProcessDispatcher(Dispatcher):
     def _launch(self, jobs: list[WorkerJob]) -> None:
         ctx = mp.get_context("spawn")
         for job in jobs:
-            proc = ctx.Process(target=_process_main, args=(job,), name=f"tuner-worker-{job.worker_index}")
+            proc = ctx.Process(
+                target=_process_main, args=(job,), name=f"tuner-worker-{job.worker_index}"
+            )
             proc.start()
             self._procs.append(proc)
 
@@ -257,12 +271,12 @@ def make_dispatcher(backend: str, **options: Any) -> Dispatcher:
         try:
             from ._ray import RayDispatcher
         except ImportError as exc:
-            raise DispatchError(
-                "backend 'ray' needs Ray: pip install 'tuner[ray]'"
-            ) from exc
+            raise DispatchError("backend 'ray' needs Ray: pip install 'tuner[ray]'") from exc
         return RayDispatcher(**options)
     raise DispatchError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
 
 
 def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )

@@ -70,7 +70,9 @@ class Objective:
         trial.set_user_attr("device", str(device))
         single = len(spec.objectives) == 1
         ctx = TrialContext(
-            device=device, max_epochs=spec.budget.max_epochs, seed=_trial_seed(spec, trial),
+            device=device,
+            max_epochs=spec.budget.max_epochs,
+            seed=_trial_seed(spec, trial),
             trial_number=trial.number,
         )
 
@@ -159,12 +161,22 @@ def measure_trained(
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
     example = trained.val_data[0][:1]
     lat1 = measure_latency(
-        shipped, example, batch_size=1, device=measure_device,
-        warmup=spec.measure.warmup, repeats=spec.measure.repeats, threads=threads,
+        shipped,
+        example,
+        batch_size=1,
+        device=measure_device,
+        warmup=spec.measure.warmup,
+        repeats=spec.measure.repeats,
+        threads=threads,
     )
     latb = measure_latency(
-        shipped, example, batch_size=spec.measure.batch_size, device=measure_device,
-        warmup=max(1, spec.measure.warmup // 2), repeats=max(3, spec.measure.repeats // 2), threads=threads,
+        shipped,
+        example,
+        batch_size=spec.measure.batch_size,
+        device=measure_device,
+        warmup=max(1, spec.measure.warmup // 2),
+        repeats=max(3, spec.measure.repeats // 2),
+        threads=threads,
     )
     metrics: dict[str, Any] = {
         "accuracy": accuracy(shipped, *trained.val_data, device=measure_device),

@@ -54,7 +54,9 @@ def open_store(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
         raise StorageError(str(exc)) from exc
 
 
-def prepare_study(spec: StudySpec, storage: optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+def prepare_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage, study_name: str
+) -> optuna.Study:
     """Create the study, or check that the existing one has the same objectives."""
     directions = list(spec.objectives.values())
     names = list(spec.objectives)
@@ -64,7 +66,10 @@ def prepare_study(spec: StudySpec, storage: optuna.storages.BaseStorage, study_n
         existing = None
     if existing is not None:
         have = existing.metric_names or []
-        have_dirs = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in existing.directions]
+        have_dirs = [
+            "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+            for d in existing.directions
+        ]
         if have and (have != names or have_dirs != directions):
             raise SpecError(
                 f"spec field 'objectives': study {study_name!r} already exists with objectives "
@@ -120,7 +125,9 @@ def run(
         StorageError: the store cannot be opened.
     """
     spec = load_spec(study)
-    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+    if n_trials is not None and (
+        isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1
+    ):
         raise SpecError(f"--n-trials: got {n_trials!r}; expected an integer >= 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SpecError(f"--workers: got {workers!r}; expected an integer >= 1")
@@ -128,7 +135,9 @@ def run(
     if backend not in BACKENDS:
         raise SpecError(f"--backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "inline" and workers != 1:
-        raise SpecError(f"--workers: got {workers} with backend 'inline'; expected 1, or backend 'local'")
+        raise SpecError(
+            f"--workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
+        )
     name = study_name or spec.name
     if study_name is not None:
         spec.with_overrides(name=study_name)  # validates the name
@@ -202,7 +211,13 @@ class _Progress:
 
     def start(self, url: str, workers: int, backend: str) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         console = Console(stderr=True)
         console.print(
@@ -270,10 +285,7 @@ def _force_progress() -> bool:
 
 def result_as_json(result: RunResult) -> str:
     return json.dumps(
-        [
-            {"number": r.number, "params": r.params, "values": r.values}
-            for r in result.pareto_front
-        ],
+        [{"number": r.number, "params": r.params, "values": r.values} for r in result.pareto_front],
         indent=2,
         default=str,
     )

@@ -7,6 +7,7 @@ Constraints reach the samplers that honour them (TPE, NSGA-II, GP) through
 from __future__ import annotations
 
 import warnings
+
 import optuna
 
 from ._spec import StudySpec

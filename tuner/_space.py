@@ -48,7 +48,9 @@ def suggest(trial: optuna.Trial, params: Mapping[str, ParamSpec]) -> dict[str, A
                 name, int(p.low or 0), int(p.high or 0), step=int(p.step or 1), log=p.log
             )
         else:
-            chosen[name] = trial.suggest_float(name, float(p.low or 0), float(p.high or 0), step=p.step, log=p.log)
+            chosen[name] = trial.suggest_float(
+                name, float(p.low or 0), float(p.high or 0), step=p.step, log=p.log
+            )
     return chosen
 
 

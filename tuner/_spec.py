@@ -61,8 +61,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _number(path: str, value: Any, *, minimum: float | None = None, integer: bool = False,
-            strict_min: bool = False) -> float:
+def _number(
+    path: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    integer: bool = False,
+    strict_min: bool = False,
+) -> float:
     if integer and (not isinstance(value, int) or isinstance(value, bool)):
         raise _field(path, value, "an integer")
     if not _is_number(value):
@@ -149,7 +155,9 @@ def _parse_param(name: str, raw: Any) -> ParamSpec:
     integer = kind == "int"
     for key in ("low", "high"):
         if key not in raw:
-            raise SpecError(f"spec field '{path}.{key}': missing; a {kind} parameter needs low and high")
+            raise SpecError(
+                f"spec field '{path}.{key}': missing; a {kind} parameter needs low and high"
+            )
     low = _number(f"{path}.low", raw["low"], integer=integer)
     high = _number(f"{path}.high", raw["high"], integer=integer)
     if low > high:
@@ -272,7 +280,11 @@ class StudySpec:
     workload: str
     search_space: Mapping[str, Any]
     objectives: Mapping[str, str] = field(
-        default_factory=lambda: {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+        default_factory=lambda: {
+            "accuracy": "maximize",
+            "size_bytes": "minimize",
+            "latency_ms": "minimize",
+        }
     )
     storage: str | None = None
     constraints: Any = field(default_factory=dict)
@@ -356,7 +368,9 @@ def _validate_into(spec: StudySpec) -> None:
     if not isinstance(spec.name, str) or not _NAME.match(spec.name):
         raise _field("name", spec.name, "1-128 letters, digits, '_', '.' or '-'")
     if not isinstance(spec.workload, str) or not spec.workload:
-        raise _field("workload", spec.workload, "a built-in workload name or 'package.module:function'")
+        raise _field(
+            "workload", spec.workload, "a built-in workload name or 'package.module:function'"
+        )
     workload = resolve_workload(spec.workload)
     if spec.storage is not None and (not isinstance(spec.storage, str) or not spec.storage):
         raise _field("storage", spec.storage, "a storage URL such as sqlite:///tuner.db")
@@ -372,18 +386,24 @@ def _validate_into(spec: StudySpec) -> None:
         for other, values in p.when.items():
             if other not in params:
                 close = difflib.get_close_matches(other, list(params), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"parameters: {', '.join(params)}"
+                hint = (
+                    f"did you mean '{close[0]}'?" if close else f"parameters: {', '.join(params)}"
+                )
                 raise SpecError(
                     f"spec field 'search_space.{p.name}.when': names unknown parameter '{other}'; {hint}"
                 )
             if other == p.name:
-                raise SpecError(f"spec field 'search_space.{p.name}.when': a parameter cannot depend on itself")
+                raise SpecError(
+                    f"spec field 'search_space.{p.name}.when': a parameter cannot depend on itself"
+                )
             target = params[other]
             if target.type in ("categorical", "fixed"):
                 allowed = target.domain_values()
                 for v in values:
                     if v not in allowed:
-                        raise _field(f"search_space.{p.name}.when.{other}", v, f"one of {list(allowed)}")
+                        raise _field(
+                            f"search_space.{p.name}.when.{other}", v, f"one of {list(allowed)}"
+                        )
     _check_acyclic(params)
     _check_reserved(params)
     _set(spec, "search_space", params)
@@ -391,12 +411,16 @@ def _validate_into(spec: StudySpec) -> None:
     # objectives
     objectives = _mapping("objectives", spec.objectives)
     if not objectives:
-        raise _field("objectives", dict(objectives), "at least one metric, e.g. {accuracy: maximize}")
+        raise _field(
+            "objectives", dict(objectives), "at least one metric, e.g. {accuracy: maximize}"
+        )
     known = tuple(MEASURED_METRICS) + tuple(workload.extra_metrics)
     for metric, direction in objectives.items():
         if metric not in known:
             close = difflib.get_close_matches(str(metric), known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"metrics reported: {', '.join(known)}"
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"metrics reported: {', '.join(known)}"
+            )
             raise SpecError(
                 f"spec field 'objectives.{metric}': workload '{spec.workload}' does not report "
                 f"this metric; {hint}"
@@ -408,7 +432,9 @@ def _validate_into(spec: StudySpec) -> None:
     # constraints
     constraints: list[Constraint] = []
     raw_constraints = spec.constraints
-    if isinstance(raw_constraints, (list, tuple)) and all(isinstance(c, Constraint) for c in raw_constraints):
+    if isinstance(raw_constraints, (list, tuple)) and all(
+        isinstance(c, Constraint) for c in raw_constraints
+    ):
         constraints = list(raw_constraints)
     else:
         raw_constraints = _mapping("constraints", raw_constraints or {})
@@ -416,7 +442,11 @@ def _validate_into(spec: StudySpec) -> None:
             path = f"constraints.{metric}"
             if metric not in known:
                 close = difflib.get_close_matches(str(metric), known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"metrics reported: {', '.join(known)}"
+                hint = (
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"metrics reported: {', '.join(known)}"
+                )
                 raise SpecError(f"spec field '{path}': unknown metric; {hint}")
             bound = _mapping(path, bound)
             _check_keys(path, bound, ("max", "min"))
@@ -425,7 +455,9 @@ def _validate_into(spec: StudySpec) -> None:
             hi = _number(f"{path}.max", bound["max"]) if "max" in bound else None
             lo = _number(f"{path}.min", bound["min"]) if "min" in bound else None
             if hi is not None and lo is not None and lo > hi:
-                raise SpecError(f"spec field '{path}': min={lo!r} > max={hi!r}; expected min <= max")
+                raise SpecError(
+                    f"spec field '{path}': min={lo!r} > max={hi!r}; expected min <= max"
+                )
             constraints.append(Constraint(metric=str(metric), max=hi, min=lo))
     _set(spec, "constraints", tuple(constraints))
 
@@ -446,7 +478,11 @@ def _validate_into(spec: StudySpec) -> None:
             seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
         sampler = SamplerSpec(name=name, seed=seed)
     if sampler.name == "cmaes" and len(spec.objectives) > 1:
-        raise _field("sampler.name", "cmaes", "tpe, nsga2, gp or random for a multi-objective study (cmaes has one objective)")
+        raise _field(
+            "sampler.name",
+            "cmaes",
+            "tpe, nsga2, gp or random for a multi-objective study (cmaes has one objective)",
+        )
     if sampler.name == "grid":
         for p in params.values():
             p.domain_values()
@@ -460,7 +496,9 @@ def _validate_into(spec: StudySpec) -> None:
         es = _mapping("early_stopping", es)
         _check_keys("early_stopping", es, ("name",))
         if es.get("name", "none") not in EARLY_STOPPING:
-            raise _field("early_stopping.name", es.get("name"), f"one of {', '.join(EARLY_STOPPING)}")
+            raise _field(
+                "early_stopping.name", es.get("name"), f"one of {', '.join(EARLY_STOPPING)}"
+            )
         es = EarlyStoppingSpec(name=es.get("name", "none"))
     _set(spec, "early_stopping", es)
 
@@ -469,8 +507,12 @@ def _validate_into(spec: StudySpec) -> None:
     if not isinstance(budget, Budget):
         budget = _mapping("budget", budget)
         _check_keys("budget", budget, ("n_trials", "max_epochs", "timeout_s"))
-        n_trials = int(_number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True))
-        max_epochs = int(_number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True))
+        n_trials = int(
+            _number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True)
+        )
+        max_epochs = int(
+            _number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True)
+        )
         timeout = budget.get("timeout_s")
         if timeout is not None:
             timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
@@ -496,10 +538,20 @@ def _validate_into(spec: StudySpec) -> None:
         _check_keys("measure", measure, ("batch_size", "warmup", "repeats", "threads"))
         threads = measure.get("threads")
         measure = MeasureSpec(
-            batch_size=int(_number("measure.batch_size", measure.get("batch_size", 32), minimum=1, integer=True)),
-            warmup=int(_number("measure.warmup", measure.get("warmup", 10), minimum=0, integer=True)),
-            repeats=int(_number("measure.repeats", measure.get("repeats", 50), minimum=3, integer=True)),
-            threads=None if threads is None else int(_number("measure.threads", threads, minimum=1, integer=True)),
+            batch_size=int(
+                _number(
+                    "measure.batch_size", measure.get("batch_size", 32), minimum=1, integer=True
+                )
+            ),
+            warmup=int(
+                _number("measure.warmup", measure.get("warmup", 10), minimum=0, integer=True)
+            ),
+            repeats=int(
+                _number("measure.repeats", measure.get("repeats", 50), minimum=3, integer=True)
+            ),
+            threads=None
+            if threads is None
+            else int(_number("measure.threads", threads, minimum=1, integer=True)),
         )
     _set(spec, "measure", measure)
 
@@ -511,8 +563,10 @@ def _check_acyclic(params: Mapping[str, ParamSpec]) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = " -> ".join([*trail[trail.index(name):], name])
-            raise SpecError(f"spec field 'search_space.{name}.when': conditions form a cycle ({cycle})")
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
+            raise SpecError(
+                f"spec field 'search_space.{name}.when': conditions form a cycle ({cycle})"
+            )
         state[name] = 1
         for other in params[name].when:
             visit(other, [*trail, name])
@@ -548,7 +602,9 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
         if name in params:
             p = params[name]
             if p.type not in ("categorical", "fixed"):
-                raise _field(f"search_space.{name}.type", p.type, f"categorical over {', '.join(allowed)}")
+                raise _field(
+                    f"search_space.{name}.type", p.type, f"categorical over {', '.join(allowed)}"
+                )
             for v in values_of(p):
                 if v not in allowed:
                     raise _field(f"search_space.{name}", v, f"one of {', '.join(allowed)}")
@@ -571,7 +627,9 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
 def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:
     """Build a :class:`StudySpec` from plain data (what a YAML file holds)."""
     if not isinstance(data, Mapping):
-        raise SpecError(f"{source}: expected a mapping of spec fields at the top level, got {type(data).__name__}")
+        raise SpecError(
+            f"{source}: expected a mapping of spec fields at the top level, got {type(data).__name__}"
+        )
     _check_keys("", data, _TOP_KEYS)
     for required in ("name", "workload", "search_space"):
         if required not in data:
@@ -600,8 +658,10 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
     if not path.exists():
         shipped = _shipped_spec(str(source))
         if shipped is None:
-            raise SpecError(f"spec file {str(source)!r} does not exist; expected a YAML file or one of "
-                            f"the shipped specs: {', '.join(shipped_specs())}")
+            raise SpecError(
+                f"spec file {str(source)!r} does not exist; expected a YAML file or one of "
+                f"the shipped specs: {', '.join(shipped_specs())}"
+            )
         path = shipped
     try:
         data = yaml.safe_load(path.read_text())

@@ -59,7 +59,9 @@ class TrialContext:
         if not math.isfinite(acc):
             raise WorkloadError(f"ctx.report got val_accuracy={acc}; expected a finite number")
         self.curve.append(acc)
-        if self.on_report is not None and self.on_report(epoch, {k: float(v) for k, v in metrics.items()}):
+        if self.on_report is not None and self.on_report(
+            epoch, {k: float(v) for k, v in metrics.items()}
+        ):
             raise TrialStopped(f"stopped early after epoch {epoch + 1}")
 
 
@@ -214,7 +216,15 @@ def train_classifier(
     def after_epoch(epoch: int) -> None:
         ctx.report(epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device))
 
-    fit(model, train, params, epochs=ctx.max_epochs, device=ctx.device, seed=ctx.seed, on_epoch=after_epoch)
+    fit(
+        model,
+        train,
+        params,
+        epochs=ctx.max_epochs,
+        device=ctx.device,
+        seed=ctx.seed,
+        on_epoch=after_epoch,
+    )
     return TrainedModel(
         model=model,
         val_data=val,

@@ -10,7 +10,9 @@ def _brute(values: np.ndarray, dirs: list[str]) -> np.ndarray:
     v = values * signs
     out = []
     for i in range(len(v)):
-        dominated = any(np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i)
+        dominated = any(
+            np.all(v[j] <= v[i]) and np.any(v[j] < v[i]) for j in range(len(v)) if j != i
+        )
         out.append(not dominated)
     return np.array(out)
 

@@ -6,7 +6,10 @@ from tuner.storage import DEFAULT_URL, StoreError, check_url, mask_url, open_sto
 
 
 def test_mask_hides_the_password() -> None:
-    assert mask_url("postgresql+psycopg://bob:hunter2@db:5432/tuner") == "postgresql+psycopg://bob:***@db:5432/tuner"
+    assert (
+        mask_url("postgresql+psycopg://bob:hunter2@db:5432/tuner")
+        == "postgresql+psycopg://bob:***@db:5432/tuner"
+    )
     assert "hunter2" not in mask_url("postgresql://bob:hunter2@db/x?sslmode=require")
     assert mask_url("sqlite:///tuner.db") == "sqlite:///tuner.db"
 
