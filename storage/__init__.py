@@ -8,12 +8,17 @@ the dashboard. This package imports neither ``tuner`` nor the dashboard.
 
 from __future__ import annotations
 
+from ._budget import budget_lock
 from ._errors import StoreError
-from ._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage
+from ._fast import read_best_values, read_records, read_studies
+from ._locks import LockHeld, LockHolder, StoreLock, acquire_lock, read_lock
+from ._nights import NightSummary, night_studies, nights, previous_night
+from ._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, set_trial_user_attrs
 from ._records import (
     StudySummary,
     TrialRecord,
     count_states,
+    count_states_by_id,
     hypervolume,
     list_studies,
     load_records,
@@ -26,24 +31,39 @@ from ._records import (
 from ._url import DEFAULT_URL, ENV_VAR, check_url, mask_url, resolve_url
 
 __all__ = [
+    "budget_lock",
     "DEFAULT_URL",
     "ENV_VAR",
     "GRACE_PERIOD_S",
     "HEARTBEAT_INTERVAL_S",
+    "LockHeld",
+    "LockHolder",
+    "NightSummary",
     "StoreError",
+    "StoreLock",
     "StudySummary",
     "TrialRecord",
+    "acquire_lock",
     "check_url",
     "count_states",
+    "count_states_by_id",
     "hypervolume",
     "list_studies",
     "load_records",
     "load_study_readonly",
     "mask_url",
+    "night_studies",
+    "nights",
     "open_storage",
     "pareto_front",
     "pareto_mask",
+    "previous_night",
+    "read_best_values",
+    "read_lock",
+    "read_records",
+    "read_studies",
     "resolve_url",
+    "set_trial_user_attrs",
     "study_objectives",
     "to_record",
 ]

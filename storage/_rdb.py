@@ -17,6 +17,36 @@ from ._url import check_url, mask_url
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
 MAX_RETRY = 3
+# Shorter heartbeats for tests and impatient clusters; every worker of a study should
+# see the same values (the Ray backend forwards them to its workers).
+HEARTBEAT_INTERVAL_VAR = "TUNER_HEARTBEAT_INTERVAL_S"
+GRACE_PERIOD_VAR = "TUNER_GRACE_PERIOD_S"
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    import os
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise StoreError(f"{name}: got {text!r}; expected a whole number of seconds >= 1")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Heartbeat interval and grace period in seconds (environment, else the defaults)."""
+    interval = _seconds_from_env(HEARTBEAT_INTERVAL_VAR, HEARTBEAT_INTERVAL_S)
+    grace = _seconds_from_env(GRACE_PERIOD_VAR, max(GRACE_PERIOD_S, 2 * interval))
+    if grace <= interval:
+        raise StoreError(
+            f"{GRACE_PERIOD_VAR}: got {grace}; expected more than the heartbeat interval ({interval})"
+        )
+    return interval, grace
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -77,23 +107,62 @@ def open_storage(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        interval, grace = heartbeat_settings()
         kwargs.update(
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=GRACE_PERIOD_S,
+            heartbeat_interval=interval,
+            grace_period=grace,
             heartbeat_stale_trial_callback=retry,
         )
-    if backend == "sqlite":
+    if read_only:
+        _check_is_store(url)
+    elif backend == "sqlite":
         _enable_wal(url)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, RuntimeError) as exc:
+        storage = _create_rdb_storage(url, kwargs)
+    except (
+        sqlalchemy.exc.SQLAlchemyError,
+        optuna.exceptions.StorageInternalError,
+        ImportError,
+        OSError,
+        RuntimeError,
+    ) as exc:
         raise StoreError(_describe(url, exc)) from exc
     if backend == "sqlite":
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
     return storage
+
+
+def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    import time
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Drivers started together on a new database race to create the tables;
+            # the loser finds them created a moment later.
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _check_is_store(url: str) -> None:
+    engine = sqlalchemy.create_engine(url)
+    try:
+        has_tables = sqlalchemy.inspect(engine).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StoreError(_describe(url, exc)) from exc
+    finally:
+        engine.dispose()
+    if not has_tables:
+        raise StoreError(
+            f"{mask_url(url)!r} holds no study store yet (no Optuna tables); "
+            "create one with 'tuner run SPEC --storage URL'"
+        )
 
 
 def _enable_wal(url: str) -> None:
@@ -117,3 +186,34 @@ def _describe(url: str, exc: BaseException) -> str:
     if password:
         first = first.replace(str(password), "***")
     return f"cannot open study store {mask_url(url)!r}: {first}"
+
+
+def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Write many user attributes of one trial in one statement.
+
+    Optuna writes one transaction (two queries) per attribute; a trial records about
+    twenty metrics, so batching them is most of tuner's per-trial cost on the store.
+    Rows are the ones Optuna itself writes, so Optuna reads them back as usual.
+    """
+    backend = getattr(storage, "_backend", storage)
+    dialect = backend.engine.dialect.name if isinstance(backend, optuna.storages.RDBStorage) else ""
+    if dialect not in ("sqlite", "postgresql") or not attrs:
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        return
+    import json
+
+    from optuna.storages._rdb import models
+
+    table = models.TrialUserAttributeModel.__table__
+    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    stmt = insert(table).values(rows)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.trial_id, table.c.key],
+        set_={"value_json": stmt.excluded.value_json},
+    )
+    with backend.engine.begin() as conn:
+        conn.execute(stmt)

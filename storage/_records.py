@@ -109,7 +109,13 @@ def load_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialR
 
 def count_states(storage: optuna.storages.BaseStorage, name: str) -> dict[str, int]:
     """Trials of study ``name`` by state, counted in the database."""
-    study_id = storage.get_study_id_from_name(name)
+    return count_states_by_id(storage, storage.get_study_id_from_name(name))
+
+
+def count_states_by_id(
+    storage: optuna.storages.BaseStorage, study_id: int, connection: Any = None
+) -> dict[str, int]:
+    """Trials of a study by state; ``connection`` reuses an open database connection."""
     engine = getattr(storage, "engine", None)
     if engine is None:
         counts: dict[str, int] = {}
@@ -118,13 +124,14 @@ def count_states(storage: optuna.storages.BaseStorage, name: str) -> dict[str, i
         return counts
     import sqlalchemy
 
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.text(
-                "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"
-            ),
-            {"sid": study_id},
-        ).all()
+    query = sqlalchemy.text(
+        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"
+    )
+    if connection is not None:
+        rows = connection.execute(query, {"sid": study_id}).all()
+    else:
+        with engine.connect() as conn:
+            rows = conn.execute(query, {"sid": study_id}).all()
     return {_state_name(state): int(n) for state, n in rows}
 
 

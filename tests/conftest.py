@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Kept trial models go to a throwaway folder, never into the checkout.
+os.environ.setdefault("TUNER_ARTIFACTS", tempfile.mkdtemp(prefix="tuner-artifacts-"))
 
 PG_ADMIN_URL = os.environ.get(
     "TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -93,3 +96,125 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+RAY_TEST_CPUS = 8
+RAY_TEST_GPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[Any]:
+    """One local Ray for the whole test session, with 8 CPUs and 2 logical GPUs.
+
+    The GPUs are logical: Ray schedules and packs trials on them and sets
+    ``CUDA_VISIBLE_DEVICES``, while the trials themselves run on the CPU.
+    """
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(
+        address="local",
+        num_cpus=RAY_TEST_CPUS,
+        num_gpus=RAY_TEST_GPUS,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+SLOW_WORKLOAD = '''
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import tuner
+
+
+def slow(params, ctx):
+    """Sleeps ``epoch_s`` per epoch, so a test can act while a trial is running.
+
+    ``run_dir`` receives one file per trial start holding the worker's pid. With
+    ``barrier`` set, a trial waits until that many trials have started (at most
+    ``barrier_s``) and records how many it saw.
+    """
+    run_dir = Path(params["run_dir"])
+    (run_dir / f"{ctx.trial_number}.{os.getpid()}").write_text(str(os.getpid()))
+    seen = 0
+    barrier = int(params.get("barrier", 0))
+    if barrier:
+        deadline = time.time() + float(params.get("barrier_s", 120))
+        while time.time() < deadline:
+            seen = len(list(run_dir.iterdir()))
+            if seen >= barrier:
+                break
+            time.sleep(0.1)
+    for epoch in range(ctx.max_epochs):
+        time.sleep(float(params["epoch_s"]))
+        ctx.report(epoch, val_accuracy=0.5 + 0.01 * epoch)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2))
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 2, (8,))
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return tuner.TrainedModel(
+        model=model,
+        val_data=(x, y),
+        test_data=(x, y),
+        metrics={
+            "started_together": float(seen),
+            "visible_gpus": float(len([g for g in gpu.split(",") if g])),
+            "gpu_id": float(gpu) if gpu and "," not in gpu else -1.0,
+        },
+    )
+
+
+slow.metrics = ["started_together", "visible_gpus", "gpu_id"]
+'''
+
+
+@pytest.fixture
+def slow_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Factory of specs whose trials sleep ``epoch_s`` per epoch (workload ``slow_workload:slow``).
+
+    Trial starts are recorded as files ``<trial>.<pid>`` in the returned spec's
+    ``search_space.run_dir``.
+    """
+    (tmp_path / "slow_workload.py").write_text(SLOW_WORKLOAD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "trial-starts"
+    run_dir.mkdir()
+
+    def make(
+        name: str = "slow",
+        *,
+        n_trials: int = 4,
+        epochs: int = 2,
+        epoch_s: float = 0.5,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        space: dict[str, Any] = {
+            "lr": {"type": "float", "low": 0.01, "high": 0.1},
+            "run_dir": str(run_dir),
+            "epoch_s": epoch_s,
+        }
+        space.update(extra.pop("search_space", {}))
+        spec: dict[str, Any] = {
+            "name": name,
+            "workload": "slow_workload:slow",
+            "objectives": {"accuracy": "maximize"},
+            "search_space": space,
+            "sampler": {"name": "random", "seed": 0},
+            "budget": {"n_trials": n_trials, "max_epochs": epochs},
+            "measure": {"batch_size": 2, "warmup": 1, "repeats": 3},
+        }
+        spec.update(extra)
+        return spec
+
+    return make

@@ -29,9 +29,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console(stderr: bool = False) -> Any:
+    import shutil
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # Tables stay readable when the output is a file or a pipe, not only a terminal.
+    width = max(shutil.get_terminal_size((160, 40)).columns, 120)
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -95,15 +99,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     _print_front(console, result.pareto_front, result.objectives, title="Pareto front")
     storage_flag = "" if args.storage is None else f" --storage '{result.storage_url}'"
-    console.print(
-        "\nnext:\n"
-        f"  tuner best {result.study_name}{storage_flag}          the front again (--json for scripts)\n"
-        f"  tuner status{storage_flag}                   every study in the store\n"
-        f"  tuner dashboard{storage_flag}                see the trade-off in the browser\n"
-        f"  python -c \"import optuna; s = optuna.load_study(study_name='{result.study_name}', "
-        f"storage='{result.storage_url}'); print(s.metric_names, len(s.trials))\""
-    )
+    name = result.study_name
+    steps = [
+        (f"tuner best {name}{storage_flag}", "the front again (--json for scripts)"),
+        (f"tuner status {name}{storage_flag}", "trials by state, failures, epochs"),
+        (f"tuner dashboard{storage_flag}", "see the trade-off in the browser"),
+    ]
+    budget, pick = _example_budget(result.pareto_front)
+    if budget:
+        steps.append(
+            (f'tuner pick {name} --where "{budget}"{storage_flag}', "best trial within a budget")
+        )
+    if pick is not None:
+        steps.append(
+            (
+                f"tuner export {name} --trial {pick} --format onnx --out model.onnx{storage_flag}",
+                "ship that trial, re-measured",
+            )
+        )
+    width = max(len(cmd) for cmd, _ in steps)
+    console.print("\nnext:")
+    for cmd, what in steps:
+        console.print(f"  {cmd.ljust(width)}   {what}", markup=False)
     return EXIT_OK
+
+
+def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
+    """A budget that about half of the front meets, and the trial `tuner pick` would take."""
+    limits: dict[str, float] = {}
+    for metric in ("latency_ms", "size_bytes"):
+        values = sorted(r.values[metric] for r in front if metric in r.values)
+        if values:
+            middle = values[len(values) // 2]
+            limits[metric] = float(f"{middle:.3g}") if metric == "latency_ms" else int(middle) + 1
+    inside = [r for r in front if all(r.values.get(m, 0) <= v for m, v in limits.items())]
+    pick = max(inside, key=lambda r: r.values.get("accuracy", 0.0)).number if inside else None
+    return ", ".join(f"{m}<={v:g}" for m, v in limits.items()), pick
 
 
 def _fmt(metric: str, value: Any) -> str:
@@ -120,6 +151,30 @@ def _fmt(metric: str, value: Any) -> str:
     return str(value)
 
 
+_HEADERS = {
+    "accuracy": "val acc",
+    "test_accuracy": "test acc",
+    "size_bytes": "size",
+    "latency_ms": "latency ms",
+    "latency_ms_p90": "p90 ms",
+    "sparsity": "sparsity",
+    "param_count": "params",
+}
+_COMPRESSION = ("prune_threshold", "prune_structure", "finetune_epochs", "quantize")
+
+
+def _describe_params(params: dict[str, Any]) -> str:
+    """Training settings in one short line; compression has its own columns."""
+    short = {"optimizer": "", "batch_size": "bs=", "weight_decay": "wd=", "momentum": "mom="}
+    parts = []
+    for key, value in params.items():
+        if key in _COMPRESSION:
+            continue
+        prefix = short.get(key, f"{key}=")
+        parts.append(f"{prefix}{value:.3g}" if isinstance(value, float) else f"{prefix}{value}")
+    return " ".join(parts)
+
+
 def _print_front(
     console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str
 ) -> None:
@@ -129,23 +184,27 @@ def _print_front(
         console.print("no complete trial meets the constraints yet")
         return
     table = Table(title=f"{title} ({len(front)} trials)", title_justify="left")
-    table.add_column("trial", justify="right")
+    table.add_column("trial", justify="right", no_wrap=True)
     columns = list(objectives)
     for extra in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count"):
         if extra not in columns:
             columns.append(extra)
     for c in columns:
         arrow = {"maximize": " ↑", "minimize": " ↓"}.get(objectives.get(c, ""), "")
-        table.add_column(c + arrow, justify="right")
-    table.add_column("int8")
-    table.add_column("params")
+        table.add_column(_HEADERS.get(c, c) + arrow, justify="right", no_wrap=True)
+    table.add_column("sparsity kind", no_wrap=True)
+    table.add_column("int8", no_wrap=True)
+    table.add_column("training")
     for r in front:
         row = [str(r.number)]
         for c in columns:
             row.append(_fmt(c, r.values.get(c, r.metrics.get(c))))
+        prune = float(r.params.get("prune_threshold", 0.0) or 0.0)
+        structure = str(r.params.get("prune_structure", "unstructured"))
+        row.append(f"{structure} {prune:.0%}" if prune > 0 else "dense")
         int8 = r.metrics.get("int8_layers") or []
         row.append(f"{len(int8)} layers" if int8 else "no")
-        row.append(", ".join(f"{k}={_fmt(k, v)}" for k, v in sorted(r.params.items())))
+        row.append(_describe_params(r.params))
         table.add_row(*row)
     console.print(table)
 
@@ -212,7 +271,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         raise StorageError(str(exc)) from exc
     from .storage import load_study_readonly, study_objectives
 
-    objectives = study_objectives(load_study_readonly(store, args.study))
+    study = load_study_readonly(store, args.study)
+    objectives = study_objectives(study)
     counts: dict[str, int] = {}
     for r in records:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -221,14 +281,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for r in records
         if r.state in ("COMPLETE", "PRUNED")
     )
+    # Epochs saved: what the finished trials would have trained without early stopping.
+    spec_attr = study.user_attrs.get("tuner.spec") or {}
+    max_epochs = (spec_attr.get("budget") or {}).get("max_epochs")
+    saved = ""
+    if isinstance(max_epochs, int):
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        saved = f", {max(0, max_epochs * finished - epochs)} saved by early stopping"
     console.print(
         f"study [bold]{args.study}[/]: {counts.get('COMPLETE', 0)} complete, "
         f"{counts.get('PRUNED', 0)} stopped early, {counts.get('FAIL', 0)} failed, "
-        f"{counts.get('RUNNING', 0)} running, {counts.get('WAITING', 0)} waiting; {epochs} epochs trained"
+        f"{counts.get('RUNNING', 0)} running, {counts.get('WAITING', 0)} waiting; "
+        f"{epochs} epochs trained{saved}"
     )
+    stopped = [r for r in records if r.state == "PRUNED"]
+    for r in stopped[-3:]:
+        reason = str(r.metrics.get("stopped_reason") or "stopped early")
+        console.print(f"  trial {r.number} stopped after {len(r.curve)} epochs: {reason}")
     failed = [r for r in records if r.state == "FAIL" and r.error]
     for r in failed[-3:]:
-        console.print(f"  trial {r.number} failed: {r.error.splitlines()[0]}")
+        console.print(f"  trial {r.number} failed: {(r.error or '').splitlines()[0]}")
     _print_front(console, pareto_front(records, objectives), objectives, title="Pareto front")
     return EXIT_OK
 

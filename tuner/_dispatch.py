@@ -8,7 +8,6 @@ study stop at exactly ``n_trials`` finished (COMPLETE + PRUNED) trials.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 import warnings
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy
 
 from ._exceptions import DispatchError
 
@@ -39,52 +37,70 @@ class WorkerJob:
     threads: int = 1
 
 
-def _finished_and_running(storage: Any, study_id: int) -> tuple[int, int]:
-    from .storage import count_states
+def _finished_and_running(storage: Any, study_id: int, connection: Any = None) -> tuple[int, int]:
+    from .storage import count_states_by_id
 
-    counts = count_states(storage, _study_name(storage, study_id))
+    counts = count_states_by_id(storage, study_id, connection)
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
 
 
-def _study_name(storage: Any, study_id: int) -> str:
-    return storage.get_study_name_from_id(study_id)
-
-
-def _admit_under_budget(storage: Any, study_id: int, n_trials: int):
-    """Fail the trial at once if trials started before it already fill the budget."""
-    from ._objective import BudgetMet
-
-    def admit(trial: optuna.Trial) -> None:
-        engine = getattr(storage, "engine", None)
-        if engine is None:
-            return
-        with engine.connect() as conn:
-            ahead = conn.execute(
-                sqlalchemy.text(
-                    "SELECT COUNT(*) FROM trials WHERE study_id = :sid AND number < :num "
-                    "AND state IN ('COMPLETE', 'PRUNED', 'RUNNING')"
-                ),
-                {"sid": study_id, "num": trial.number},
-            ).scalar_one()
-        if ahead >= n_trials:
-            trial.set_user_attr(
-                "error", "not run: trials started before it already fill the budget"
-            )
-            raise BudgetMet()
-
-    return admit
-
-
 def build_objective(spec: Any, storage: Any, study_id: int, n_trials: int) -> Any:
-    """The objective every backend's workers run: budget check, training, compression, measuring."""
+    """The objective every backend's workers run: budget check, training, early stopping,
+    compression, measuring."""
+    from ._early_stopping import build_early_stopping
     from ._objective import Objective
     from ._workloads import resolve_workload
 
     return Objective(
         spec,
         resolve_workload(spec.workload),
-        admit=_admit_under_budget(storage, study_id, n_trials),
+        should_stop=build_early_stopping(spec, storage, study_id),
     )
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage: Any) -> Any:
+    """Run one asked trial with heartbeats and record how it ended; return its state.
+
+    What ``study.optimize(n_trials=1)`` does, split so the trial can be created under
+    the budget lock: a dead worker's trial stops beating and is failed and retried.
+    """
+    import threading
+
+    from optuna.trial import TrialState
+
+    interval = (
+        storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    )
+    stop = threading.Event()
+    beat = None
+    if interval:
+        storage.record_heartbeat(trial._trial_id)
+
+        def heartbeat() -> None:
+            while not stop.wait(interval):
+                storage.record_heartbeat(trial._trial_id)
+
+        beat = threading.Thread(target=heartbeat, name="tuner-heartbeat", daemon=True)
+        beat.start()
+    values = None
+    try:
+        values = objective(trial)
+        state = TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except Exception:
+        state = TrialState.FAIL
+    finally:
+        stop.set()
+        if beat is not None:
+            beat.join()
+    try:
+        study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    except ValueError as exc:
+        trial.set_user_attr("error", f"invalid objective values {values!r}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        state = TrialState.FAIL
+    return state
 
 
 def work(job: WorkerJob) -> int:
@@ -93,7 +109,7 @@ def work(job: WorkerJob) -> int:
 
     from ._samplers import build_sampler
     from ._spec import spec_from_dict
-    from .storage import open_storage
+    from .storage import budget_lock, open_storage
 
     torch.set_num_threads(max(1, job.threads))
     spec = spec_from_dict(job.spec)
@@ -103,27 +119,37 @@ def work(job: WorkerJob) -> int:
     sampler = build_sampler(spec, seed_offset=1000 * job.worker_index + finished + running)
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
     objective = build_objective(spec, storage, study_id, job.n_trials)
+    # The loop below is study.optimize split in two (see run_trial); samplers that end a
+    # study themselves (a grid that is used up) call study.stop(), which Optuna accepts
+    # only inside its optimize loop.
+    study._thread_local.in_optimize_loop = True
     ran = 0
     failures = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     while job.deadline is None or time.time() < job.deadline:
-        finished, running = _finished_and_running(storage, study_id)
-        if finished >= job.n_trials:
-            break
-        if finished + running >= job.n_trials:
-            # Trials in flight may still fill the budget; if one dies its retry comes back WAITING.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # A dead worker's trial is failed here and comes back WAITING (retried).
+            optuna.storages.fail_stale_trials(study)
+        trial = None
+        with budget_lock(storage, study_id) as conn:
+            finished, running = _finished_and_running(storage, study_id, conn)
+            if finished >= job.n_trials:
+                break
+            if finished + running < job.n_trials:
+                with warnings.catch_warnings():
+                    # run_trial below records the heartbeats that study.optimize would.
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = study.ask()
+        if trial is None:
+            # Trials in flight may still fill the budget; if one fails, a slot opens again.
             time.sleep(POLL_S)
             continue
-        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+        state = run_trial(study, trial, objective, storage)
         ran += 1
-        failed = (
-            len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))) > before
-        )
-        failures = failures + 1 if failed else 0
+        if getattr(study, "_stop_flag", False):
+            break
+        failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             storage.engine.dispose()
             raise WorkerGaveUp(f"the last {failures} trials of this worker failed")
@@ -210,9 +236,18 @@ class InlineDispatcher(Dispatcher):
             raise self._error
 
 
-def _process_main(job: WorkerJob) -> None:
+def _process_main() -> None:
+    """Entry point of a local worker process: the job arrives as JSON on stdin."""
+    import json
+    import sys
+
+    payload = json.loads(sys.stdin.read())
+    # The parent's import path, so user workloads it could import are found here too.
+    for entry in reversed(payload.pop("sys_path")):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
     try:
-        work(job)
+        work(WorkerJob(**payload))
     except KeyboardInterrupt:
         pass
     except WorkerGaveUp:
@@ -220,7 +255,12 @@ def _process_main(job: WorkerJob) -> None:
 
 
 class LocalProcessDispatcher(Dispatcher):
-    """N worker processes on this machine, sharing the store."""
+    """N worker processes on this machine, sharing the store.
+
+    Workers are fresh interpreters (not forks, and not multiprocessing's spawn, which
+    re-runs the parent's ``__main__``); the job, storage URL included, goes over stdin
+    so it never shows in the process list.
+    """
 
     name = "local"
 
@@ -228,35 +268,47 @@ class LocalProcessDispatcher(Dispatcher):
         self._procs: list[Any] = []
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
-        ctx = mp.get_context("spawn")
+        import dataclasses
+        import json
+        import subprocess
+        import sys
+
         for job in jobs:
-            proc = ctx.Process(
-                target=_process_main, args=(job,), name=f"tuner-worker-{job.worker_index}"
+            payload = {**dataclasses.asdict(job), "sys_path": [p for p in sys.path if p]}
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from tuner._dispatch import _process_main; _process_main()"],
+                stdin=subprocess.PIPE,
+                text=True,
             )
-            proc.start()
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(payload))
+            proc.stdin.close()
             self._procs.append(proc)
 
     def _alive(self) -> bool:
-        return any(p.is_alive() for p in self._procs)
+        return any(p.poll() is None for p in self._procs)
 
     def _stop(self) -> None:
         for p in self._procs:
-            if p.is_alive():
+            if p.poll() is None:
                 p.terminate()
         for p in self._procs:
-            p.join(timeout=10)
+            try:
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
 
     def _check(self) -> None:
-        bad = [p for p in self._procs if p.exitcode not in (0, None, GAVE_UP_EXIT)]
+        bad = [p for p in self._procs if p.returncode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:
             raise DispatchError(
                 f"all {len(bad)} worker processes exited with an error (exit codes "
-                f"{sorted({p.exitcode for p in bad})}); see the messages above"
+                f"{sorted({p.returncode for p in bad})}); see the messages above"
             )
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+        return [p.pid for p in self._procs]
 
 
 BACKENDS = ("inline", "local", "ray")

@@ -6,7 +6,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -16,12 +16,12 @@ from ._space import suggest
 from ._spec import StudySpec
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload, fit
 
+if TYPE_CHECKING:
+    from ._artifacts import TrialModel
+
 ERROR_ATTR = "error"
 CURVE_ATTR = "curve"
-
-
-class BudgetMet(Exception):
-    """Other workers already started the trials that fill the budget."""
+CURVE_WRITE_S = 2.0
 
 
 def trial_device(spec: StudySpec) -> torch.device:
@@ -44,20 +44,16 @@ class Objective:
         spec: StudySpec,
         workload: Workload,
         *,
-        admit: Callable[[optuna.Trial], None] | None = None,
-        should_stop: Callable[[optuna.Trial, int, list[float]], bool] | None = None,
+        should_stop: Callable[[optuna.Trial, int, TrialContext], bool] | None = None,
     ) -> None:
         self.spec = spec
         self.workload = workload
-        self._admit = admit
         self._should_stop = should_stop
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         try:
-            if self._admit is not None:
-                self._admit(trial)
             return self._run(trial)
-        except (optuna.TrialPruned, BudgetMet):
+        except optuna.TrialPruned:
             raise
         except Exception as exc:
             trial.set_user_attr(ERROR_ATTR, _short_error(exc))
@@ -67,7 +63,6 @@ class Objective:
         spec = self.spec
         params = suggest(trial, spec.params)
         device = trial_device(spec)
-        trial.set_user_attr("device", str(device))
         single = len(spec.objectives) == 1
         ctx = TrialContext(
             device=device,
@@ -76,19 +71,33 @@ class Objective:
             trial_number=trial.number,
         )
 
+        last_write = [0.0]
+
         def on_report(epoch: int, metrics: dict[str, float]) -> bool:
-            trial.set_user_attr(CURVE_ATTR, list(ctx.curve))
+            # The live curve is written at most every few seconds; the final one goes
+            # with the metrics in one transaction.
+            now = time.perf_counter()
+            if now - last_write[0] >= CURVE_WRITE_S:
+                trial.set_user_attr(CURVE_ATTR, list(ctx.curve))
+                last_write[0] = now
             if single:
                 trial.report(metrics["val_accuracy"], epoch)
-            return bool(self._should_stop and self._should_stop(trial, epoch, list(ctx.curve)))
+            # The rule may raise TrialStopped itself, with the reason it stopped the trial.
+            return bool(self._should_stop and self._should_stop(trial, epoch, ctx))
 
         ctx.on_report = on_report
         started = time.perf_counter()
         try:
             trained = self.workload.fn(params, ctx)
         except TrialStopped as stop:
-            trial.set_user_attr("epochs", len(ctx.curve))
-            trial.set_user_attr("stopped_reason", str(stop))
+            record_user_attrs(
+                trial,
+                {
+                    CURVE_ATTR: list(ctx.curve),
+                    "epochs": len(ctx.curve),
+                    "stopped_reason": str(stop),
+                },
+            )
             raise optuna.TrialPruned(str(stop)) from None
         train_time = time.perf_counter() - started
         if not isinstance(trained, TrainedModel):
@@ -97,22 +106,37 @@ class Objective:
             raise WorkloadError(
                 f"workload {spec.workload!r} returned {type(trained).__name__}; expected tuner.TrainedModel"
             )
-        metrics = measure_trained(spec, params, trained, device=device, seed=ctx.seed)
+        kept: list[Any] = []
+        metrics = measure_trained(
+            spec, params, trained, device=device, seed=ctx.seed, on_shipped=kept.append
+        )
         metrics.setdefault("train_time_s", train_time)
         metrics["epochs"] = len(ctx.curve) or spec.budget.max_epochs
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
+        metrics[CURVE_ATTR] = list(ctx.curve)
         violations = [c.violation(float(metrics[c.metric])) for c in spec.constraints]
         if violations:
             trial.set_user_attr(VIOLATIONS_ATTR, violations)
             for c, v in zip(spec.constraints, violations):
                 trial.set_constraint(c.metric, v)
-        trial.set_user_attr("feasible", all(v <= 0 for v in violations))
+        metrics["feasible"] = all(v <= 0 for v in violations)
+        metrics["device"] = str(device)
+        record_user_attrs(trial, metrics)
         values = [float(metrics[name]) for name in spec.objectives]
         for name, value in zip(spec.objectives, values):
             if not math.isfinite(value):
                 raise ValueError(f"metric {name} is {value}")
+        if kept:
+            from ._artifacts import keep_trial_model
+
+            keep_trial_model(trial, kept[0], spec=spec, values=values, feasible=metrics["feasible"])
         return values
+
+
+def record_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Every metric as a user attribute, written in one transaction."""
+    from .storage import set_trial_user_attrs
+
+    set_trial_user_attrs(trial.study._storage, trial._trial_id, attrs)
 
 
 def _trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
@@ -126,13 +150,22 @@ def measure_trained(
     *,
     device: torch.device,
     seed: int,
+    on_shipped: Callable[[TrialModel], None] | None = None,
 ) -> dict[str, Any]:
-    """Compress the trained model as sampled and measure what would ship."""
-    from ._compression import compress
+    """Compress the trained model as sampled and measure what would ship.
+
+    ``on_shipped`` gets what the trial keeps as its artifact (the float sparse model,
+    the compression settings, calibration and test data).
+    """
+    from dataclasses import replace
+
+    from ._artifacts import TrialModel
+    from ._compression import compress, count_parameters, quantize, weight_sparsity
     from ._measure import accuracy, measure_latency, size_bytes
 
     model = trained.model.to("cpu").eval()
     float_val_acc = accuracy(model, *trained.val_data)
+    trained_params = count_parameters(model)
     threshold = float(params.get("prune_threshold", 0.0))
     structure = str(params.get("prune_structure", "unstructured"))
     quant = str(params.get("quantize", "none"))
@@ -148,13 +181,22 @@ def measure_trained(
     calibration = None
     if trained.train_data is not None:
         calibration = trained.train_data[0][:512]
-    shipped, report = compress(
+    # int8 is a separate step so the float sparse model can be kept and exported.
+    pruned, report = compress(
         model,
         threshold=threshold,
         structure=structure,
-        quantize=quant,
+        quantize="none",
         calibration_inputs=calibration,
         finetune=finetune,
+    )
+    shipped, int8_layers = quantize(pruned, mode=quant, calibration_inputs=calibration)
+    report = replace(
+        report,
+        quantize=quant,
+        int8_layers=int8_layers,
+        sparsity=weight_sparsity(shipped),
+        param_count=count_parameters(shipped),
     )
     shipped.eval()
     measure_device = "cpu" if report.int8_layers else str(device)
@@ -191,10 +233,44 @@ def measure_trained(
         "latency_device": lat1.device,
         "latency_threads": lat1.threads,
         "param_count": report.param_count,
-        "sparsity": report.sparsity,
+        # Zeroed and removed weights alike, against the trained model, so structured
+        # and unstructured sparsity read the same way.
+        "sparsity": 1.0 - report.param_count * (1.0 - report.sparsity) / max(1, trained_params),
+        "zero_fraction": report.sparsity,
         "prune_structure": report.prune_structure,
         "int8_layers": list(report.int8_layers),
         "removed_units": report.removed_units,
     }
+    kept = TrialModel(
+        model=pruned.eval(),
+        quantize=quant,
+        prune_threshold=threshold,
+        prune_structure=structure,
+        calibration=calibration,
+        test_data=trained.test_data,
+        measure={
+            "batch_size": spec.measure.batch_size,
+            "warmup": spec.measure.warmup,
+            "repeats": spec.measure.repeats,
+            "threads": threads,
+            "runtime": spec.measure.runtime,
+        },
+        int8_layers=list(report.int8_layers),
+    )
+    if spec.measure.runtime == "onnxruntime":
+        from ._export import measure_onnx
+
+        metrics.update(
+            measure_onnx(
+                kept,
+                trained.val_data,
+                batch_size=spec.measure.batch_size,
+                warmup=spec.measure.warmup,
+                repeats=spec.measure.repeats,
+                threads=threads,
+            )
+        )
+    if on_shipped is not None:
+        on_shipped(kept)
     metrics.update({k: float(v) for k, v in trained.metrics.items()})
     return metrics

@@ -77,7 +77,10 @@ def prepare_study(
             )
         return existing
     study = optuna.create_study(
-        study_name=study_name, storage=storage, directions=directions, load_if_exists=True
+        study_name=study_name,
+        storage=storage,
+        directions=directions,  # type: ignore[arg-type]
+        load_if_exists=True,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -145,6 +148,11 @@ def run(
     budget = n_trials or spec.budget.n_trials
     store = open_store(url)
     prepare_study(spec, store, name)
+    from ._artifacts import artifacts_root, enforce_keep_for_run
+
+    # Every worker, wherever it runs, keeps its trials' models in the same folder.
+    folder = str(artifacts_root(spec.artifacts.path, url))
+    spec = spec.with_overrides(artifacts={"keep": spec.artifacts.keep, "path": folder})
     dispatcher = make_dispatcher(backend, **backend_options)
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
@@ -166,17 +174,22 @@ def run(
     reporter = _Progress(store, name, spec, budget) if progress else None
     if reporter is not None:
         reporter.start(url, workers, backend)
+    # A study already at its budget needs no workers (nor a Ray to start).
+    done_before = before.get("COMPLETE", 0) + before.get("PRUNED", 0) >= budget
     try:
-        dispatcher.run(jobs, on_tick=reporter.tick if reporter else None)
+        if not done_before:
+            dispatcher.run(jobs, on_tick=reporter.tick if reporter else None)
     finally:
         if reporter is not None:
             reporter.close()
+    enforce_keep_for_run(store, name, spec, url)
     counts = count_states(store, name)
     records = load_records(store, name)
     ran = sum(counts.values()) - sum(before.values())
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     timed_out = deadline is not None and time.time() >= deadline
-    if finished < budget and not timed_out:
+    grid_used_up = spec.sampler.name == "grid" and finished >= _grid_size(spec)
+    if finished < budget and not timed_out and not grid_used_up:
         store.engine.dispose()
         errors = [r.error for r in records if r.state == "FAIL" and r.error]
         last = errors[-1].splitlines()[0] if errors else "no error recorded"
@@ -194,6 +207,13 @@ def run(
     )
     store.engine.dispose()
     return result
+
+
+def _grid_size(spec: StudySpec) -> int:
+    size = 1
+    for p in spec.params.values():
+        size *= len(p.domain_values())
+    return size
 
 
 class _Progress:
@@ -264,12 +284,18 @@ class _Progress:
             records = load_records(self._store, self._name)
         except Exception:
             return ""
+        parts = []
+        if self._spec.early_stopping.name != "none":
+            finished = [r for r in records if r.state in ("COMPLETE", "PRUNED")]
+            trained = sum(int(r.metrics.get("epochs", len(r.curve))) for r in finished)
+            saved = self._spec.budget.max_epochs * len(finished) - trained
+            parts.append(f"epochs saved {max(0, saved)}")
         front = pareto_front(records, self._spec.objectives)
-        if not front:
-            return ""
-        values = [r.values[first] for r in front]
-        best = max(values) if direction == "maximize" else min(values)
-        return f"best {first} {best:.4g} · front {len(front)}"
+        if front:
+            values = [r.values[first] for r in front]
+            best = max(values) if direction == "maximize" else min(values)
+            parts.append(f"best {first} {best:.4g} · front {len(front)}")
+        return " · ".join(parts)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -21,11 +21,13 @@ from ._exceptions import SpecError
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid", "cmaes")
-EARLY_STOPPING = ("none",)
+EARLY_STOPPING = ("none", "asha", "hyperband", "median")
 PARAM_TYPES = ("float", "int", "categorical")
 PRUNE_STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+RUNTIMES = ("torch", "onnxruntime")
+ARTIFACT_KEEP = ("pareto", "all", "none")
 
 # Metrics tuner measures on every trial's shipped model, whatever the workload.
 MEASURED_METRICS = (
@@ -214,7 +216,17 @@ class SamplerSpec:
 
 @dataclass(frozen=True)
 class EarlyStoppingSpec:
+    """When trials are stopped before ``budget.max_epochs`` (see ``tuner._early_stopping``).
+
+    ``min_epochs`` is the first rung (``median``: the first epoch judged); rungs follow
+    at ``min_epochs * reduction_factor**k`` epochs. Nothing is stopped at a rung (or an
+    epoch) until ``min_trials`` other trials have reached it.
+    """
+
     name: str = "none"
+    min_epochs: int = 1
+    reduction_factor: int = 3
+    min_trials: int = 2
 
 
 @dataclass(frozen=True)
@@ -238,6 +250,32 @@ class MeasureSpec:
     warmup: int = 10
     repeats: int = 50
     threads: int | None = None
+    runtime: str = "torch"
+
+
+@dataclass(frozen=True)
+class ArtifactsSpec:
+    """Which trials keep their compressed model (``pareto``, ``all``, ``none``), and where.
+
+    ``path`` defaults to ``tuner-artifacts`` next to a SQLite store file, else
+    ``./tuner-artifacts``; each study gets a sub-folder.
+    """
+
+    keep: str = "pareto"
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class NightlySpec:
+    """How ``tuner nightly`` judges a night against the last one.
+
+    ``reference_point`` fixes the hypervolume's reference per objective (maximized
+    objectives default to 0; others to the value the first night recorded).
+    """
+
+    reference_point: dict[str, float] = field(default_factory=dict)
+    regression_threshold: float = 0.02
+    webhook: str | None = None
 
 
 _TOP_KEYS = (
@@ -252,6 +290,8 @@ _TOP_KEYS = (
     "budget",
     "resources",
     "measure",
+    "nightly",
+    "artifacts",
 )
 
 
@@ -293,6 +333,8 @@ class StudySpec:
     budget: Any = field(default_factory=Budget)
     resources: Any = field(default_factory=Resources)
     measure: Any = field(default_factory=MeasureSpec)
+    nightly: Any = field(default_factory=NightlySpec)
+    artifacts: Any = field(default_factory=ArtifactsSpec)
 
     def __post_init__(self) -> None:
         _validate_into(self)
@@ -342,7 +384,12 @@ class StudySpec:
             "constraints": constraints,
             "search_space": space,
             "sampler": {"name": self.sampler.name, "seed": self.sampler.seed},
-            "early_stopping": {"name": self.early_stopping.name},
+            "early_stopping": {
+                "name": self.early_stopping.name,
+                "min_epochs": self.early_stopping.min_epochs,
+                "reduction_factor": self.early_stopping.reduction_factor,
+                "min_trials": self.early_stopping.min_trials,
+            },
             "budget": {
                 "n_trials": self.budget.n_trials,
                 "max_epochs": self.budget.max_epochs,
@@ -354,6 +401,16 @@ class StudySpec:
                 "warmup": self.measure.warmup,
                 "repeats": self.measure.repeats,
                 "threads": self.measure.threads,
+                "runtime": self.measure.runtime,
+            },
+            "artifacts": {
+                "keep": self.artifacts.keep,
+                **({"path": self.artifacts.path} if self.artifacts.path else {}),
+            },
+            "nightly": {
+                "reference_point": dict(self.nightly.reference_point),
+                "regression_threshold": self.nightly.regression_threshold,
+                "webhook": self.nightly.webhook,
             },
         }
 
@@ -492,14 +549,33 @@ def _validate_into(spec: StudySpec) -> None:
     es = spec.early_stopping
     if es is None or isinstance(es, str):
         es = {"name": es or "none"}
-    if not isinstance(es, EarlyStoppingSpec):
-        es = _mapping("early_stopping", es)
-        _check_keys("early_stopping", es, ("name",))
-        if es.get("name", "none") not in EARLY_STOPPING:
-            raise _field(
-                "early_stopping.name", es.get("name"), f"one of {', '.join(EARLY_STOPPING)}"
+    if isinstance(es, EarlyStoppingSpec):
+        es = {f.name: getattr(es, f.name) for f in fields(EarlyStoppingSpec)}
+    es = _mapping("early_stopping", es)
+    _check_keys("early_stopping", es, ("name", "min_epochs", "reduction_factor", "min_trials"))
+    if es.get("name", "none") not in EARLY_STOPPING:
+        close = difflib.get_close_matches(str(es.get("name")), EARLY_STOPPING, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise _field(
+            "early_stopping.name", es.get("name"), f"one of {', '.join(EARLY_STOPPING)}{hint}"
+        )
+    es = EarlyStoppingSpec(
+        name=es.get("name", "none"),
+        min_epochs=int(
+            _number("early_stopping.min_epochs", es.get("min_epochs", 1), minimum=1, integer=True)
+        ),
+        reduction_factor=int(
+            _number(
+                "early_stopping.reduction_factor",
+                es.get("reduction_factor", 3),
+                minimum=2,
+                integer=True,
             )
-        es = EarlyStoppingSpec(name=es.get("name", "none"))
+        ),
+        min_trials=int(
+            _number("early_stopping.min_trials", es.get("min_trials", 2), minimum=0, integer=True)
+        ),
+    )
     _set(spec, "early_stopping", es)
 
     # budget
@@ -518,6 +594,12 @@ def _validate_into(spec: StudySpec) -> None:
             timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
         budget = Budget(n_trials=n_trials, max_epochs=max_epochs, timeout_s=timeout)
     _set(spec, "budget", budget)
+    if es.name != "none" and es.min_epochs >= budget.max_epochs:
+        raise _field(
+            "early_stopping.min_epochs",
+            es.min_epochs,
+            f"fewer than budget.max_epochs ({budget.max_epochs}), else no trial is ever stopped",
+        )
 
     # resources
     res = spec.resources
@@ -535,8 +617,9 @@ def _validate_into(spec: StudySpec) -> None:
     measure = spec.measure
     if not isinstance(measure, MeasureSpec):
         measure = _mapping("measure", measure)
-        _check_keys("measure", measure, ("batch_size", "warmup", "repeats", "threads"))
+        _check_keys("measure", measure, ("batch_size", "warmup", "repeats", "threads", "runtime"))
         threads = measure.get("threads")
+        runtime = _runtime(measure.get("runtime", "torch"))
         measure = MeasureSpec(
             batch_size=int(
                 _number(
@@ -552,8 +635,80 @@ def _validate_into(spec: StudySpec) -> None:
             threads=None
             if threads is None
             else int(_number("measure.threads", threads, minimum=1, integer=True)),
+            runtime=runtime,
         )
+    else:
+        _runtime(measure.runtime)
     _set(spec, "measure", measure)
+    _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
+    _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
+
+
+def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
+    if isinstance(raw, NightlySpec):
+        raw = {
+            "reference_point": raw.reference_point,
+            "regression_threshold": raw.regression_threshold,
+            "webhook": raw.webhook,
+        }
+    raw = _mapping("nightly", raw if raw is not None else {})
+    _check_keys("nightly", raw, ("reference_point", "regression_threshold", "webhook"))
+    reference = _mapping("nightly.reference_point", raw.get("reference_point") or {})
+    for metric, value in reference.items():
+        if metric not in objectives:
+            raise _field(
+                f"nightly.reference_point.{metric}",
+                value,
+                f"a key among the objectives ({', '.join(objectives)})",
+            )
+        _number(f"nightly.reference_point.{metric}", value)
+    threshold = _number(
+        "nightly.regression_threshold", raw.get("regression_threshold", 0.02), minimum=0
+    )
+    if threshold >= 1:
+        raise _field(
+            "nightly.regression_threshold", threshold, "a fraction 0 <= value < 1, e.g. 0.02"
+        )
+    webhook = raw.get("webhook")
+    if webhook is not None and (
+        not isinstance(webhook, str) or not re.match(r"^https?://[^\s/]+", webhook)
+    ):
+        raise _field("nightly.webhook", webhook, "an http:// or https:// URL")
+    return NightlySpec(
+        reference_point={str(k): float(v) for k, v in reference.items()},
+        regression_threshold=float(threshold),
+        webhook=webhook,
+    )
+
+
+def _runtime(value: Any) -> str:
+    if value not in RUNTIMES:
+        raise _field("measure.runtime", value, f"one of {', '.join(RUNTIMES)}")
+    if value == "onnxruntime":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise _field(
+                "measure.runtime",
+                value,
+                f"torch, or install {' and '.join(missing)}: pip install 'tuner[export]'",
+            )
+    return str(value)
+
+
+def _parse_artifacts(raw: Any) -> ArtifactsSpec:
+    if isinstance(raw, ArtifactsSpec):
+        raw = {"keep": raw.keep, "path": raw.path}
+    raw = _mapping("artifacts", raw if raw is not None else {})
+    _check_keys("artifacts", raw, ("keep", "path"))
+    keep = raw.get("keep", "pareto")
+    if keep not in ARTIFACT_KEEP:
+        raise _field("artifacts.keep", keep, f"one of {', '.join(ARTIFACT_KEEP)}")
+    path = raw.get("path")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise _field("artifacts.path", path, "a folder path, e.g. ./tuner-artifacts")
+    return ArtifactsSpec(keep=str(keep), path=path)
 
 
 def _check_acyclic(params: Mapping[str, ParamSpec]) -> None:
@@ -635,7 +790,16 @@ def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:
         if required not in data:
             raise SpecError(f"spec field '{required}': missing; it is required")
     kwargs = {f.name: data[f.name] for f in fields(StudySpec) if f.name in data}
-    for key in ("sampler", "early_stopping", "budget", "resources", "measure", "constraints"):
+    for key in (
+        "sampler",
+        "early_stopping",
+        "budget",
+        "resources",
+        "measure",
+        "constraints",
+        "nightly",
+        "artifacts",
+    ):
         if key in kwargs and kwargs[key] is None:
             del kwargs[key]
     return StudySpec(**kwargs)

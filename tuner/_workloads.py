@@ -46,6 +46,23 @@ class TrialContext:
     trial_number: int = 0
     on_report: Callable[[int, dict[str, float]], bool] | None = None
     curve: list[float] = field(default_factory=list)
+    watched_model: nn.Module | None = None
+    watched_inputs: torch.Tensor | None = None
+
+    def watch(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        """Let early stopping measure ``model`` while it trains.
+
+        Size and latency follow from the architecture and the sampled sparsity and
+        quantization, so early stopping can rank a trial by them after its first epochs
+        instead of by accuracy alone. Call it once, before training.
+
+        Args:
+            model: the model being trained (early stopping compresses a copy).
+            inputs: typical training inputs, a few hundred rows: they calibrate int8
+                and one row is timed for latency.
+        """
+        self.watched_model = model
+        self.watched_inputs = inputs
 
     def report(self, epoch: int, **metrics: float) -> None:
         """Report validation metrics after ``epoch`` (0-based); ``val_accuracy`` is required.
@@ -212,6 +229,7 @@ def train_classifier(
     """
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
+    ctx.watch(model, train[0][:512])
 
     def after_epoch(epoch: int) -> None:
         ctx.report(epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device))

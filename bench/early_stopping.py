@@ -1,0 +1,170 @@
+"""Early stopping on mnist1d-cnn: epochs spent against the front kept.
+
+The same trial budget is run three ways, with several sampler seeds each:
+
+* ``tpe``       TPE, every trial trained to ``max_epochs``
+* ``tpe+asha``  TPE with multi-objective ASHA (``early_stopping: asha``)
+* ``random``    random search, every trial trained to ``max_epochs``
+
+For each run it records the training epochs spent, the hypervolume of the final front
+(accuracy, size, latency) against a fixed reference point, and the test accuracy of the
+front's most accurate trial (by validation accuracy, as a user would pick it). The
+table prints means over seeds with ratios against ``tpe``.
+
+Run from the repository root::
+
+    .venv/bin/python bench/early_stopping.py                 # 12 trials x 6 epochs, 3 seeds
+    .venv/bin/python bench/early_stopping.py --trials 20 --epochs 12   # larger, on an idle machine
+
+Runs go two at a time in separate processes (``--parallel``), each with one torch thread
+and its own SQLite file. Latency is one of the objectives, so a busy machine adds noise
+to the hypervolume of every arm alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Fixed reference point: accuracy 0, the float model of the widest CNN in the search space
+# (28,298 parameters, about 113 KB), and 1 ms at batch 1.
+REFERENCE = {"accuracy": 0.0, "size_bytes": 120_000.0, "latency_ms": 1.0}
+ARMS = {
+    "tpe": {"sampler": "tpe", "early_stopping": "none"},
+    "tpe+asha": {"sampler": "tpe", "early_stopping": "asha"},
+    "random": {"sampler": "random", "early_stopping": "none"},
+}
+
+
+def _run_one(job: tuple[str, int, int, int, int, int, str]) -> dict[str, Any]:
+    arm, seed, trials, epochs, min_epochs, reduction_factor, folder = job
+    import numpy as np
+    import torch
+
+    import tuner
+    from tuner.storage import hypervolume, load_records, open_storage, pareto_front
+
+    torch.set_num_threads(1)
+    base = tuner.load_spec("mnist1d_cnn")
+    es: Any = ARMS[arm]["early_stopping"]
+    if es != "none":
+        es = {
+            "name": es,
+            "min_epochs": min_epochs,
+            "reduction_factor": reduction_factor,
+            "min_trials": 2,
+        }
+    name = f"{arm.replace('+', '-')}-s{seed}"
+    spec = base.with_overrides(
+        name=name,
+        sampler={"name": ARMS[arm]["sampler"], "seed": seed},
+        early_stopping=es,
+        budget={"n_trials": trials, "max_epochs": epochs},
+        resources={"cpus": 1, "gpus": 0},
+        measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
+    )
+    url = f"sqlite:///{Path(folder) / (name + '.db')}"
+    started = time.perf_counter()
+    tuner.run(spec, storage=url)
+    wall = time.perf_counter() - started
+    records = load_records(open_storage(url), name)
+    finished = [r for r in records if r.state in ("COMPLETE", "PRUNED")]
+    objectives = dict(spec.objectives)
+    front = pareto_front(records, objectives)
+    points = np.array([[r.values[m] for m in objectives] for r in front], dtype=float)
+    reference = [REFERENCE[m] for m in objectives]
+    # A fraction of the box between the reference and the ideal point (100% accuracy, 0 bytes,
+    # 0 ms), so the number reads the same whatever the units.
+    box = float(np.prod([abs(REFERENCE[m] - (m == "accuracy")) for m in objectives]))
+    hv = hypervolume(points, list(objectives.values()), reference) / box
+    most_accurate = max(front, key=lambda r: r.values["accuracy"]) if front else None
+    return {
+        "arm": arm,
+        "seed": seed,
+        "epochs": sum(int(r.metrics.get("epochs", len(r.curve))) for r in finished),
+        "complete": sum(r.state == "COMPLETE" for r in records),
+        "stopped": sum(r.state == "PRUNED" for r in records),
+        "failed": sum(r.state == "FAIL" for r in records),
+        "hypervolume": hv,
+        "test_accuracy": most_accurate.metrics["test_accuracy"] if most_accurate else float("nan"),
+        "front": len(front),
+        "wall_s": wall,
+    }
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.fmean(float(r[key]) for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--reduction-factor", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-es-") as folder:
+        jobs = [
+            (arm, seed, args.trials, args.epochs, args.min_epochs, args.reduction_factor, folder)
+            for seed in args.seeds
+            for arm in args.arms
+        ]
+        with mp.get_context("spawn").Pool(args.parallel) as pool:
+            rows = pool.map(_run_one, jobs, chunksize=1)
+    total = time.perf_counter() - started
+
+    print(
+        f"\nmnist1d-cnn: {args.trials} trials x {args.epochs} epochs per run, seeds {args.seeds}; "
+        f"asha min_epochs {args.min_epochs}, reduction_factor {args.reduction_factor}; "
+        f"reference point {REFERENCE}\n"
+    )
+    header = (
+        f"{'run':<10} {'seed':>4} {'epochs':>7} {'complete':>8} {'stopped':>7} {'failed':>6} "
+        f"{'front':>5} {'hypervolume':>11} {'test acc':>8} {'wall s':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in sorted(rows, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
+        print(
+            f"{r['arm']:<10} {r['seed']:>4} {r['epochs']:>7} {r['complete']:>8} "
+            f"{r['stopped']:>7} {r['failed']:>6} {r['front']:>5} {r['hypervolume']:>11.4f} "
+            f"{r['test_accuracy']:>8.3f} {r['wall_s']:>7.1f}"
+        )
+    base = [r for r in rows if r["arm"] == "tpe"]
+    print(
+        f"\n{'mean over seeds':<16} {'epochs':>7} {'fewer epochs':>12} {'hypervolume':>11} "
+        f"{'HV vs tpe':>9} {'test acc':>8} {'wall s':>7}"
+    )
+    for arm in args.arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        epochs, hv = _mean(mine, "epochs"), _mean(mine, "hypervolume")
+        fewer = f"{_mean(base, 'epochs') / epochs:.2f}x" if base else "-"
+        versus = f"{hv / _mean(base, 'hypervolume'):.3f}" if base else "-"
+        print(
+            f"{arm:<16} {epochs:>7.1f} {fewer:>12} {hv:>11.4f} {versus:>9} "
+            f"{_mean(mine, 'test_accuracy'):>8.3f} {_mean(mine, 'wall_s'):>7.1f}"
+        )
+    if base and "tpe+asha" in args.arms:
+        asha = [r for r in rows if r["arm"] == "tpe+asha"]
+        fewer = _mean(base, "epochs") / _mean(asha, "epochs")
+        kept = _mean(asha, "hypervolume") / _mean(base, "hypervolume")
+        verdict = "met" if fewer >= 2 and kept >= 0.98 else "missed"
+        print(
+            f"\ntarget (>= 2x fewer epochs, <= 2% less hypervolume): {verdict} "
+            f"({fewer:.2f}x fewer epochs, {100 * (1 - kept):+.1f}% hypervolume lost)"
+        )
+    print(f"total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Per-trial overhead of `tuner.run` against a bare Optuna loop on the same kind of store.
+
+Both sides sample the same search space and write to a fresh store of the same kind;
+tuner's side runs a workload that does nothing (bench/_noop_workload.py), so the
+difference is tuner's own cost per trial: budget checks, compression, measuring, and
+recording the metrics. Run: .venv/bin/python bench/study_overhead.py [--trials 60] [--postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tuner  # noqa: E402
+from tuner.storage import open_storage  # noqa: E402
+
+SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
+    "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+    "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "prune_threshold": {"type": "float", "low": 0.0, "high": 0.9},
+    "quantize": {"type": "categorical", "choices": ["none"]},
+}
+
+
+def bare_optuna(url: str, n: int) -> float:
+    storage = open_storage(url)
+    study = optuna.create_study(
+        study_name="bare",
+        storage=storage,
+        directions=["maximize", "minimize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        trial.suggest_categorical("optimizer", ["sgd", "adamw"])
+        trial.suggest_float("lr", 1e-4, 0.3, log=True)
+        trial.suggest_categorical("batch_size", [32, 64, 128])
+        trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+        trial.suggest_float("prune_threshold", 0.0, 0.9)
+        trial.suggest_categorical("quantize", ["none"])
+        return 0.5, 1000.0, 0.1
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=n)
+    return (time.perf_counter() - started) / n * 1000
+
+
+def tuner_run(url: str, n: int) -> float:
+    spec = {
+        "name": "tuned",
+        "workload": "_noop_workload:noop",
+        "search_space": SPACE,
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"n_trials": n, "max_epochs": 1},
+        "measure": {"batch_size": 2, "warmup": 0, "repeats": 3},
+    }
+    tuner.run(spec, storage=url)  # warm-up: imports, first compression
+    started = time.perf_counter()
+    tuner.run(spec, storage=url, n_trials=2 * n)
+    return (time.perf_counter() - started) / n * 1000
+
+
+def _pg_url() -> str:
+    import sqlalchemy
+
+    admin = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    name = f"tuner_bench_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    return admin.rsplit("/", 1)[0] + f"/{name}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--postgres", action="store_true")
+    args = parser.parse_args()
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = [("sqlite (WAL)", lambda tag: f"sqlite:///{tmp}/{tag}.db")]
+        if args.postgres:
+            stores.append(("postgresql", lambda tag: _pg_url()))
+        for label, make in stores:
+            bare = bare_optuna(make("bare"), args.trials)
+            ours = tuner_run(make("tuner"), args.trials)
+            rows.append((label, bare, ours))
+    print(f"\nper-trial cost, {args.trials} trials each, near-zero-cost workload")
+    print(f"{'store':<14} {'bare optuna ms':>15} {'tuner run ms':>13} {'ratio':>7}  target")
+    for label, bare, ours in rows:
+        print(f"{label:<14} {bare:>15.1f} {ours:>13.1f} {ours / bare:>6.2f}x  <= 1.3x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+from streamlit.testing.v1 import AppTest
+
+from tuner.dashboard import _data
+from tuner.storage import open_storage, read_records
+
+OBJ = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+
+
+def _run(app_path: Path, url: str, monkeypatch: pytest.MonkeyPatch, **params: str) -> AppTest:
+    monkeypatch.setenv("TUNER_STORAGE", url)
+    monkeypatch.delenv("TUNER_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(str(app_path), default_timeout=60)
+    at.query_params.update(params)
+    at.run()
+    assert not at.exception, at.exception[0].message if at.exception else ""
+    return at
+
+
+def _nodes(node: Any) -> Iterator[Any]:
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _nodes(child)
+
+
+def _page_text(at: AppTest) -> str:
+    """Everything the page sends to the browser, as text (figures included)."""
+    return "\n".join(str(n.proto) for n in _nodes(at._tree) if getattr(n, "proto", None))
+
+
+def _figures(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _records(url: str) -> list[Any]:
+    storage = open_storage(url, read_only=True, heartbeat=False)
+    try:
+        return read_records(storage, "tiny")
+    finally:
+        storage.engine.dispose()
+
+
+def test_overview_lists_the_study_with_its_counts(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app_path, dashboard_store, monkeypatch)
+    assert at.title[0].value == "Studies"
+    table = at.dataframe[0].value
+    row = table[table["study"] == "tiny"].iloc[0]
+    records = _records(dashboard_store)
+    assert row["complete"] == sum(r.state == "COMPLETE" for r in records)
+    assert row["stopped early"] == sum(r.state == "PRUNED" for r in records)
+    assert row["failed"] == 1 and row["state"] == "finished"
+    assert "accuracy" in row["best"]
+
+
+def test_study_page_draws_the_front_and_the_best_trial(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny")
+    records = _records(dashboard_store)
+    info = _data.front_info(records, OBJ)
+    best = _data.best_within_budget(info).best
+    assert best is not None
+    assert at.title[0].value == "tiny"
+    (figure,) = _figures(at)
+    traces = {t["name"].split(" (")[0]: t for t in figure["data"]}
+    front = traces["Pareto front"]
+    assert sorted(c[0] for c in front["customdata"]) == sorted(info.front_numbers)
+    # Hover names every parameter and objective of the trial.
+    assert "<i>lr</i>" in front["hovertemplate"] and "size_bytes" in front["hovertemplate"]
+    first = next(r for r in records if r.number == front["customdata"][0][0])
+    assert _data.fmt("accuracy", first.values["accuracy"]) in front["customdata"][0]
+    assert "breaks constraints" in traces  # the study has a trial over the sparsity cap
+    assert f"trial {best.number}" in " ".join(m.value for m in at.markdown)
+    assert at.code[0].value.startswith(f"tuner export tiny --trial {best.number} --format onnx")
+
+
+def test_budget_from_the_url_restricts_the_front(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(dashboard_store)
+    feasible = [r for r in records if r.state == "COMPLETE" and r.feasible]
+    fastest = min(feasible, key=lambda r: r.values["latency_ms"])
+    limit = fastest.values["latency_ms"] * 1.0001
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", max_latency_ms=f"{limit}")
+    assert at.number_input(key="max_latency_ms").value == pytest.approx(limit)
+    text = " ".join(m.value for m in at.markdown)
+    assert f"Best trial within the budget: trial {fastest.number}" in text
+    names = [t["name"] for t in _figures(at)[0]["data"]]
+    assert any(n.startswith("front within budget") for n in names)
+
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", max_latency_ms="0.000001")
+    assert "No feasible trial fits this budget" in at.warning[0].value
+
+
+@pytest.mark.parametrize(
+    "view",
+    _data_views := [
+        "3-D",
+        "Parallel coordinates",
+        "History",
+        "Hypervolume",
+        "Importance",
+        "Learning curves",
+    ],
+)
+def test_every_view_draws_a_chart(
+    view: str, app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", view=view)
+    figures = _figures(at)
+    assert len(figures) == 1 and figures[0]["data"]
+    if view == "Learning curves":
+        names = [t.get("name") for t in figures[0]["data"]]
+        assert "stopped early" in names  # early-stopped trials are visible
+
+
+def test_trial_table_lists_every_trial(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", view="Trials")
+    table = at.dataframe[0].value
+    assert sorted(table["trial"]) == sorted(r.number for r in _records(dashboard_store))
+    assert set(table["state"]) >= {"COMPLETE", "PRUNED", "FAIL"}
+
+
+def test_trial_page_shows_params_metrics_curve_and_export(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(dashboard_store)
+    done = next(r for r in records if r.state == "COMPLETE")
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", trial=str(done.number))
+    assert at.title[0].value == f"Trial {done.number} of tiny"
+    params, metrics = at.dataframe[0].value, at.dataframe[1].value
+    assert set(params["parameter"]) == set(done.params)
+    shown = set(metrics["metric"])
+    assert {"accuracy", "test_accuracy", "size_bytes", "latency_ms", "latency_ms_p90"} <= shown
+    assert {"latency_ms_batch", "sparsity", "param_count", "train_time_s", "int8_layers"} <= shown
+    assert len(at.get("plotly_chart")) == 1  # learning curve
+    assert at.code[-1].value.startswith(
+        f"tuner export tiny --trial {done.number} --format onnx --out model.onnx"
+    )
+
+
+def test_failed_and_stopped_trials_say_why(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(dashboard_store)
+    failed = next(r for r in records if r.state == "FAIL")
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", trial=str(failed.number))
+    assert "simulated failure in trial 1" in at.code[0].value
+    stopped = next(r for r in records if r.state == "PRUNED")
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", trial=str(stopped.number))
+    assert at.warning[0].value.startswith(f"Stopped early after {len(stopped.curve)} epoch")
+
+
+def test_unknown_study_and_trial_are_named(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(app_path, dashboard_store, monkeypatch, study="nope")
+    assert "No study named 'nope'" in at.error[0].value and "tiny" in at.error[0].value
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny", trial="999")
+    assert "has no trial 999" in at.error[0].value
+    at = _run(app_path, dashboard_store, monkeypatch, study="nope", trial="1")
+    assert "No study named 'nope'" in at.error[0].value
+
+
+def test_password_gate_blocks_until_the_password_is_given(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNER_STORAGE", dashboard_store)
+    monkeypatch.setenv("TUNER_DASHBOARD_PASSWORD", "open sesame")
+    at = AppTest.from_file(str(app_path), default_timeout=60)
+    at.query_params["study"] = "tiny"
+    at.run()
+    assert not at.get("plotly_chart") and not at.dataframe
+    assert "tiny" not in [t.value for t in at.title]
+    at.text_input[0].input("wrong")
+    at.button[0].click().run()
+    assert at.error[0].value == "Wrong password."
+    assert not at.get("plotly_chart")
+    at.text_input[0].input("open sesame")
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.title[0].value == "tiny" and at.get("plotly_chart")
+
+
+def test_secrets_password_gates_too(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNER_STORAGE", dashboard_store)
+    monkeypatch.delenv("TUNER_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(str(app_path), default_timeout=60)
+    at.secrets["password"] = "from secrets"
+    at.run()
+    assert not at.dataframe and at.text_input[0].label == "Password"
+
+
+@pytest.mark.postgres
+def test_postgres_store_with_password_never_shows_it(
+    app_path: Path,
+    dashboard_store: str,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The local server trusts every login, so any password opens it.
+    url = sqlalchemy.engine.make_url(postgres_url).set(password="s3cret-pw")
+    secret_url = url.render_as_string(hide_password=False)
+    optuna.copy_study(
+        from_study_name="tiny",
+        from_storage=dashboard_store,
+        to_storage=secret_url,
+        to_study_name="tiny",
+    )
+    writer = open_storage(secret_url, heartbeat=False)
+    running = optuna.load_study(study_name="tiny", storage=writer)
+    running.ask()  # a trial in flight: the study is running
+    for day in ("2026-01-01", "2026-01-02"):
+        night = optuna.create_study(study_name=f"digits-{day}", storage=writer)
+        night.set_user_attr("tuner.spec_name", "digits")
+    writer.engine.dispose()
+    pages = [{}, {"study": "tiny"}, {"study": "tiny", "view": "Trials"}]
+    done = next(r for r in _records(dashboard_store) if r.state == "COMPLETE")
+    pages.append({"study": "tiny", "trial": str(done.number)})
+    for params in pages:
+        at = _run(app_path, secret_url, monkeypatch, **params)
+        text = _page_text(at)
+        assert "s3cret-pw" not in text
+        assert "***" in text  # the store is named, masked
+        if params == {}:
+            assert "Nightly: digits" in [s.value for s in at.subheader]
+        if params == {"study": "tiny"}:
+            assert "refreshes every" in " ".join(c.value for c in at.caption)
+    assert read_records is not None

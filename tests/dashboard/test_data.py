@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tuner.dashboard import _data
+from tuner.storage import (
+    StudySummary,
+    TrialRecord,
+    hypervolume,
+    open_storage,
+    pareto_front,
+    read_records,
+    read_studies,
+)
+
+OBJ = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+
+
+def _trial(number: int, acc: float, size: float, lat: float, **kw: Any) -> TrialRecord:
+    return TrialRecord(
+        number=number,
+        state=kw.pop("state", "COMPLETE"),
+        params=kw.pop("params", {"lr": 0.01 * (number + 1)}),
+        values={"accuracy": acc, "size_bytes": size, "latency_ms": lat},
+        metrics=kw.pop("metrics", {}),
+        datetime_start=None,
+        datetime_complete=None,
+        **kw,
+    )
+
+
+# (number, accuracy, size_bytes, latency_ms)
+TRIALS = [
+    _trial(0, 0.97, 90_000, 3.0),  # most accurate, large and slow
+    _trial(1, 0.95, 40_000, 1.5),  # fits "latency <= 2 ms, size <= 50 KB"
+    _trial(2, 0.93, 30_000, 1.2),  # fits too, less accurate
+    _trial(3, 0.92, 45_000, 1.9),  # dominated by trial 1
+    _trial(4, 0.99, 10_000, 0.5, feasible=False),  # best at everything, breaks a constraint
+    _trial(5, 0.80, 5_000, 0.3),
+    TrialRecord(6, "PRUNED", {"lr": 0.5}, {}, {}, None, None, curve=[0.2]),
+    TrialRecord(7, "FAIL", {"lr": 0.6}, {}, {}, None, None, error="RuntimeError: boom"),
+]
+
+
+def test_front_flags_dominated_and_constraint_breaking_trials() -> None:
+    info = _data.front_info(TRIALS, OBJ)
+    assert list(info.numbers) == [0, 1, 2, 3, 4, 5]  # complete trials only
+    assert sorted(info.front_numbers) == [0, 1, 2, 5]
+    assert list(info.numbers[info.dominated]) == [3, 4]
+    assert list(info.numbers[~info.feasible]) == [4]
+    rows = np.arange(len(info))
+    groups = _data.point_groups(info, rows)
+    assert list(info.numbers[groups["breaks constraints"]]) == [4]
+    assert list(info.numbers[groups["dominated"]]) == [3]
+    assert sorted(info.numbers[groups["Pareto front"]]) == [0, 1, 2, 5]
+
+
+def test_budget_filter_picks_the_most_accurate_trial_within_it() -> None:
+    bounds = _data.budget_bounds(OBJ, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
+    result = _data.best_within_budget(_data.front_info(TRIALS, OBJ, bounds))
+    assert result.best is not None and result.best.number == 1
+    # Trial 4 is within the budget and better, but breaks a constraint.
+    assert [r.number for r in result.front] == [1, 2, 5]
+    assert result.n_within == 4  # 1, 2, 3, 5
+    tight = _data.budget_bounds(OBJ, {"accuracy": 0.94, "latency_ms": 1.0})
+    assert _data.best_within_budget(_data.front_info(TRIALS, OBJ, tight)).best is None
+    none = _data.best_within_budget(_data.front_info(TRIALS, OBJ))
+    assert none.best is not None and none.best.number == 0
+
+
+def test_budget_on_a_metric_that_is_not_an_objective() -> None:
+    trials = [
+        _trial(0, 0.9, 100, 1.0, metrics={"latency_ms_p90": 5.0}),
+        _trial(1, 0.8, 100, 1.0, metrics={"latency_ms_p90": 1.5}),
+    ]
+    bounds = [_data.Bound("latency_ms_p90", max=2.0)]
+    result = _data.best_within_budget(_data.front_info(trials, OBJ, bounds))
+    assert result.best is not None and result.best.number == 1
+
+
+def test_front_matches_tuner_best_on_a_real_study(dashboard_store: str) -> None:
+    storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
+    records = read_records(storage, "tiny")
+    info = _data.front_info(records, OBJ)
+    assert sorted(info.front_numbers) == sorted(r.number for r in pareto_front(records, OBJ))
+    assert not info.on_front[~info.feasible].any()
+    budget = {"latency_ms": float(np.median(info.values[:, 2]))}
+    result = _data.best_within_budget(
+        _data.front_info(records, OBJ, _data.budget_bounds(OBJ, budget))
+    )
+    fitting = [
+        r
+        for r in records
+        if r.state == "COMPLETE" and r.feasible and r.values["latency_ms"] <= budget["latency_ms"]
+    ]
+    assert result.best is not None
+    assert result.best.values["accuracy"] == max(r.values["accuracy"] for r in fitting)
+    storage.engine.dispose()
+
+
+def test_hypervolume_history_rises_and_ends_at_the_front_hypervolume() -> None:
+    rng = np.random.default_rng(0)
+    trials = [
+        _trial(i, float(a), float(s), float(lt))
+        for i, (a, s, lt) in enumerate(
+            zip(rng.uniform(0.5, 1, 60), rng.uniform(1e3, 1e5, 60), rng.uniform(0.1, 3, 60))
+        )
+    ]
+    ref = {"accuracy": 0.4, "size_bytes": 2e5, "latency_ms": 4.0}
+    history = _data.hypervolume_history(trials, OBJ, reference=ref)
+    assert history.numbers == list(range(60))
+    assert all(b >= a for a, b in zip(history.hypervolume, history.hypervolume[1:]))
+    # Scaled to the box between the ideal point and the reference, the last value is
+    # the hypervolume of the whole front divided by the box's volume.
+    points = np.array([[t.values[n] for n in OBJ] for t in trials])
+    box = np.prod([abs(ref[n] - history.ideal[n]) for n in OBJ])
+    expected = hypervolume(points, list(OBJ.values()), [ref[n] for n in OBJ]) / box
+    assert history.hypervolume[-1] == pytest.approx(expected, rel=1e-9)
+    assert history.reference == pytest.approx(ref)
+
+
+def test_learning_curves_keep_stopped_trials() -> None:
+    trials = [
+        TrialRecord(i, "COMPLETE", {}, {}, {}, None, None, curve=[0.5, 0.6, 0.7]) for i in range(50)
+    ] + [TrialRecord(50 + i, "PRUNED", {}, {}, {}, None, None, curve=[0.1]) for i in range(5)]
+    curves = _data.learning_curves(trials, limit=10)
+    assert curves.n_stopped == 5 and curves.n_with_curve == 55
+    assert [s for s in curves.states].count("PRUNED") == 5
+    assert len(curves.numbers) == 10
+
+
+def test_table_rows_sortable_numbers_and_errors() -> None:
+    rows = _data.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
+    by_number = {r["trial"]: r for r in rows}
+    assert by_number[1]["size_bytes (KB)"] == pytest.approx(40_000 / 1024)
+    assert by_number[1]["accuracy (%)"] == pytest.approx(95.0)
+    assert by_number[1]["front"] is True and by_number[3]["front"] is False
+    assert by_number[4]["meets constraints"] is False
+    assert by_number[7]["error"] == "RuntimeError: boom"
+    assert by_number[6]["accuracy (%)"] is None
+
+
+def test_export_command_never_shows_a_password() -> None:
+    url = "postgresql+psycopg://tuner:s3cret@db:5432/studies"
+    command = _data.export_command("digits-mlp", 7, url)
+    assert "s3cret" not in command
+    assert command.startswith("tuner export digits-mlp --trial 7 --format onnx --out model.onnx")
+    assert _data.export_command("x", 1, "sqlite:///tuner.db").endswith("model.onnx")
+
+
+def test_nightly_studies_grouped_under_their_spec() -> None:
+    def summary(name: str, day: int, **attrs: Any) -> StudySummary:
+        return StudySummary(name, OBJ, {"COMPLETE": 1}, attrs, dt.datetime(2026, 1, day, 12))
+
+    groups = _data.group_studies(
+        [
+            summary("digits-2026-01-01", 1, **{"tuner.spec_name": "digits"}),
+            summary("adhoc", 2),
+            summary("digits-2026-01-03", 3, **{"tuner.spec_name": "digits"}),
+        ]
+    )
+    assert [(g.name, g.nightly) for g in groups] == [("digits", True), ("adhoc", False)]
+    assert [s.name for s in groups[0].studies] == ["digits-2026-01-03", "digits-2026-01-01"]
+
+
+def test_importance_finds_the_parameter_that_drives_the_objective() -> None:
+    rng = np.random.default_rng(1)
+    trials = []
+    for i in range(80):
+        sparsity, lr = float(rng.uniform(0, 0.9)), float(rng.uniform(0.01, 0.1))
+        trials.append(
+            _trial(
+                i,
+                0.99 - 0.5 * sparsity**2 + float(rng.normal(0, 0.005)),
+                1e5 * (1 - sparsity),
+                1.0,
+                params={"prune_threshold": sparsity, "lr": lr},
+            )
+        )
+    scores = _data.param_importance(trials, OBJ)
+    assert next(iter(scores["accuracy"])) == "prune_threshold"
+    assert sum(scores["accuracy"].values()) == pytest.approx(1.0)
+    assert "latency_ms" not in scores  # constant: nothing to explain
+
+
+def test_overview_rows_from_the_store(dashboard_store: str) -> None:
+    storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
+    rows = _data.overview_rows(read_studies(storage), {})
+    assert rows[0]["study"] == "tiny" and rows[0]["state"] == "finished"
+    assert rows[0]["complete"] >= 1 and rows[0]["failed"] == 1
+    storage.engine.dispose()

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+import tuner
+from tuner._artifacts import artifacts_root
+from tuner._cli import main
+from tuner._exceptions import SpecError
+from tuner._export import artifact_path
+from tuner.storage import open_storage
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "measure",
+            {"runtime": "ort"},
+            "spec field 'measure.runtime': got 'ort'; expected one of torch, onnxruntime",
+        ),
+        (
+            "artifacts",
+            {"keep": "best"},
+            "spec field 'artifacts.keep': got 'best'; expected one of pareto, all, none",
+        ),
+        (
+            "artifacts",
+            {"kept": "all"},
+            "spec field 'artifacts.kept': unknown key; did you mean 'keep'?",
+        ),
+        ("artifacts", {"path": ""}, "spec field 'artifacts.path': got ''; expected a folder path"),
+    ],
+)
+def test_bad_artifacts_and_runtime_are_one_line_naming_the_field(
+    tiny_spec: Any, field: str, value: Any, message: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        tuner.load_spec(tiny_spec(**{field: value}))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_spec_round_trips_artifacts_and_runtime(tiny_spec: Any) -> None:
+    spec = tuner.load_spec(
+        tiny_spec(artifacts={"keep": "all", "path": "models"}, measure={"runtime": "onnxruntime"})
+    )
+    again = tuner.load_spec(spec.to_dict())
+    assert (again.artifacts.keep, again.artifacts.path) == ("all", "models")
+    assert again.measure.runtime == "onnxruntime"
+    default = tuner.load_spec(tiny_spec())
+    assert (default.artifacts.keep, default.measure.runtime) == ("pareto", "torch")
+
+
+def test_artifacts_live_next_to_a_sqlite_file_else_in_the_environment_or_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUNER_ARTIFACTS", raising=False)
+    db = tmp_path / "stores" / "tuner.db"
+    assert artifacts_root(None, f"sqlite:///{db}") == tmp_path / "stores" / "tuner-artifacts"
+    assert artifacts_root(None, "sqlite:///tuner.db") == tmp_path / "tuner-artifacts"
+    assert (
+        artifacts_root(None, "postgresql+psycopg://u:p@db:5432/t") == tmp_path / "tuner-artifacts"
+    )
+    assert artifacts_root("shared/models", "sqlite:///tuner.db") == tmp_path / "shared" / "models"
+    monkeypatch.setenv("TUNER_ARTIFACTS", str(tmp_path / "server-models"))
+    assert artifacts_root(None, "postgresql+psycopg://u:p@db:5432/t") == tmp_path / "server-models"
+    assert artifacts_root(None, f"sqlite:///{db}") == tmp_path / "stores" / "tuner-artifacts"
+
+
+def test_keep_none_stores_no_file_and_export_says_why(
+    tiny_spec: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = tiny_spec("bare", budget={"n_trials": 1, "max_epochs": 1}, artifacts={"keep": "none"})
+    tuner.run(spec, storage=url)
+    assert not (tmp_path / "tuner-artifacts").exists() or not any(
+        (tmp_path / "tuner-artifacts").rglob("*")
+    )
+    store = open_storage(url, read_only=True, heartbeat=False)
+    assert artifact_path(store, "bare", 0) is None
+    code = main(
+        ["export", "bare", "--trial", "0", "--out", str(tmp_path / "m.onnx"), "--storage", url]
+    )
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "trial 0 kept no artifact (artifacts.keep: none)" in out
+    assert "--retrain" in out
+
+
+@pytest.mark.postgres
+def test_a_postgresql_study_keeps_models_in_the_folder_the_spec_names(
+    tiny_spec: Any, postgres_url: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "shared-models"
+    spec = tiny_spec(
+        "pg",
+        budget={"n_trials": 1, "max_epochs": 1},
+        artifacts={"keep": "all", "path": str(folder)},
+    )
+    tuner.run(spec, storage=postgres_url)
+    (trial,) = optuna.load_study(study_name="pg", storage=postgres_url).get_trials()
+    store = open_storage(postgres_url, read_only=True, heartbeat=False)
+    path = artifact_path(store, "pg", trial.number)
+    assert path is not None and path.parent == folder / "pg"
+    store.engine.dispose()

@@ -1,0 +1,200 @@
+"""Workers and drivers killed with SIGKILL in the middle of trials; the study recovers.
+
+Heartbeats are shortened through the environment (1 s interval, 3 s grace) so a dead
+worker's trial is failed and retried within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from tuner.storage import count_states, open_storage
+
+pytestmark = pytest.mark.slow
+
+TUNER = [sys.executable, "-m", "tuner._cli"]
+HEARTBEAT_ENV = {"TUNER_HEARTBEAT_INTERVAL_S": "1", "TUNER_GRACE_PERIOD_S": "3"}
+
+
+def _driver(spec: Path, url: str, *args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, **HEARTBEAT_ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [*TUNER, "run", str(spec), "--storage", url, "--json", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal would give it
+    )
+
+
+def _started(run_dir: Path) -> list[tuple[int, int]]:
+    """(trial number, worker pid) of every trial started so far."""
+    found = []
+    for f in run_dir.iterdir():
+        number, pid = f.name.split(".")
+        found.append((int(number), int(pid)))
+    return sorted(found)
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 180) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def _parent(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return -1
+
+
+def _running(url: str) -> set[int]:
+    try:
+        study = optuna.load_study(study_name="slow", storage=url)
+    except KeyError:  # not created yet
+        return set()
+    return {t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))}
+
+
+def _describe(study: optuna.Study) -> str:
+    return "; ".join(
+        f"{t.number} {t.state.name} {t.system_attrs} {(t.user_attrs.get('error') or '')[:40]!r} "
+        f"{t.datetime_start:%H:%M:%S.%f}-{t.datetime_complete or 0:%H:%M:%S.%f}"
+        for t in study.trials
+    )
+
+
+def _assert_recovered(url: str, name: str, budget: int, killed: set[int]) -> None:
+    counts = count_states(open_storage(url, heartbeat=False), name)
+    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == budget, counts
+    assert counts.get("RUNNING", 0) == 0 and counts.get("WAITING", 0) == 0, counts
+    study = optuna.load_study(study_name=name, storage=url)
+    by_number = {t.number: t for t in study.trials}
+    for number in killed:
+        dead = by_number[number]
+        assert dead.state == optuna.trial.TrialState.FAIL, f"trial {number} is {dead.state.name}"
+        retries = [t for t in study.trials if number in t.system_attrs.get("retry_history", [])]
+        assert retries, f"killed trial {number} was not retried: {_describe(study)}"
+        assert all(r.params == dead.params for r in retries), "a retry runs the same parameters"
+        assert all(r.datetime_start >= dead.datetime_complete for r in retries)
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_killed_worker_trial_fails_and_is_retried(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
+) -> None:
+    spec = slow_spec(n_trials=4, epochs=4, epoch_s=0.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run_dir = Path(spec["search_space"]["run_dir"])
+    args = ["--workers", "2", "--backend", backend]
+    if backend == "ray":
+        ray = request.getfixturevalue("ray_local")
+        args += ["--address", ray.get_runtime_context().gcs_address]
+    driver = _driver(path, url, *args, cwd=tmp_path)
+    try:
+        number, pid = _wait_for(lambda: _started(run_dir), "a first trial")[0]
+        time.sleep(0.5)  # well inside the trial's 2 s of epochs
+        os.kill(pid, signal.SIGKILL)
+        _finish(driver)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    _assert_recovered(url, "slow", 4, {number})
+
+
+def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
+    postgres_url: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
+) -> None:
+    ray = request.getfixturevalue("ray_local")
+    budget = 10
+    spec = slow_spec(n_trials=budget, epochs=3, epoch_s=0.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_dir = Path(spec["search_space"]["run_dir"])
+    address = ray.get_runtime_context().gcs_address
+    on_ray = _driver(
+        path, postgres_url, "--workers", "2", "--backend", "ray", "--address", address, cwd=tmp_path
+    )
+    local = _driver(path, postgres_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
+    killed: set[int] = set()
+    try:
+        # Kill the local driver's whole process group while its workers are in trials.
+        def local_trials() -> list[int]:
+            running = _running(postgres_url)
+            return [
+                n
+                for n, pid in _started(run_dir)
+                if n in running and _alive(pid) and _parent(pid) == local.pid
+            ]
+
+        killed.update(_wait_for(local_trials, "trials of the local driver"))
+        time.sleep(0.3)
+        killed.update(local_trials())
+        os.killpg(local.pid, signal.SIGKILL)
+        local.wait(timeout=30)
+
+        # Kill one Ray worker in the middle of its trial.
+        def ray_trial() -> list[tuple[int, int]]:
+            running = _running(postgres_url)
+            return [
+                (n, pid)
+                for n, pid in _started(run_dir)
+                if n in running and n not in killed and _alive(pid) and _parent(pid) != local.pid
+            ]
+
+        number, pid = _wait_for(ray_trial, "a trial on Ray")[-1]
+        os.kill(pid, signal.SIGKILL)
+        killed.add(number)
+
+        # Run the killed driver again: it resumes the study with the Ray driver still on it.
+        again = _driver(path, postgres_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
+        _finish(again)
+        _finish(on_ray)
+    finally:
+        for proc in (on_ray, local):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    # Trials the killed driver had finished are kept: only the killed ones failed.
+    study = optuna.load_study(study_name="slow", storage=postgres_url)
+    failed = {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
+    assert killed <= failed
+    assert all(
+        (t.user_attrs.get("error") or "").startswith("not run")
+        for t in study.trials
+        if t.number in failed - killed
+    )
+    _assert_recovered(postgres_url, "slow", budget, killed)

@@ -1,0 +1,310 @@
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from torch import nn
+
+import tuner
+from tuner._cli import main
+from tuner._compression import compress
+from tuner._early_stopping import (
+    EarlyStopping,
+    bracket_rungs,
+    median_stops,
+    non_dominated_ranks,
+    rank_at_rung,
+    rung_epochs,
+    rung_metrics,
+)
+from tuner._measure import size_bytes
+from tuner._spec import EarlyStoppingSpec
+from tuner._workloads import TrialContext, TrialStopped
+from tuner.storage import load_records, open_storage
+
+ACC_SIZE = ("maximize", "minimize")
+
+
+# --- rung decisions on made-up records -------------------------------------------------
+
+
+def test_rungs_grow_by_the_reduction_factor_below_max_epochs() -> None:
+    assert rung_epochs(1, 3, 12) == (1, 3, 9)
+    assert rung_epochs(2, 2, 16) == (2, 4, 8)
+    assert rung_epochs(1, 3, 9) == (1, 3)
+    es = EarlyStoppingSpec(name="hyperband", min_epochs=1, reduction_factor=3)
+    # Four brackets: first rung at 1, 3 or 9 epochs, and one that stops nothing.
+    assert [bracket_rungs(es, 12, n) for n in range(5)] == [(1, 3, 9), (3, 9), (9,), (), (1, 3, 9)]
+    asha = EarlyStoppingSpec(name="asha", min_epochs=1, reduction_factor=3)
+    assert {bracket_rungs(asha, 12, n) for n in range(5)} == {(1, 3, 9)}
+
+
+def _dominates(a: np.ndarray, b: np.ndarray, directions: tuple[str, ...]) -> bool:
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return bool(np.all(a * signs <= b * signs) and np.any(a * signs < b * signs))
+
+
+def test_non_dominated_sorting_matches_the_definition() -> None:
+    points = np.array([[0.9, 30.0], [0.8, 10.0], [0.7, 20.0], [0.5, 40.0], [0.9, 30.0]])
+    assert non_dominated_ranks(points, ACC_SIZE).tolist() == [0, 0, 1, 2, 0]
+    rng = np.random.default_rng(0)
+    directions = ("maximize", "minimize", "minimize")
+    for _ in range(20):
+        pts = rng.integers(0, 5, size=(15, 3)).astype(float)  # ties and duplicates included
+        ranks = non_dominated_ranks(pts, directions)
+        for i, j in itertools.permutations(range(len(pts)), 2):
+            if _dominates(pts[j], pts[i], directions):
+                assert ranks[j] < ranks[i]
+        for i in np.flatnonzero(ranks > 0):
+            assert any(
+                _dominates(pts[j], pts[i], directions)
+                for j in np.flatnonzero(ranks == ranks[i] - 1)
+            )
+
+
+def test_a_small_model_with_lower_accuracy_goes_on_where_accuracy_alone_would_stop_it() -> None:
+    others = [[0.90, 50_000.0], [0.88, 52_000.0], [0.85, 60_000.0]]
+    small = [0.70, 8_000.0]
+    assert rank_at_rung(small, others, ACC_SIZE, reduction_factor=2).promote
+    acc_only = rank_at_rung([small[0]], [[o[0]] for o in others], ("maximize",), reduction_factor=2)
+    assert not acc_only.promote and acc_only.position == 4
+    dominated = [0.80, 55_000.0]
+    decision = rank_at_rung(dominated, others, ACC_SIZE, reduction_factor=2)
+    assert not decision.promote and (decision.recorded, decision.keep) == (4, 2)
+
+
+def test_ties_within_a_front_keep_its_ends_then_the_larger_hypervolume_contribution() -> None:
+    a, b, c = [0.90, 100.0], [0.10, 10.0], [0.89, 99.0]  # c adds almost nothing next to a
+    assert non_dominated_ranks(np.array([a, b, c]), ACC_SIZE).tolist() == [0, 0, 0]
+    assert not rank_at_rung(c, [a, b], ACC_SIZE, reduction_factor=2).promote
+    assert rank_at_rung(b, [a, c], ACC_SIZE, reduction_factor=2).promote
+    assert rank_at_rung(a, [b, c], ACC_SIZE, reduction_factor=2).promote
+    # Inside the front, after its two ends, the point that adds more hypervolume goes on.
+    ends, dominated = [[0.95, 100.0], [0.05, 1.0]], [0.20, 90.0]
+    bulging, flat = [0.80, 20.0], [0.30, 10.0]
+    assert non_dominated_ranks(np.array([*ends, bulging, flat, dominated]), ACC_SIZE).tolist() == [
+        0,
+        0,
+        0,
+        0,
+        1,
+    ]
+    assert rank_at_rung(bulging, [*ends, flat, dominated], ACC_SIZE, reduction_factor=2).promote
+    decision = rank_at_rung(flat, [*ends, bulging, dominated], ACC_SIZE, reduction_factor=2)
+    assert (decision.promote, decision.position, decision.keep) == (False, 4, 3)
+
+
+def test_early_arrivals_and_the_grace_of_min_trials() -> None:
+    assert rank_at_rung([0.1, 9e9], [], ACC_SIZE, reduction_factor=3).promote
+    worse = [0.1, 9e9]
+    better = [[0.9, 1.0], [0.8, 2.0]]
+    assert rank_at_rung(worse, better, ACC_SIZE, reduction_factor=3, min_trials=2).keep == 1
+    assert not rank_at_rung(worse, better, ACC_SIZE, reduction_factor=3, min_trials=2).promote
+    assert rank_at_rung(worse, better, ACC_SIZE, reduction_factor=3, min_trials=3).promote
+
+
+def test_asynchronous_successive_halving_on_made_up_curves() -> None:
+    """Nine trials arrive one by one; each rung keeps about a third of what it has seen."""
+    finals = [0.60, 0.90, 0.50, 0.70, 0.95, 0.40, 0.80, 0.30, 0.85]
+
+    def curve(final: float, epochs: int) -> float:
+        return final * (1 - math.exp(-epochs / 2))
+
+    rungs = rung_epochs(1, 3, 12)
+    recorded: dict[int, list[list[float]]] = {r: [] for r in rungs}
+    reached_end = []
+    for final in finals:
+        for rung in rungs:
+            mine = [curve(final, rung)]
+            decision = rank_at_rung(mine, recorded[rung], ("maximize",), reduction_factor=3)
+            recorded[rung].append(mine)
+            if not decision.promote:
+                break
+        else:
+            reached_end.append(final)
+    assert len(recorded[1]) == 9
+    assert len(recorded[3]) < 9 and len(recorded[9]) < len(recorded[3])
+    assert 0.95 in reached_end, "the best trial is never stopped"
+    assert not {0.30, 0.40, 0.50} & set(reached_end)
+
+
+def test_median_rule_and_what_a_rung_knows() -> None:
+    assert median_stops(0.5, [0.6, 0.7, 0.4], min_trials=3)
+    assert not median_stops(0.65, [0.6, 0.7, 0.4], min_trials=3)
+    assert not median_stops(0.1, [0.6, 0.7], min_trials=3), "too few others to judge"
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "train_time_s": "minimize"}
+    assert rung_metrics(objectives) == {"accuracy": "maximize", "size_bytes": "minimize"}
+    assert rung_metrics({"train_time_s": "minimize"}) == {"accuracy": "maximize"}
+
+
+# --- spec ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ({"name": "ashaa"}, ["early_stopping.name", "'ashaa'", "did you mean 'asha'"]),
+        ({"name": "asha", "min_epochs": 0}, ["early_stopping.min_epochs", "0", ">= 1"]),
+        ({"name": "asha", "reduction_factor": 1}, ["early_stopping.reduction_factor", ">= 2"]),
+        ({"name": "asha", "reduction_factor": 2.5}, ["early_stopping.reduction_factor", "integer"]),
+        ({"name": "median", "min_trials": -1}, ["early_stopping.min_trials", ">= 0"]),
+        ({"name": "asha", "grace": 2}, ["early_stopping.grace", "unknown key"]),
+        ({"name": "asha", "min_epochs": 6}, ["early_stopping.min_epochs", "budget.max_epochs (6)"]),
+    ],
+)
+def test_bad_early_stopping_fields_are_named(value: Any, words: list[str], tiny_spec: Any) -> None:
+    data = tiny_spec(early_stopping=value, budget={"n_trials": 3, "max_epochs": 6})
+    with pytest.raises(tuner.SpecError) as err:
+        tuner.load_spec(data)
+    message = str(err.value)
+    assert "\n" not in message
+    for w in words:
+        assert w in message, message
+
+
+def test_early_stopping_spec_round_trips(tiny_spec: Any) -> None:
+    spec = tuner.load_spec(tiny_spec(early_stopping="hyperband", budget={"max_epochs": 9}))
+    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 2)
+    again = tuner.load_spec(spec.to_dict())
+    assert again.early_stopping == spec.early_stopping
+    es = {"name": "asha", "min_epochs": 2, "reduction_factor": 2, "min_trials": 0}
+    data = tiny_spec(early_stopping=es, budget={"max_epochs": 6})
+    assert tuner.load_spec(data).to_dict()["early_stopping"] == es
+
+
+# --- the rule on a real store, with real models ------------------------------------------
+
+
+def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tuner.load_spec(
+        tiny_spec(
+            early_stopping={"name": "asha", "reduction_factor": 2, "min_trials": 0},
+            budget={"n_trials": 2, "max_epochs": 4},
+        )
+    )
+    storage = open_storage(sqlite_url, heartbeat=False)
+    optuna.create_study(storage=storage, study_name="rungs", directions=spec.directions)
+    study = optuna.load_study(study_name="rungs", storage=storage)
+    rule = EarlyStopping(spec, storage, storage.get_study_id_from_name("rungs"))
+    inputs = torch.randn(128, 64)
+
+    def start(model: nn.Module, accuracy: float) -> tuple[optuna.Trial, TrialContext]:
+        trial = study.ask()
+        trial.suggest_float("prune_threshold", 0.5, 0.5)
+        ctx = TrialContext(device=torch.device("cpu"), max_epochs=4, seed=0)
+        ctx.watch(model, inputs)
+        ctx.curve.append(accuracy)
+        return trial, ctx
+
+    small = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    trial, ctx = start(small, 0.9)
+    assert rule(trial, 0, ctx) is False
+    record = trial.user_attrs["rungs"]["1"]
+    shipped, _ = compress(
+        small, threshold=0.5, structure="unstructured", quantize="none", calibration_inputs=inputs
+    )
+    assert record["size_bytes"] == size_bytes(shipped), "the size that will ship"
+    assert record["accuracy"] == 0.9 and record["latency_ms"] > 0
+    # Larger, slower and less accurate: behind on all three, so it is stopped.
+    big = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.Linear(1024, 10))
+    trial, ctx = start(big, 0.5)
+    with pytest.raises(TrialStopped, match="ranked 2 of 2"):
+        rule(trial, 0, ctx)
+    assert trial.user_attrs["rungs"]["1"]["latency_ms"] > record["latency_ms"]
+
+
+# --- real studies ---------------------------------------------------------------------------
+
+MAX_EPOCHS = 6
+
+
+def _asha_spec(tiny_spec: Any) -> dict[str, Any]:
+    # Two sizes of model and a wide range of learning rates: some trials are clearly behind.
+    # Latency is left out of these studies so that the decisions do not hang on timing noise.
+    return tiny_spec(
+        objectives={"accuracy": "maximize", "size_bytes": "minimize"},
+        search_space={
+            "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+            "hidden_units": 32,
+            "prune_threshold": {"type": "categorical", "choices": [0.0, 0.5]},
+        },
+        early_stopping={"name": "asha", "min_epochs": 1, "reduction_factor": 2, "min_trials": 1},
+        budget={"n_trials": 8, "max_epochs": MAX_EPOCHS},
+    )
+
+
+def _check_stopped_trials(url: str, name: str = "tiny") -> list[Any]:
+    records = load_records(open_storage(url), name)
+    states = [r.state for r in records]
+    assert "FAIL" not in states and states.count("COMPLETE") + states.count("PRUNED") == 8
+    stopped = [r for r in records if r.state == "PRUNED"]
+    assert stopped, "some trials are stopped early"
+    for r in stopped:
+        assert 1 <= len(r.curve) < MAX_EPOCHS
+        assert r.metrics["epochs"] == len(r.curve)
+        assert str(len(r.curve)) in r.metrics["rungs"], "stopped at a rung"
+        assert "rung" in r.metrics["stopped_reason"] and "stopped" in r.metrics["stopped_reason"]
+        assert r.values == {} and "size_bytes" not in r.metrics, "never measured as finished"
+    for r in records:
+        if r.state == "COMPLETE":
+            assert len(r.curve) == MAX_EPOCHS
+    study = optuna.load_study(study_name=name, storage=url)
+    assert study.best_trials and all(
+        t.state == optuna.trial.TrialState.COMPLETE for t in study.best_trials
+    )
+    return records
+
+
+def test_a_study_stops_trials_early_and_keeps_their_curves(
+    sqlite_url: str, tiny_spec: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = tuner.run(_asha_spec(tiny_spec), storage=sqlite_url)
+    records = _check_stopped_trials(sqlite_url)
+    complete = {r.number for r in records if r.state == "COMPLETE"}
+    assert result.pareto_front and {t.number for t in result.pareto_front} <= complete
+    # A rung record holds what is known early: accuracy so far and the shipped size.
+    for r in records:
+        first_rung = r.metrics["rungs"]["1"]
+        assert first_rung["accuracy"] == pytest.approx(r.curve[0])
+        if r.state == "COMPLETE":
+            assert first_rung["size_bytes"] == r.values["size_bytes"]
+
+    assert main(["status", "tiny", "--storage", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    trained = sum(len(r.curve) for r in records)
+    n_stopped = sum(r.state == "PRUNED" for r in records)
+    assert f"{n_stopped} stopped early" in out
+    assert f"{trained} epochs trained, {MAX_EPOCHS * 8 - trained} saved by early stopping" in out
+
+
+def test_two_workers_share_the_rungs_through_the_store(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = _asha_spec(tiny_spec)
+    result = tuner.run(spec, storage=sqlite_url, workers=2)
+    assert result.n_finished == 8
+    _check_stopped_trials(sqlite_url)
+
+
+def test_single_objective_median_rule(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(
+        objectives={"accuracy": "maximize"},
+        search_space={
+            "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+            "hidden_units": 32,
+        },
+        early_stopping={"name": "median", "min_epochs": 1, "min_trials": 2},
+        budget={"n_trials": 8, "max_epochs": MAX_EPOCHS},
+    )
+    tuner.run(spec, storage=sqlite_url)
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert pruned and not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    for t in pruned:
+        assert len(t.user_attrs["curve"]) < MAX_EPOCHS
+        assert len(t.intermediate_values) == len(t.user_attrs["curve"])
+        assert "below the median" in t.user_attrs["stopped_reason"]
+    assert study.best_trial.state == optuna.trial.TrialState.COMPLETE

@@ -1,0 +1,381 @@
+"""Trial artifacts: the compressed model of a trial, kept next to the study store.
+
+Each trial that finishes uploads one file with Optuna's artifact API
+(``optuna.artifacts.upload_artifact`` into a ``FileSystemArtifactStore``): the float
+model after sparsity (pruned and, when structured, rebuilt smaller), the compression
+settings, calibration inputs and the test split. int8 is a deterministic step, so it is
+redone from these when the model is exported; the file holds everything ``tuner export``
+needs without the workload.
+
+Where: ``artifacts.path`` from the spec, else a ``tuner-artifacts`` folder next to a
+SQLite store file, else ``./tuner-artifacts``; one sub-folder per study. Each trial records
+the folder it used (user attr ``artifact_store``), so ``tuner export`` finds it again.
+
+Keep-policy (``artifacts.keep``): ``pareto`` keeps only the trials on the current Pareto
+front (dominated trials' files are deleted after each trial and at the end of a run),
+``all`` keeps every trial's, ``none`` keeps nothing. A dropped artifact is recorded in the
+study's user attrs (``tuner.artifact_dropped.<trial>``), since a finished trial cannot be
+changed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from torch import nn
+
+from ._exceptions import StorageError, TunerError
+
+if TYPE_CHECKING:
+    from ._spec import StudySpec
+
+ARTIFACT_KEEP = ("pareto", "all", "none")
+DEFAULT_FOLDER = "tuner-artifacts"
+ENV_VAR = "TUNER_ARTIFACTS"
+FILENAME = "model.pt"
+FORMAT_VERSION = 1
+
+ID_ATTR = "artifact_id"
+STORE_ATTR = "artifact_store"
+KEEP_ATTR = "artifact_keep"
+STATUS_ATTR = "artifact"
+DROPPED_PREFIX = "tuner.artifact_dropped."
+
+
+class ArtifactMissing(TunerError):
+    """A trial has no model file to export (never kept, dropped, or moved)."""
+
+
+@dataclass
+class TrialModel:
+    """What a trial keeps: enough to rebuild and re-measure the model it shipped.
+
+    Attributes:
+        model: the float model after sparsity (what int8 is applied to).
+        quantize: ``"none"`` or ``"int8"``.
+        prune_threshold: fraction pruned.
+        prune_structure: ``"unstructured"`` or ``"structured"``.
+        calibration: inputs int8 was calibrated on (``None`` when the workload gave none).
+        test_data: the held-out (inputs, labels) the trial's ``test_accuracy`` was measured on.
+        measure: the spec's ``measure`` settings and the thread count the trial used.
+        int8_layers: layers PyTorch computed in int8.
+    """
+
+    model: nn.Module
+    quantize: str
+    prune_threshold: float
+    prune_structure: str
+    calibration: torch.Tensor | None
+    test_data: tuple[torch.Tensor, torch.Tensor]
+    measure: dict[str, Any] = field(default_factory=dict)
+    int8_layers: list[str] = field(default_factory=list)
+
+    @property
+    def example(self) -> torch.Tensor:
+        return self.test_data[0][:1]
+
+    def shipped_torch(self) -> nn.Module:
+        """The PyTorch model as the trial shipped it (int8 redone from the float model)."""
+        from ._compression import quantize
+
+        return quantize(self.model, mode=self.quantize, calibration_inputs=self.calibration)[
+            0
+        ].eval()
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    # A slice shares its storage with the whole tensor, and torch.save writes all of it.
+    return tensor.detach().cpu().clone()
+
+
+def save_trial_model(tm: TrialModel, path: Path) -> None:
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "model": tm.model,
+        "quantize": tm.quantize,
+        "prune_threshold": tm.prune_threshold,
+        "prune_structure": tm.prune_structure,
+        "calibration": None if tm.calibration is None else _own(tm.calibration),
+        "test_data": (_own(tm.test_data[0]), _own(tm.test_data[1])),
+        "measure": tm.measure,
+        "int8_layers": tm.int8_layers,
+    }
+    torch.save(payload, path)
+
+
+def load_trial_model(path: Path) -> TrialModel:
+    """Read a trial's model file.
+
+    The float model is a pickled module: the classes it uses (a user workload's module)
+    must be importable, as they were when the trial ran.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise ArtifactMissing(
+            f"model file {path} needs code that is not importable here ({exc}); run from "
+            "the folder that holds the workload's module"
+        ) from exc
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtifactMissing(f"{path} is not a tuner trial model file (version {version!r})")
+    return TrialModel(
+        model=payload["model"].eval(),
+        quantize=payload["quantize"],
+        prune_threshold=payload["prune_threshold"],
+        prune_structure=payload["prune_structure"],
+        calibration=payload["calibration"],
+        test_data=payload["test_data"],
+        measure=payload["measure"],
+        int8_layers=list(payload["int8_layers"]),
+    )
+
+
+# --- where ---------------------------------------------------------------------------
+
+
+def artifacts_root(path: str | None, storage_url: str) -> Path:
+    """The folder that holds every study's artifacts (absolute).
+
+    ``path`` (the spec's ``artifacts.path``) wins; else ``tuner-artifacts`` next to a
+    SQLite store file; else ``$TUNER_ARTIFACTS``; else ``./tuner-artifacts``.
+    """
+    if path:
+        return Path(path).expanduser().resolve()
+    import sqlalchemy.engine
+
+    try:
+        url = sqlalchemy.engine.make_url(storage_url)
+    except Exception:
+        url = None
+    if url is not None and url.get_backend_name() == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return (Path(database).expanduser().resolve().parent / DEFAULT_FOLDER).resolve()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser().resolve()
+    return (Path.cwd() / DEFAULT_FOLDER).resolve()
+
+
+def study_folder(root: Path, study_name: str) -> Path:
+    return root / study_name
+
+
+def _artifact_store(folder: Path) -> Any:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    return FileSystemArtifactStore(base_path=folder)
+
+
+# --- keep ----------------------------------------------------------------------------
+
+
+def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
+    better = False
+    for x, y, d in zip(a, b, directions):
+        if d == "maximize":
+            x, y = -x, -y
+        if x > y:
+            return False
+        if x < y:
+            better = True
+    return better
+
+
+def _front_numbers(study: optuna.Study, extra: tuple[int, list[float]] | None = None) -> set[int]:
+    """Numbers of the complete, feasible, non-dominated trials (plus ``extra`` if it is one)."""
+    from .storage import pareto_front, study_objectives, to_record
+
+    objectives = study_objectives(study)
+    names = list(objectives)
+    records = [to_record(t, names) for t in study.get_trials(deepcopy=False)]
+    if extra is not None:
+        number, values = extra
+        from .storage import TrialRecord
+
+        records.append(
+            TrialRecord(
+                number=number,
+                state="COMPLETE",
+                params={},
+                values=dict(zip(names, values)),
+                metrics={},
+                datetime_start=None,
+                datetime_complete=None,
+            )
+        )
+    return {r.number for r in pareto_front(records, objectives)}
+
+
+def _drop(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path) -> bool:
+    artifact_id = trial.user_attrs.get(ID_ATTR)
+    if not artifact_id:
+        return False
+    store_folder = Path(trial.user_attrs.get(STORE_ATTR) or folder)
+    target = store_folder / str(artifact_id)
+    if not target.exists():
+        return False
+    study.set_user_attr(f"{DROPPED_PREFIX}{trial.number}", "keep: pareto")
+    try:
+        _artifact_store(store_folder).remove(str(artifact_id))
+    except Exception:  # another worker dropped it first
+        return False
+    return True
+
+
+def enforce_keep(study: optuna.Study, keep: str, folder: Path) -> int:
+    """Delete the files of trials that are no longer on the front (``keep: pareto``).
+
+    Returns:
+        How many files were deleted.
+    """
+    if keep != "pareto":
+        return 0
+    front = _front_numbers(study)
+    dropped = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.number in front or ID_ATTR not in t.user_attrs:
+            continue
+        if t.state == optuna.trial.TrialState.RUNNING:
+            continue
+        dropped += _drop(study, t, folder)
+    return dropped
+
+
+def storage_url(storage: Any) -> str:
+    """The URL of an Optuna storage (also through Optuna's caching wrapper)."""
+    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", "")
+    return str(url or "")
+
+
+def keep_trial_model(
+    trial: optuna.Trial,
+    tm: TrialModel,
+    *,
+    spec: StudySpec,
+    values: list[float],
+    feasible: bool,
+) -> None:
+    """Upload ``tm`` as ``trial``'s artifact when the keep-policy wants it.
+
+    Under ``keep: pareto`` a trial that is infeasible or dominated when it finishes never
+    uploads (dominance does not go away), and the trials it dominates lose theirs. A file
+    that cannot be written leaves the trial complete, saying why in its ``artifact`` attr.
+    """
+    keep = spec.artifacts.keep
+    root = artifacts_root(spec.artifacts.path, storage_url(trial.study._storage))
+    folder = study_folder(root, trial.study.study_name)
+    try:
+        _keep(trial, tm, keep=keep, folder=folder, values=values, feasible=feasible)
+    except OSError as exc:
+        trial.set_user_attr(STATUS_ATTR, f"not kept: cannot write to {folder}: {exc.strerror}")
+
+
+def _keep(
+    trial: optuna.Trial,
+    tm: TrialModel,
+    *,
+    keep: str,
+    folder: Path,
+    values: list[float],
+    feasible: bool,
+) -> None:
+    trial.set_user_attr(KEEP_ATTR, keep)
+    if keep == "none":
+        trial.set_user_attr(STATUS_ATTR, "not kept (artifacts.keep: none)")
+        return
+    study = trial.study
+    if keep == "pareto":
+        if not feasible:
+            trial.set_user_attr(STATUS_ATTR, "dropped by keep: pareto (infeasible)")
+            return
+        if trial.number not in _front_numbers(study, (trial.number, values)):
+            trial.set_user_attr(STATUS_ATTR, "dropped by keep: pareto (dominated when it finished)")
+            return
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
+        path = Path(tmp) / FILENAME
+        try:
+            save_trial_model(tm, path)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            # e.g. a model class defined inside the workload function
+            trial.set_user_attr(STATUS_ATTR, f"not kept: the model cannot be pickled ({exc})")
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=_artifact_store(folder),
+                file_path=str(path),
+                study_or_trial=trial,
+                mimetype="application/x-pytorch",
+            )
+    trial.set_user_attr(ID_ATTR, artifact_id)
+    trial.set_user_attr(STORE_ATTR, str(folder))
+    trial.set_user_attr(STATUS_ATTR, "kept")
+    if keep == "pareto":
+        enforce_keep(study, keep, folder)
+
+
+# --- find ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArtifactStatus:
+    """Where a trial's model file is, or why there is none."""
+
+    trial: int
+    path: Path | None
+    reason: str | None = None
+
+
+def artifact_status(
+    study: optuna.Study, number: int, *, folder: str | Path | None = None
+) -> ArtifactStatus:
+    """Find trial ``number``'s model file; ``folder`` overrides the recorded one."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not trials:
+        last = len(study.get_trials(deepcopy=False)) - 1
+        raise StorageError(
+            f"--trial: study {study.study_name!r} has no trial {number}; expected 0..{last}"
+        )
+    trial = trials[0]
+    attrs = trial.user_attrs
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return ArtifactStatus(
+            number, None, f"trial {number} is {trial.state.name}; only complete trials keep a model"
+        )
+    dropped = study.user_attrs.get(f"{DROPPED_PREFIX}{number}")
+    artifact_id = attrs.get(ID_ATTR)
+    if not artifact_id:
+        status = str(attrs.get(STATUS_ATTR) or "")
+        if status.startswith("dropped by"):
+            return ArtifactStatus(number, None, f"artifact of trial {number} was {status}")
+        if status.startswith("not kept"):
+            return ArtifactStatus(number, None, f"trial {number} kept no artifact{status[8:]}")
+        return ArtifactStatus(number, None, f"trial {number} has no artifact recorded")
+    base = Path(folder) / study.study_name if folder else Path(str(attrs.get(STORE_ATTR) or ""))
+    path = base / str(artifact_id)
+    if path.is_file():
+        return ArtifactStatus(number, path)
+    if dropped:
+        return ArtifactStatus(number, None, f"artifact of trial {number} was dropped by {dropped}")
+    return ArtifactStatus(
+        number, None, f"artifact of trial {number} is missing: {path} does not exist"
+    )
+
+
+def enforce_keep_for_run(storage: Any, study_name: str, spec: StudySpec, storage_url_: str) -> int:
+    """End-of-run cleanup: trials finished by several workers at once may all have kept files."""
+    if spec.artifacts.keep != "pareto":
+        return 0
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    folder = study_folder(artifacts_root(spec.artifacts.path, storage_url_), study_name)
+    return enforce_keep(study, "pareto", folder)

@@ -1,0 +1,387 @@
+"""Early stopping: end trials that will not reach the front, after a few epochs.
+
+Optuna's pruners judge one objective (``Trial.report`` raises in a multi-objective
+study), so tuner has its own rules, and uses them for one objective and for many alike:
+
+* ``asha``: asynchronous successive halving. Rungs sit at ``min_epochs *
+  reduction_factor**k`` epochs (below ``budget.max_epochs``). A trial that reaches a rung
+  is ranked against every trial recorded at that rung so far, by any worker, and goes on
+  only if it is among the best ``ceil(n / reduction_factor)`` of those ``n``; otherwise
+  it is stopped. Nobody waits for a rung to fill. The ranking is by non-dominated sorting
+  over what is known at the rung: validation accuracy so far, and the objectives that do
+  not need training to finish (size and latency of the compressed model, measured once
+  at the trial's first rung). Within a front, the trials best on one metric rank first,
+  then a larger hypervolume contribution. This is MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas,
+  C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
+  arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler.
+* ``hyperband``: several ``asha`` brackets; bracket ``s`` starts at the ``s``-th rung and
+  the last bracket stops nothing. A trial's bracket is its number modulo the bracket
+  count, and it is ranked only against trials of its bracket.
+* ``median``: from ``min_epochs`` on, a trial whose best validation accuracy so far is
+  below the median of other trials' accuracy at the same epoch is stopped.
+
+Every record lives in the study store (user attributes ``rungs`` and ``curve`` of each
+trial), so the rule works the same across threads, processes and Ray workers. The
+decisions themselves are pure functions of those records (:func:`rank_at_rung`,
+:func:`median_stops`), tested without training anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._spec import EarlyStoppingSpec, StudySpec
+from ._workloads import TrialContext, TrialStopped
+
+RUNGS_ATTR = "rungs"
+CURVE_ATTR = "curve"
+
+# Objectives that validation accuracy so far stands in for while a trial trains.
+_ACCURACY_PROXIES = ("accuracy", "test_accuracy", "accuracy_float")
+# Objectives known from the compressed model alone, before training ends.
+_MODEL_METRICS = (
+    "size_bytes",
+    "param_count",
+    "sparsity",
+    "latency_ms",
+    "latency_ms_p90",
+    "latency_ms_batch",
+    "latency_ms_batch_p90",
+)
+_EARLY_WARMUP = 3
+_EARLY_REPEATS = 10
+
+
+# --- pure decisions ------------------------------------------------------------------
+
+
+def rung_epochs(min_epochs: int, reduction_factor: int, max_epochs: int) -> tuple[int, ...]:
+    """Epoch counts at which trials are judged: ``min_epochs * reduction_factor**k < max_epochs``."""
+    rungs = []
+    epoch = min_epochs
+    while epoch < max_epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return tuple(rungs)
+
+
+def bracket_rungs(es: EarlyStoppingSpec, max_epochs: int, trial_number: int) -> tuple[int, ...]:
+    """The rungs a trial is judged at (``hyperband`` gives trials later first rungs)."""
+    rungs = rung_epochs(es.min_epochs, es.reduction_factor, max_epochs)
+    if es.name != "hyperband":
+        return rungs
+    return rungs[trial_number % (len(rungs) + 1) :]
+
+
+def _minimized(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    signs = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    return np.asarray(points, dtype=float).reshape(len(points), len(directions)) * signs
+
+
+def non_dominated_ranks(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Front of each row of ``points`` (n x k): 0 for non-dominated rows, 1 for the next front...
+
+    Args:
+        points: one row per trial, one column per metric.
+        directions: ``maximize`` or ``minimize`` per column.
+    """
+    v = _minimized(points, directions)
+    n = len(v)
+    ranks = np.full(n, -1, dtype=int)
+    if n == 0:
+        return ranks
+    # dominates[i, j]: row i is no worse than row j everywhere and better somewhere.
+    no_worse = np.all(v[:, None, :] <= v[None, :, :], axis=2)
+    better = np.any(v[:, None, :] < v[None, :, :], axis=2)
+    dominates = no_worse & better
+    remaining = np.ones(n, dtype=bool)
+    front = 0
+    while remaining.any():
+        idx = np.flatnonzero(remaining)
+        dominated = dominates[np.ix_(idx, idx)].any(axis=0)
+        ranks[idx[~dominated]] = front
+        remaining[idx[~dominated]] = False
+        front += 1
+    return ranks
+
+
+def front_priority(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """How much each row of one front is worth keeping: larger is better.
+
+    A row best on any one metric gets infinity (the front's ends are never dropped, as
+    in NSGA-II's crowding distance); the others get the hypervolume only they add, with
+    metrics scaled to [0, 1] over the rows so no metric outweighs another by its unit.
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    v = _minimized(points, directions)
+    n, k = v.shape
+    if n == 0 or k == 1:
+        # One metric: a front's rows are equal, none is worth more than another.
+        return np.zeros(n)
+    low, high = v.min(axis=0), v.max(axis=0)
+    ends = np.any(v == low, axis=1)
+    z = (v - low) / np.where(high > low, high - low, 1.0)
+    reference = np.full(k, 1.1)
+    total = compute_hypervolume(z, reference, assume_pareto=False)
+    out = np.empty(n)
+    for i in range(n):
+        rest = np.delete(z, i, axis=0)
+        rest_volume = (
+            compute_hypervolume(rest, reference, assume_pareto=False) if len(rest) else 0.0
+        )
+        out[i] = total - rest_volume
+    out[ends] = np.inf
+    return out
+
+
+@dataclass(frozen=True)
+class RungDecision:
+    """Where a trial ranks among the trials recorded at a rung, and whether it goes on."""
+
+    promote: bool
+    position: int  # 1 = best; trials tied with it share its position
+    recorded: int  # trials at the rung, this one included
+    keep: int  # how many of them go on
+
+    def describe(self, rule: str, rung: int) -> str:
+        verdict = "goes on" if self.promote else "stopped"
+        return (
+            f"{rule} rung at {rung} epochs: ranked {self.position} of {self.recorded} "
+            f"(best {self.keep} go on); {verdict}"
+        )
+
+
+def rank_at_rung(
+    mine: Sequence[float],
+    others: Sequence[Sequence[float]],
+    directions: Sequence[str],
+    *,
+    reduction_factor: int,
+    min_trials: int = 0,
+) -> RungDecision:
+    """Decide whether a trial reaching a rung goes on (MO-ASHA's rule, asynchronous).
+
+    The trial goes on if fewer than ``ceil(n / reduction_factor)`` of the ``n`` trials
+    recorded at the rung (itself included) rank strictly ahead of it: by non-dominated
+    front first, then by :func:`front_priority` within its front. With fewer than
+    ``min_trials`` other records it always goes on.
+
+    Args:
+        mine: the trial's metrics at the rung.
+        others: other trials' metrics at the same rung, same order of metrics.
+        directions: ``maximize`` or ``minimize`` per metric.
+        reduction_factor: 1 in ``reduction_factor`` trials goes on.
+        min_trials: other trials needed at the rung before anything is stopped there.
+    """
+    n = len(others) + 1
+    keep = max(1, math.ceil(n / reduction_factor))
+    if len(others) < min_trials:
+        return RungDecision(promote=True, position=1, recorded=n, keep=n)
+    k = len(mine)
+    points = np.vstack(
+        [
+            np.asarray(mine, dtype=float).reshape(1, k),
+            np.asarray(others, dtype=float).reshape(-1, k),
+        ]
+    )
+    ranks = non_dominated_ranks(points, directions)
+    ahead = int(np.sum(ranks[1:] < ranks[0]))
+    same = np.flatnonzero(ranks == ranks[0])  # same[0] is this trial
+    if ahead < keep < ahead + len(same):
+        priority = front_priority(points[same], directions)
+        if np.isfinite(priority[0]):
+            ahead += int(np.sum(priority[1:] > priority[0] * (1 + 1e-9) + 1e-15))
+    return RungDecision(promote=ahead < keep, position=ahead + 1, recorded=n, keep=keep)
+
+
+def median_stops(best_so_far: float, others: Sequence[float], *, min_trials: int = 0) -> bool:
+    """``median`` rule: stop if the trial's best accuracy is below the others' median.
+
+    Args:
+        best_so_far: the trial's best validation accuracy up to this epoch.
+        others: other trials' validation accuracy at the same epoch.
+        min_trials: other trials needed at the epoch before anything is stopped.
+    """
+    if not others or len(others) < min_trials:
+        return False
+    return best_so_far < float(np.median(np.asarray(others, dtype=float)))
+
+
+def rung_metrics(objectives: Mapping[str, str]) -> dict[str, str]:
+    """What a rung ranks by: the objectives known before training ends, with directions.
+
+    Accuracy objectives are judged by validation accuracy so far; size and latency by the
+    compressed model. Objectives known only at the end (training time, a workload's own
+    metrics) are left out; if none is known early, validation accuracy alone ranks.
+    """
+    known = {
+        name: direction
+        for name, direction in objectives.items()
+        if name in _ACCURACY_PROXIES or name in _MODEL_METRICS
+    }
+    return known or {"accuracy": "maximize"}
+
+
+# --- the rule, bound to a study store --------------------------------------------------
+
+
+class EarlyStopping:
+    """The spec's early-stopping rule for one worker; state is read from the study store.
+
+    Called by the objective after each reported epoch; returns False to go on and
+    raises :class:`TrialStopped` (with the reason) to stop the trial.
+    """
+
+    def __init__(self, spec: StudySpec, storage: Any, study_id: int) -> None:
+        self._spec = spec
+        self._es: EarlyStoppingSpec = spec.early_stopping
+        self._storage = storage
+        self._study_id = study_id
+        self._metrics = rung_metrics(spec.objectives)
+        self._trial = -1
+        self._rungs: dict[str, dict[str, float]] = {}
+        self._model_metrics: dict[str, float] | None = None
+
+    def __call__(self, trial: Any, epoch: int, ctx: TrialContext) -> bool:
+        if trial.number != self._trial:
+            self._trial, self._rungs, self._model_metrics = trial.number, {}, None
+        epochs = epoch + 1
+        if self._es.name == "median":
+            self._median(trial, epochs, ctx)
+            return False
+        rungs = bracket_rungs(self._es, self._spec.budget.max_epochs, trial.number)
+        for rung in rungs:
+            if rung > epochs or str(rung) in self._rungs:
+                continue
+            mine = self._known_at_rung(trial, ctx)
+            self._rungs[str(rung)] = mine
+            trial.set_user_attr(RUNGS_ATTR, self._rungs)
+            names = list(mine)
+            others = [
+                [record[str(rung)][m] for m in names]
+                for number, record in self._read(RUNGS_ATTR, trial.number)
+                if _same_bracket(self._es, self._spec.budget.max_epochs, number, trial.number)
+                and all(m in record.get(str(rung), {}) for m in names)
+            ]
+            decision = rank_at_rung(
+                [mine[m] for m in names],
+                others,
+                [self._metrics.get(m, "maximize") for m in names],
+                reduction_factor=self._es.reduction_factor,
+                min_trials=self._es.min_trials,
+            )
+            if not decision.promote:
+                raise TrialStopped(decision.describe(self._es.name, rung))
+        return False
+
+    def _median(self, trial: Any, epochs: int, ctx: TrialContext) -> None:
+        if epochs < self._es.min_epochs or not ctx.curve:
+            return
+        others = [
+            float(curve[epochs - 1])
+            for _, curve in self._read(CURVE_ATTR, trial.number)
+            if isinstance(curve, list) and len(curve) >= epochs
+        ]
+        best = max(ctx.curve)
+        if median_stops(best, others, min_trials=self._es.min_trials):
+            median = float(np.median(others))
+            raise TrialStopped(
+                f"median rule at epoch {epochs}: best accuracy {best:.4f} is below the "
+                f"median {median:.4f} of {len(others)} other trials; stopped"
+            )
+
+    def _known_at_rung(self, trial: Any, ctx: TrialContext) -> dict[str, float]:
+        known: dict[str, float] = {}
+        for name in self._metrics:
+            if name in _ACCURACY_PROXIES:
+                known[name] = float(ctx.curve[-1])
+            elif ctx.watched_model is not None and ctx.watched_inputs is not None:
+                if self._model_metrics is None:
+                    self._model_metrics = self._measure(trial, ctx)
+                known[name] = float(self._model_metrics[name])
+        return known
+
+    def _measure(self, trial: Any, ctx: TrialContext) -> dict[str, float]:
+        """Compress a copy of the model as sampled and measure it (once per trial)."""
+        from ._compression import compress
+        from ._measure import measure_latency, size_bytes
+
+        assert ctx.watched_model is not None and ctx.watched_inputs is not None
+        params = trial.params
+        model = copy.deepcopy(ctx.watched_model).to("cpu").eval()
+        inputs = ctx.watched_inputs.detach().to("cpu")
+        shipped, report = compress(
+            model,
+            threshold=float(params.get("prune_threshold", 0.0)),
+            structure=str(params.get("prune_structure", "unstructured")),
+            quantize=str(params.get("quantize", "none")),
+            calibration_inputs=inputs,
+        )
+        shipped.eval()
+        device = "cpu" if report.int8_layers else str(ctx.device)
+        threads = self._spec.measure.threads or max(1, int(self._spec.resources.cpus))
+        out: dict[str, float] = {
+            "size_bytes": float(size_bytes(shipped)),
+            "param_count": float(report.param_count),
+            "sparsity": float(report.sparsity),
+        }
+        for suffix, batch in (("", 1), ("_batch", self._spec.measure.batch_size)):
+            if not any(m.startswith(f"latency_ms{suffix}") for m in self._metrics):
+                continue
+            stats = measure_latency(
+                shipped,
+                inputs[:1],
+                batch_size=batch,
+                device=device,
+                warmup=min(_EARLY_WARMUP, self._spec.measure.warmup),
+                repeats=min(_EARLY_REPEATS, self._spec.measure.repeats),
+                threads=threads,
+            )
+            out[f"latency_ms{suffix}"] = stats.p50_ms
+            out[f"latency_ms{suffix}_p90"] = stats.p90_ms
+        return out
+
+    def _read(self, key: str, exclude: int) -> list[tuple[int, Any]]:
+        """``(trial number, value)`` of user attribute ``key`` for the study's other trials."""
+        backend = getattr(self._storage, "_backend", self._storage)
+        engine = getattr(backend, "engine", None)
+        if engine is None:
+            return [
+                (t.number, t.user_attrs[key])
+                for t in self._storage.get_all_trials(self._study_id, deepcopy=False)
+                if key in t.user_attrs and t.number != exclude
+            ]
+        import sqlalchemy
+
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sqlalchemy.text(
+                    "SELECT t.number, a.value_json FROM trial_user_attributes a "
+                    "JOIN trials t ON t.trial_id = a.trial_id "
+                    "WHERE t.study_id = :sid AND a.key = :key AND t.number <> :num"
+                ),
+                {"sid": self._study_id, "key": key, "num": exclude},
+            ).all()
+        return [(int(number), json.loads(value)) for number, value in rows]
+
+
+def _same_bracket(es: EarlyStoppingSpec, max_epochs: int, a: int, b: int) -> bool:
+    if es.name != "hyperband":
+        return True
+    n_brackets = len(rung_epochs(es.min_epochs, es.reduction_factor, max_epochs)) + 1
+    return a % n_brackets == b % n_brackets
+
+
+def build_early_stopping(spec: StudySpec, storage: Any, study_id: int) -> EarlyStopping | None:
+    """The spec's early-stopping rule, or None for ``early_stopping: none``."""
+    if spec.early_stopping.name == "none":
+        return None
+    return EarlyStopping(spec, storage, study_id)

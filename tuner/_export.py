@@ -1,0 +1,674 @@
+"""Export a trial's compressed model and re-measure the exported file.
+
+Formats:
+
+* ``onnx``: the float model after sparsity is exported with ``torch.onnx.export``; a trial
+  that used int8 is then quantized by ONNX Runtime (``quantize_dynamic`` for Linear layers,
+  ``quantize_static`` with the trial's calibration inputs when the model has
+  convolutions), since PyTorch's int8 modules do not export to ONNX. Weights with enough
+  zeros are stored as a bitmask of non-zeros plus the non-zero values and expanded by a
+  small function in the graph, which ONNX Runtime folds into a dense constant when the
+  session loads: the file is small and inference runs at dense speed.
+* ``torchscript``: the PyTorch model as shipped (int8 where the trial used it), traced.
+* ``state_dict``: the shipped model's ``state_dict`` (``torch.load(..., weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
+from ._exceptions import SpecError, TunerError
+
+FORMATS = ("onnx", "torchscript", "state_dict")
+OPSET = 18
+INPUT = "input"
+OUTPUT = "logits"
+# Nodes that compute in int8 in an ONNX graph.
+INT8_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+)
+_DECODE_DOMAIN = "tuner.sparse"
+_DECODE_OP = "Decode"
+# Smaller tensors are not worth the decoding nodes.
+_MIN_SPARSE_ELEMENTS = 64
+
+
+class ExportError(TunerError):
+    """A model cannot be exported or the exported file cannot be run."""
+
+
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            "ONNX export needs onnx and onnxruntime: pip install 'tuner[export]'"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter deprecation notes and the quantizer's pre-processing advice."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+# --- ONNX ----------------------------------------------------------------------------
+
+
+def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
+    import onnx
+
+    buffer = io.BytesIO()
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                model.cpu().eval(),
+                (example.cpu(),),
+                buffer,  # type: ignore[arg-type]  # the exporter writes to file objects too
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
+    return onnx.load_from_string(buffer.getvalue())
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader over a batch of inputs."""
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self._batches = iter([{INPUT: b.numpy()} for b in inputs.cpu().split(64)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _int8_onnx(proto: Any, calibration: torch.Tensor | None) -> Any:
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    has_conv = any(n.op_type == "Conv" for n in proto.graph.node)
+    with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet():
+        source = Path(tmp) / "float.onnx"
+        target = Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(source))
+        if has_conv and calibration is not None:
+            # Mirrors PyTorch's static int8: convolutions need calibrated activations.
+            quantize_static(
+                str(source),
+                str(target),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QOperator,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
+        else:
+            quantize_dynamic(
+                str(source),
+                str(target),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                weight_type=QuantType.QInt8,
+            )
+        return onnx.load(str(target))
+
+
+def _decode_function() -> Any:
+    """``Decode(mask, values, shape)``: a dense tensor from its non-zeros.
+
+    ``mask`` holds one bit per element (little-endian bit order), ``values`` a leading zero
+    then the non-zero values in order. Names are one letter: they are stored in the file.
+    """
+    from onnx import TensorProto, helper
+
+    def const(name: str, array: np.ndarray) -> Any:
+        tensor = helper.make_tensor(
+            name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array.reshape(-1)
+        )
+        return helper.make_node("Constant", [], [name], value=tensor)
+
+    nodes = [
+        const("a", np.arange(8, dtype=np.uint8)),
+        const("b", np.array(1, dtype=np.uint8)),
+        const("c", np.array([-1], dtype=np.int64)),
+        const("d", np.array([0], dtype=np.int64)),
+        const("e", np.array(0, dtype=np.int64)),
+        helper.make_node("ReduceProd", ["s"], ["f"], keepdims=1),
+        helper.make_node("Unsqueeze", ["m", "c"], ["g"]),
+        helper.make_node("BitShift", ["g", "a"], ["h"], direction="RIGHT"),
+        helper.make_node("BitwiseAnd", ["h", "b"], ["i"]),
+        helper.make_node("Reshape", ["i", "c"], ["j"]),
+        helper.make_node("Slice", ["j", "d", "f"], ["k"]),
+        helper.make_node("Cast", ["k"], ["l"], to=TensorProto.BOOL),
+        helper.make_node("Cast", ["k"], ["n"], to=TensorProto.INT64),
+        helper.make_node("CumSum", ["n", "e"], ["o"]),
+        helper.make_node("Where", ["l", "o", "e"], ["p"]),
+        helper.make_node("Gather", ["v", "p"], ["q"], axis=0),
+        helper.make_node("Reshape", ["q", "s"], ["w"]),
+    ]
+    return helper.make_function(
+        _DECODE_DOMAIN,
+        _DECODE_OP,
+        ["m", "v", "s"],
+        ["w"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+    )
+
+
+def _sparse_encode(proto: Any) -> Any:
+    """Store weights with many zeros as bitmask + non-zeros, decoded in the graph."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    kept: list[Any] = []
+    decode: list[Any] = []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.size < _MIN_SPARSE_ELEMENTS or array.dtype not in (np.float32, np.int8):
+            kept.append(init)
+            continue
+        flat = array.reshape(-1)
+        present = flat != 0
+        nnz = int(present.sum())
+        encoded = (array.size + 7) // 8 + (nnz + 1) * array.itemsize + 60
+        if encoded >= array.nbytes:
+            kept.append(init)
+            continue
+        name = init.name
+        kept += [
+            numpy_helper.from_array(np.packbits(present, bitorder="little"), f"{name}m"),
+            numpy_helper.from_array(
+                np.concatenate([np.zeros(1, dtype=array.dtype), flat[present]]), f"{name}v"
+            ),
+            numpy_helper.from_array(np.array(array.shape, dtype=np.int64), f"{name}s"),
+        ]
+        decode.append(
+            helper.make_node(
+                _DECODE_OP, [f"{name}m", f"{name}v", f"{name}s"], [name], domain=_DECODE_DOMAIN
+            )
+        )
+    if decode:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(decode + nodes)
+        proto.functions.append(_decode_function())
+        proto.opset_import.append(helper.make_opsetid(_DECODE_DOMAIN, 1))
+    return proto
+
+
+def _short_name(index: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    name = ""
+    while True:
+        index, rest = divmod(index, 36)
+        name = digits[rest] + name
+        if index == 0:
+            return "t" + name
+
+
+def _strip(proto: Any) -> Any:
+    """Drop what only describes the graph and give inner tensors short names.
+
+    Node names, doc strings, inferred shapes and long tensor names ("/0/Gemm_output_0")
+    are a large part of a small model's file.
+    """
+    graph = proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = _short_name(len(names))
+        return names[name]
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+        init.doc_string = ""
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    proto.doc_string = ""
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < OPSET:
+            opset.version = OPSET
+    return proto
+
+
+def onnx_model(tm: TrialModel) -> Any:
+    """The ONNX model that ships for a trial (``onnx.ModelProto``), checked."""
+    _need_onnx()
+    import onnx
+
+    proto = _float_onnx(tm.model, tm.example)
+    if tm.quantize == "int8":
+        proto = _int8_onnx(proto, tm.calibration)
+    proto = _sparse_encode(_strip(proto))
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX model does not pass onnx.checker: {exc}") from exc
+    return proto
+
+
+def onnx_bytes(tm: TrialModel) -> bytes:
+    """The bytes of the ONNX file that ships for a trial."""
+    return onnx_model(tm).SerializeToString()
+
+
+def onnx_int8_nodes(proto: Any) -> list[str]:
+    """The nodes of an ONNX graph that compute in int8, as ``OpType`` names in order."""
+    return [n.op_type for n in proto.graph.node if n.op_type in INT8_OPS]
+
+
+class OnnxRunner:
+    """An ONNX Runtime session on CPU with a fixed thread count."""
+
+    def __init__(self, model: bytes | str | Path, *, threads: int = 1) -> None:
+        _need_onnx()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.threads = max(1, int(threads))
+
+    def __call__(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
+        array = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
+        return self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})[0]
+
+    def accuracy(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+        correct = 0
+        for x, y in zip(inputs.split(batch_size), labels.split(batch_size)):
+            correct += int((self(x).argmax(axis=1) == y.numpy()).sum())
+        return correct / max(1, labels.numel())
+
+    def latency(
+        self, example: torch.Tensor, *, batch_size: int, warmup: int, repeats: int
+    ) -> tuple[float, float]:
+        """Median and 90th percentile milliseconds of one run at ``batch_size``."""
+        sample = example.detach().cpu()[:1]
+        batch = sample.expand(batch_size, *sample.shape[1:]).contiguous().numpy()
+        feed = {self.input_name: batch.astype(np.float32, copy=False)}
+        for _ in range(warmup):
+            self.session.run(None, feed)
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.session.run(None, feed)
+            timings.append((time.perf_counter() - start) * 1000.0)
+        return float(np.percentile(timings, 50)), float(np.percentile(timings, 90))
+
+
+def measure_onnx(
+    tm: TrialModel,
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    threads: int,
+) -> dict[str, Any]:
+    """Accuracy, size and latency of a trial's ONNX file, measured in ONNX Runtime."""
+    proto = onnx_model(tm)
+    data = proto.SerializeToString()
+    runner = OnnxRunner(data, threads=threads)
+    p50, p90 = runner.latency(tm.example, batch_size=1, warmup=warmup, repeats=repeats)
+    b50, b90 = runner.latency(
+        tm.example,
+        batch_size=batch_size,
+        warmup=max(1, warmup // 2),
+        repeats=max(3, repeats // 2),
+    )
+    return {
+        "accuracy": runner.accuracy(*val_data),
+        "test_accuracy": runner.accuracy(*tm.test_data),
+        "size_bytes": len(data),
+        "size_format": "onnx",
+        "latency_ms": p50,
+        "latency_ms_p90": p90,
+        "latency_ms_batch": b50,
+        "latency_ms_batch_p90": b90,
+        "latency_runtime": "onnxruntime",
+        "latency_device": "cpu",
+        "latency_threads": runner.threads,
+        "onnx_int8_nodes": onnx_int8_nodes(proto),
+    }
+
+
+# --- export --------------------------------------------------------------------------
+
+
+def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
+    """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt not in FORMATS:
+        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        return onnx_bytes(tm)
+    shipped = tm.shipped_torch()
+    buffer = io.BytesIO()
+    if fmt == "state_dict":
+        torch.save(shipped.state_dict(), buffer)
+        return buffer.getvalue()
+    try:
+        with _quiet(), torch.no_grad():
+            scripted = torch.jit.trace(shipped, tm.example, check_trace=False)
+            torch.jit.save(scripted, buffer)
+    except Exception as exc:
+        raise ExportError(f"torch.jit.trace failed for {type(tm.model).__name__}: {exc}") from exc
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the exported file next to the trial's stored one."""
+
+    metric: str
+    stored: float | None
+    exported: float | None
+    tolerance: str
+    differs: bool
+
+    @property
+    def change(self) -> float | None:
+        if self.stored is None or self.exported is None:
+            return None
+        if self.metric.endswith("accuracy"):
+            return self.exported - self.stored
+        return (self.exported - self.stored) / self.stored if self.stored else math.inf
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What ``tuner export`` wrote and how it compares with the trial's figures."""
+
+    study: str
+    trial: int
+    format: str
+    path: Path
+    figures: list[Figure]
+    int8_nodes: list[str]
+    sparsity: float | None
+    stored_runtime: str
+    stored_size_format: str
+
+    @property
+    def warnings(self) -> list[Figure]:
+        return [f for f in self.figures if f.differs]
+
+
+def _figure(metric: str, stored: Any, exported: float | None) -> Figure:
+    value = float(stored) if isinstance(stored, (int, float)) else None
+    if value is None or exported is None:
+        return Figure(metric, value, exported, "", False)
+    if metric.endswith("accuracy"):
+        return Figure(metric, value, exported, "1 point", abs(exported - value) > 0.01 + 1e-9)
+    differs = abs(exported - value) > 0.05 * abs(value)
+    return Figure(metric, value, exported, "5%", differs)
+
+
+def _onnx_sparsity(proto: Any) -> float:
+    """Fraction of zero weights over the float/int8 weight matrices the graph decodes or holds."""
+    from onnx import numpy_helper
+
+    zeros = total = 0
+    inits = {i.name: i for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.domain == _DECODE_DOMAIN:
+            mask = numpy_helper.to_array(inits[node.input[0]])
+            count = int(np.prod(numpy_helper.to_array(inits[node.input[2]])))
+            bits = np.unpackbits(mask, count=count, bitorder="little")
+            zeros += int(count - bits.sum())
+            total += count
+    for init in proto.graph.initializer:
+        if len(init.dims) >= 2 and init.data_type in (1, 3):  # FLOAT, INT8 weight matrices
+            array = numpy_helper.to_array(init)
+            zeros += int((array == 0).sum())
+            total += array.size
+    return zeros / total if total else 0.0
+
+
+def remeasure(
+    tm: TrialModel, fmt: str, path: Path, data: bytes
+) -> tuple[dict[str, float | None], list[str], float | None]:
+    """Test accuracy, file size and latency of the exported file, read back from ``path``."""
+    measure = tm.measure
+    threads = int(measure.get("threads") or 1)
+    warmup = int(measure.get("warmup", 10))
+    repeats = int(measure.get("repeats", 50))
+    figures: dict[str, float | None] = {"size_bytes": float(path.stat().st_size)}
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(str(path))
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"{path} does not pass onnx.checker: {exc}") from exc
+        runner = OnnxRunner(path, threads=threads)
+        figures["test_accuracy"] = runner.accuracy(*tm.test_data)
+        figures["latency_ms"] = runner.latency(
+            tm.example, batch_size=1, warmup=warmup, repeats=repeats
+        )[0]
+        return figures, onnx_int8_nodes(proto), _onnx_sparsity(proto)
+    from ._compression import weight_sparsity
+    from ._measure import accuracy, measure_latency
+
+    if fmt == "torchscript":
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+    else:
+        with _quiet():
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        model = tm.shipped_torch()
+        model.load_state_dict(state)
+    figures["test_accuracy"] = accuracy(model, *tm.test_data)
+    if fmt == "torchscript":
+        figures["latency_ms"] = measure_latency(
+            model, tm.example, batch_size=1, warmup=warmup, repeats=repeats, threads=threads
+        ).p50_ms
+    else:
+        figures["latency_ms"] = None
+    sparsity = weight_sparsity(model) if fmt == "state_dict" else None
+    return figures, list(tm.int8_layers), sparsity
+
+
+def _open_study(storage: Any, study_name: str) -> Any:
+    from .storage import StoreError, load_study_readonly
+
+    try:
+        return load_study_readonly(storage, study_name)
+    except StoreError as exc:
+        from ._exceptions import StorageError
+
+        raise StorageError(str(exc)) from exc
+
+
+def artifact_path(
+    storage: Any, study_name: str, trial: int, *, folder: str | Path | None = None
+) -> Path | None:
+    """The model file kept for a trial, or ``None`` when there is none.
+
+    Args:
+        storage: an open Optuna storage (``tuner.storage.open_storage(url, read_only=True)``).
+        study_name: the study.
+        trial: the trial number.
+        folder: the artifacts root, when it moved since the trial ran.
+    """
+    status = artifact_status(_open_study(storage, study_name), trial, folder=folder)
+    return status.path
+
+
+def load_trial(
+    storage: Any, study_name: str, trial: int, *, folder: str | Path | None = None
+) -> tuple[TrialModel, Any]:
+    """The trial's kept model and its frozen trial; :class:`ArtifactMissing` says why not."""
+    study = _open_study(storage, study_name)
+    status = artifact_status(study, trial, folder=folder)
+    if status.path is None:
+        raise ArtifactMissing(status.reason or f"trial {trial} has no artifact")
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial)
+    return load_trial_model(status.path), frozen
+
+
+def export_bytes(
+    storage: Any,
+    study_name: str,
+    trial: int,
+    fmt: str = "onnx",
+    *,
+    folder: str | Path | None = None,
+) -> bytes:
+    """The exported file of a trial as bytes (what a download offers).
+
+    Raises:
+        ArtifactMissing: the trial kept no model, or it was dropped (the message says which).
+        ExportError: the model cannot be exported in ``fmt``.
+    """
+    tm, _ = load_trial(storage, study_name, trial, folder=folder)
+    return export_trial_model(tm, fmt)
+
+
+def export_trial(
+    storage: Any,
+    study_name: str,
+    trial: int,
+    fmt: str,
+    out: str | Path,
+    *,
+    folder: str | Path | None = None,
+    tm: TrialModel | None = None,
+) -> ExportReport:
+    """Write trial ``trial``'s model as ``fmt`` to ``out`` and re-measure the file.
+
+    Args:
+        storage: an open Optuna storage.
+        study_name: the study.
+        trial: the trial number.
+        fmt: ``onnx``, ``torchscript`` or ``state_dict``.
+        out: the file to write (its folder must exist).
+        folder: the artifacts root, when it moved since the trial ran.
+        tm: a model rebuilt by re-running the trial, instead of the kept one.
+
+    Returns:
+        The re-measured figures next to the stored ones.
+    """
+    if fmt not in FORMATS:
+        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+    target = Path(out)
+    if not target.parent.exists():
+        raise SpecError(f"--out: folder {target.parent} does not exist; expected a writable path")
+    if tm is None:
+        tm, frozen = load_trial(storage, study_name, trial, folder=folder)
+    else:
+        study = _open_study(storage, study_name)
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial)
+    attrs = dict(frozen.user_attrs)
+    data = export_trial_model(tm, fmt)
+    target.write_bytes(data)
+    measured, int8_nodes, sparsity = remeasure(tm, fmt, target, data)
+    figures = [
+        _figure(metric, attrs.get(metric), measured.get(metric))
+        for metric in ("test_accuracy", "size_bytes", "latency_ms")
+    ]
+    return ExportReport(
+        study=study_name,
+        trial=trial,
+        format=fmt,
+        path=target,
+        figures=figures,
+        int8_nodes=int8_nodes,
+        sparsity=sparsity if sparsity is not None else attrs.get("sparsity"),
+        stored_runtime=str(attrs.get("latency_runtime", "torch")),
+        stored_size_format=str(attrs.get("size_format", "tuner")),
+    )
+
+
+def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, dict[str, Any]]:
+    """Train trial ``trial`` again (same spec, params and seed) and compress it as it was.
+
+    For trials whose model was not kept. Training on CPU with the same seed and thread
+    count repeats the trial; the figures it gives are returned to compare with the stored
+    ones.
+    """
+    import optuna
+
+    from ._objective import _trial_seed, measure_trained, trial_device
+    from ._run import SPEC_ATTR
+    from ._space import suggest
+    from ._spec import spec_from_dict
+    from ._workloads import TrainedModel, TrialContext, resolve_workload
+
+    study = _open_study(storage, study_name)
+    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)
+    if frozen is None:
+        raise SpecError(f"--trial: study {study_name!r} has no trial {trial}")
+    raw = study.user_attrs.get(SPEC_ATTR)
+    if not isinstance(raw, dict):
+        raise ArtifactMissing(f"study {study_name!r} has no spec recorded; cannot re-run trial")
+    spec = spec_from_dict(raw)
+    device = trial_device(spec)
+    # FixedTrial answers every suggest call with the recorded value, like the trial did.
+    fixed = cast(optuna.Trial, optuna.trial.FixedTrial(dict(frozen.params), number=trial))
+    params = suggest(fixed, spec.params)
+    ctx = TrialContext(
+        device=device,
+        max_epochs=spec.budget.max_epochs,
+        seed=_trial_seed(spec, fixed),
+        trial_number=trial,
+    )
+    trained = resolve_workload(spec.workload).fn(params, ctx)
+    if not isinstance(trained, TrainedModel):
+        raise ArtifactMissing(f"workload {spec.workload!r} did not return a TrainedModel")
+    kept: list[TrialModel] = []
+    metrics = measure_trained(
+        spec, params, trained, device=device, seed=ctx.seed, on_shipped=kept.append
+    )
+    return kept[0], metrics

@@ -1,0 +1,230 @@
+"""The Ray backend: one long-lived Ray actor per worker, each running the worker loop.
+
+Ray places the actors with the CPUs and GPUs the spec asks for (fractional GPUs pack
+several trials on one device; Ray sets ``CUDA_VISIBLE_DEVICES`` so a trial sees only
+its own). Ray's retries are off: an actor that dies is not restarted and its method is
+not re-run. The study store owns recovery instead: the dead worker's trial stops
+sending heartbeats, another worker fails it after the grace period and Optuna enqueues
+a copy that the next free worker runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+import os
+import sys
+from typing import Any
+
+from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, work
+from ._exceptions import DispatchError
+
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+AUTH_MODES = ("token", "disabled")
+# Ray 2.60 turns token authentication on for a new local Ray when the mode is unset;
+# tuner says so explicitly, so the driver, its workers and `tuner submit` agree.
+DEFAULT_AUTH_MODE = "token"
+# Settings a worker must share with its driver, wherever the worker runs.
+FORWARDED_ENV = ("TUNER_HEARTBEAT_INTERVAL_S", "TUNER_GRACE_PERIOD_S")
+
+_OK = "ok"
+_GAVE_UP = "gave up"
+
+
+def auth_mode() -> str:
+    """Ray's token authentication mode, set in the environment if it was not."""
+    mode = os.environ.get(AUTH_MODE_VAR)
+    if mode is None or mode == "":
+        os.environ[AUTH_MODE_VAR] = DEFAULT_AUTH_MODE
+        return DEFAULT_AUTH_MODE
+    if mode.lower() not in AUTH_MODES:
+        raise DispatchError(
+            f"{AUTH_MODE_VAR}: got {mode!r}; expected one of {', '.join(AUTH_MODES)} "
+            "(the same value the Ray cluster was started with)"
+        )
+    return mode.lower()
+
+
+def _worker_paths(workload: str) -> list[str]:
+    """Folders a local worker needs on ``sys.path`` to import a user workload."""
+    paths = [os.getcwd()]
+    module = workload.split(":", 1)[0] if ":" in workload else ""
+    if module:
+        top = module.split(".", 1)[0]
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and found.origin not in ("built-in", "frozen"):
+            folder = os.path.dirname(found.origin)
+            if found.submodule_search_locations:  # a package: its parent holds it
+                folder = os.path.dirname(folder)
+            paths.append(folder)
+    return paths
+
+
+class _Worker:
+    """Body of the Ray actor: the worker loop, with the store and study held for its life."""
+
+    def run(self, job: WorkerJob, paths: list[str]) -> str:
+        for path in paths:
+            if os.path.isdir(path) and path not in sys.path:
+                sys.path.insert(0, path)
+        try:
+            work(job)
+        except WorkerGaveUp as exc:
+            print(f"tuner worker {job.worker_index}: {exc}", file=sys.stderr)
+            return _GAVE_UP
+        return _OK
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayDispatcher(Dispatcher):
+    """Workers as Ray actors, on a local Ray or a cluster.
+
+    Args:
+        address: Ray cluster to join (``ray://...`` or ``host:port``); else
+            ``$RAY_ADDRESS``; else a local Ray is started and stopped afterwards.
+        num_cpus: CPUs of the local Ray (default: enough for every worker).
+        num_gpus: GPUs of the local Ray (default: detected). Logical GPUs work too.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+    ) -> None:
+        self._address = address or os.environ.get("RAY_ADDRESS") or None
+        self._num_cpus = num_cpus
+        self._num_gpus = num_gpus
+        self._started_ray = False
+        self._actors: list[Any] = []
+        self._pending: dict[Any, Any] = {}
+        self._results: list[Any] = []
+        self._died = 0
+
+    def run(self, jobs: list[WorkerJob], *, on_tick: Any = None) -> None:
+        try:
+            super().run(jobs, on_tick=on_tick)
+        finally:
+            self._release()
+
+    def _connect(self, jobs: list[WorkerJob]) -> Any:
+        mode = auth_mode()
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        spec = jobs[0].spec
+        cpus = float(spec.get("resources", {}).get("cpus", 1))
+        options: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": "WARNING",
+            "log_to_driver": True,
+        }
+        if self._address:
+            options["address"] = self._address
+        else:
+            options["address"] = "local"
+            options["num_cpus"] = self._num_cpus or max(
+                cpu_count(), math.ceil(len(jobs) * cpus - 1e-9)
+            )
+            if self._num_gpus is not None:
+                options["num_gpus"] = self._num_gpus
+        try:
+            ray.init(**options)
+        except Exception as exc:
+            where = self._address or "a local Ray"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = ""
+            if "auth" in reason.lower() or "token" in reason.lower():
+                hint = f" ({AUTH_MODE_VAR} is {mode!r}; it must match the cluster's)"
+            raise DispatchError(f"cannot start or join {where}: {reason}{hint}") from exc
+        self._started_ray = not self._address
+        return ray
+
+    def _launch(self, jobs: list[WorkerJob]) -> None:
+        ray = self._connect(jobs)
+        resources = jobs[0].spec.get("resources", {})
+        cpus = float(resources.get("cpus", 1))
+        gpus = float(resources.get("gpus", 0))
+        if gpus > 0 and self._started_ray and ray.cluster_resources().get("GPU", 0) < gpus:
+            raise DispatchError(
+                f"resources.gpus: the spec asks for {gpus:g} GPU per trial but this machine's Ray "
+                "has none; set resources.gpus to 0, or use --address to join a cluster with GPUs"
+            )
+        env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+        actor_class = ray.remote(_Worker)
+        paths = _worker_paths(str(jobs[0].spec.get("workload", "")))
+        for job in jobs:
+            options: dict[str, Any] = {
+                "num_cpus": cpus,
+                "num_gpus": gpus,
+                "max_restarts": 0,
+                "max_task_retries": 0,
+            }
+            if env:
+                options["runtime_env"] = {"env_vars": env}
+            actor = actor_class.options(**options).remote()
+            ref = actor.run.remote(job, paths)
+            self._actors.append(actor)
+            self._pending[ref] = actor
+
+    def _alive(self) -> bool:
+        import ray
+
+        if not self._pending:
+            return False
+        done, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+        for ref in done:
+            actor = self._pending.pop(ref)
+            try:
+                self._results.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                self._died += 1
+            except ray.exceptions.RayTaskError as exc:
+                self._results.append(exc)
+            # A finished worker gives its CPUs/GPUs back at once, so a worker still
+            # waiting for resources can start and see that the budget is met.
+            ray.kill(actor, no_restart=True)
+        return bool(self._pending)
+
+    def _stop(self) -> None:
+        self._release()
+
+    def _check(self) -> None:
+        errors = [r for r in self._results if isinstance(r, BaseException)]
+        ok = [r for r in self._results if r in (_OK, _GAVE_UP)]
+        if errors and not ok:
+            first = str(errors[0]).strip().splitlines()
+            raise DispatchError(
+                f"all {len(errors) + self._died} Ray workers ended with an error; first: "
+                f"{first[-1] if first else type(errors[0]).__name__}"
+            )
+        if self._died and not ok and not errors:
+            raise DispatchError(
+                f"all {self._died} Ray workers died; trials they left running are failed and "
+                "retried when the study runs again"
+            )
+
+    def _release(self) -> None:
+        if not self._actors and not self._started_ray:
+            return
+        import ray
+
+        if ray.is_initialized():
+            for actor in self._actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+        self._actors = []
+        self._pending = {}
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False

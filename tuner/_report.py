@@ -1,0 +1,594 @@
+"""The morning report: tonight's Pareto front against last night's.
+
+The comparison is computed first as plain data (:class:`NightReport`), then written
+as Markdown and HTML (with a plotly figure), and optionally posted as JSON.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._spec import Constraint, StudySpec
+from .storage import TrialRecord, pareto_front
+from .storage._nights import night_hypervolume
+
+
+@dataclass(frozen=True)
+class ConstraintCheck:
+    """Tonight and last night against one bound: how many trials meet it, the best accuracy."""
+
+    text: str
+    tonight_meeting: int
+    tonight_best: float | None
+    last_meeting: int | None
+    last_best: float | None
+
+    @property
+    def regressed(self) -> bool:
+        return self.tonight_meeting == 0 and bool(self.last_meeting)
+
+
+@dataclass(frozen=True)
+class NightReport:
+    """Everything the morning report says, as plain data."""
+
+    spec_name: str
+    date: str
+    study_name: str
+    previous_study: str | None
+    previous_date: str | None
+    objectives: dict[str, str]
+    accuracy_metric: str
+    reference_point: dict[str, float]
+    hypervolume: float
+    previous_hypervolume: float | None
+    threshold: float
+    front: list[TrialRecord]
+    previous_front: list[TrialRecord]
+    new_points: list[TrialRecord]
+    lost_points: list[TrialRecord]
+    constraints: list[ConstraintCheck]
+    counts: dict[str, int]
+    warm_start_trials: int
+    reasons: list[str] = field(default_factory=list)
+    all_trials: list[TrialRecord] = field(default_factory=list)
+    drift: dict[str, float] = field(default_factory=dict)
+    drift_settings: int = 0
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def hypervolume_change(self) -> float | None:
+        """Relative change against last night (+0.05 is 5 % more), None without a last night."""
+        if not self.previous_hypervolume:
+            return None
+        return (self.hypervolume - self.previous_hypervolume) / self.previous_hypervolume
+
+    @property
+    def verdict(self) -> str:
+        if self.regressed:
+            return "REGRESSED"
+        if self.previous_study is None:
+            return "first night"
+        return "as good as last night"
+
+    def to_json(self) -> dict[str, Any]:
+        """What the webhook receives."""
+
+        def point(r: TrialRecord) -> dict[str, Any]:
+            return {"number": r.number, "params": r.params, "values": r.values}
+
+        return {
+            "spec": self.spec_name,
+            "date": self.date,
+            "study": self.study_name,
+            "previous_study": self.previous_study,
+            "verdict": self.verdict,
+            "regressed": self.regressed,
+            "reasons": list(self.reasons),
+            "hypervolume": self.hypervolume,
+            "previous_hypervolume": self.previous_hypervolume,
+            "hypervolume_change": self.hypervolume_change,
+            "regression_threshold": self.threshold,
+            "reference_point": self.reference_point,
+            "counts": self.counts,
+            "warm_start_trials": self.warm_start_trials,
+            "same_settings_ratio": self.drift,
+            "front": [point(r) for r in self.front],
+            "new_points": [point(r) for r in self.new_points],
+            "lost_points": [point(r) for r in self.lost_points],
+            "constraints": [
+                {
+                    "constraint": c.text,
+                    "trials_meeting": c.tonight_meeting,
+                    f"best_{self.accuracy_metric}": c.tonight_best,
+                    "last_trials_meeting": c.last_meeting,
+                    f"last_best_{self.accuracy_metric}": c.last_best,
+                }
+                for c in self.constraints
+            ],
+        }
+
+
+def _value(r: TrialRecord, metric: str) -> float | None:
+    v = r.values.get(metric, r.metrics.get(metric))
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _meets(r: TrialRecord, constraints: Sequence[Constraint]) -> bool:
+    for c in constraints:
+        v = _value(r, c.metric)
+        if v is None or c.violation(v) > 0:
+            return False
+    return True
+
+
+def _constraint_text(c: Constraint) -> str:
+    if c.min is not None and c.max is not None:
+        return f"{c.min:g} <= {c.metric} <= {c.max:g}"
+    return f"{c.metric} <= {c.max:g}" if c.max is not None else f"{c.metric} >= {c.min:g}"
+
+
+def accuracy_metric(objectives: Mapping[str, str]) -> str:
+    """The objective a person reads as 'how good': accuracy, else the first maximized one."""
+    if "accuracy" in objectives:
+        return "accuracy"
+    return next((m for m, d in objectives.items() if d == "maximize"), next(iter(objectives)))
+
+
+def resolve_reference_point(
+    spec: StudySpec,
+    records: Sequence[TrialRecord],
+    previous: Mapping[str, float] | None,
+) -> dict[str, float]:
+    """The hypervolume reference: the spec's, else last night's, else derived once.
+
+    A maximized objective defaults to 0; a minimized one to twice the worst value
+    seen, recorded with the night so later nights keep the same point.
+    """
+    out: dict[str, float] = {}
+    for metric, direction in spec.objectives.items():
+        if metric in spec.nightly.reference_point:
+            out[metric] = float(spec.nightly.reference_point[metric])
+        elif previous and metric in previous:
+            out[metric] = float(previous[metric])
+        elif direction == "maximize":
+            out[metric] = 0.0
+        else:
+            seen = [v for r in records if r.state == "COMPLETE" for v in [_value(r, metric)] if v]
+            out[metric] = 2.0 * max(seen) if seen else 1.0
+    return out
+
+
+def _key(r: TrialRecord) -> str:
+    return json.dumps(r.params, sort_keys=True, default=str)
+
+
+def compare_nights(
+    spec: StudySpec,
+    *,
+    date: str,
+    study_name: str,
+    records: Sequence[TrialRecord],
+    previous_study: str | None = None,
+    previous_date: str | None = None,
+    previous_records: Sequence[TrialRecord] = (),
+    reference_point: Mapping[str, float],
+    warm_start_trials: int = 0,
+) -> NightReport:
+    """Compare tonight's trials with last night's and decide whether the night regressed.
+
+    A regression is a hypervolume drop of more than ``nightly.regression_threshold``
+    (relative), or a constraint of the spec that last night's trials met and none of
+    tonight's does.
+    """
+    objectives = dict(spec.objectives)
+    acc = accuracy_metric(objectives)
+    front = pareto_front(records, objectives)
+    previous_front = pareto_front(previous_records, objectives) if previous_study else []
+    reference = dict(reference_point)
+    hv = night_hypervolume(front, objectives, reference)
+    prev_hv = night_hypervolume(previous_front, objectives, reference) if previous_study else None
+    last_keys = {_key(r) for r in previous_front}
+    tonight_keys = {_key(r) for r in front}
+    new_points = [r for r in front if _key(r) not in last_keys] if previous_study else []
+    lost_points = [r for r in previous_front if _key(r) not in tonight_keys]
+    drift, drift_settings = _drift(records, previous_front, objectives)
+
+    def best(pool: Sequence[TrialRecord], bound: Sequence[Constraint]) -> tuple[int, float | None]:
+        meeting = [
+            r
+            for r in pool
+            if r.state == "COMPLETE" and _meets(r, bound) and _value(r, acc) is not None
+        ]
+        values = [v for r in meeting for v in [_value(r, acc)] if v is not None]
+        pick = max if objectives[acc] == "maximize" else min
+        return len(meeting), (pick(values) if values else None)
+
+    checks = []
+    bounds: list[tuple[str, list[Constraint]]] = [
+        (_constraint_text(c), [c]) for c in spec.constraints
+    ]
+    if len(spec.constraints) > 1:
+        bounds.append(("all constraints together", list(spec.constraints)))
+    for text, bound in bounds:
+        n, b = best(records, bound)
+        ln, lb = best(previous_records, bound) if previous_study else (None, None)
+        checks.append(ConstraintCheck(text, n, b, ln, lb))
+
+    reasons = []
+    if prev_hv and hv < prev_hv * (1 - spec.nightly.regression_threshold):
+        reasons.append(
+            f"hypervolume fell {100 * (prev_hv - hv) / prev_hv:.1f}% "
+            f"({prev_hv:.4g} -> {hv:.4g}), more than the "
+            f"{100 * spec.nightly.regression_threshold:g}% allowed"
+        )
+    for c in checks:
+        if c.regressed:
+            reasons.append(f"no trial meets {c.text} any more (last night {c.last_meeting} did)")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    return NightReport(
+        spec_name=spec.name,
+        date=date,
+        study_name=study_name,
+        previous_study=previous_study,
+        previous_date=previous_date,
+        objectives=objectives,
+        accuracy_metric=acc,
+        reference_point=reference,
+        hypervolume=hv,
+        previous_hypervolume=prev_hv,
+        threshold=spec.nightly.regression_threshold,
+        front=front,
+        previous_front=previous_front,
+        new_points=new_points,
+        lost_points=lost_points,
+        constraints=checks,
+        counts=counts,
+        warm_start_trials=warm_start_trials,
+        reasons=reasons,
+        all_trials=list(records),
+        drift=drift,
+        drift_settings=drift_settings,
+    )
+
+
+def _drift(
+    records: Sequence[TrialRecord],
+    previous_front: Sequence[TrialRecord],
+    objectives: Mapping[str, str],
+) -> tuple[dict[str, float], int]:
+    """Median tonight/last-night ratio per objective over settings run on both nights.
+
+    The same settings measured differently point at the machine or the measurement
+    (a busy host doubles latency), not at the model.
+    """
+    last = {_key(r): r for r in previous_front}
+    pairs = []
+    seen = set()
+    for r in records:
+        key = _key(r)
+        if r.state == "COMPLETE" and key in last and key not in seen:
+            seen.add(key)
+            pairs.append((r, last[key]))
+    out = {}
+    for metric in objectives:
+        ratios = sorted(
+            r.values[metric] / old.values[metric]
+            for r, old in pairs
+            if metric in r.values and old.values.get(metric)
+        )
+        if ratios:
+            mid = len(ratios) // 2
+            out[metric] = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    return out, len(pairs)
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def show(metric: str, value: Any) -> str:
+    """A metric value as people read it (KB, %, ms)."""
+    if value is None:
+        return "-"
+    if metric == "size_bytes":
+        return f"{value / 1024:.1f} KB"
+    if "accuracy" in metric or metric == "sparsity":
+        return f"{100 * float(value):.1f}%"
+    if metric.startswith("latency_ms"):
+        return f"{float(value):.3f} ms"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _params(r: TrialRecord) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r.params.items())
+    )
+
+
+def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(title, header, rows, note) for each table of the report."""
+    objectives = report.objectives
+    last = f"last night ({report.previous_date})" if report.previous_date else "last night"
+    change = report.hypervolume_change
+    summary = [
+        [
+            "hypervolume",
+            f"{report.hypervolume:.4g}",
+            "-" if report.previous_hypervolume is None else f"{report.previous_hypervolume:.4g}",
+            "-" if change is None else f"{100 * change:+.1f}%",
+        ],
+        [
+            "Pareto points",
+            str(len(report.front)),
+            "-" if report.previous_study is None else str(len(report.previous_front)),
+            "-"
+            if report.previous_study is None
+            else f"{len(report.new_points)} new, {len(report.lost_points)} lost",
+        ],
+    ]
+    reference = ", ".join(f"{m} {show(m, v)}" for m, v in report.reference_point.items())
+    out = [
+        (
+            "Tonight against last night",
+            ["", "tonight", last, "change"],
+            summary,
+            f"Hypervolume of the Pareto front up to the reference point ({reference}); "
+            f"a drop of more than {100 * report.threshold:g}% is a regression.",
+        )
+    ]
+    if report.constraints:
+        acc = report.accuracy_metric
+        out.append(
+            (
+                f"Best {acc} within each constraint",
+                ["constraint", "tonight", "trials meeting it", last, "trials meeting it"],
+                [
+                    [
+                        c.text,
+                        show(acc, c.tonight_best),
+                        str(c.tonight_meeting) + (" (REGRESSED)" if c.regressed else ""),
+                        show(acc, c.last_best),
+                        "-" if c.last_meeting is None else str(c.last_meeting),
+                    ]
+                    for c in report.constraints
+                ],
+                "",
+            )
+        )
+    if report.drift:
+        out.append(
+            (
+                f"Same settings, both nights ({report.drift_settings} of last night's front re-run)",
+                ["", *report.drift],
+                [["tonight / last night (median)", *(f"x{v:.2f}" for v in report.drift.values())]],
+                "The same settings measured differently point at the machine or the "
+                "measurement (a busy host slows latency), not at the model.",
+            )
+        )
+    new = {id(r) for r in report.new_points}
+    header = ["trial", *objectives, "" if report.previous_study is None else "since", "params"]
+    out.append(
+        (
+            f"Tonight's Pareto front ({len(report.front)} points)",
+            header,
+            [
+                [
+                    str(r.number),
+                    *(show(m, r.values.get(m)) for m in objectives),
+                    "" if report.previous_study is None else ("new" if id(r) in new else "kept"),
+                    _params(r),
+                ]
+                for r in report.front
+            ],
+            "" if report.front else "No complete trial meets the constraints.",
+        )
+    )
+    if report.lost_points:
+        out.append(
+            (
+                f"Lost from last night's front ({len(report.lost_points)} points)",
+                ["trial", *objectives, "params"],
+                [
+                    [str(r.number), *(show(m, r.values.get(m)) for m in objectives), _params(r)]
+                    for r in report.lost_points
+                ],
+                "Last night's values; tonight these settings were re-run first and are now "
+                "dominated (or measured worse).",
+            )
+        )
+    return out
+
+
+def _headline(report: NightReport) -> tuple[str, list[str]]:
+    counts = report.counts
+    finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    lines = [
+        f"Study `{report.study_name}`: {finished} finished trials "
+        f"({counts.get('PRUNED', 0)} stopped early), {counts.get('FAIL', 0)} failed."
+    ]
+    if report.previous_study:
+        lines.append(
+            f"Warm-started from `{report.previous_study}`: its {report.warm_start_trials} "
+            "Pareto points ran first."
+        )
+    else:
+        lines.append("No earlier night of this spec in the store: nothing to compare with.")
+    title = f"Nightly {report.spec_name}, {report.date}: {report.verdict}"
+    return title, lines
+
+
+def render_markdown(report: NightReport, plot: str | None, html_name: str) -> str:
+    title, lines = _headline(report)
+    out = [f"# {title}", ""]
+    if report.reasons:
+        out += ["**Regression:**", ""] + [f"- {r}" for r in report.reasons] + [""]
+    out += [*lines, ""]
+    if plot:
+        out += [f"![fronts]({plot})", ""]
+    out += [f"Interactive plot: [{html_name}]({html_name})", ""]
+    for title_, header, rows, note in _sections(report):
+        out += [f"## {title_}", ""]
+        if rows:
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "|".join(" --- " for _ in header) + "|")
+            for row in rows:
+                out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+            out.append("")
+        if note:
+            out += [note, ""]
+    return "\n".join(out)
+
+
+def figure(report: NightReport) -> Any:
+    """Accuracy against each other objective: tonight's front, last night's, all trials."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    acc = report.accuracy_metric
+    others = [m for m in report.objectives if m != acc] or [acc]
+    fig = make_subplots(rows=1, cols=len(others), horizontal_spacing=0.08)
+    rest = [r for r in report.all_trials if r.state == "COMPLETE" and r.values]
+    series = [
+        ("all trials tonight", rest, dict(color="#c7c7c7", size=6), 0.8),
+        (
+            f"last night's front ({report.previous_date})",
+            report.previous_front,
+            dict(color="#ff7f0e", size=11, symbol="diamond-open", line=dict(width=2)),
+            1.0,
+        ),
+        (
+            "tonight's front",
+            report.front,
+            dict(color="#1f77b4", size=10, line=dict(color="white", width=1)),
+            1.0,
+        ),
+    ]
+    for col, metric in enumerate(others, start=1):
+        for name, pool, marker, opacity in series:
+            if not pool:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.values.get(metric) for r in pool],
+                    y=[r.values.get(acc) for r in pool],
+                    mode="markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    marker=marker,
+                    opacity=opacity,
+                    text=[f"trial {r.number}<br>{_params(r)}" for r in pool],
+                    hovertemplate="%{text}<br>%{x}, %{y}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(
+            title_text=metric + (" (log)" if metric == "size_bytes" else ""),
+            type="log" if metric == "size_bytes" else "linear",
+            row=1,
+            col=col,
+        )
+        fig.update_yaxes(
+            title_text=acc, tickformat=".0%" if "accuracy" in acc else None, row=1, col=col
+        )
+    fig.update_layout(
+        title=f"{report.spec_name}: {report.date} against {report.previous_date or 'no earlier night'}",
+        template="plotly_white",
+        width=520 * len(others),
+        height=460,
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def render_html(report: NightReport, fig: Any) -> str:
+    title, lines = _headline(report)
+    esc = html.escape
+    color = "#b00020" if report.regressed else "#1b7f3b"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;"
+        "padding:4px 8px;text-align:right}td:last-child,th:last-child{text-align:left}"
+        "th{background:#f5f5f5}.note{color:#555}</style></head><body>",
+        f"<h1>Nightly {esc(report.spec_name)}, {esc(report.date)}: "
+        f"<span style='color:{color}'>{esc(report.verdict)}</span></h1>",
+    ]
+    if report.reasons:
+        parts.append(
+            "<ul>" + "".join(f"<li><b>{esc(r)}</b></li>" for r in report.reasons) + "</ul>"
+        )
+    parts += [f"<p>{esc(line).replace('`', '')}</p>" for line in lines]
+    parts.append(fig.to_html(full_html=False, include_plotlyjs=True))
+    for title_, header, rows, note in _sections(report):
+        parts.append(f"<h2>{esc(title_)}</h2>")
+        if rows:
+            parts.append(
+                "<table><tr>"
+                + "".join(f"<th>{esc(h)}</th>" for h in header)
+                + "</tr>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows
+                )
+                + "</table>"
+            )
+        if note:
+            parts.append(f"<p class='note'>{esc(note)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: NightReport, report_dir: str | Path) -> dict[str, Path]:
+    """Write ``<study>.md`` and ``<study>.html`` (and ``<study>.png`` when kaleido can draw it)."""
+    folder = Path(report_dir).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = figure(report)
+    files = {"html": folder / f"{report.study_name}.html", "md": folder / f"{report.study_name}.md"}
+    png: str | None = None
+    try:
+        import kaleido  # noqa: F401
+
+        fig.write_image(str(folder / f"{report.study_name}.png"), scale=1)
+        files["png"] = folder / f"{report.study_name}.png"
+        png = files["png"].name
+    except Exception:
+        png = None  # no static image without kaleido (and Chrome): the Markdown links the HTML
+    files["html"].write_text(render_html(report, fig))
+    files["md"].write_text(render_markdown(report, png, files["html"].name))
+    return files
+
+
+def post_webhook(report: NightReport, url: str, *, timeout_s: float = 10.0) -> str | None:
+    """POST the report as JSON to ``url``; return why it failed, or None."""
+    body = json.dumps(report.to_json(), default=str).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            if response.status >= 300:
+                return f"webhook answered HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"webhook answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"webhook unreachable: {getattr(exc, 'reason', exc)}"
+    return None
