@@ -41,7 +41,7 @@ EXCLUDES = [
     "node_modules",
 ]
 ACTIVE = ("PENDING", "RUNNING")
-AGENT_WAIT_S = 60
+AGENT_WAIT_S = 180
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
