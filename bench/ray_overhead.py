@@ -65,7 +65,7 @@ def use_direct_objective() -> None:
     tuner._dispatch.build_objective = _direct_build_objective  # type: ignore[assignment]
 
 
-if os.environ.get(DIRECT_VAR) == "1":  # local workers re-import this module when spawned
+if os.environ.get(DIRECT_VAR) == "1":  # imported in local workers by the sitecustomize hook
     use_direct_objective()
 
 
@@ -187,6 +187,13 @@ def main() -> None:
     if direct:
         os.environ[DIRECT_VAR] = "1"
         use_direct_objective()
+        # Local workers are fresh interpreters: a sitecustomize in a throwaway folder swaps
+        # the trial body there too.
+        hook_dir = tempfile.mkdtemp(prefix="tuner-bench-hook-")
+        Path(hook_dir, "sitecustomize.py").write_text("import ray_overhead  # noqa: F401\n")
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [hook_dir, str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        )
         runtime_env = {
             "env_vars": {"PYTHONPATH": str(Path(__file__).parent), DIRECT_VAR: "1"},
             "worker_process_setup_hook": "ray_overhead.use_direct_objective",

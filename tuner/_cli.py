@@ -131,7 +131,8 @@ def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
         values = sorted(r.values[metric] for r in front if metric in r.values)
         if values:
             middle = values[len(values) // 2]
-            limits[metric] = float(f"{middle:.3g}") if metric == "latency_ms" else int(middle) + 1
+            # Rounded up, so the trial at the middle is inside the example budget.
+            limits[metric] = float(f"{middle * 1.005:.3g}") if metric == "latency_ms" else int(middle) + 1
     inside = [r for r in front if all(r.values.get(m, 0) <= v for m, v in limits.items())]
     pick = max(inside, key=lambda r: r.values.get("accuracy", 0.0)).number if inside else None
     return ", ".join(f"{m}<={v:g}" for m, v in limits.items()), pick
