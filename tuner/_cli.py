@@ -132,7 +132,9 @@ def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
         if values:
             middle = values[len(values) // 2]
             # Rounded up, so the trial at the middle is inside the example budget.
-            limits[metric] = float(f"{middle * 1.005:.3g}") if metric == "latency_ms" else int(middle) + 1
+            limits[metric] = (
+                float(f"{middle * 1.005:.3g}") if metric == "latency_ms" else int(middle) + 1
+            )
     inside = [r for r in front if all(r.values.get(m, 0) <= v for m, v in limits.items())]
     pick = max(inside, key=lambda r: r.values.get("accuracy", 0.0)).number if inside else None
     return ", ".join(f"{m}<={v:g}" for m, v in limits.items()), pick
@@ -232,13 +234,13 @@ def _add_status(sub: Any) -> None:
 def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .storage import StoreError, list_studies, load_records, mask_url, pareto_front, resolve_url
+    from .storage import StoreError, mask_url, pareto_front, read_records, read_studies, resolve_url
 
     store = _open_readonly(args.storage)
     console = _console()
     try:
         if args.study is None:
-            summaries = list_studies(store)
+            summaries = read_studies(store)
             console.print(f"store {mask_url(resolve_url(args.storage))}")
             if not summaries:
                 console.print("no studies yet: tuner run search_spaces/digits_mlp.yaml")
@@ -267,7 +269,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 )
             console.print(table)
             return EXIT_OK
-        records = load_records(store, args.study)
+        records = read_records(store, args.study)
     except StoreError as exc:
         raise StorageError(str(exc)) from exc
     from .storage import load_study_readonly, study_objectives
@@ -317,16 +319,16 @@ def _add_best(sub: Any) -> None:
 def _cmd_best(args: argparse.Namespace) -> int:
     from .storage import (
         StoreError,
-        load_records,
         load_study_readonly,
         pareto_front,
+        read_records,
         study_objectives,
     )
 
     store = _open_readonly(args.storage)
     try:
         objectives = study_objectives(load_study_readonly(store, args.study))
-        front = pareto_front(load_records(store, args.study), objectives)
+        front = pareto_front(read_records(store, args.study), objectives)
     except StoreError as exc:
         raise StorageError(str(exc)) from exc
     if args.json:

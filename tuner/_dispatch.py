@@ -276,7 +276,11 @@ class LocalProcessDispatcher(Dispatcher):
         for job in jobs:
             payload = {**dataclasses.asdict(job), "sys_path": [p for p in sys.path if p]}
             proc = subprocess.Popen(
-                [sys.executable, "-c", "from tuner._dispatch import _process_main; _process_main()"],
+                [
+                    sys.executable,
+                    "-c",
+                    "from tuner._dispatch import _process_main; _process_main()",
+                ],
                 stdin=subprocess.PIPE,
                 text=True,
             )

@@ -21,10 +21,10 @@ from .storage import (
     StoreError,
     TrialRecord,
     count_states,
-    load_records,
     mask_url,
     open_storage,
     pareto_front,
+    read_records,
     resolve_url,
 )
 
@@ -184,7 +184,7 @@ def run(
             reporter.close()
     enforce_keep_for_run(store, name, spec, url)
     counts = count_states(store, name)
-    records = load_records(store, name)
+    records = read_records(store, name)
     ran = sum(counts.values()) - sum(before.values())
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     timed_out = deadline is not None and time.time() >= deadline
@@ -281,7 +281,7 @@ class _Progress:
     def _best(self) -> str:
         first, direction = next(iter(self._spec.objectives.items()))
         try:
-            records = load_records(self._store, self._name)
+            records = read_records(self._store, self._name)
         except Exception:
             return ""
         parts = []
