@@ -71,7 +71,7 @@ class Objective:
             trial_number=trial.number,
         )
 
-        last_write = [0.0]
+        last_write = [time.perf_counter()]
 
         def on_report(epoch: int, metrics: dict[str, float]) -> bool:
             # The live curve is written at most every few seconds; the final one goes

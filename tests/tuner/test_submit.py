@@ -62,6 +62,13 @@ def ray_head() -> Iterator[str]:
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # Ports of its own, so a Ray already running here (the tests' shared one)
+            # cannot keep this head's job agent from starting.
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
             "--num-cpus=2",
             f"--temp-dir={temp_dir}",
         ],
