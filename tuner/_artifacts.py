@@ -192,27 +192,67 @@ def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
 
 def _front_numbers(study: optuna.Study, extra: tuple[int, list[float]] | None = None) -> set[int]:
     """Numbers of the complete, feasible, non-dominated trials (plus ``extra`` if it is one)."""
-    from .storage import pareto_front, study_objectives, to_record
+    from .storage import pareto_mask, study_objectives
 
     objectives = study_objectives(study)
     names = list(objectives)
-    records = [to_record(t, names) for t in study.get_trials(deepcopy=False)]
+    rows = _complete_values(study, len(names))
     if extra is not None:
-        number, values = extra
-        from .storage import TrialRecord
+        rows[extra[0]] = [float(v) for v in extra[1]]
+    if not rows:
+        return set()
+    import numpy as np
 
-        records.append(
-            TrialRecord(
-                number=number,
-                state="COMPLETE",
-                params={},
-                values=dict(zip(names, values)),
-                metrics={},
-                datetime_start=None,
-                datetime_complete=None,
-            )
-        )
-    return {r.number for r in pareto_front(records, objectives)}
+    numbers = list(rows)
+    mask = pareto_mask(np.array([rows[n] for n in numbers]), [objectives[n] for n in names])
+    return {n for n, on_front in zip(numbers, mask) if on_front}
+
+
+def _complete_values(study: optuna.Study, n_objectives: int) -> dict[int, list[float]]:
+    """Objective values of the complete, feasible trials, read with two queries."""
+    import json
+    import math
+
+    import sqlalchemy
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        return {
+            t.number: list(t.values)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("feasible", True) and t.values
+        }
+    sid = study._study_id
+    out: dict[int, list[float]] = {}
+    with engine.connect() as conn:
+        values = conn.execute(
+            sqlalchemy.text(
+                "SELECT t.number, v.objective, v.value, v.value_type FROM trials t "
+                "JOIN trial_values v ON v.trial_id = t.trial_id "
+                "WHERE t.study_id = :sid AND t.state = 'COMPLETE'"
+            ),
+            {"sid": sid},
+        ).all()
+        infeasible = conn.execute(
+            sqlalchemy.text(
+                "SELECT t.number, a.value_json FROM trials t "
+                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND a.key = 'feasible'"
+            ),
+            {"sid": sid},
+        ).all()
+    dropped = {n for n, raw in infeasible if json.loads(raw) is False}
+    for number, objective, value, kind in values:
+        if number in dropped:
+            continue
+        kind = str(kind).split(".")[-1].upper()
+        if kind == "INF_POS":
+            value = math.inf
+        elif kind == "INF_NEG":
+            value = -math.inf
+        out.setdefault(number, [math.nan] * n_objectives)[objective] = float(value)
+    return {n: v for n, v in out.items() if not any(math.isnan(x) for x in v)}
 
 
 def _drop(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path) -> bool:
