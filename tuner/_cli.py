@@ -141,17 +141,9 @@ def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
 
 
 def _fmt(metric: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if metric == "size_bytes":
-        return f"{value / 1024:.1f} KB"
-    if "accuracy" in metric or metric == "sparsity":
-        return f"{100 * float(value):.1f}%"
-    if metric.startswith("latency_ms"):
-        return f"{float(value):.3f}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    from ._units import show_metric
+
+    return show_metric(metric, value, unit=False)
 
 
 _HEADERS = {

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._spec import Constraint, StudySpec
+from ._units import show_metric
 from .storage import TrialRecord, pareto_front
 from .storage._nights import night_hypervolume
 
@@ -303,17 +304,7 @@ def _drift(
 
 def show(metric: str, value: Any) -> str:
     """A metric value as people read it (KB, %, ms)."""
-    if value is None:
-        return "-"
-    if metric == "size_bytes":
-        return f"{value / 1024:.1f} KB"
-    if "accuracy" in metric or metric == "sparsity":
-        return f"{100 * float(value):.1f}%"
-    if metric.startswith("latency_ms"):
-        return f"{float(value):.3f} ms"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return show_metric(metric, value)
 
 
 def _params(r: TrialRecord) -> str:

@@ -1,0 +1,20 @@
+"""Metric values as people read them: KB, %, ms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def show_metric(metric: str, value: Any, *, unit: bool = True) -> str:
+    """``value`` of ``metric`` for a table or report; ``unit=False`` drops the "ms"."""
+    if value is None:
+        return "-"
+    if metric == "size_bytes":
+        return f"{value / 1024:.1f} KB"
+    if "accuracy" in metric or metric == "sparsity":
+        return f"{100 * float(value):.1f}%"
+    if metric.startswith("latency_ms"):
+        return f"{float(value):.3f}" + (" ms" if unit else "")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
