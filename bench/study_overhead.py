@@ -21,7 +21,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tuner  # noqa: E402
-from tuner.storage import open_storage  # noqa: E402
+from tuner.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S  # noqa: E402
 
 SPACE = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},
@@ -33,8 +33,35 @@ SPACE = {
 }
 
 
+def _plain_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's own RDBStorage, tuned the way a careful user would: WAL and
+    synchronous=NORMAL on SQLite, and the same heartbeats tuner records."""
+    import sqlalchemy
+
+    if url.startswith("sqlite"):
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+        engine.dispose()
+    storage = optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=HEARTBEAT_INTERVAL_S,
+        grace_period=GRACE_PERIOD_S,
+    )
+    if url.startswith("sqlite"):
+
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        storage.engine.dispose()
+    return storage
+
+
 def bare_optuna(url: str, n: int) -> float:
-    storage = open_storage(url)
+    storage = _plain_storage(url)
     study = optuna.create_study(
         study_name="bare",
         storage=storage,

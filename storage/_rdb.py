@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from sqlalchemy import event
 
 from ._errors import StoreError
+from ._frozen import FastRDBStorage
 from ._url import check_url, mask_url
 
 HEARTBEAT_INTERVAL_S = 10
@@ -62,14 +63,60 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _engine_kwargs(backend: str, read_only: bool) -> dict[str, Any]:
     if backend == "sqlite":
         return {"connect_args": {"timeout": 60}}
-    # A bounded pool per worker, and connections checked before use, so a database
-    # restart costs one reconnect instead of a failed trial.
+    # A bounded pool per worker. Connections that sat idle are checked before use
+    # (see _ping_idle_connections), so a database restart costs one reconnect instead
+    # of a failed trial, without a round trip before every statement of a busy worker.
     return {
         "pool_size": 2 if read_only else 3,
         "max_overflow": 2,
-        "pool_pre_ping": True,
         "pool_recycle": 1800,
     }
+
+
+# A connection used this recently is trusted unless its socket has news (the server
+# ended the session); one idle for longer is pinged first.
+PING_AFTER_IDLE_S = 2.0
+
+
+def _has_unread_input(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket has something to read: a server that ends a
+    session says so (or closes the socket) before the client's next query."""
+    import select
+
+    fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:
+        return False
+    try:
+        readable, _, _ = select.select([fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def _ping_idle_connections(engine: sqlalchemy.engine.Engine) -> None:
+    import time
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["tuner.last_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get("tuner.last_used")
+        if last is None:
+            return
+        recent = time.monotonic() - last < PING_AFTER_IDLE_S
+        if recent and not _has_unread_input(dbapi_connection):
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:
+            # The pool drops this connection and checks out a fresh one.
+            raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc
 
 
 def open_storage(
@@ -130,6 +177,8 @@ def open_storage(
     if backend == "sqlite":
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
+    else:
+        _ping_idle_connections(storage.engine)
     return storage
 
 
@@ -140,7 +189,7 @@ def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDB
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, **kwargs)
+                return FastRDBStorage(url, **kwargs)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Drivers started together on a new database race to create the tables;
             # the loser finds them created a moment later.

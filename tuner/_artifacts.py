@@ -190,11 +190,16 @@ def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
     return better
 
 
-def _front_numbers(study: optuna.Study, extra: tuple[int, list[float]] | None = None) -> set[int]:
+def _front_numbers(
+    study: optuna.Study,
+    objectives: dict[str, str] | None = None,
+    extra: tuple[int, list[float]] | None = None,
+) -> set[int]:
     """Numbers of the complete, feasible, non-dominated trials (plus ``extra`` if it is one)."""
     from .storage import pareto_mask, study_objectives
 
-    objectives = study_objectives(study)
+    if objectives is None:
+        objectives = study_objectives(study)
     names = list(objectives)
     rows = _complete_values(study, len(names))
     if extra is not None:
@@ -208,85 +213,109 @@ def _front_numbers(study: optuna.Study, extra: tuple[int, list[float]] | None = 
     return {n for n, on_front in zip(numbers, mask) if on_front}
 
 
+def _engine(study: optuna.Study) -> Any:
+    backend = getattr(study._storage, "_backend", study._storage)
+    return getattr(backend, "engine", None)
+
+
 def _complete_values(study: optuna.Study, n_objectives: int) -> dict[int, list[float]]:
-    """Objective values of the complete, feasible trials, read with two queries."""
+    """Objective values of the complete, feasible trials.
+
+    Read through the study's trial cache, so a worker reads only the trials that
+    finished since its last look.
+    """
+    return {
+        t.number: list(t.values)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("feasible", True) is not False
+        and t.values
+        and len(t.values) == n_objectives
+    }
+
+
+@dataclass(frozen=True)
+class _KeptFile:
+    number: int
+    running: bool
+    artifact_id: str
+    store: str | None
+
+
+def _kept_files(study: optuna.Study) -> list[_KeptFile]:
+    """Trials that recorded a model file, read with one query."""
     import json
-    import math
 
     import sqlalchemy
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    engine = getattr(backend, "engine", None)
+    engine = _engine(study)
     if engine is None:
-        return {
-            t.number: list(t.values)
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("feasible", True) and t.values
-        }
-    sid = study._study_id
-    out: dict[int, list[float]] = {}
+        return [
+            _KeptFile(
+                t.number,
+                t.state == optuna.trial.TrialState.RUNNING,
+                str(t.user_attrs[ID_ATTR]),
+                t.user_attrs.get(STORE_ATTR),
+            )
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get(ID_ATTR)
+        ]
     with engine.connect() as conn:
-        values = conn.execute(
+        rows = conn.execute(
             sqlalchemy.text(
-                "SELECT t.number, v.objective, v.value, v.value_type FROM trials t "
-                "JOIN trial_values v ON v.trial_id = t.trial_id "
-                "WHERE t.study_id = :sid AND t.state = 'COMPLETE'"
-            ),
-            {"sid": sid},
-        ).all()
-        infeasible = conn.execute(
-            sqlalchemy.text(
-                "SELECT t.number, a.value_json FROM trials t "
+                "SELECT t.number, t.state, a.key, a.value_json FROM trials t "
                 "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND a.key = 'feasible'"
+                "WHERE t.study_id = :sid AND a.key IN (:id_key, :store_key)"
             ),
-            {"sid": sid},
+            {"sid": study._study_id, "id_key": ID_ATTR, "store_key": STORE_ATTR},
         ).all()
-    dropped = {n for n, raw in infeasible if json.loads(raw) is False}
-    for number, objective, value, kind in values:
-        if number in dropped:
-            continue
-        kind = str(kind).split(".")[-1].upper()
-        if kind == "INF_POS":
-            value = math.inf
-        elif kind == "INF_NEG":
-            value = -math.inf
-        out.setdefault(number, [math.nan] * n_objectives)[objective] = float(value)
-    return {n: v for n, v in out.items() if not any(math.isnan(x) for x in v)}
+    found: dict[int, dict[str, Any]] = {}
+    for number, state, key, raw in rows:
+        entry = found.setdefault(number, {"running": str(state).endswith("RUNNING")})
+        entry[key] = json.loads(raw)
+    return [
+        _KeptFile(n, e["running"], str(e[ID_ATTR]), e.get(STORE_ATTR))
+        for n, e in sorted(found.items())
+        if e.get(ID_ATTR)
+    ]
 
 
-def _drop(study: optuna.Study, trial: optuna.trial.FrozenTrial, folder: Path) -> bool:
-    artifact_id = trial.user_attrs.get(ID_ATTR)
-    if not artifact_id:
-        return False
-    store_folder = Path(trial.user_attrs.get(STORE_ATTR) or folder)
-    target = store_folder / str(artifact_id)
+def _drop(study: optuna.Study, kept: _KeptFile, folder: Path) -> bool:
+    store_folder = Path(kept.store or folder)
+    target = store_folder / kept.artifact_id
     if not target.exists():
         return False
-    study.set_user_attr(f"{DROPPED_PREFIX}{trial.number}", "keep: pareto")
+    study.set_user_attr(f"{DROPPED_PREFIX}{kept.number}", "keep: pareto")
     try:
-        _artifact_store(store_folder).remove(str(artifact_id))
+        _artifact_store(store_folder).remove(kept.artifact_id)
     except Exception:  # another worker dropped it first
         return False
     return True
 
 
-def enforce_keep(study: optuna.Study, keep: str, folder: Path) -> int:
+def enforce_keep(
+    study: optuna.Study,
+    keep: str,
+    folder: Path,
+    *,
+    front: set[int] | None = None,
+) -> int:
     """Delete the files of trials that are no longer on the front (``keep: pareto``).
+
+    Args:
+        front: the front's trial numbers when the caller has just read them.
 
     Returns:
         How many files were deleted.
     """
     if keep != "pareto":
         return 0
-    front = _front_numbers(study)
+    if front is None:
+        front = _front_numbers(study)
     dropped = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.number in front or ID_ATTR not in t.user_attrs:
+    for kept in _kept_files(study):
+        if kept.number in front or kept.running:
             continue
-        if t.state == optuna.trial.TrialState.RUNNING:
-            continue
-        dropped += _drop(study, t, folder)
+        dropped += _drop(study, kept, folder)
     return dropped
 
 
@@ -303,20 +332,32 @@ def keep_trial_model(
     spec: StudySpec,
     values: list[float],
     feasible: bool,
-) -> None:
+) -> dict[str, Any]:
     """Upload ``tm`` as ``trial``'s artifact when the keep-policy wants it.
 
     Under ``keep: pareto`` a trial that is infeasible or dominated when it finishes never
     uploads (dominance does not go away), and the trials it dominates lose theirs. A file
     that cannot be written leaves the trial complete, saying why in its ``artifact`` attr.
+
+    Returns:
+        The trial's artifact attributes, for the caller to write with its metrics.
     """
     keep = spec.artifacts.keep
     root = artifacts_root(spec.artifacts.path, storage_url(trial.study._storage))
     folder = study_folder(root, trial.study.study_name)
     try:
-        _keep(trial, tm, keep=keep, folder=folder, values=values, feasible=feasible)
+        attrs = _keep(
+            trial,
+            tm,
+            keep=keep,
+            folder=folder,
+            objectives=dict(spec.objectives),
+            values=values,
+            feasible=feasible,
+        )
     except OSError as exc:
-        trial.set_user_attr(STATUS_ATTR, f"not kept: cannot write to {folder}: {exc.strerror}")
+        attrs = {STATUS_ATTR: f"not kept: cannot write to {folder}: {exc.strerror}"}
+    return {KEEP_ATTR: keep, **attrs}
 
 
 def _keep(
@@ -325,21 +366,20 @@ def _keep(
     *,
     keep: str,
     folder: Path,
+    objectives: dict[str, str],
     values: list[float],
     feasible: bool,
-) -> None:
-    trial.set_user_attr(KEEP_ATTR, keep)
+) -> dict[str, Any]:
     if keep == "none":
-        trial.set_user_attr(STATUS_ATTR, "not kept (artifacts.keep: none)")
-        return
+        return {STATUS_ATTR: "not kept (artifacts.keep: none)"}
     study = trial.study
+    front: set[int] = set()
     if keep == "pareto":
         if not feasible:
-            trial.set_user_attr(STATUS_ATTR, "dropped by keep: pareto (infeasible)")
-            return
-        if trial.number not in _front_numbers(study, (trial.number, values)):
-            trial.set_user_attr(STATUS_ATTR, "dropped by keep: pareto (dominated when it finished)")
-            return
+            return {STATUS_ATTR: "dropped by keep: pareto (infeasible)"}
+        front = _front_numbers(study, objectives, (trial.number, values))
+        if trial.number not in front:
+            return {STATUS_ATTR: "dropped by keep: pareto (dominated when it finished)"}
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
         path = Path(tmp) / FILENAME
@@ -347,8 +387,7 @@ def _keep(
             save_trial_model(tm, path)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             # e.g. a model class defined inside the workload function
-            trial.set_user_attr(STATUS_ATTR, f"not kept: the model cannot be pickled ({exc})")
-            return
+            return {STATUS_ATTR: f"not kept: the model cannot be pickled ({exc})"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             artifact_id = optuna.artifacts.upload_artifact(
@@ -357,11 +396,9 @@ def _keep(
                 study_or_trial=trial,
                 mimetype="application/x-pytorch",
             )
-    trial.set_user_attr(ID_ATTR, artifact_id)
-    trial.set_user_attr(STORE_ATTR, str(folder))
-    trial.set_user_attr(STATUS_ATTR, "kept")
     if keep == "pareto":
-        enforce_keep(study, keep, folder)
+        enforce_keep(study, keep, folder, front=front)
+    return {ID_ATTR: artifact_id, STORE_ATTR: str(folder), STATUS_ATTR: "kept"}
 
 
 # --- find ----------------------------------------------------------------------------

@@ -115,20 +115,25 @@ class Objective:
         metrics[CURVE_ATTR] = list(ctx.curve)
         violations = [c.violation(float(metrics[c.metric])) for c in spec.constraints]
         if violations:
-            trial.set_user_attr(VIOLATIONS_ATTR, violations)
+            metrics[VIOLATIONS_ATTR] = violations
             for c, v in zip(spec.constraints, violations):
                 trial.set_constraint(c.metric, v)
         metrics["feasible"] = all(v <= 0 for v in violations)
         metrics["device"] = str(device)
-        record_user_attrs(trial, metrics)
         values = [float(metrics[name]) for name in spec.objectives]
+        finite = all(math.isfinite(v) for v in values)
+        if kept and finite:
+            from ._artifacts import keep_trial_model
+
+            metrics.update(
+                keep_trial_model(
+                    trial, kept[0], spec=spec, values=values, feasible=metrics["feasible"]
+                )
+            )
+        record_user_attrs(trial, metrics)
         for name, value in zip(spec.objectives, values):
             if not math.isfinite(value):
                 raise ValueError(f"metric {name} is {value}")
-        if kept:
-            from ._artifacts import keep_trial_model
-
-            keep_trial_model(trial, kept[0], spec=spec, values=values, feasible=metrics["feasible"])
         return values
 
 

@@ -96,11 +96,12 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
 
 def test_night_killed_midway_resumes_its_remaining_budget(
     tmp_path: Path,
-    tiny_spec: Any,
+    slow_spec: Any,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    spec = _write(tmp_path, tiny_spec(budget={"n_trials": 3, "max_epochs": 3}))
+    # Trials of about a second, so the night is killed with one or two of them done.
+    spec = _write(tmp_path, slow_spec("tiny", n_trials=3, epochs=2, epoch_s=0.5))
     url = f"sqlite:///{tmp_path / 'night.db'}"
     env = {
         **{k: v for k, v in os.environ.items() if k != "TUNER_STORAGE"},
