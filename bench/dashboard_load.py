@@ -202,12 +202,140 @@ def _time(fn: Any, repeats: int) -> float:
     return statistics.median(runs)
 
 
+_ONE_CHART_APP = """
+import plotly.graph_objects as go
+import streamlit as st
+
+st.title("one chart")
+st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2], mode="markers")))
+"""
+
+
+def _serve(command: list[str], port: int, env: dict[str, str]) -> Any:
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{command[0]} did not listen on port {port}")
+
+
+def _stop(proc: Any) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+
+
+def browser_rows(url_10k: str, url_small: str, small: int, repeats: int) -> list[tuple[str, float]]:
+    """Seconds from opening the study page in a new Chromium tab to its first drawn
+    Pareto point: the big study, a small one (what the page costs whatever the study),
+    and a page with one chart and nothing else (what Streamlit and plotly cost)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    point = '[data-testid="stPlotlyChart"] .scatterlayer .point'
+    env = {**os.environ, "TUNER_DASHBOARD_PASSWORD": ""}
+    env.pop("TUNER_DASHBOARD_PASSWORD")
+    tuner_cli = [sys.executable, "-m", "tuner._cli", "dashboard", "--port"]
+    rows: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        one_chart = Path(tmp) / "one_chart.py"
+        one_chart.write_text(_ONE_CHART_APP)
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
+        )
+
+        def open_page(address: str) -> float:
+            page = browser.new_page(viewport={"width": 1400, "height": 1500})
+            began = time.perf_counter()
+            page.goto(address, timeout=60_000, wait_until="commit")
+            page.locator(point).first.wait_for(timeout=60_000)
+            seconds = time.perf_counter() - began
+            page.close()
+            return seconds
+
+        cases = [
+            (f"{args_label(STUDY_TRIALS[0])} study page, first view after start", url_10k, True),
+            (f"{args_label(STUDY_TRIALS[0])} study page, new tab", url_10k, False),
+            (f"{args_label(small)} study page, new tab", url_small, False),
+        ]
+        for port, (label, store, cold) in enumerate(cases, start=8611):
+            # A fresh server each time; the overview is opened first, as a user would,
+            # so the first study view pays for reading the study, not for imports.
+            proc = _serve([*tuner_cli, str(port), "--storage", store], port, env)
+            try:
+                overview = browser.new_page()
+                overview.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+                overview.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+                overview.close()
+                address = f"http://127.0.0.1:{port}/?study={STUDY}"
+                if cold:
+                    rows.append((label, open_page(address)))
+                else:
+                    open_page(address)
+                    rows.append(
+                        (label, statistics.median(open_page(address) for _ in range(repeats)))
+                    )
+            finally:
+                _stop(proc)
+        port = 8619
+        streamlit = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(one_chart),
+            "--server.headless",
+            "true",
+        ]
+        proc = _serve([*streamlit, "--server.port", str(port)], port, env)
+        try:
+            address = f"http://127.0.0.1:{port}/"
+            open_page(address)
+            rows.append(
+                (
+                    "one-chart Streamlit page, new tab (reference)",
+                    statistics.median(open_page(address) for _ in range(repeats)),
+                )
+            )
+        finally:
+            _stop(proc)
+        browser.close()
+    return rows
+
+
+STUDY_TRIALS = [10_000]
+
+
+def args_label(n: int) -> str:
+    return f"{n:,}-trial"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--no-browser", action="store_true", help="skip the timings in Chromium (Playwright)"
+    )
     args = parser.parse_args()
+    STUDY_TRIALS[0] = args.trials
     sys.path.insert(0, str(ROOT))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from streamlit.testing.v1 import AppTest
@@ -222,8 +350,11 @@ def main() -> int:
     storage = open_storage(url, read_only=True, heartbeat=False)
     records = read_records(storage, STUDY)
 
+    # The naive read goes through Optuna's own RDBStorage (tuner's store reads faster).
+    plain = optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+
     def naive() -> None:
-        study = optuna.load_study(study_name=STUDY, storage=storage)
+        study = optuna.load_study(study_name=STUDY, storage=plain)
         _ = study.trials
 
     def fast() -> None:
@@ -276,6 +407,15 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:<{width}}  {seconds:>8.3f}  {seconds / base:>7.2f}x")
     print(f"\nPareto chart sent to the browser: {figure_bytes[0] / 1e6:.2f} MB")
+    if not args.no_browser and Path("/usr/bin/chromium").exists():
+        small = 200
+        small_url = build(Path(f"/tmp/tuner-bench-dashboard-{small}.db"), small)
+        seen = browser_rows(url, small_url, small, args.repeats)
+        width = max(len(name) for name, _ in seen)
+        print("\nIn Chromium: from opening the page to its first drawn Pareto point")
+        print(f"{'page':<{width}}  {'seconds':>8}")
+        for name, seconds in seen:
+            print(f"{name:<{width}}  {seconds:>8.3f}")
     storage.engine.dispose()
     return 0
 

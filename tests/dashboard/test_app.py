@@ -242,3 +242,22 @@ def test_postgres_store_with_password_never_shows_it(
         if params == {"study": "tiny"}:
             assert "refreshes every" in " ".join(c.value for c in at.caption)
     assert read_records is not None
+
+
+def test_budget_survives_a_visit_to_a_trial(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(dashboard_store)
+    feasible = [r for r in records if r.state == "COMPLETE" and r.feasible]
+    fastest = min(feasible, key=lambda r: r.values["latency_ms"])
+    limit = fastest.values["latency_ms"] * 1.0001
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny")
+    at.number_input(key="max_latency_ms").set_value(limit).run()
+    assert f"within the budget: trial {fastest.number}" in " ".join(m.value for m in at.markdown)
+    at.button(key=next(b.key for b in at.button if b.key.startswith("open-best"))).click().run()
+    assert at.title[0].value == f"Trial {fastest.number} of tiny"
+    at.button(key=next(b.key for b in at.button if b.key.startswith("back"))).click().run()
+    assert not at.exception
+    assert at.title[0].value == "tiny"
+    assert at.number_input(key="max_latency_ms").value == pytest.approx(limit)
+    assert f"within the budget: trial {fastest.number}" in " ".join(m.value for m in at.markdown)
