@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -120,6 +125,26 @@ def test_finishing_a_trial_reads_back_in_plain_optuna(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
     url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+    with _time_zone("Asia/Kolkata"):  # away from UTC, so mixed-up zones would show
+        _finish_and_read(url)
+
+
+@contextlib.contextmanager
+def _time_zone(name: str) -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def _finish_and_read(url: str) -> None:
     fast = open_storage(url, heartbeat=False)
     study = optuna.create_study(
         study_name="finish", storage=fast, directions=["maximize", "minimize"]
