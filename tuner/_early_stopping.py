@@ -4,7 +4,8 @@ Optuna's pruners judge one objective (``Trial.report`` raises in a multi-objecti
 study), so tuner has its own rules, and uses them for one objective and for many alike:
 
 * ``asha``: asynchronous successive halving. Rungs sit at ``min_epochs *
-  reduction_factor**k`` epochs (below ``budget.max_epochs``). A trial that reaches a rung
+  reduction_factor**k`` epochs while ``reduction_factor`` times the rung fits in
+  ``budget.max_epochs``. A trial that reaches a rung
   is ranked against every trial recorded at that rung so far, by any worker, and goes on
   only if it is among the best ``ceil(n / reduction_factor)`` of those ``n``; otherwise
   it is stopped. Nobody waits for a rung to fill. The ranking is by non-dominated sorting
@@ -63,10 +64,13 @@ _EARLY_REPEATS = 10
 
 
 def rung_epochs(min_epochs: int, reduction_factor: int, max_epochs: int) -> tuple[int, ...]:
-    """Epoch counts at which trials are judged: ``min_epochs * reduction_factor**k < max_epochs``."""
+    """Epoch counts at which trials are judged: ``min_epochs * reduction_factor**k``, as
+    long as the next level (``reduction_factor`` times the rung) still fits in
+    ``max_epochs``, as in successive halving and Hyperband. A rung closer to the end
+    would stop trials that are nearly done, saving little and risking the front."""
     rungs = []
     epoch = min_epochs
-    while epoch < max_epochs:
+    while epoch * reduction_factor <= max_epochs:
         rungs.append(epoch)
         epoch *= reduction_factor
     return tuple(rungs)

@@ -33,15 +33,18 @@ ACC_SIZE = ("maximize", "minimize")
 # --- rung decisions on made-up records -------------------------------------------------
 
 
-def test_rungs_grow_by_the_reduction_factor_below_max_epochs() -> None:
-    assert rung_epochs(1, 3, 12) == (1, 3, 9)
+def test_rungs_grow_by_the_reduction_factor_while_the_next_level_fits() -> None:
+    assert rung_epochs(1, 3, 27) == (1, 3, 9)
+    assert rung_epochs(1, 3, 30) == (1, 3, 9)
+    assert rung_epochs(3, 3, 30) == (3, 9)  # not 27: a promoted trial would gain 3 epochs
     assert rung_epochs(2, 2, 16) == (2, 4, 8)
     assert rung_epochs(1, 3, 9) == (1, 3)
+    assert rung_epochs(1, 3, 2) == ()
     es = EarlyStoppingSpec(name="hyperband", min_epochs=1, reduction_factor=3)
     # Four brackets: first rung at 1, 3 or 9 epochs, and one that stops nothing.
-    assert [bracket_rungs(es, 12, n) for n in range(5)] == [(1, 3, 9), (3, 9), (9,), (), (1, 3, 9)]
+    assert [bracket_rungs(es, 27, n) for n in range(5)] == [(1, 3, 9), (3, 9), (9,), (), (1, 3, 9)]
     asha = EarlyStoppingSpec(name="asha", min_epochs=1, reduction_factor=3)
-    assert {bracket_rungs(asha, 12, n) for n in range(5)} == {(1, 3, 9)}
+    assert {bracket_rungs(asha, 27, n) for n in range(5)} == {(1, 3, 9)}
 
 
 def _dominates(a: np.ndarray, b: np.ndarray, directions: tuple[str, ...]) -> bool:
@@ -115,7 +118,7 @@ def test_asynchronous_successive_halving_on_made_up_curves() -> None:
     def curve(final: float, epochs: int) -> float:
         return final * (1 - math.exp(-epochs / 2))
 
-    rungs = rung_epochs(1, 3, 12)
+    rungs = rung_epochs(1, 3, 27)
     recorded: dict[int, list[list[float]]] = {r: [] for r in rungs}
     reached_end = []
     for final in finals:
