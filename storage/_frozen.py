@@ -4,8 +4,9 @@ Optuna builds every trial it reads through the ORM: a study check plus five eage
 loads, each row an ORM object. A worker reads its own trial twice when it tells the
 result and reads new trials before every ask, so on a small workload that ORM work
 is a large share of a trial's cost. Here the same rows come back through SQLAlchemy
-Core, from the same tables, into the same ``FrozenTrial``. Params and a trial's
-final state and values are written the same way; every other write stays Optuna's.
+Core, from the same tables, into the same ``FrozenTrial``. Params, heartbeats and a
+trial's final state and values are written the same way; every other write stays
+Optuna's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _user = models.TrialUserAttributeModel.__table__
 _system = models.TrialSystemAttributeModel.__table__
 _steps = models.TrialIntermediateValueModel.__table__
 _studies = models.StudyModel.__table__
+_heartbeats = models.TrialHeartbeatModel.__table__
 
 _value_repr = models.TrialValueModel.stored_repr_to_value
 _step_repr = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
@@ -133,7 +135,8 @@ def _local(stamp: dt.datetime | None) -> dt.datetime | None:
 
 
 class FastRDBStorage(optuna.storages.RDBStorage):
-    """``RDBStorage`` whose trial reads, param writes and finishing writes skip the ORM.
+    """``RDBStorage`` whose trial reads, param writes, heartbeats and finishing writes skip
+    the ORM.
 
     Same tables, same rows, same results and errors as Optuna's own methods.
     """
@@ -251,6 +254,23 @@ class FastRDBStorage(optuna.storages.RDBStorage):
                 )
             )
         return out
+
+    @_guarded
+    def record_heartbeat(self, trial_id: int) -> None:
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            super().record_heartbeat(trial_id)
+            return
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        now = sqlalchemy.func.current_timestamp()
+        stmt = insert(_heartbeats).values(trial_id=trial_id, heartbeat=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_heartbeats.c.trial_id], set_={"heartbeat": now}
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
 
     @_guarded
     def set_trial_state_values(

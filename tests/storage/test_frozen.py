@@ -205,3 +205,29 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     study.tell(trial, 1.0)
     assert storage.get_trial(trial._trial_id).values == [1.0]
     assert storage.get_trial(trial._trial_id).user_attrs == {"note": "after the cut"}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_heartbeats_mark_a_silent_trial_stale(
+    store: str, sqlite_url: str, request: pytest.FixtureRequest
+) -> None:
+    url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+    storage = open_storage(url)  # heartbeats on
+    study = optuna.create_study(study_name="beats", storage=storage)
+    beating, silent = study.ask(), study.ask()
+    storage.record_heartbeat(beating._trial_id)
+    storage.record_heartbeat(silent._trial_id)
+    storage.record_heartbeat(beating._trial_id)  # a second beat updates the first
+    sid = study._study_id
+    assert storage._get_stale_trial_ids(sid) == []
+    import sqlalchemy
+
+    with storage.engine.begin() as conn:
+        # The silent trial's last beat, as if it were an hour old.
+        conn.execute(
+            sqlalchemy.text("UPDATE trial_heartbeats SET heartbeat = :then WHERE trial_id = :tid"),
+            {"then": "2000-01-01 00:00:00", "tid": silent._trial_id},
+        )
+        rows = conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats")).scalar()
+    assert rows == 2
+    assert storage._get_stale_trial_ids(sid) == [silent._trial_id]
