@@ -143,6 +143,11 @@ class FastRDBStorage(optuna.storages.RDBStorage):
 
     _distribution_cache: dict[str, distributions.BaseDistribution]
 
+    def _fast(self) -> bool:
+        # The SQL here is checked against SQLite and PostgreSQL; other databases keep
+        # Optuna's own methods.
+        return self.engine.dialect.name in ("sqlite", "postgresql")
+
     def _distribution(self, text: str) -> distributions.BaseDistribution:
         cache = self.__dict__.setdefault("_distribution_cache", {})
         found = cache.get(text)
@@ -152,6 +157,8 @@ class FastRDBStorage(optuna.storages.RDBStorage):
 
     @_guarded
     def get_trial(self, trial_id: int) -> FrozenTrial:
+        if not self._fast():
+            return super().get_trial(trial_id)
         with self.engine.connect() as conn:
             trials = self._read(conn, _trials.c.trial_id == trial_id)
         if not trials:
@@ -166,6 +173,8 @@ class FastRDBStorage(optuna.storages.RDBStorage):
         included_trial_ids: set[int],
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
+        if not self._fast():
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
         included = {i for i in included_trial_ids if i <= trial_id_greater_than}
         where = _trials.c.study_id == study_id
         if states is not None:
@@ -257,10 +266,10 @@ class FastRDBStorage(optuna.storages.RDBStorage):
 
     @_guarded
     def record_heartbeat(self, trial_id: int) -> None:
-        dialect = self.engine.dialect.name
-        if dialect not in ("sqlite", "postgresql"):
+        if not self._fast():
             super().record_heartbeat(trial_id)
             return
+        dialect = self.engine.dialect.name
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
@@ -276,7 +285,7 @@ class FastRDBStorage(optuna.storages.RDBStorage):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        if not state.is_finished():
+        if not state.is_finished() or not self._fast():
             # Claiming a waiting trial keeps Optuna's own row-locking path.
             return super().set_trial_state_values(trial_id, state, values)
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -328,6 +337,11 @@ class FastRDBStorage(optuna.storages.RDBStorage):
         distribution: distributions.BaseDistribution,
         previous_distribution: distributions.BaseDistribution | None,
     ) -> None:
+        if not self._fast():
+            super()._set_trial_param(
+                trial_id, param_name, param_value_internal, distribution, previous_distribution
+            )
+            return
         text = distributions.distribution_to_json(distribution)
         if previous_distribution is not None:
             distributions.check_distribution_compatibility(previous_distribution, distribution)
