@@ -45,8 +45,8 @@ ARMS = {
 }
 
 
-def _run_one(job: tuple[str, int, int, int, int, int, str]) -> dict[str, Any]:
-    arm, seed, trials, epochs, min_epochs, reduction_factor, folder = job
+def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, Any]:
+    arm, seed, trials, epochs, min_epochs, reduction_factor, min_trials, folder = job
     import numpy as np
     import torch
 
@@ -61,7 +61,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, str]) -> dict[str, Any]:
             "name": es,
             "min_epochs": min_epochs,
             "reduction_factor": reduction_factor,
-            "min_trials": 2,
+            "min_trials": min_trials,
         }
     name = f"{arm.replace('+', '-')}-s{seed}"
     spec = base.with_overrides(
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--min-epochs", type=int, default=3)
     parser.add_argument("--reduction-factor", type=int, default=3)
+    parser.add_argument("--min-trials", type=int, default=2)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     args = parser.parse_args()
@@ -119,7 +120,16 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuner-bench-es-") as folder:
         jobs = [
-            (arm, seed, args.trials, args.epochs, args.min_epochs, args.reduction_factor, folder)
+            (
+                arm,
+                seed,
+                args.trials,
+                args.epochs,
+                args.min_epochs,
+                args.reduction_factor,
+                args.min_trials,
+                folder,
+            )
             for seed in args.seeds
             for arm in args.arms
         ]
@@ -129,7 +139,8 @@ def main() -> None:
 
     print(
         f"\nmnist1d-cnn: {args.trials} trials x {args.epochs} epochs per run, seeds {args.seeds}; "
-        f"asha min_epochs {args.min_epochs}, reduction_factor {args.reduction_factor}; "
+        f"asha min_epochs {args.min_epochs}, reduction_factor {args.reduction_factor}, "
+        f"min_trials {args.min_trials}; "
         f"reference point {REFERENCE}\n"
     )
     header = (
