@@ -190,12 +190,12 @@ def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
     return better
 
 
-def _front_numbers(
+def _front(
     study: optuna.Study,
     objectives: dict[str, str] | None = None,
     extra: tuple[int, list[float]] | None = None,
-) -> set[int]:
-    """Numbers of the complete, feasible, non-dominated trials (plus ``extra`` if it is one)."""
+) -> tuple[set[int], set[int]]:
+    """The front's trial numbers, and the numbers of every trial it was chosen from."""
     from .storage import pareto_mask, study_objectives
 
     if objectives is None:
@@ -205,12 +205,12 @@ def _front_numbers(
     if extra is not None:
         rows[extra[0]] = [float(v) for v in extra[1]]
     if not rows:
-        return set()
+        return set(), set()
     import numpy as np
 
     numbers = list(rows)
     mask = pareto_mask(np.array([rows[n] for n in numbers]), [objectives[n] for n in names])
-    return {n for n, on_front in zip(numbers, mask) if on_front}
+    return {n for n, on_front in zip(numbers, mask) if on_front}, set(numbers)
 
 
 def _engine(study: optuna.Study) -> Any:
@@ -297,23 +297,24 @@ def enforce_keep(
     keep: str,
     folder: Path,
     *,
-    front: set[int] | None = None,
+    front: tuple[set[int], set[int]] | None = None,
 ) -> int:
     """Delete the files of trials that are no longer on the front (``keep: pareto``).
 
     Args:
-        front: the front's trial numbers when the caller has just read them.
+        front: the front and the trials it was chosen from (see :func:`_front`), when
+            the caller has just read them. A trial that finished after that read is
+            left alone: it may be on the front.
 
     Returns:
         How many files were deleted.
     """
     if keep != "pareto":
         return 0
-    if front is None:
-        front = _front_numbers(study)
+    on_front, judged = front if front is not None else _front(study)
     dropped = 0
     for kept in _kept_files(study):
-        if kept.number in front or kept.running:
+        if kept.number in on_front or kept.number not in judged or kept.running:
             continue
         dropped += _drop(study, kept, folder)
     return dropped
@@ -373,12 +374,12 @@ def _keep(
     if keep == "none":
         return {STATUS_ATTR: "not kept (artifacts.keep: none)"}
     study = trial.study
-    front: set[int] = set()
+    front: tuple[set[int], set[int]] = (set(), set())
     if keep == "pareto":
         if not feasible:
             return {STATUS_ATTR: "dropped by keep: pareto (infeasible)"}
-        front = _front_numbers(study, objectives, (trial.number, values))
-        if trial.number not in front:
+        front = _front(study, objectives, (trial.number, values))
+        if trial.number not in front[0]:
             return {STATUS_ATTR: "dropped by keep: pareto (dominated when it finished)"}
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:

@@ -108,3 +108,28 @@ def test_a_postgresql_study_keeps_models_in_the_folder_the_spec_names(
     path = artifact_path(store, "pg", trial.number)
     assert path is not None and path.parent == folder / "pg"
     store.engine.dispose()
+
+
+def test_keep_pareto_leaves_alone_a_file_whose_trial_it_has_not_judged(
+    tiny_spec: Any, tmp_path: Path
+) -> None:
+    """A worker reads the front, then another trial finishes and keeps its file: the
+    first worker must not delete that file, the new trial may be on the front."""
+    from tuner._artifacts import enforce_keep, study_folder
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = tiny_spec("race", budget={"n_trials": 2, "max_epochs": 1}, artifacts={"keep": "all"})
+    tuner.run(spec, storage=url)
+    study = optuna.load_study(study_name="race", storage=open_storage(url))
+    folder = study_folder(artifacts_root(None, url), "race")
+    files = lambda: sorted(p.name for p in folder.iterdir())  # noqa: E731
+    assert len(files()) == 2
+    numbers = {t.number for t in study.trials}
+
+    # A front read before both trials finished: neither was judged, nothing goes.
+    assert enforce_keep(study, "pareto", folder, front=(set(), set())) == 0
+    assert len(files()) == 2
+    # A front that judged both and kept trial 0 only: trial 1's file goes.
+    assert enforce_keep(study, "pareto", folder, front=({0}, numbers)) == 1
+    (left,) = files()
+    assert left == study.trials[0].user_attrs["artifact_id"]
