@@ -3,7 +3,9 @@
 Both sides sample the same search space and write to a fresh store of the same kind;
 tuner's side runs a workload that does nothing (bench/_noop_workload.py), so the
 difference is tuner's own cost per trial: budget checks, compression, measuring, and
-recording the metrics. Run: .venv/bin/python bench/study_overhead.py [--trials 60] [--postgres]
+recording the metrics. The bare side uses Optuna's own RDBStorage (WAL and
+synchronous=NORMAL on SQLite, the same heartbeats), not tuner's store, whose reads and
+writes are its own. Run: .venv/bin/python bench/study_overhead.py [--trials 60] [--postgres]
 """
 
 from __future__ import annotations
