@@ -190,15 +190,30 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     database = sqlalchemy.engine.make_url(postgres_url).database
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        cut = conn.execute(
-            sqlalchemy.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :db AND pid <> pg_backend_pid()"
-            ),
-            {"db": database},
-        ).all()
+        pids = (
+            conn.execute(
+                sqlalchemy.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+            .scalars()
+            .all()
+        )
+        assert pids, "the storage held a connection"
+        for pid in pids:
+            conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        # The server has ended those sessions once their processes are gone.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = conn.execute(
+                sqlalchemy.text("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"),
+                {"pids": pids},
+            ).scalar()
+            if not alive:
+                break
+            time.sleep(0.05)
     admin.dispose()
-    assert cut, "the storage held a connection"
     # Right away, well inside the idle time after which connections are pinged; Optuna's
     # own writes first, then tuner's.
     trial.set_user_attr("note", "after the cut")
