@@ -55,6 +55,11 @@ METRICS: dict[str, str] = {
 }
 
 
+def _ms(value: float) -> str:
+    # Three decimals, or three significant digits below 0.1 ms (0.00432, not 0.004).
+    return f"{value:.3f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
+
+
 def fmt(metric: str, value: Any) -> str:
     """One value as a person reads it: sizes in KB, accuracies in %, latency in ms."""
     if value is None:
@@ -72,7 +77,7 @@ def fmt(metric: str, value: Any) -> str:
     if "accuracy" in metric or metric == "sparsity":
         return f"{100 * value:.2f}%"
     if metric.startswith("latency_ms"):
-        return f"{value:.3f} ms"
+        return f"{_ms(value)} ms"
     if metric.endswith("_s"):
         return f"{value:.1f} s"
     if isinstance(value, int) or float(value).is_integer():
@@ -103,8 +108,20 @@ def budget_unit(metric: str) -> tuple[str, float]:
     return "", 1.0
 
 
-def budget_step(metric: str) -> float:
-    return {"KB": 10.0, "%": 1.0, "ms": 0.01}.get(budget_unit(metric)[0], 1.0)
+def budget_step(metric: str, typical: float | None = None) -> float:
+    """The +/- step of a budget input, in the unit it is typed in.
+
+    ``typical`` (in that unit, e.g. the study's median latency) makes the step a power
+    of ten at most a tenth of it, so a 0.004 ms model gets 0.0001 ms steps, not 0.01.
+    """
+    step = {"KB": 10.0, "%": 1.0, "ms": 0.01}.get(budget_unit(metric)[0], 1.0)
+    if typical is not None and math.isfinite(typical) and typical > 0:
+        step = min(step, 10.0 ** math.floor(math.log10(typical) - 1))
+    return step
+
+
+# Budget inputs show as many digits as the number has (0.0045 stays 0.0045).
+BUDGET_FORMAT = "%g"
 
 
 @dataclass(frozen=True)

@@ -324,15 +324,18 @@ def _budget_section(url: str, page: _data.StudyPage) -> _data.FrontInfo:
     )
     limits: dict[str, float | None] = {}
     cols = st.columns(len(page.objectives))
-    for col, (metric, direction) in zip(cols, page.objectives.items()):
+    for i, (col, (metric, direction)) in enumerate(zip(cols, page.objectives.items())):
         unit, scale = _data.budget_unit(metric)
+        shown = page.info.values[:, i] * scale if len(page.info) else []
+        typical = float(np.median(shown)) if len(shown) else None
         side = "min" if direction == "maximize" else "max"
         key = f"{side}_{metric}"
         value = col.number_input(
             f"{side} {metric} ({unit})" if unit else f"{side} {metric}",
             value=None,
             min_value=0.0,
-            step=_data.budget_step(metric),
+            step=_data.budget_step(metric, typical),
+            format=_data.BUDGET_FORMAT,
             placeholder="no limit",
             key=key,
             bind="query-params",

@@ -14,7 +14,10 @@ def show_metric(metric: str, value: Any, *, unit: bool = True) -> str:
     if "accuracy" in metric or metric == "sparsity":
         return f"{100 * float(value):.1f}%"
     if metric.startswith("latency_ms"):
-        return f"{float(value):.3f}" + (" ms" if unit else "")
+        ms = float(value)
+        # Three decimals, or three significant digits below 0.1 ms (0.00432, not 0.004).
+        text = f"{ms:.3f}" if abs(ms) >= 0.1 or ms == 0 else f"{ms:.3g}"
+        return text + (" ms" if unit else "")
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

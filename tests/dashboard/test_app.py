@@ -261,3 +261,17 @@ def test_budget_survives_a_visit_to_a_trial(
     assert at.title[0].value == "tiny"
     assert at.number_input(key="max_latency_ms").value == pytest.approx(limit)
     assert f"within the budget: trial {fastest.number}" in " ".join(m.value for m in at.markdown)
+
+
+def test_budget_inputs_step_at_the_scale_of_the_study(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records(dashboard_store)
+    latencies = sorted(r.values["latency_ms"] for r in records if r.state == "COMPLETE")
+    median = latencies[len(latencies) // 2]
+    at = _run(app_path, dashboard_store, monkeypatch, study="tiny")
+    box = at.number_input(key="max_latency_ms")
+    box.set_value(median).run()
+    at.number_input(key="max_latency_ms").increment().run()
+    step = at.number_input(key="max_latency_ms").value - median
+    assert 0 < step <= median / 10 + 1e-12

@@ -193,3 +193,19 @@ def test_overview_rows_from_the_store(dashboard_store: str) -> None:
     assert rows[0]["study"] == "tiny" and rows[0]["state"] == "finished"
     assert rows[0]["complete"] >= 1 and rows[0]["failed"] == 1
     storage.engine.dispose()
+
+
+def test_budget_steps_follow_the_size_of_the_numbers() -> None:
+    assert _data.budget_step("latency_ms") == 0.01
+    assert _data.budget_step("latency_ms", 0.0045) == 0.0001
+    assert _data.budget_step("latency_ms", 0.25) == 0.01
+    assert _data.budget_step("latency_ms", 3.2) == 0.01  # never coarser than the default
+    assert _data.budget_step("size_bytes", 4.3) == 0.1  # KB
+    assert _data.budget_step("accuracy", 94.0) == 1.0
+    assert _data.budget_step("latency_ms", float("nan")) == 0.01
+
+
+def test_small_latencies_keep_their_digits() -> None:
+    assert _data.fmt("latency_ms", 0.00432) == "0.00432 ms"
+    assert _data.fmt("latency_ms", 0.25) == "0.250 ms"
+    assert _data.fmt("latency_ms_p90", 12.3456) == "12.346 ms"
