@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -136,12 +137,13 @@ def _local(stamp: dt.datetime | None) -> dt.datetime | None:
     # Optuna stores naive UTC and shows naive local time (TrialModel.datetime_start).
     if stamp is None:
         return None
-    return stamp + _utc_offset(stamp.year, stamp.month, stamp.day, stamp.hour)
+    return stamp + _utc_offset(stamp.year, stamp.month, stamp.day, stamp.hour, time.tzname)
 
 
 @functools.lru_cache(maxsize=4096)
-def _utc_offset(year: int, month: int, day: int, hour: int) -> dt.timedelta:
-    # Offsets change only on whole hours (daylight saving), so one lookup per hour.
+def _utc_offset(year: int, month: int, day: int, hour: int, _zone: tuple[str, str]) -> dt.timedelta:
+    # Offsets change only on whole hours (daylight saving), so one lookup per hour and
+    # zone (the process's zone is part of the key, in case it changes).
     utc = dt.datetime(year, month, day, hour, tzinfo=dt.timezone.utc)
     return utc.astimezone().utcoffset() or dt.timedelta(0)
 

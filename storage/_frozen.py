@@ -24,6 +24,8 @@ from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from ._fast import _local
+
 _trials = models.TrialModel.__table__
 _params = models.TrialParamModel.__table__
 _values = models.TrialValueModel.__table__
@@ -49,55 +51,24 @@ def _children(chosen: Any) -> Any:
     (trial_id, kind, name, number, order, text) rows."""
     from sqlalchemy import Float, Integer, String, cast, literal, null
 
-    def no(kind: Any) -> Any:
-        return cast(null(), kind)
+    def part(table: Any, kind: int, name: Any, number: Any, order: Any, text: Any) -> Any:
+        return sqlalchemy.select(
+            table.c.trial_id,
+            literal(kind, Integer),
+            cast(null() if name is None else name, String),
+            cast(null() if number is None else number, Float),
+            cast(null(), Integer) if order is None else order,
+            cast(text, String),  # enum columns come back by name
+        ).where(chosen(table))
 
-    def enum_name(column: Any) -> Any:
-        return cast(column, String)
-
-    parts = [
-        sqlalchemy.select(
-            _params.c.trial_id,
-            literal(_PARAM, Integer),
-            cast(_params.c.param_name, String),
-            cast(_params.c.param_value, Float),
-            _params.c.param_id,
-            cast(_params.c.distribution_json, String),
-        ).where(chosen(_params)),
-        sqlalchemy.select(
-            _values.c.trial_id,
-            literal(_VALUE, Integer),
-            no(String),
-            cast(_values.c.value, Float),
-            _values.c.objective,
-            enum_name(_values.c.value_type),
-        ).where(chosen(_values)),
-        sqlalchemy.select(
-            _user.c.trial_id,
-            literal(_USER, Integer),
-            cast(_user.c.key, String),
-            no(Float),
-            no(Integer),
-            cast(_user.c.value_json, String),
-        ).where(chosen(_user)),
-        sqlalchemy.select(
-            _system.c.trial_id,
-            literal(_SYSTEM, Integer),
-            cast(_system.c.key, String),
-            no(Float),
-            no(Integer),
-            cast(_system.c.value_json, String),
-        ).where(chosen(_system)),
-        sqlalchemy.select(
-            _steps.c.trial_id,
-            literal(_STEP, Integer),
-            no(String),
-            cast(_steps.c.intermediate_value, Float),
-            _steps.c.step,
-            enum_name(_steps.c.intermediate_value_type),
-        ).where(chosen(_steps)),
-    ]
-    return sqlalchemy.union_all(*parts)
+    p, v, u, y, i = _params.c, _values.c, _user.c, _system.c, _steps.c
+    return sqlalchemy.union_all(
+        part(_params, _PARAM, p.param_name, p.param_value, p.param_id, p.distribution_json),
+        part(_values, _VALUE, None, v.value, v.objective, v.value_type),
+        part(_user, _USER, u.key, None, None, u.value_json),
+        part(_system, _SYSTEM, y.key, None, None, y.value_json),
+        part(_steps, _STEP, None, i.intermediate_value, i.step, i.intermediate_value_type),
+    )
 
 
 def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -125,13 +96,6 @@ def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
         raise AssertionError("unreachable")
 
     return run
-
-
-def _local(stamp: dt.datetime | None) -> dt.datetime | None:
-    # Stored as naive UTC; Optuna hands out naive local time.
-    if stamp is None:
-        return None
-    return stamp.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None)
 
 
 class FastRDBStorage(optuna.storages.RDBStorage):

@@ -213,11 +213,6 @@ def _front(
     return {n for n, on_front in zip(numbers, mask) if on_front}, set(numbers)
 
 
-def _engine(study: optuna.Study) -> Any:
-    backend = getattr(study._storage, "_backend", study._storage)
-    return getattr(backend, "engine", None)
-
-
 def _complete_values(study: optuna.Study, n_objectives: int) -> dict[int, list[float]]:
     """Objective values of the complete, feasible trials.
 
@@ -242,40 +237,16 @@ class _KeptFile:
 
 
 def _kept_files(study: optuna.Study) -> list[_KeptFile]:
-    """Trials that recorded a model file, read with one query."""
-    import json
-
-    import sqlalchemy
-
-    engine = _engine(study)
-    if engine is None:
-        return [
-            _KeptFile(
-                t.number,
-                t.state == optuna.trial.TrialState.RUNNING,
-                str(t.user_attrs[ID_ATTR]),
-                t.user_attrs.get(STORE_ATTR),
-            )
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get(ID_ATTR)
-        ]
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.text(
-                "SELECT t.number, t.state, a.key, a.value_json FROM trials t "
-                "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                "WHERE t.study_id = :sid AND a.key IN (:id_key, :store_key)"
-            ),
-            {"sid": study._study_id, "id_key": ID_ATTR, "store_key": STORE_ATTR},
-        ).all()
-    found: dict[int, dict[str, Any]] = {}
-    for number, state, key, raw in rows:
-        entry = found.setdefault(number, {"running": str(state).endswith("RUNNING")})
-        entry[key] = json.loads(raw)
+    """Trials that recorded a model file (read through the study's trial cache)."""
     return [
-        _KeptFile(n, e["running"], str(e[ID_ATTR]), e.get(STORE_ATTR))
-        for n, e in sorted(found.items())
-        if e.get(ID_ATTR)
+        _KeptFile(
+            t.number,
+            t.state == optuna.trial.TrialState.RUNNING,
+            str(t.user_attrs[ID_ATTR]),
+            t.user_attrs.get(STORE_ATTR),
+        )
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(ID_ATTR)
     ]
 
 

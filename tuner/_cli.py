@@ -66,17 +66,20 @@ def _add_run(sub: Any) -> None:
     p.set_defaults(func=_cmd_run)
 
 
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Dispatcher options from ``--address``, which implies ``--backend ray``."""
+    if not args.address:
+        return {}
+    if args.backend not in (None, "ray"):
+        raise SpecError(f"--address: only used with --backend ray, got --backend {args.backend}")
+    args.backend = "ray"
+    return {"address": args.address}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._run import result_as_json, run
 
-    options: dict[str, Any] = {}
-    if args.address:
-        if args.backend not in (None, "ray"):
-            raise SpecError(
-                f"--address: only used with --backend ray, got --backend {args.backend}"
-            )
-        args.backend = "ray"
-        options["address"] = args.address
+    options = backend_options(args)
     result = run(
         args.spec,
         storage=args.storage,

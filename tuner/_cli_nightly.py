@@ -67,18 +67,12 @@ def add_parser(sub: Any) -> None:
 def _cmd_nightly(args: argparse.Namespace) -> int:
     import optuna
 
+    from ._cli import backend_options
     from ._nightly import EXIT_LOCKED, NightLocked, nightly
     from ._report import show
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    options: dict[str, Any] = {}
-    if args.address:
-        if args.backend not in (None, "ray"):
-            raise SpecError(
-                f"--address: only used with --backend ray, got --backend {args.backend}"
-            )
-        args.backend = "ray"
-        options["address"] = args.address
+    options = backend_options(args)
     try:
         result = nightly(
             args.spec,

@@ -60,6 +60,11 @@ def build_objective(spec: Any, storage: Any, study_id: int, n_trials: int) -> An
     )
 
 
+def _heartbeat_interval(storage: Any) -> int | None:
+    getter = getattr(storage, "get_heartbeat_interval", None)
+    return getter() if getter is not None else None
+
+
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage: Any) -> Any:
     """Run one asked trial with heartbeats and record how it ended; return its state.
 
@@ -70,9 +75,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
 
     from optuna.trial import TrialState
 
-    interval = (
-        storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    )
+    interval = _heartbeat_interval(storage)
     stop = threading.Event()
     beat = None
     if interval:
@@ -128,9 +131,7 @@ def work(job: WorkerJob) -> int:
     ran = 0
     failures = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    interval = (
-        storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
-    )
+    interval = _heartbeat_interval(storage)
     last_stale_check = -math.inf
     while job.deadline is None or time.time() < job.deadline:
         # A dead worker's trial is failed here and comes back WAITING (retried). A trial
