@@ -326,7 +326,7 @@ def _budget_section(url: str, page: _data.StudyPage) -> _data.FrontInfo:
     cols = st.columns(len(page.objectives))
     for i, (col, (metric, direction)) in enumerate(zip(cols, page.objectives.items())):
         unit, scale = _data.budget_unit(metric)
-        shown = page.info.values[:, i] * scale if len(page.info) else []
+        shown = page.info.values[:, i] * scale if len(page.info) else np.empty(0)
         typical = float(np.median(shown)) if len(shown) else None
         side = "min" if direction == "maximize" else "max"
         key = f"{side}_{metric}"

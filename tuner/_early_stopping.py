@@ -11,7 +11,10 @@ study), so tuner has its own rules, and uses them for one objective and for many
   it is stopped. Nobody waits for a rung to fill. The ranking is by non-dominated sorting
   over what is known at the rung: validation accuracy so far, and the objectives that do
   not need training to finish (size and latency of the compressed model, measured once
-  at the trial's first rung). Within a front, the trials best on one metric rank first,
+  at the trial's first rung). The accuracy is that of the model as it would ship: a copy
+  pruned and quantized as sampled (without the fine-tune that follows training), on the
+  validation data the workload passed to ``ctx.watch``; heavy pruning can cost a model
+  most of an accuracy that the float model's curve would never show. Within a front, the trials best on one metric rank first,
   then a larger hypervolume contribution. This is MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas,
   C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
   arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler.
@@ -38,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ._space import fixed_params
 from ._spec import EarlyStoppingSpec, StudySpec
 from ._workloads import TrialContext, TrialStopped
 
@@ -303,33 +307,67 @@ class EarlyStopping:
             )
 
     def _known_at_rung(self, trial: Any, ctx: TrialContext) -> dict[str, float]:
+        params = {**fixed_params(self._spec.params), **trial.params}
+        watched = ctx.watched_model is not None and ctx.watched_inputs is not None
+        compressed = float(params.get("prune_threshold", 0.0)) > 0 or (
+            str(params.get("quantize", "none")) != "none"
+        )
+        # Accuracy of the model as it would ship ranks far closer to the final accuracy
+        # than the float model's: heavy (structured) pruning can cost most of it.
+        shipped_accuracy = (
+            watched
+            and compressed
+            and ctx.watched_val is not None
+            and any(m in ("accuracy", "test_accuracy") for m in self._metrics)
+        )
+        needs_model = (
+            any(m in _MODEL_METRICS for m in self._metrics) and self._model_metrics is None
+        )
+        shipped: Any = None
+        report: Any = None
+        if watched and (needs_model or shipped_accuracy):
+            shipped, report = self._compress(params, ctx)
+            if needs_model:
+                self._model_metrics = self._measure(shipped, report, ctx)
         known: dict[str, float] = {}
         for name in self._metrics:
-            if name in _ACCURACY_PROXIES:
+            if name in ("accuracy", "test_accuracy") and shipped_accuracy:
+                known[name] = self._shipped_accuracy(shipped, report, ctx)
+            elif name in _ACCURACY_PROXIES:
                 known[name] = float(ctx.curve[-1])
-            elif ctx.watched_model is not None and ctx.watched_inputs is not None:
-                if self._model_metrics is None:
-                    self._model_metrics = self._measure(trial, ctx)
+            elif self._model_metrics is not None:
                 known[name] = float(self._model_metrics[name])
         return known
 
-    def _measure(self, trial: Any, ctx: TrialContext) -> dict[str, float]:
-        """Compress a copy of the model as sampled and measure it (once per trial)."""
+    def _compress(self, params: Mapping[str, Any], ctx: TrialContext) -> tuple[Any, Any]:
+        """A copy of the model, pruned and quantized as sampled (without fine-tuning)."""
         from ._compression import compress
-        from ._measure import measure_latency, size_bytes
 
         assert ctx.watched_model is not None and ctx.watched_inputs is not None
-        params = trial.params
         model = copy.deepcopy(ctx.watched_model).to("cpu").eval()
-        inputs = ctx.watched_inputs.detach().to("cpu")
         shipped, report = compress(
             model,
             threshold=float(params.get("prune_threshold", 0.0)),
             structure=str(params.get("prune_structure", "unstructured")),
             quantize=str(params.get("quantize", "none")),
-            calibration_inputs=inputs,
+            calibration_inputs=ctx.watched_inputs.detach().to("cpu"),
         )
-        shipped.eval()
+        return shipped.eval(), report
+
+    def _shipped_accuracy(self, shipped: Any, report: Any, ctx: TrialContext) -> float:
+        from ._measure import accuracy
+
+        assert ctx.watched_val is not None
+        device = "cpu" if report.int8_layers else str(ctx.device)
+        inputs, labels = ctx.watched_val
+        return float(accuracy(shipped, inputs, labels, device=device))
+
+    def _measure(self, shipped: Any, report: Any, ctx: TrialContext) -> dict[str, float]:
+        """Size and latency of the compressed copy (once per trial)."""
+        from ._measure import measure_latency, size_bytes
+
+        assert ctx.watched_inputs is not None
+        inputs = ctx.watched_inputs.detach().to("cpu")
         device = "cpu" if report.int8_layers else str(ctx.device)
         threads = self._spec.measure.threads or max(1, int(self._spec.resources.cpus))
         out: dict[str, float] = {

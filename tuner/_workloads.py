@@ -48,21 +48,32 @@ class TrialContext:
     curve: list[float] = field(default_factory=list)
     watched_model: nn.Module | None = None
     watched_inputs: torch.Tensor | None = None
+    watched_val: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def watch(self, model: nn.Module, inputs: torch.Tensor) -> None:
+    def watch(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         """Let early stopping measure ``model`` while it trains.
 
         Size and latency follow from the architecture and the sampled sparsity and
         quantization, so early stopping can rank a trial by them after its first epochs
-        instead of by accuracy alone. Call it once, before training.
+        instead of by accuracy alone. With ``val_data`` it also judges accuracy on the
+        model as it would ship (pruned and quantized as sampled): a model that trains
+        well but loses most of its accuracy to pruning is then seen for what it is.
+        Call it once, before training.
 
         Args:
             model: the model being trained (early stopping compresses a copy).
             inputs: typical training inputs, a few hundred rows: they calibrate int8
                 and one row is timed for latency.
+            val_data: (inputs, labels) of the validation split the workload reports on.
         """
         self.watched_model = model
         self.watched_inputs = inputs
+        self.watched_val = val_data
 
     def report(self, epoch: int, **metrics: float) -> None:
         """Report validation metrics after ``epoch`` (0-based); ``val_accuracy`` is required.
@@ -229,7 +240,7 @@ def train_classifier(
     """
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
-    ctx.watch(model, train[0][:512])
+    ctx.watch(model, train[0][:512], val_data=val)
 
     def after_epoch(epoch: int) -> None:
         ctx.report(epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device))

@@ -172,7 +172,7 @@ def test_bad_early_stopping_fields_are_named(value: Any, words: list[str], tiny_
 
 def test_early_stopping_spec_round_trips(tiny_spec: Any) -> None:
     spec = tuner.load_spec(tiny_spec(early_stopping="hyperband", budget={"max_epochs": 9}))
-    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 2)
+    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 4)
     again = tuner.load_spec(spec.to_dict())
     assert again.early_stopping == spec.early_stopping
     es = {"name": "asha", "min_epochs": 2, "reduction_factor": 2, "min_trials": 0}
@@ -219,6 +219,65 @@ def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec
     with pytest.raises(TrialStopped, match="ranked 2 of 2"):
         rule(trial, 0, ctx)
     assert trial.user_attrs["rungs"]["1"]["latency_ms"] > record["latency_ms"]
+
+
+def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    from tuner._datasets import digits
+    from tuner._measure import accuracy
+    from tuner._workloads import evaluate_accuracy, fit
+
+    data = digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    fit(
+        model,
+        data.train,
+        {"optimizer": "adamw", "lr": 0.01},
+        epochs=15,
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    float_accuracy = evaluate_accuracy(model, data.val, torch.device("cpu"))
+    assert float_accuracy > 0.9
+
+    spec = tuner.load_spec(
+        tiny_spec(
+            objectives={"accuracy": "maximize"},
+            early_stopping={"name": "asha", "reduction_factor": 2, "min_trials": 0},
+            budget={"n_trials": 2, "max_epochs": 4},
+        )
+    )
+    storage = open_storage(sqlite_url, heartbeat=False)
+    optuna.create_study(storage=storage, study_name="ship", directions=spec.directions)
+    study = optuna.load_study(study_name="ship", storage=storage)
+    rule = EarlyStopping(spec, storage, storage.get_study_id_from_name("ship"))
+
+    def reach_first_rung(threshold: float) -> optuna.Trial:
+        trial = study.ask()
+        trial.suggest_float("prune_threshold", threshold, threshold)
+        trial.suggest_categorical("prune_structure", ["structured"])
+        ctx = TrialContext(device=torch.device("cpu"), max_epochs=4, seed=0)
+        ctx.watch(model, data.train[0][:256], val_data=data.val)
+        ctx.curve.append(float_accuracy)
+        rule(trial, 0, ctx)
+        return trial
+
+    dense = reach_first_rung(0.0)
+    assert dense.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(float_accuracy)
+    # The same trained weights, but 90% of the hidden units will be cut before it ships:
+    # the float model's accuracy says nothing about that; the shipped model's does.
+    shipped, _ = compress(
+        model, threshold=0.9, structure="structured", quantize="none", calibration_inputs=None
+    )
+    shipped_accuracy = accuracy(shipped, *data.val)
+    assert shipped_accuracy < float_accuracy - 0.2
+    with pytest.raises(TrialStopped, match="ranked 2 of 2"):
+        reach_first_rung(0.9)
+    cut = study.trials[-1]
+    assert cut.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(shipped_accuracy)
+    assert model[0].weight.count_nonzero() == model[0].weight.numel(), "the model is not touched"
 
 
 # --- real studies ---------------------------------------------------------------------------
@@ -270,10 +329,12 @@ def test_a_study_stops_trials_early_and_keeps_their_curves(
     records = _check_stopped_trials(sqlite_url)
     complete = {r.number for r in records if r.state == "COMPLETE"}
     assert result.pareto_front and {t.number for t in result.pareto_front} <= complete
-    # A rung record holds what is known early: accuracy so far and the shipped size.
+    # A rung record holds what is known early: accuracy so far (of the model as it would
+    # ship: the float model's where nothing is pruned) and the shipped size.
     for r in records:
         first_rung = r.metrics["rungs"]["1"]
-        assert first_rung["accuracy"] == pytest.approx(r.curve[0])
+        if r.params["prune_threshold"] == 0.0:
+            assert first_rung["accuracy"] == pytest.approx(r.curve[0])
         if r.state == "COMPLETE":
             assert first_rung["size_bytes"] == r.values["size_bytes"]
 
