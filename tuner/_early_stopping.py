@@ -159,10 +159,13 @@ class RungDecision:
     recorded: int  # trials at the rung, this one included
     keep: int  # how many of them go on
 
-    def describe(self, rule: str, rung: int) -> str:
+    def describe(self, rule: str, rung: int, known: str = "") -> str:
+        """One line for people, e.g. ``asha rung at 3 epochs (accuracy 71.0%): ranked 5 of 9
+        (best 3 go on); stopped``; ``known`` is what the trial was ranked by."""
         verdict = "goes on" if self.promote else "stopped"
+        by = f" ({known})" if known else ""
         return (
-            f"{rule} rung at {rung} epochs: ranked {self.position} of {self.recorded} "
+            f"{rule} rung at {rung} epochs{by}: ranked {self.position} of {self.recorded} "
             f"(best {self.keep} go on); {verdict}"
         )
 
@@ -257,6 +260,7 @@ class EarlyStopping:
         self._trial = -1
         self._rungs: dict[str, dict[str, float]] = {}
         self._model_metrics: dict[str, float] | None = None
+        self._shipped = False
 
     def __call__(self, trial: Any, epoch: int, ctx: TrialContext) -> bool:
         if trial.number != self._trial:
@@ -287,7 +291,9 @@ class EarlyStopping:
                 min_trials=self._es.min_trials,
             )
             if not decision.promote:
-                raise TrialStopped(decision.describe(self._es.name, rung))
+                raise TrialStopped(
+                    decision.describe(self._es.name, rung, self._known_text(mine, ctx))
+                )
         return False
 
     def _median(self, trial: Any, epochs: int, ctx: TrialContext) -> None:
@@ -329,6 +335,7 @@ class EarlyStopping:
             shipped, report = self._compress(params, ctx)
             if needs_model:
                 self._model_metrics = self._measure(shipped, report, ctx)
+        self._shipped = bool(shipped_accuracy)
         known: dict[str, float] = {}
         for name in self._metrics:
             if name in ("accuracy", "test_accuracy") and shipped_accuracy:
@@ -338,6 +345,17 @@ class EarlyStopping:
             elif self._model_metrics is not None:
                 known[name] = float(self._model_metrics[name])
         return known
+
+    def _known_text(self, known: Mapping[str, float], ctx: TrialContext) -> str:
+        from ._units import show_metric
+
+        parts = []
+        for name, value in known.items():
+            text = f"{name} {show_metric(name, value)}"
+            if name in ("accuracy", "test_accuracy") and self._shipped:
+                text += f" as it would ship, {show_metric(name, ctx.curve[-1])} before compression"
+            parts.append(text)
+        return ", ".join(parts)
 
     def _compress(self, params: Mapping[str, Any], ctx: TrialContext) -> tuple[Any, Any]:
         """A copy of the model, pruned and quantized as sampled (without fine-tuning)."""

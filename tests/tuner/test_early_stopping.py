@@ -273,8 +273,13 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     )
     shipped_accuracy = accuracy(shipped, *data.val)
     assert shipped_accuracy < float_accuracy - 0.2
-    with pytest.raises(TrialStopped, match="ranked 2 of 2"):
+    with pytest.raises(TrialStopped, match="ranked 2 of 2") as stopped:
         reach_first_rung(0.9)
+    # The reason says what the trial was ranked by, and that pruning is what cost it.
+    assert (
+        f"accuracy {100 * shipped_accuracy:.1f}% as it would ship, "
+        f"{100 * float_accuracy:.1f}% before compression" in str(stopped.value)
+    )
     cut = study.trials[-1]
     assert cut.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(shipped_accuracy)
     assert model[0].weight.count_nonzero() == model[0].weight.numel(), "the model is not touched"
