@@ -1,6 +1,6 @@
 """Early stopping on mnist1d-cnn: epochs spent against the front kept.
 
-The same trial budget is run three ways, with several sampler seeds each:
+The same trial budget is run four ways, with several sampler seeds each:
 
 * ``tpe``       TPE, every trial trained to ``max_epochs``
 * ``tpe+asha``  TPE with multi-objective ASHA (``early_stopping: asha``)
@@ -131,10 +131,19 @@ def main() -> None:
     parser.add_argument("--min-trials", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep each run's study file (NAME.db) in DIR, to open in the dashboard",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="tuner-bench-es-") as folder:
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-es-") as scratch:
+        folder = scratch
+        if args.keep:
+            folder = str(Path(args.keep).resolve())
+            Path(folder).mkdir(parents=True, exist_ok=True)
         jobs = [
             (
                 arm,
@@ -164,7 +173,7 @@ def main() -> None:
                 rows.append(row)
                 print(
                     f"[{len(rows)}/{len(jobs)}] {row['arm']} seed {row['seed']}: "
-                    f"{row['epochs']} epochs, hypervolume {row['hypervolume']:.4f} "
+                    f"{row['epochs']:.0f} epochs, hypervolume {row['hypervolume']:.4f} "
                     f"({row['wall_s']:.0f} s)",
                     file=sys.stderr,
                     flush=True,
@@ -185,7 +194,7 @@ def main() -> None:
     print("-" * len(header))
     for r in sorted(rows, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
         print(
-            f"{r['arm']:<12} {r['seed']:>4} {r['epochs']:>7} {r['complete']:>8} "
+            f"{r['arm']:<12} {r['seed']:>4} {r['epochs']:>7.0f} {r['complete']:>8} "
             f"{r['stopped']:>7} {r['failed']:>6} {r['front']:>5} {r['hypervolume']:>11.4f} "
             f"{r['test_accuracy']:>8.3f} {r['wall_s']:>7.1f}"
         )
