@@ -24,7 +24,8 @@ its own SQLite file and, where the machine has enough cores, a core of its own. 
 is one of the objectives, so the bench keeps the arms it compares under the same load:
 runs that shared cores would time each other, and an arm run later than the other
 on a machine that slowed down meanwhile would time all its trials slower (seen: the
-same trials 19-24% slower, for several percent less hypervolume). Each seed's arms run side by side.
+same trials 19-24% slower, for several percent less hypervolume). Each seed's arms run
+side by side.
 """
 
 from __future__ import annotations
