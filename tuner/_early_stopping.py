@@ -14,9 +14,9 @@ study), so tuner has its own rules, and uses them for one objective and for many
   at the trial's first rung). The accuracy is that of the model as it would ship: a copy
   pruned and quantized as sampled (without the fine-tune that follows training), on the
   validation data the workload passed to ``ctx.watch``; heavy pruning can cost a model
-  most of an accuracy that the float model's curve would never show. Within a front, the trials best on one metric rank first,
-  then a larger hypervolume contribution. This is MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas,
-  C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
+  most of an accuracy that the float model's curve would never show. Within a front, the
+  trials best on one metric rank first, then a larger hypervolume contribution. This is
+  MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas, C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
   arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler.
 * ``hyperband``: several ``asha`` brackets; bracket ``s`` starts at the ``s``-th rung and
   the last bracket stops nothing. A trial's bracket is its number modulo the bracket
@@ -50,6 +50,8 @@ CURVE_ATTR = "curve"
 
 # Objectives that validation accuracy so far stands in for while a trial trains.
 _ACCURACY_PROXIES = ("accuracy", "test_accuracy", "accuracy_float")
+# Those of them measured on the shipped model, judged at a rung on a compressed copy.
+_SHIPPED_ACCURACY = ("accuracy", "test_accuracy")
 # Objectives known from the compressed model alone, before training ends.
 _MODEL_METRICS = (
     "size_bytes",
@@ -324,7 +326,7 @@ class EarlyStopping:
             watched
             and compressed
             and ctx.watched_val is not None
-            and any(m in ("accuracy", "test_accuracy") for m in self._metrics)
+            and any(m in _SHIPPED_ACCURACY for m in self._metrics)
         )
         needs_model = (
             any(m in _MODEL_METRICS for m in self._metrics) and self._model_metrics is None
@@ -338,7 +340,7 @@ class EarlyStopping:
         self._shipped = bool(shipped_accuracy)
         known: dict[str, float] = {}
         for name in self._metrics:
-            if name in ("accuracy", "test_accuracy") and shipped_accuracy:
+            if name in _SHIPPED_ACCURACY and shipped_accuracy:
                 known[name] = self._shipped_accuracy(shipped, report, ctx)
             elif name in _ACCURACY_PROXIES:
                 known[name] = float(ctx.curve[-1])
@@ -352,7 +354,7 @@ class EarlyStopping:
         parts = []
         for name, value in known.items():
             text = f"{name} {show_metric(name, value)}"
-            if name in ("accuracy", "test_accuracy") and self._shipped:
+            if name in _SHIPPED_ACCURACY and self._shipped:
                 text += f" as it would ship, {show_metric(name, ctx.curve[-1])} before compression"
             parts.append(text)
         return ", ".join(parts)

@@ -183,17 +183,23 @@ def test_early_stopping_spec_round_trips(tiny_spec: Any) -> None:
 # --- the rule on a real store, with real models ------------------------------------------
 
 
-def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec: Any) -> None:
-    spec = tuner.load_spec(
-        tiny_spec(
-            early_stopping={"name": "asha", "reduction_factor": 2, "min_trials": 0},
-            budget={"n_trials": 2, "max_epochs": 4},
-        )
+def _study_and_rule(
+    url: str, spec_data: dict[str, Any], name: str
+) -> tuple[optuna.Study, EarlyStopping]:
+    """An empty study on the store and an ``asha`` rule (factor 2, no grace) bound to it."""
+    spec_data.update(
+        early_stopping={"name": "asha", "reduction_factor": 2, "min_trials": 0},
+        budget={"n_trials": 2, "max_epochs": 4},
     )
-    storage = open_storage(sqlite_url, heartbeat=False)
-    optuna.create_study(storage=storage, study_name="rungs", directions=spec.directions)
-    study = optuna.load_study(study_name="rungs", storage=storage)
-    rule = EarlyStopping(spec, storage, storage.get_study_id_from_name("rungs"))
+    spec = tuner.load_spec(spec_data)
+    storage = open_storage(url, heartbeat=False)
+    optuna.create_study(storage=storage, study_name=name, directions=spec.directions)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return study, EarlyStopping(spec, storage, storage.get_study_id_from_name(name))
+
+
+def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec: Any) -> None:
+    study, rule = _study_and_rule(sqlite_url, tiny_spec(), "rungs")
     inputs = torch.randn(128, 64)
 
     def start(model: nn.Module, accuracy: float) -> tuple[optuna.Trial, TrialContext]:
@@ -242,17 +248,9 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     float_accuracy = evaluate_accuracy(model, data.val, torch.device("cpu"))
     assert float_accuracy > 0.9
 
-    spec = tuner.load_spec(
-        tiny_spec(
-            objectives={"accuracy": "maximize"},
-            early_stopping={"name": "asha", "reduction_factor": 2, "min_trials": 0},
-            budget={"n_trials": 2, "max_epochs": 4},
-        )
+    study, rule = _study_and_rule(
+        sqlite_url, tiny_spec(objectives={"accuracy": "maximize"}), "ship"
     )
-    storage = open_storage(sqlite_url, heartbeat=False)
-    optuna.create_study(storage=storage, study_name="ship", directions=spec.directions)
-    study = optuna.load_study(study_name="ship", storage=storage)
-    rule = EarlyStopping(spec, storage, storage.get_study_id_from_name("ship"))
 
     def reach_first_rung(threshold: float) -> optuna.Trial:
         trial = study.ask()
