@@ -26,6 +26,11 @@ runs that shared cores would time each other, and an arm run later than the othe
 on a machine that slowed down meanwhile would time all its trials slower (seen: the
 same trials 19-24% slower, for several percent less hypervolume). Each seed's arms run
 side by side.
+
+Even so, a trial's latency depends on what the machine did while it ran. Every run keeps
+its trials' models, and at the end all of them are timed again in one process on one
+core, runs interleaved; the table gives the hypervolume with the latency measured in
+the run and with the re-timed one, and judges the target on the re-timed one.
 """
 
 from __future__ import annotations
@@ -65,11 +70,12 @@ def _pin_to_a_core(counter: Any) -> None:
 
 def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, Any]:
     arm, seed, trials, epochs, min_epochs, reduction_factor, min_trials, folder = job
-    import numpy as np
+    import optuna
     import torch
 
     import tuner
-    from tuner.storage import hypervolume, load_records, open_storage, pareto_front
+    from tuner._artifacts import artifact_status
+    from tuner.storage import load_records, open_storage, pareto_front
 
     torch.set_num_threads(1)
     base = tuner.load_spec("mnist1d_cnn")
@@ -89,6 +95,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
         budget={"n_trials": trials, "max_epochs": epochs},
         resources={"cpus": 1, "gpus": 0},
         measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
+        artifacts={"keep": "all", "path": str(Path(folder) / "models")},
     )
     url = f"sqlite:///{Path(folder) / (name + '.db')}"
     started = time.perf_counter()
@@ -98,13 +105,12 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     finished = [r for r in records if r.state in ("COMPLETE", "PRUNED")]
     objectives = dict(spec.objectives)
     front = pareto_front(records, objectives)
-    points = np.array([[r.values[m] for m in objectives] for r in front], dtype=float)
-    reference = [REFERENCE[m] for m in objectives]
-    # A fraction of the box between the reference and the ideal point (100% accuracy, 0 bytes,
-    # 0 ms), so the number reads the same whatever the units.
-    box = float(np.prod([abs(REFERENCE[m] - (m == "accuracy")) for m in objectives]))
-    hv = hypervolume(points, list(objectives.values()), reference) / box
     most_accurate = max(front, key=lambda r: r.values["accuracy"]) if front else None
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    complete = []
+    for r in pareto_front_pool(records, objectives):
+        status = artifact_status(study, r.number)
+        complete.append({"values": dict(r.values), "model": str(status.path or "")})
     return {
         "arm": arm,
         "seed": seed,
@@ -112,11 +118,80 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
         "complete": sum(r.state == "COMPLETE" for r in records),
         "stopped": sum(r.state == "PRUNED" for r in records),
         "failed": sum(r.state == "FAIL" for r in records),
-        "hypervolume": hv,
+        "hypervolume": _hypervolume([t["values"] for t in complete], objectives),
         "test_accuracy": most_accurate.metrics["test_accuracy"] if most_accurate else float("nan"),
         "front": len(front),
         "wall_s": wall,
+        "trials": complete,
+        "objectives": objectives,
     }
+
+
+def pareto_front_pool(records: list[Any], objectives: dict[str, str]) -> list[Any]:
+    """Complete, feasible trials with every objective measured (what a front is drawn from)."""
+    import math
+
+    return [
+        r
+        for r in records
+        if r.state == "COMPLETE"
+        and r.feasible
+        and all(m in r.values and math.isfinite(r.values[m]) for m in objectives)
+    ]
+
+
+def _hypervolume(values: list[dict[str, float]], objectives: dict[str, str]) -> float:
+    """Hypervolume of the trials' values against REFERENCE, as a fraction of the box
+    between the reference and the ideal point (100% accuracy, 0 bytes, 0 ms), so the
+    number reads the same whatever the units."""
+    import numpy as np
+
+    from tuner.storage import hypervolume
+
+    points = np.array([[v[m] for m in objectives] for v in values], dtype=float)
+    reference = [REFERENCE[m] for m in objectives]
+    box = float(np.prod([abs(REFERENCE[m] - (m == "accuracy")) for m in objectives]))
+    return hypervolume(points, list(objectives.values()), reference) / box
+
+
+def _retime(rows: list[dict[str, Any]], rounds: int = 3) -> None:
+    """Time every complete trial's shipped model again, all in one process on one core,
+    runs interleaved, and add ``hypervolume_retimed`` to each row.
+
+    Latency measured while a run went on depends on what else the machine did then; here
+    every model is timed under the same conditions, ``rounds`` times in rotated orders,
+    keeping its fastest median.
+    """
+    import torch
+
+    from tuner._artifacts import load_trial_model
+    from tuner._measure import measure_latency
+
+    torch.set_num_threads(1)
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[0]})
+    models = []
+    for row in rows:
+        for trial in row["trials"]:
+            if trial["model"]:
+                tm = load_trial_model(Path(trial["model"]))
+                models.append((trial, tm.shipped_torch(), tm.example))
+    best: dict[int, float] = {}
+    for k in range(rounds):
+        order = models[k::rounds] + [m for i, m in enumerate(models) if i % rounds != k]
+        for trial, model, example in order:
+            stats = measure_latency(model, example, batch_size=1, warmup=5, repeats=30)
+            key = id(trial)
+            best[key] = min(best.get(key, float("inf")), stats.p50_ms)
+        print(f"re-timed {len(models)} models, round {k + 1}/{rounds}", file=sys.stderr, flush=True)
+    for row in rows:
+        values = []
+        for trial in row["trials"]:
+            v = dict(trial["values"])
+            if id(trial) in best:
+                v["latency_ms"] = best[id(trial)]
+            values.append(v)
+        row["hypervolume_retimed"] = _hypervolume(values, row["objectives"])
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
@@ -180,6 +255,7 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+        _retime(rows)
     total = time.perf_counter() - started
 
     print(
@@ -187,45 +263,49 @@ def main() -> None:
         f"asha min_epochs {args.min_epochs}, reduction_factor {args.reduction_factor}, "
         f"min_trials {args.min_trials}; "
         f"reference point {REFERENCE}\n"
+        "hypervolume: with the latency each trial measured as it ran (in run), and with every "
+        "model timed again at the end, together on one core (re-timed)\n"
     )
     header = (
         f"{'run':<12} {'seed':>4} {'epochs':>7} {'complete':>8} {'stopped':>7} {'failed':>6} "
-        f"{'front':>5} {'hypervolume':>11} {'test acc':>8} {'wall s':>7}"
+        f"{'front':>5} {'HV in run':>9} {'HV re-timed':>11} {'test acc':>8} {'wall s':>7}"
     )
     print(header)
     print("-" * len(header))
     for r in sorted(rows, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"])):
         print(
             f"{r['arm']:<12} {r['seed']:>4} {r['epochs']:>7.0f} {r['complete']:>8} "
-            f"{r['stopped']:>7} {r['failed']:>6} {r['front']:>5} {r['hypervolume']:>11.4f} "
-            f"{r['test_accuracy']:>8.3f} {r['wall_s']:>7.1f}"
+            f"{r['stopped']:>7} {r['failed']:>6} {r['front']:>5} {r['hypervolume']:>9.4f} "
+            f"{r['hypervolume_retimed']:>11.4f} {r['test_accuracy']:>8.3f} {r['wall_s']:>7.1f}"
         )
     base = [r for r in rows if r["arm"] == "tpe"]
     print(
-        f"\n{'mean over seeds':<16} {'epochs':>7} {'fewer epochs':>12} {'hypervolume':>11} "
-        f"{'HV vs tpe':>9} {'test acc':>8} {'wall s':>7}"
+        f"\n{'mean over seeds':<16} {'epochs':>7} {'fewer epochs':>12} {'HV in run':>9} "
+        f"{'HV re-timed':>11} {'vs tpe':>6} {'test acc':>8} {'wall s':>7}"
     )
     for arm in args.arms:
         mine = [r for r in rows if r["arm"] == arm]
-        epochs, hv = _mean(mine, "epochs"), _mean(mine, "hypervolume")
+        epochs, hv = _mean(mine, "epochs"), _mean(mine, "hypervolume_retimed")
         fewer = f"{_mean(base, 'epochs') / epochs:.2f}x" if base else "-"
-        versus = f"{hv / _mean(base, 'hypervolume'):.3f}" if base else "-"
+        versus = f"{hv / _mean(base, 'hypervolume_retimed'):.3f}" if base else "-"
         print(
-            f"{arm:<16} {epochs:>7.1f} {fewer:>12} {hv:>11.4f} {versus:>9} "
-            f"{_mean(mine, 'test_accuracy'):>8.3f} {_mean(mine, 'wall_s'):>7.1f}"
+            f"{arm:<16} {epochs:>7.1f} {fewer:>12} {_mean(mine, 'hypervolume'):>9.4f} "
+            f"{hv:>11.4f} {versus:>6} {_mean(mine, 'test_accuracy'):>8.3f} "
+            f"{_mean(mine, 'wall_s'):>7.1f}"
         )
-    print("\ntarget: >= 2x fewer epochs for <= 2% less hypervolume")
+    print("\ntarget: >= 2x fewer epochs for <= 2% less hypervolume (re-timed; in run)")
     for plain, stopped in (("tpe", "tpe+asha"), ("random", "random+asha")):
         full = [r for r in rows if r["arm"] == plain]
         asha = [r for r in rows if r["arm"] == stopped]
         if not full or not asha:
             continue
         fewer = _mean(full, "epochs") / _mean(asha, "epochs")
-        kept = _mean(asha, "hypervolume") / _mean(full, "hypervolume")
+        kept = _mean(asha, "hypervolume_retimed") / _mean(full, "hypervolume_retimed")
+        kept_in_run = _mean(asha, "hypervolume") / _mean(full, "hypervolume")
         verdict = "met" if fewer >= 2 and kept >= 0.98 else "missed"
         print(
-            f"  {stopped:<11} vs {plain:<6}: {verdict} "
-            f"({fewer:.2f}x fewer epochs, {100 * (1 - kept):+.1f}% hypervolume lost)"
+            f"  {stopped:<11} vs {plain:<6}: {verdict} ({fewer:.2f}x fewer epochs, "
+            f"{100 * (1 - kept):+.1f}% hypervolume lost; {100 * (1 - kept_in_run):+.1f}% in run)"
         )
     print(f"total {total:.0f} s")
 
