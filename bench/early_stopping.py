@@ -114,7 +114,15 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     return {
         "arm": arm,
         "seed": seed,
-        "epochs": sum(int(r.metrics.get("epochs", len(r.curve))) for r in finished),
+        # Epochs trained, plus the fractions of an epoch that rungs fine-tuned copies for.
+        "epochs": sum(
+            int(r.metrics.get("epochs", len(r.curve)))
+            + sum(
+                float(rung.get("finetune_epochs", 0.0))
+                for rung in (r.metrics.get("rungs") or {}).values()
+            )
+            for r in finished
+        ),
         "complete": sum(r.state == "COMPLETE" for r in records),
         "stopped": sum(r.state == "PRUNED" for r in records),
         "failed": sum(r.state == "FAIL" for r in records),

@@ -14,7 +14,9 @@ study), so tuner has its own rules, and uses them for one objective and for many
   at the trial's first rung). The accuracy is that of the model as it would ship: a copy
   pruned and quantized as sampled (without the fine-tune that follows training), on the
   validation data the workload passed to ``ctx.watch``; heavy pruning can cost a model
-  most of an accuracy that the float model's curve would never show. Within a front, the
+  most of an accuracy that the float model's curve would never show. A copy that loses
+  whole units (structured pruning) first gets an eighth of an epoch of the trial's own
+  fine-tune, when the workload passed its training data. Within a front, the
   trials best on one metric rank first, then a larger hypervolume contribution. This is
   MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas, C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
   arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,13 @@ _MODEL_METRICS = (
 )
 _EARLY_WARMUP = 3
 _EARLY_REPEATS = 10
+# Fraction of an epoch of its own fine-tune that a structured-pruned copy gets before it is
+# judged at a rung. Cutting whole units leaves a copy near chance that the fine-tune after
+# training mostly recovers; on mnist1d-cnn (60 random trials), an eighth of an epoch raised
+# the rank correlation of such trials' rung accuracy with their final accuracy from 0.76
+# to 0.82 at 3 epochs and from 0.75 to 0.89 at 9. Copies pruned unstructured keep most of
+# their accuracy uncut, and a fine-tune that short did not rank them better.
+_RUNG_FINETUNE = 0.125
 
 
 # --- pure decisions ------------------------------------------------------------------
@@ -263,6 +272,7 @@ class EarlyStopping:
         self._rungs: dict[str, dict[str, float]] = {}
         self._model_metrics: dict[str, float] | None = None
         self._shipped = False
+        self._finetuned = 0.0
 
     def __call__(self, trial: Any, epoch: int, ctx: TrialContext) -> bool:
         if trial.number != self._trial:
@@ -276,7 +286,10 @@ class EarlyStopping:
             if rung > epochs or str(rung) in self._rungs:
                 continue
             mine = self._known_at_rung(trial, ctx)
-            self._rungs[str(rung)] = mine
+            record = dict(mine)
+            if self._finetuned:
+                record["finetune_epochs"] = self._finetuned
+            self._rungs[str(rung)] = record
             trial.set_user_attr(RUNGS_ATTR, self._rungs)
             names = list(mine)
             others = [
@@ -333,8 +346,11 @@ class EarlyStopping:
         )
         shipped: Any = None
         report: Any = None
+        self._finetuned = 0.0
         if watched and (needs_model or shipped_accuracy):
-            shipped, report = self._compress(params, ctx)
+            finetune = self._rung_finetune(params, ctx) if shipped_accuracy else None
+            shipped, report = self._compress(params, ctx, finetune)
+            self._finetuned = _RUNG_FINETUNE if finetune is not None else 0.0
             if needs_model:
                 self._model_metrics = self._measure(shipped, report, ctx)
         self._shipped = bool(shipped_accuracy)
@@ -355,12 +371,48 @@ class EarlyStopping:
         for name, value in known.items():
             text = f"{name} {show_metric(name, value)}"
             if name in _SHIPPED_ACCURACY and self._shipped:
-                text += f" as it would ship, {show_metric(name, ctx.curve[-1])} before compression"
+                tuned = " after 1/8 epoch of fine-tuning" if self._finetuned else ""
+                text += (
+                    f" as it would ship{tuned}, {show_metric(name, ctx.curve[-1])} "
+                    "before compression"
+                )
             parts.append(text)
         return ", ".join(parts)
 
-    def _compress(self, params: Mapping[str, Any], ctx: TrialContext) -> tuple[Any, Any]:
-        """A copy of the model, pruned and quantized as sampled (without fine-tuning)."""
+    def _rung_finetune(
+        self, params: Mapping[str, Any], ctx: TrialContext
+    ) -> Callable[[Any], None] | None:
+        """A short fine-tune for a copy that structured pruning cuts units from, when the
+        trial fine-tunes after training and the workload passed its training data."""
+        if (
+            ctx.watched_train is None
+            or str(params.get("prune_structure", "unstructured")) != "structured"
+            or float(params.get("prune_threshold", 0.0)) <= 0
+            or int(params.get("finetune_epochs", 0)) <= 0
+        ):
+            return None
+        import torch
+
+        from ._workloads import fit
+
+        x, y = ctx.watched_train
+        rows = max(1, int(len(x) * _RUNG_FINETUNE))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))
+        subset = (x[order[:rows]], y[order[:rows]])
+
+        def finetune(model: Any) -> None:
+            fit(model, subset, params, epochs=1, device=ctx.device, seed=ctx.seed + 1)
+            model.to("cpu")
+
+        return finetune
+
+    def _compress(
+        self,
+        params: Mapping[str, Any],
+        ctx: TrialContext,
+        finetune: Callable[[Any], None] | None = None,
+    ) -> tuple[Any, Any]:
+        """A copy of the model, pruned (then ``finetune``d) and quantized as sampled."""
         from ._compression import compress
 
         assert ctx.watched_model is not None and ctx.watched_inputs is not None
@@ -371,6 +423,7 @@ class EarlyStopping:
             structure=str(params.get("prune_structure", "unstructured")),
             quantize=str(params.get("quantize", "none")),
             calibration_inputs=ctx.watched_inputs.detach().to("cpu"),
+            finetune=finetune,
         )
         return shipped.eval(), report
 

@@ -227,11 +227,10 @@ def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec
     assert trial.user_attrs["rungs"]["1"]["latency_ms"] > record["latency_ms"]
 
 
-def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
-    sqlite_url: str, tiny_spec: Any
-) -> None:
+@pytest.fixture(scope="module")
+def digits_model() -> tuple[nn.Sequential, Any, float]:
+    """An MLP trained on digits, its data, and its float validation accuracy."""
     from tuner._datasets import digits
-    from tuner._measure import accuracy
     from tuner._workloads import evaluate_accuracy, fit
 
     data = digits()
@@ -247,22 +246,46 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     )
     float_accuracy = evaluate_accuracy(model, data.val, torch.device("cpu"))
     assert float_accuracy > 0.9
+    return model, data, float_accuracy
 
+
+def _reach_first_rung(
+    study: optuna.Study,
+    rule: EarlyStopping,
+    model: nn.Module,
+    data: Any,
+    float_accuracy: float,
+    threshold: float,
+    *,
+    train: bool = False,
+) -> optuna.Trial:
+    trial = study.ask()
+    trial.suggest_float("prune_threshold", threshold, threshold)
+    trial.suggest_categorical("prune_structure", ["structured"])
+    trial.suggest_int("finetune_epochs", 1, 1)
+    # How it trained, and so how it fine-tunes: 8 steps of 16 rows for an eighth of an epoch.
+    trial.suggest_categorical("optimizer", ["adamw"])
+    trial.suggest_float("lr", 0.01, 0.01)
+    trial.suggest_categorical("batch_size", [16])
+    ctx = TrialContext(device=torch.device("cpu"), max_epochs=4, seed=0)
+    ctx.watch(
+        model, data.train[0][:256], val_data=data.val, train_data=data.train if train else None
+    )
+    ctx.curve.append(float_accuracy)
+    rule(trial, 0, ctx)
+    return trial
+
+
+def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
+    sqlite_url: str, tiny_spec: Any, digits_model: tuple[nn.Sequential, Any, float]
+) -> None:
+    from tuner._measure import accuracy
+
+    model, data, float_accuracy = digits_model
     study, rule = _study_and_rule(
         sqlite_url, tiny_spec(objectives={"accuracy": "maximize"}), "ship"
     )
-
-    def reach_first_rung(threshold: float) -> optuna.Trial:
-        trial = study.ask()
-        trial.suggest_float("prune_threshold", threshold, threshold)
-        trial.suggest_categorical("prune_structure", ["structured"])
-        ctx = TrialContext(device=torch.device("cpu"), max_epochs=4, seed=0)
-        ctx.watch(model, data.train[0][:256], val_data=data.val)
-        ctx.curve.append(float_accuracy)
-        rule(trial, 0, ctx)
-        return trial
-
-    dense = reach_first_rung(0.0)
+    dense = _reach_first_rung(study, rule, model, data, float_accuracy, 0.0)
     assert dense.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(float_accuracy)
     # The same trained weights, but 90% of the hidden units will be cut before it ships:
     # the float model's accuracy says nothing about that; the shipped model's does.
@@ -272,7 +295,7 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     shipped_accuracy = accuracy(shipped, *data.val)
     assert shipped_accuracy < float_accuracy - 0.2
     with pytest.raises(TrialStopped, match="ranked 2 of 2") as stopped:
-        reach_first_rung(0.9)
+        _reach_first_rung(study, rule, model, data, float_accuracy, 0.9)
     # The reason says what the trial was ranked by, and that pruning is what cost it.
     assert (
         f"accuracy {100 * shipped_accuracy:.1f}% as it would ship, "
@@ -280,7 +303,37 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     )
     cut = study.trials[-1]
     assert cut.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(shipped_accuracy)
+    assert "finetune_epochs" not in cut.user_attrs["rungs"]["1"], "no training data, no fine-tune"
     assert model[0].weight.count_nonzero() == model[0].weight.numel(), "the model is not touched"
+
+
+def test_a_structured_cut_is_fine_tuned_briefly_before_it_is_judged(
+    sqlite_url: str, tiny_spec: Any, digits_model: tuple[nn.Sequential, Any, float]
+) -> None:
+    from tuner._measure import accuracy
+
+    model, data, float_accuracy = digits_model
+    before = [p.detach().clone() for p in model.parameters()]
+    study, rule = _study_and_rule(
+        sqlite_url, tiny_spec(objectives={"accuracy": "maximize"}), "tuned"
+    )
+    shipped, _ = compress(
+        model, threshold=0.9, structure="structured", quantize="none", calibration_inputs=None
+    )
+    cut_accuracy = accuracy(shipped, *data.val)
+    # With the training data, the cut copy first gets an eighth of an epoch of its own
+    # fine-tune, as it would after training, and is judged on what that recovers.
+    tuned = _reach_first_rung(study, rule, model, data, float_accuracy, 0.9, train=True)
+    record = tuned.user_attrs["rungs"]["1"]
+    assert record["accuracy"] > cut_accuracy + 0.1, (record, cut_accuracy)
+    assert record["finetune_epochs"] == pytest.approx(0.125)
+    with pytest.raises(TrialStopped, match="after 1/8 epoch of fine-tuning"):
+        # A later trial ranked behind it says how it was judged.
+        _reach_first_rung(study, rule, model, data, 0.2, 0.95, train=True)
+    # Dense trials are not fine-tuned: there is nothing cut to recover.
+    dense = _reach_first_rung(study, rule, model, data, float_accuracy, 0.0, train=True)
+    assert "finetune_epochs" not in dense.user_attrs["rungs"]["1"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters())), "not touched"
 
 
 # --- real studies ---------------------------------------------------------------------------
