@@ -110,7 +110,9 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     complete = []
     for r in pareto_front_pool(records, objectives):
         status = artifact_status(study, r.number)
-        complete.append({"values": dict(r.values), "model": str(status.path or "")})
+        complete.append(
+            {"number": r.number, "values": dict(r.values), "model": str(status.path or "")}
+        )
     return {
         "arm": arm,
         "seed": seed,
@@ -200,6 +202,26 @@ def _retime(rows: list[dict[str, Any]], rounds: int = 3) -> None:
                 v["latency_ms"] = best[id(trial)]
             values.append(v)
         row["hypervolume_retimed"] = _hypervolume(values, row["objectives"])
+        row["retimed"] = values
+
+
+def _same_trials_loss(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """Per seed, what ``random+asha``'s stopping cost the front, free of timing noise.
+
+    A seeded random sampler draws the same trials in both arms, trained alike, so the
+    trials ``random+asha`` completed are a subset of ``random``'s: their front, valued with
+    ``random``'s own (re-timed) measurements, against ``random``'s whole front.
+    """
+    out = []
+    for asha in (r for r in rows if r["arm"] == "random+asha"):
+        plain = next((r for r in rows if r["arm"] == "random" and r["seed"] == asha["seed"]), None)
+        if plain is None:
+            continue
+        completed = {t["number"] for t in asha["trials"]}
+        subset = [v for t, v in zip(plain["trials"], plain["retimed"]) if t["number"] in completed]
+        whole = _hypervolume(plain["retimed"], plain["objectives"])
+        out.append((asha["seed"], 1 - _hypervolume(subset, plain["objectives"]) / whole))
+    return out
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float:
@@ -213,7 +235,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--min-epochs", type=int, default=3)
     parser.add_argument("--reduction-factor", type=int, default=3)
-    parser.add_argument("--min-trials", type=int, default=4)
+    parser.add_argument("--min-trials", type=int, default=8)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument(
@@ -314,6 +336,14 @@ def main() -> None:
         print(
             f"  {stopped:<11} vs {plain:<6}: {verdict} ({fewer:.2f}x fewer epochs, "
             f"{100 * (1 - kept):+.1f}% hypervolume lost; {100 * (1 - kept_in_run):+.1f}% in run)"
+        )
+    same = _same_trials_loss(rows)
+    if same:
+        per_seed = ", ".join(f"seed {seed} {100 * loss:+.1f}%" for seed, loss in same)
+        mean = 100 * statistics.fmean(loss for _, loss in same)
+        print(
+            f"  random+asha on random's own measurements (the same trials; stopping alone): "
+            f"{mean:+.1f}% hypervolume lost ({per_seed})"
         )
     print(f"total {total:.0f} s")
 

@@ -226,7 +226,7 @@ class EarlyStoppingSpec:
     name: str = "none"
     min_epochs: int = 1
     reduction_factor: int = 3
-    min_trials: int = 4
+    min_trials: int = 8
 
 
 @dataclass(frozen=True)
@@ -573,7 +573,7 @@ def _validate_into(spec: StudySpec) -> None:
             )
         ),
         min_trials=int(
-            _number("early_stopping.min_trials", es.get("min_trials", 4), minimum=0, integer=True)
+            _number("early_stopping.min_trials", es.get("min_trials", 8), minimum=0, integer=True)
         ),
     )
     _set(spec, "early_stopping", es)

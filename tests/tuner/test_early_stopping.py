@@ -172,7 +172,7 @@ def test_bad_early_stopping_fields_are_named(value: Any, words: list[str], tiny_
 
 def test_early_stopping_spec_round_trips(tiny_spec: Any) -> None:
     spec = tuner.load_spec(tiny_spec(early_stopping="hyperband", budget={"max_epochs": 9}))
-    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 4)
+    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 8)
     again = tuner.load_spec(spec.to_dict())
     assert again.early_stopping == spec.early_stopping
     es = {"name": "asha", "min_epochs": 2, "reduction_factor": 2, "min_trials": 0}
