@@ -108,7 +108,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     most_accurate = max(front, key=lambda r: r.values["accuracy"]) if front else None
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     complete = []
-    for r in pareto_front_pool(records, objectives):
+    for r in _complete_trials(records, objectives):
         status = artifact_status(study, r.number)
         complete.append(
             {"number": r.number, "values": dict(r.values), "model": str(status.path or "")}
@@ -137,7 +137,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     }
 
 
-def pareto_front_pool(records: list[Any], objectives: dict[str, str]) -> list[Any]:
+def _complete_trials(records: list[Any], objectives: dict[str, str]) -> list[Any]:
     """Complete, feasible trials with every objective measured (what a front is drawn from)."""
     import math
 

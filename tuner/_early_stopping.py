@@ -39,6 +39,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,7 @@ _EARLY_REPEATS = 10
 # to 0.82 at 3 epochs and from 0.75 to 0.89 at 9. Copies pruned unstructured keep most of
 # their accuracy uncut, and a fine-tune that short did not rank them better.
 _RUNG_FINETUNE = 0.125
+_RUNG_FINETUNE_TEXT = str(Fraction(_RUNG_FINETUNE))  # 1/8
 
 
 # --- pure decisions ------------------------------------------------------------------
@@ -371,7 +373,9 @@ class EarlyStopping:
         for name, value in known.items():
             text = f"{name} {show_metric(name, value)}"
             if name in _SHIPPED_ACCURACY and self._shipped:
-                tuned = " after 1/8 epoch of fine-tuning" if self._finetuned else ""
+                tuned = (
+                    f" after {_RUNG_FINETUNE_TEXT} epoch of fine-tuning" if self._finetuned else ""
+                )
                 text += (
                     f" as it would ship{tuned}, {show_metric(name, ctx.curve[-1])} "
                     "before compression"
