@@ -17,7 +17,7 @@ table prints means over seeds with ratios against ``tpe``.
 Run from the repository root::
 
     .venv/bin/python bench/early_stopping.py     # the shipped spec's 40 trials x 30 epochs, 3 seeds
-    .venv/bin/python bench/early_stopping.py --trials 16 --epochs 9 --min-epochs 1   # quick look
+    .venv/bin/python bench/early_stopping.py --trials 16 --epochs 9   # quick look
 
 Runs go two at a time in separate processes (``--parallel``), each with one torch thread,
 its own SQLite file and, where the machine has enough cores, a core of its own. Latency
@@ -229,13 +229,16 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def main() -> None:
+    from tuner._spec import EarlyStoppingSpec
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--min-epochs", type=int, default=3)
-    parser.add_argument("--reduction-factor", type=int, default=3)
-    parser.add_argument("--min-trials", type=int, default=8)
+    # The spec's defaults, as a user who writes ``early_stopping: asha`` gets them.
+    parser.add_argument("--min-epochs", type=int, default=EarlyStoppingSpec.min_epochs)
+    parser.add_argument("--reduction-factor", type=int, default=EarlyStoppingSpec.reduction_factor)
+    parser.add_argument("--min-trials", type=int, default=EarlyStoppingSpec.min_trials)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument(

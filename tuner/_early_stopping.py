@@ -7,8 +7,8 @@ study), so tuner has its own rules, and uses them for one objective and for many
   reduction_factor**k`` epochs while ``reduction_factor`` times the rung fits in
   ``budget.max_epochs``. A trial that reaches a rung
   is ranked against every trial recorded at that rung so far, by any worker, and goes on
-  only if it is among the best ``ceil(n / reduction_factor)`` of those ``n``; otherwise
-  it is stopped. Nobody waits for a rung to fill. The ranking is by non-dominated sorting
+  if it is among the best ``ceil(n / reduction_factor)`` of those ``n``, or if none of
+  them dominates it; otherwise it is stopped. Nobody waits for a rung to fill. The ranking is by non-dominated sorting
   over what is known at the rung: validation accuracy so far, and the objectives that do
   not need training to finish (size and latency of the compressed model, measured once
   at the trial's first rung). The accuracy is that of the model as it would ship: a copy
@@ -19,7 +19,12 @@ study), so tuner has its own rules, and uses them for one objective and for many
   fine-tune, when the workload passed its training data. Within a front, the
   trials best on one metric rank first, then a larger hypervolume contribution. This is
   MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas, C. Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
-  arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler.
+  arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler, with one change: a trial on
+  the rung's front always goes on. Successive halving's quota comes from one metric,
+  where the best ``1/reduction_factor`` hold all there is to keep; with several, each
+  non-dominated trial holds a trade-off no other trial at the rung covers, and the final
+  front is lost mostly where such trials are stopped. The front of a rung stays small
+  next to the quota (a few trials in tens), so the epochs saved barely move.
 * ``hyperband``: several ``asha`` brackets; bracket ``s`` starts at the ``s``-th rung and
   the last bracket stops nothing. A trial's bracket is its number modulo the bracket
   count, and it is ranked only against trials of its bracket.
@@ -170,12 +175,15 @@ class RungDecision:
     promote: bool
     position: int  # 1 = best; trials tied with it share its position
     recorded: int  # trials at the rung, this one included
-    keep: int  # how many of them go on
+    keep: int  # how many of them go on by rank
+    on_front: bool = False  # no other trial at the rung dominates it
 
     def describe(self, rule: str, rung: int, known: str = "") -> str:
         """One line for people, e.g. ``asha rung at 3 epochs (accuracy 71.0%): ranked 5 of 9
         (best 3 go on); stopped``; ``known`` is what the trial was ranked by."""
         verdict = "goes on" if self.promote else "stopped"
+        if self.promote and self.position > self.keep and self.on_front:
+            verdict = "no trial at the rung dominates it, so it goes on"
         by = f" ({known})" if known else ""
         return (
             f"{rule} rung at {rung} epochs{by}: ranked {self.position} of {self.recorded} "
@@ -195,8 +203,9 @@ def rank_at_rung(
 
     The trial goes on if fewer than ``ceil(n / reduction_factor)`` of the ``n`` trials
     recorded at the rung (itself included) rank strictly ahead of it: by non-dominated
-    front first, then by :func:`front_priority` within its front. With fewer than
-    ``min_trials`` other records it always goes on.
+    front first, then by :func:`front_priority` within its front. It also goes on if no
+    trial at the rung dominates it (with one metric, only the best are never dominated).
+    With fewer than ``min_trials`` other records it always goes on.
 
     Args:
         mine: the trial's metrics at the rung.
@@ -223,7 +232,14 @@ def rank_at_rung(
         priority = front_priority(points[same], directions)
         if np.isfinite(priority[0]):
             ahead += int(np.sum(priority[1:] > priority[0] * (1 + 1e-9) + 1e-15))
-    return RungDecision(promote=ahead < keep, position=ahead + 1, recorded=n, keep=keep)
+    on_front = bool(ranks[0] == 0)
+    return RungDecision(
+        promote=ahead < keep or on_front,
+        position=ahead + 1,
+        recorded=n,
+        keep=keep,
+        on_front=on_front,
+    )
 
 
 def median_stops(best_so_far: float, others: Sequence[float], *, min_trials: int = 0) -> bool:

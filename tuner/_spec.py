@@ -226,7 +226,7 @@ class EarlyStoppingSpec:
     name: str = "none"
     min_epochs: int = 1
     reduction_factor: int = 3
-    min_trials: int = 8
+    min_trials: int = 3
 
 
 @dataclass(frozen=True)
@@ -562,7 +562,12 @@ def _validate_into(spec: StudySpec) -> None:
     es = EarlyStoppingSpec(
         name=es.get("name", "none"),
         min_epochs=int(
-            _number("early_stopping.min_epochs", es.get("min_epochs", 1), minimum=1, integer=True)
+            _number(
+                "early_stopping.min_epochs",
+                es.get("min_epochs", EarlyStoppingSpec.min_epochs),
+                minimum=1,
+                integer=True,
+            )
         ),
         reduction_factor=int(
             _number(
@@ -573,7 +578,12 @@ def _validate_into(spec: StudySpec) -> None:
             )
         ),
         min_trials=int(
-            _number("early_stopping.min_trials", es.get("min_trials", 8), minimum=0, integer=True)
+            _number(
+                "early_stopping.min_trials",
+                es.get("min_trials", EarlyStoppingSpec.min_trials),
+                minimum=0,
+                integer=True,
+            )
         ),
     )
     _set(spec, "early_stopping", es)

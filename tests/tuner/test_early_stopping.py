@@ -81,25 +81,46 @@ def test_a_small_model_with_lower_accuracy_goes_on_where_accuracy_alone_would_st
     assert not decision.promote and (decision.recorded, decision.keep) == (4, 2)
 
 
-def test_ties_within_a_front_keep_its_ends_then_the_larger_hypervolume_contribution() -> None:
+def test_a_trial_no_other_dominates_goes_on_beyond_the_quota() -> None:
+    # Five trials at the rung, best 2 go on by rank; all five are non-dominated.
+    front = [[0.95, 100.0], [0.05, 1.0], [0.80, 20.0], [0.30, 10.0]]
+    flat = [0.29, 9.9]  # adds almost nothing next to [0.30, 10.0], but nothing beats it
+    assert non_dominated_ranks(np.array([*front, flat]), ACC_SIZE).tolist() == [0] * 5
+    decision = rank_at_rung(flat, front, ACC_SIZE, reduction_factor=3)
+    assert decision.promote and decision.on_front
+    assert decision.position > decision.keep == 2
+    assert "no trial at the rung dominates it" in decision.describe("asha", 3)
+    # Once another trial dominates it, the quota decides again.
+    decision = rank_at_rung(flat, [*front, [0.31, 9.0]], ACC_SIZE, reduction_factor=3)
+    assert not decision.promote and not decision.on_front
+    assert decision.describe("asha", 3).endswith("(best 2 go on); stopped")
+
+
+def test_within_a_dominated_front_its_ends_then_the_larger_hypervolume_contribution_go_on() -> None:
+    best = [0.99, 1.0]  # dominates everything below
     a, b, c = [0.90, 100.0], [0.10, 10.0], [0.89, 99.0]  # c adds almost nothing next to a
-    assert non_dominated_ranks(np.array([a, b, c]), ACC_SIZE).tolist() == [0, 0, 0]
-    assert not rank_at_rung(c, [a, b], ACC_SIZE, reduction_factor=2).promote
-    assert rank_at_rung(b, [a, c], ACC_SIZE, reduction_factor=2).promote
-    assert rank_at_rung(a, [b, c], ACC_SIZE, reduction_factor=2).promote
-    # Inside the front, after its two ends, the point that adds more hypervolume goes on.
-    ends, dominated = [[0.95, 100.0], [0.05, 1.0]], [0.20, 90.0]
-    bulging, flat = [0.80, 20.0], [0.30, 10.0]
-    assert non_dominated_ranks(np.array([*ends, bulging, flat, dominated]), ACC_SIZE).tolist() == [
-        0,
-        0,
-        0,
-        0,
-        1,
-    ]
-    assert rank_at_rung(bulging, [*ends, flat, dominated], ACC_SIZE, reduction_factor=2).promote
-    decision = rank_at_rung(flat, [*ends, bulging, dominated], ACC_SIZE, reduction_factor=2)
+    assert non_dominated_ranks(np.array([best, a, b, c]), ACC_SIZE).tolist() == [0, 1, 1, 1]
+    # Four trials, best 2 go on: `best`, then an end of the second front.
+    decision = rank_at_rung(c, [best, a, b], ACC_SIZE, reduction_factor=2)
+    assert (decision.promote, decision.position, decision.on_front) == (False, 4, False)
+    # Six trials, best 3 go on: `best` and the second front's two ends.
+    assert rank_at_rung(
+        b, [best, a, c, [0.0, 200.0], [0.01, 300.0]], ACC_SIZE, reduction_factor=2
+    ).promote
+    assert rank_at_rung(
+        a, [best, b, c, [0.0, 200.0], [0.01, 300.0]], ACC_SIZE, reduction_factor=2
+    ).promote
+    decision = rank_at_rung(
+        c, [best, a, b, [0.0, 200.0], [0.01, 300.0]], ACC_SIZE, reduction_factor=2
+    )
     assert (decision.promote, decision.position, decision.keep) == (False, 4, 3)
+    # Inside a front, after its two ends, the point that adds more hypervolume goes on.
+    ends, worst = [[0.95, 100.0], [0.05, 1.0]], [0.0, 500.0]
+    bulging, flat = [0.80, 20.0], [0.30, 10.0]
+    others = [best, *ends, [0.0, 400.0], worst]
+    assert rank_at_rung(bulging, [*others, flat], ACC_SIZE, reduction_factor=2).promote
+    decision = rank_at_rung(flat, [*others, bulging], ACC_SIZE, reduction_factor=2)
+    assert (decision.promote, decision.position, decision.keep) == (False, 5, 4)
 
 
 def test_early_arrivals_and_the_grace_of_min_trials() -> None:
@@ -172,7 +193,7 @@ def test_bad_early_stopping_fields_are_named(value: Any, words: list[str], tiny_
 
 def test_early_stopping_spec_round_trips(tiny_spec: Any) -> None:
     spec = tuner.load_spec(tiny_spec(early_stopping="hyperband", budget={"max_epochs": 9}))
-    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 8)
+    assert spec.early_stopping == EarlyStoppingSpec("hyperband", 1, 3, 3)
     again = tuner.load_spec(spec.to_dict())
     assert again.early_stopping == spec.early_stopping
     es = {"name": "asha", "min_epochs": 2, "reduction_factor": 2, "min_trials": 0}
