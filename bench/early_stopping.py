@@ -88,15 +88,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
             "min_trials": min_trials,
         }
     name = f"{arm.replace('+', '-')}-s{seed}"
-    spec = base.with_overrides(
-        name=name,
-        sampler={"name": ARMS[arm]["sampler"], "seed": seed},
-        early_stopping=es,
-        budget={"n_trials": trials, "max_epochs": epochs},
-        resources={"cpus": 1, "gpus": 0},
-        measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
-        artifacts={"keep": "all", "path": str(Path(folder) / "models")},
-    )
+    spec = _bench_spec(base, name, ARMS[arm]["sampler"], seed, es, trials, epochs, folder)
     url = f"sqlite:///{Path(folder) / (name + '.db')}"
     started = time.perf_counter()
     tuner.run(spec, storage=url)
@@ -135,6 +127,21 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
         "trials": complete,
         "objectives": objectives,
     }
+
+
+def _bench_spec(
+    base: Any, name: str, sampler: str, seed: int, es: Any, trials: int, epochs: int, folder: str
+) -> Any:
+    """``base`` as the bench runs it: one core, no GPU, every trial's model kept."""
+    return base.with_overrides(
+        name=name,
+        sampler={"name": sampler, "seed": seed},
+        early_stopping=es,
+        budget={"n_trials": trials, "max_epochs": epochs},
+        resources={"cpus": 1, "gpus": 0},
+        measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
+        artifacts={"keep": "all", "path": str(Path(folder) / "models")},
+    )
 
 
 def _complete_trials(records: list[Any], objectives: dict[str, str]) -> list[Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from early_stopping import _hypervolume, _retime
+from early_stopping import _bench_spec, _hypervolume, _retime
 
 OBJECTIVES = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
 POOL_RUNGS = (1, 3, 9)  # min_epochs 1, reduction_factor 3, 30 epochs
@@ -49,21 +49,10 @@ def _train(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
 
     torch.set_num_threads(1)
     name = f"pool-s{seed}"
-    spec = tuner.load_spec("mnist1d_cnn").with_overrides(
-        name=name,
-        sampler={"name": "random", "seed": seed},
-        # Rungs are recorded but nothing is stopped: no rung ever has enough trials.
-        early_stopping={
-            "name": "asha",
-            "min_epochs": 1,
-            "reduction_factor": 3,
-            "min_trials": 10**6,
-        },
-        budget={"n_trials": trials, "max_epochs": epochs},
-        resources={"cpus": 1, "gpus": 0},
-        measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
-        artifacts={"keep": "all", "path": str(Path(folder) / "models")},
-    )
+    # Rungs are recorded but nothing is stopped: no rung ever has enough trials.
+    es = {"name": "asha", "min_epochs": 1, "reduction_factor": 3, "min_trials": 10**6}
+    base = tuner.load_spec("mnist1d_cnn")
+    spec = _bench_spec(base, name, "random", seed, es, trials, epochs, folder)
     url = f"sqlite:///{Path(folder) / (name + '.db')}"
     tuner.run(spec, storage=url)
     study = optuna.load_study(study_name=name, storage=open_storage(url))

@@ -572,7 +572,7 @@ def _validate_into(spec: StudySpec) -> None:
         reduction_factor=int(
             _number(
                 "early_stopping.reduction_factor",
-                es.get("reduction_factor", 3),
+                es.get("reduction_factor", EarlyStoppingSpec.reduction_factor),
                 minimum=2,
                 integer=True,
             )
