@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from early_stopping import _bench_spec, _hypervolume, _retime
+from early_stopping import _bench_spec, _complete_trials, _hypervolume, _retime
 
 OBJECTIVES = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
 POOL_RUNGS = (1, 3, 9)  # min_epochs 1, reduction_factor 3, 30 epochs
@@ -57,9 +57,9 @@ def _train(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
     tuner.run(spec, storage=url)
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     out = []
-    for r in load_records(open_storage(url), name):
+    for r in _complete_trials(load_records(open_storage(url), name), OBJECTIVES):
         rungs = r.metrics.get("rungs") or {}
-        if r.state != "COMPLETE" or not r.feasible or any(str(k) not in rungs for k in POOL_RUNGS):
+        if any(str(k) not in rungs for k in POOL_RUNGS):
             continue
         path = artifact_status(study, r.number).path
         out.append(
@@ -104,17 +104,16 @@ def _replay(
     recorded: dict[int, list[list[float]]] = {r: [] for r in rungs}
     complete, spent = [], 0.0
     for trial in order:
-        stopped_at = None
         for rung in rungs:
             mine = _at_rung(trial, rung)
             goes_on = rule(mine, recorded[rung])
             recorded[rung].append(mine)
             spent += trial["rungs"][str(rung)].get("finetune_epochs", 0.0)
             if not goes_on:
-                stopped_at = rung
+                spent += rung
                 break
-        spent += epochs if stopped_at is None else stopped_at
-        if stopped_at is None:
+        else:
+            spent += epochs
             complete.append(trial["values"])
     return complete, spent
 

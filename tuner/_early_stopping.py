@@ -20,9 +20,8 @@ study), so tuner has its own rules, and uses them for one objective and for many
   passed its training data. Within a front, the trials best on one metric rank first,
   then a larger hypervolume contribution. This is MO-ASHA: R. Schmucker, M. Donini,
   M. B. Zafar, D. Salinas, C. Archambeau, "Multi-objective Asynchronous Successive
-  Halving" (2021,
-  arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler, with one change: a trial on
-  the rung's front always goes on. Successive halving's quota comes from one metric,
+  Halving" (2021, arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler, with one
+  change: a trial on the rung's front always goes on. Successive halving's quota comes from one metric,
   where the best ``1/reduction_factor`` hold all there is to keep; with several, each
   non-dominated trial holds a trade-off no other trial at the rung covers, and the final
   front is lost mostly where such trials are stopped. Replayed on 180 random mnist1d-cnn
