@@ -35,11 +35,11 @@ from early_stopping import _bench_spec, _complete_trials, _hypervolume, _retime
 
 OBJECTIVES = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
 POOL_RUNGS = (1, 3, 9)  # min_epochs 1, reduction_factor 3, 30 epochs
-Rule = Callable[[list[float], list[list[float]]], bool]
+Rule = Callable[[int, list[float], list[list[float]]], bool]
 
 
-def _train(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
-    seed, trials, epochs, folder = job
+def _train(job: tuple[str, int, int, int, str]) -> list[dict[str, Any]]:
+    sampler, seed, trials, epochs, folder = job
     import optuna
     import torch
 
@@ -48,11 +48,11 @@ def _train(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
     from tuner.storage import load_records, open_storage
 
     torch.set_num_threads(1)
-    name = f"pool-s{seed}"
+    name = f"pool-{sampler}-s{seed}"
     # Rungs are recorded but nothing is stopped: no rung ever has enough trials.
     es = {"name": "asha", "min_epochs": 1, "reduction_factor": 3, "min_trials": 10**6}
     base = tuner.load_spec("mnist1d_cnn")
-    spec = _bench_spec(base, name, "random", seed, es, trials, epochs, folder)
+    spec = _bench_spec(base, name, sampler, seed, es, trials, epochs, folder)
     url = f"sqlite:///{Path(folder) / (name + '.db')}"
     tuner.run(spec, storage=url)
     study = optuna.load_study(study_name=name, storage=open_storage(url))
@@ -74,13 +74,15 @@ def _train(job: tuple[int, int, int, str]) -> list[dict[str, Any]]:
     return out
 
 
-def _pool(folder: Path, seeds: Sequence[int], trials: int, epochs: int) -> list[dict[str, Any]]:
-    saved = folder / "pool.json"
+def _pool(
+    folder: Path, sampler: str, seeds: Sequence[int], trials: int, epochs: int
+) -> list[dict[str, Any]]:
+    saved = folder / f"pool-{sampler}.json"
     if saved.exists():
         return json.loads(saved.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     with mp.get_context("spawn").Pool(min(2, len(seeds))) as workers:
-        jobs = [(s, trials, epochs, str(folder)) for s in seeds]
+        jobs = [(sampler, s, trials, epochs, str(folder)) for s in seeds]
         pool = [t for part in workers.imap(_train, jobs) for t in part]
     # Time every model again together, as the real bench does, for the final latency.
     row = {"trials": [t for t in pool if t["model"]], "objectives": OBJECTIVES}
@@ -104,9 +106,9 @@ def _replay(
     recorded: dict[int, list[list[float]]] = {r: [] for r in rungs}
     complete, spent = [], 0.0
     for trial in order:
-        for rung in rungs:
+        for level, rung in enumerate(rungs):
             mine = _at_rung(trial, rung)
-            goes_on = rule(mine, recorded[rung])
+            goes_on = rule(level, mine, recorded[rung])
             recorded[rung].append(mine)
             spent += trial["rungs"][str(rung)].get("finetune_epochs", 0.0)
             if not goes_on:
@@ -119,37 +121,45 @@ def _replay(
 
 
 def _rules() -> dict[str, Rule]:
-    from tuner._early_stopping import rank_at_rung
+    from tuner._early_stopping import _LATENCY_TIE, rank_at_rung
 
     directions = list(OBJECTIVES.values())
+    ties = [_LATENCY_TIE if m.startswith("latency_ms") else 0.0 for m in OBJECTIVES]
 
-    def quota_only(min_trials: int) -> Rule:
-        # MO-ASHA as published: the best 1/reduction_factor go on, nothing else.
-        def rule(mine: list[float], others: list[list[float]]) -> bool:
-            d = rank_at_rung(mine, others, directions, reduction_factor=3, min_trials=min_trials)
-            return d.position <= d.keep
+    def rule(min_trials: int, front_from: int | None, tolerance: list[float] | None) -> Rule:
+        # The best 1/reduction_factor go on; from rung ``front_from`` (0 = the first) on,
+        # so does a trial no other dominates; ``None`` keeps no front (MO-ASHA as published).
+        def decide(level: int, mine: list[float], others: list[list[float]]) -> bool:
+            keep_front = front_from is not None and level >= front_from
+            return rank_at_rung(
+                mine,
+                others,
+                directions,
+                reduction_factor=3,
+                min_trials=min_trials,
+                keep_front=keep_front,
+                tolerance=tolerance,
+            ).promote
 
-        return rule
-
-    def front_kept(min_trials: int) -> Rule:
-        # tuner's asha: the quota, and the rung's front always goes on.
-        def rule(mine: list[float], others: list[list[float]]) -> bool:
-            d = rank_at_rung(mine, others, directions, reduction_factor=3, min_trials=min_trials)
-            return d.promote
-
-        return rule
+        return decide
 
     return {
-        "MO-ASHA quota, min_trials 8": quota_only(8),
-        "front kept, min_trials 0": front_kept(0),
-        "front kept, min_trials 3": front_kept(3),
-        "front kept, min_trials 8": front_kept(8),
+        "MO-ASHA quota, min_trials 8": rule(8, None, None),
+        "front kept at every rung": rule(3, 0, None),
+        "front kept from rung 2": rule(3, 1, None),
+        "...and latency ties (asha)": rule(3, 1, ties),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", required=True, metavar="DIR", help="where the pool is kept")
+    parser.add_argument(
+        "--sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="random: replay random orders of the pool; tpe: replay each seed's run as it went",
+    )
     parser.add_argument("--pool-seeds", type=int, nargs="+", default=[100, 101, 102, 103])
     parser.add_argument("--pool-trials", type=int, default=45, help="trials per pool seed")
     parser.add_argument("--epochs", type=int, default=30)
@@ -159,16 +169,27 @@ def main() -> None:
     if args.epochs < POOL_RUNGS[-1] * 3:
         sys.exit(f"--epochs: {args.epochs} has no rung at {POOL_RUNGS[-1]}; give at least 27")
 
-    pool = _pool(Path(args.pool), args.pool_seeds, args.pool_trials, args.epochs)
-    if len(pool) < args.trials:
-        sys.exit(f"--trials: {args.trials} is more than the pool's {len(pool)} trials")
-    rng = random.Random(0)
-    orders = [rng.sample(pool, args.trials) for _ in range(args.orders)]
+    pool = _pool(Path(args.pool), args.sampler, args.pool_seeds, args.pool_trials, args.epochs)
+    if args.sampler == "tpe":
+        # TPE's trials depend on those before them: replay each seed's run in its order.
+        runs: dict[int, list[dict[str, Any]]] = {}
+        for trial in sorted(pool, key=lambda t: (t["seed"], t["number"])):
+            runs.setdefault(trial["seed"], []).append(trial)
+        orders = list(runs.values())
+        print(
+            f"\n{len(pool)} TPE mnist1d-cnn trials trained to {args.epochs} epochs; "
+            f"{len(orders)} runs replayed in their own order, one worker, reduction_factor 3\n"
+        )
+    else:
+        if len(pool) < args.trials:
+            sys.exit(f"--trials: {args.trials} is more than the pool's {len(pool)} trials")
+        rng = random.Random(0)
+        orders = [rng.sample(pool, args.trials) for _ in range(args.orders)]
+        print(
+            f"\n{len(pool)} random mnist1d-cnn trials trained to {args.epochs} epochs; "
+            f"{args.orders} random orders of {args.trials}, one worker, reduction_factor 3\n"
+        )
     full = [_hypervolume([t["values"] for t in o], OBJECTIVES) for o in orders]
-    print(
-        f"\n{len(pool)} random mnist1d-cnn trials trained to {args.epochs} epochs; "
-        f"{args.orders} random orders of {args.trials}, one worker, reduction_factor 3\n"
-    )
     header = (
         f"{'rule':<28} {'rungs':<10} {'fewer epochs':>12} {'HV lost':>8} {'sd':>6} {'p90 lost':>9}"
     )
@@ -180,7 +201,7 @@ def main() -> None:
             for order, whole in zip(orders, full):
                 complete, spent = _replay(order, rungs, rule, args.epochs)
                 lost.append(1 - _hypervolume(complete, OBJECTIVES) / whole)
-                fewer.append(args.trials * args.epochs / spent)
+                fewer.append(len(order) * args.epochs / spent)
             print(
                 f"{name:<28} {','.join(map(str, rungs)):<10} {statistics.fmean(fewer):>11.2f}x "
                 f"{100 * statistics.fmean(lost):>7.2f}% {100 * statistics.stdev(lost):>5.2f}% "

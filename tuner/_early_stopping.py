@@ -72,6 +72,10 @@ _MODEL_METRICS = (
     "latency_ms_batch",
     "latency_ms_batch_p90",
 )
+# Latencies within this fraction of each other count as a tie when deciding whether a
+# trial is on a rung's front: each is timed once, with few repeats, under whatever else the
+# machine runs, and a trial that is "faster" only by that noise holds no trade-off.
+_LATENCY_TIE = 0.10
 _EARLY_WARMUP = 3
 _EARLY_REPEATS = 10
 # Fraction of an epoch of its own fine-tune that a structured-pruned copy gets before it is
@@ -200,14 +204,16 @@ def rank_at_rung(
     *,
     reduction_factor: int,
     min_trials: int = 0,
+    keep_front: bool = True,
+    tolerance: Sequence[float] | None = None,
 ) -> RungDecision:
     """Decide whether a trial reaching a rung goes on (MO-ASHA's rule, asynchronous).
 
     The trial goes on if fewer than ``ceil(n / reduction_factor)`` of the ``n`` trials
     recorded at the rung (itself included) rank strictly ahead of it: by non-dominated
-    front first, then by :func:`front_priority` within its front. It also goes on if no
-    trial at the rung dominates it (with one metric, only the best are never dominated).
-    With fewer than ``min_trials`` other records it always goes on.
+    front first, then by :func:`front_priority` within its front. With ``keep_front``, it
+    also goes on if no trial at the rung dominates it (with one metric, only the best are
+    never dominated). With fewer than ``min_trials`` other records it always goes on.
 
     Args:
         mine: the trial's metrics at the rung.
@@ -215,6 +221,10 @@ def rank_at_rung(
         directions: ``maximize`` or ``minimize`` per metric.
         reduction_factor: 1 in ``reduction_factor`` trials goes on.
         min_trials: other trials needed at the rung before anything is stopped there.
+        keep_front: whether a trial no other dominates goes on beyond the quota.
+        tolerance: per metric, a relative difference within which another trial counts
+            as no worse when deciding whether it dominates this one (measurement noise);
+            zero where not given.
     """
     n = len(others) + 1
     keep = max(1, math.ceil(n / reduction_factor))
@@ -234,14 +244,29 @@ def rank_at_rung(
         priority = front_priority(points[same], directions)
         if np.isfinite(priority[0]):
             ahead += int(np.sum(priority[1:] > priority[0] * (1 + 1e-9) + 1e-15))
-    on_front = bool(ranks[0] == 0)
+    on_front = bool(ranks[0] == 0) and not _covered(points[0], points[1:], directions, tolerance)
     return RungDecision(
-        promote=ahead < keep or on_front,
+        promote=ahead < keep or (keep_front and on_front),
         position=ahead + 1,
         recorded=n,
         keep=keep,
         on_front=on_front,
     )
+
+
+def _covered(
+    mine: np.ndarray,
+    others: np.ndarray,
+    directions: Sequence[str],
+    tolerance: Sequence[float] | None,
+) -> bool:
+    """Whether another row is better somewhere and, within ``tolerance``, no worse anywhere."""
+    if tolerance is None or not any(tolerance) or len(others) == 0:
+        return False
+    a = _minimized(mine.reshape(1, -1), directions)[0]
+    b = _minimized(others, directions)
+    slack = np.abs(a) * np.asarray(tolerance, dtype=float)
+    return bool(np.any(np.all(b <= a + slack, axis=1) & np.any(b < a, axis=1)))
 
 
 def median_stops(best_so_far: float, others: Sequence[float], *, min_trials: int = 0) -> bool:
@@ -324,6 +349,8 @@ class EarlyStopping:
                 [self._metrics.get(m, "maximize") for m in names],
                 reduction_factor=self._es.reduction_factor,
                 min_trials=self._es.min_trials,
+                keep_front=rung > self._es.min_epochs,
+                tolerance=[_LATENCY_TIE if m.startswith("latency_ms") else 0.0 for m in names],
             )
             if not decision.promote:
                 raise TrialStopped(
