@@ -94,6 +94,30 @@ def test_a_trial_no_other_dominates_goes_on_beyond_the_quota() -> None:
     decision = rank_at_rung(flat, [*front, [0.31, 9.0]], ACC_SIZE, reduction_factor=3)
     assert not decision.promote and not decision.on_front
     assert decision.describe("asha", 3).endswith("(best 2 go on); stopped")
+    # Where the front is not kept (the first rung), the quota alone decides.
+    decision = rank_at_rung(flat, front, ACC_SIZE, reduction_factor=3, keep_front=False)
+    assert not decision.promote and decision.on_front
+    assert decision.describe("asha", 1).endswith("(best 2 go on); stopped")
+
+
+def test_a_latency_within_the_tolerance_does_not_put_a_trial_on_the_front() -> None:
+    directions = ("maximize", "minimize", "minimize")
+    front = [[0.95, 100.0, 0.30], [0.05, 1.0, 0.01], [0.30, 10.0, 0.05]]
+    mine = [0.78, 21.0, 0.100]
+    # Better on accuracy and size, 5% slower: without a tolerance, that makes it a trade-off.
+    close = [0.80, 20.0, 0.105]
+    decision = rank_at_rung(mine, [*front, close], directions, reduction_factor=3)
+    assert decision.promote and decision.on_front
+    ties = [0.0, 0.0, 0.1]
+    decision = rank_at_rung(mine, [*front, close], directions, reduction_factor=3, tolerance=ties)
+    assert not decision.promote and not decision.on_front
+    # 20% slower is more than the noise: the trial holds a trade-off again.
+    slow = [0.80, 20.0, 0.120]
+    decision = rank_at_rung(mine, [*front, slow], directions, reduction_factor=3, tolerance=ties)
+    assert decision.promote and decision.on_front
+    # A trial is never covered by one that is only as good (a duplicate).
+    decision = rank_at_rung(mine, [*front, mine], directions, reduction_factor=3, tolerance=ties)
+    assert decision.on_front
 
 
 def test_within_a_dominated_front_its_ends_then_the_larger_hypervolume_contribution_go_on() -> None:
@@ -246,6 +270,35 @@ def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec
     with pytest.raises(TrialStopped, match="ranked 2 of 2"):
         rule(trial, 0, ctx)
     assert trial.user_attrs["rungs"]["1"]["latency_ms"] > record["latency_ms"]
+
+
+def test_the_front_is_kept_from_the_second_rung_on(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(objectives={"accuracy": "maximize", "size_bytes": "minimize"})
+    study, rule = _study_and_rule(sqlite_url, spec, "front")  # rungs at 1 and 2 epochs
+    inputs = torch.randn(128, 64)
+
+    def reach(hidden: int, curve: list[float]) -> str:
+        """Train a made-up trial through ``curve``; what the rule said, if it stopped it."""
+        trial = study.ask()
+        ctx = TrialContext(device=torch.device("cpu"), max_epochs=4, seed=0)
+        ctx.watch(nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)), inputs)
+        for epoch, accuracy in enumerate(curve):
+            ctx.curve.append(accuracy)
+            try:
+                rule(trial, epoch, ctx)
+            except TrialStopped as stop:
+                return str(stop)
+        return "went on"
+
+    assert reach(16, [0.50, 0.50]) == "went on"  # the smallest
+    assert reach(256, [0.95, 0.95]) == "went on"  # the most accurate
+    # In between on both: nothing dominates it, but at the first rung the quota decides.
+    said = reach(64, [0.80, 0.80])
+    assert said.startswith("asha rung at 1 epochs") and said.endswith("(best 2 go on); stopped")
+    # The most accurate at the first rung, in between at the second, where the front goes on.
+    assert reach(64, [0.99, 0.80]) == "went on"
+    rungs = [sorted(t.user_attrs["rungs"]) for t in study.get_trials()]
+    assert rungs == [["1", "2"], ["1", "2"], ["1"], ["1", "2"]]
 
 
 @pytest.fixture(scope="module")
