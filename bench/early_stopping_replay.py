@@ -2,20 +2,29 @@
 
 A real run of ``bench/early_stopping.py`` gives one draw per seed, and TPE's draws vary by
 several percent. This bench separates the rule from that noise. It trains a pool of
-random mnist1d-cnn trials to ``max_epochs`` once, recording at every rung (1, 3, 9
-epochs) what ``asha`` ranks by there: the accuracy of the copy as it would ship, its size
-and its latency. Nothing is stopped. It then replays asynchronous successive halving over
-many random orders of ``--trials`` of those trials, one worker as in the real bench, with
-each rule: a trial is stopped where the rule says so, and the front is drawn from the
-trials that would have completed. The table gives, per rule, the epochs saved and the
-hypervolume lost against training every trial of the same order to the end.
+mnist1d-cnn trials to ``max_epochs`` once, recording at every rung (1, 3, 9 epochs) what
+``asha`` ranks by there: the accuracy of the copy as it would ship, its size and its
+latency. Nothing is stopped. It then replays asynchronous successive halving, one worker
+as in the real bench, with each rule: a trial is stopped where the rule says so, and the
+front is drawn from the trials that would have completed. The table gives, per rule, the
+epochs saved and the hypervolume lost against training every trial of the same order to
+the end.
+
+* ``--sampler random`` (the default): a pool of random trials, replayed in many random
+  orders of ``--trials``.
+* ``--sampler tpe``: one TPE run per pool seed, each replayed in its own order. TPE's
+  trials depend on those before them, and a real run with stopping would have steered
+  TPE elsewhere; the replay keeps the trials TPE drew when nothing was stopped.
 
 Run from the repository root::
 
     .venv/bin/python bench/early_stopping_replay.py --pool /tmp/es-pool          # 4 x 45 trials
     .venv/bin/python bench/early_stopping_replay.py --pool /tmp/es-pool --orders 500  # replay again
+    .venv/bin/python bench/early_stopping_replay.py --pool /tmp/es-pool --sampler tpe \
+        --pool-seeds 10 11 12 13 14 15 --pool-trials 40                      # 6 TPE runs
 
-The pool is kept in ``--pool`` (``pool.json`` and the models) and reused when it is there.
+The pool is kept in ``--pool`` (``pool-random.json`` or ``pool-tpe.json``, and the
+models) and reused when it is there.
 """
 
 from __future__ import annotations
@@ -121,10 +130,10 @@ def _replay(
 
 
 def _rules() -> dict[str, Rule]:
-    from tuner._early_stopping import _LATENCY_TIE, rank_at_rung
+    from tuner._early_stopping import rank_at_rung, rung_tolerance
 
     directions = list(OBJECTIVES.values())
-    ties = [_LATENCY_TIE if m.startswith("latency_ms") else 0.0 for m in OBJECTIVES]
+    ties = rung_tolerance(list(OBJECTIVES))
 
     def rule(min_trials: int, front_from: int | None, tolerance: list[float] | None) -> Rule:
         # The best 1/reduction_factor go on; from rung ``front_from`` (0 = the first) on,
