@@ -28,11 +28,11 @@ study), so tuner has its own rules, and uses them for one objective and for many
   stopped. At the first rung (``min_epochs``) the front is not kept: replayed, carrying
   its members on cost far more epochs than it kept front (below). Latencies within 10%
   count as a tie in that test (each is one short timing), so a trial is not kept for
-  being faster only by noise. Replayed on trials trained to the
-  end (``bench/early_stopping_replay.py``), the rule lost 0.9% of the hypervolume for
-  2.8x fewer epochs on 180 random mnist1d-cnn trials, where the quota alone lost 1.5%
-  for 2.65x, and 0.9% for 2.2x on six TPE runs, where the quota alone lost 1.7% for
-  2.25x; keeping the front at the first rung too lost 0.6% for 2.3x and 1.8x.
+  being faster only by noise. Replayed on trials trained to the end
+  (``bench/early_stopping_replay.py``), the rule lost 0.9% of the hypervolume for 2.8x
+  fewer epochs on 180 random mnist1d-cnn trials, where the quota alone lost 1.5% for
+  2.65x, and 0.9% for 2.2x on six TPE runs, where the quota alone lost 1.7% for 2.25x;
+  keeping the front at the first rung too lost 0.6% for 2.3x and 1.8x.
 * ``hyperband``: several ``asha`` brackets; bracket ``s`` starts at the ``s``-th rung and
   the last bracket stops nothing. A trial's bracket is its number modulo the bracket
   count, and it is ranked only against trials of its bracket.
@@ -81,8 +81,8 @@ _MODEL_METRICS = (
 # Latencies within this fraction of each other count as a tie when deciding whether a
 # trial is on a rung's front: each is timed once, with few repeats, under whatever else the
 # machine runs, and a trial that is "faster" only by that noise holds no trade-off. In the
-# replay bench, 5%, 10% and 20% decided nearly alike (2.81x, 2.83x and 2.85x fewer epochs
-# on random trials, each losing 1.0% of the hypervolume).
+# replay bench, 5%, 10% and 20% decided nearly alike: within 0.05x fewer epochs and 0.03%
+# of the hypervolume of each other, on random trials and on TPE runs.
 _LATENCY_TIE = 0.10
 _EARLY_WARMUP = 3
 _EARLY_REPEATS = 10
