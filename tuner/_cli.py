@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import SpecError, StorageError, TunerError
+from ._units import show_epochs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -295,7 +296,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     stopped = [r for r in records if r.state == "PRUNED"]
     for r in stopped[-3:]:
         reason = str(r.metrics.get("stopped_reason") or "stopped early")
-        console.print(f"  trial {r.number} stopped after {len(r.curve)} epochs: {reason}")
+        console.print(f"  trial {r.number} stopped after {show_epochs(len(r.curve))}: {reason}")
     failed = [r for r in records if r.state == "FAIL" and r.error]
     for r in failed[-3:]:
         console.print(f"  trial {r.number} failed: {(r.error or '').splitlines()[0]}")

@@ -59,6 +59,7 @@ import numpy as np
 
 from ._space import fixed_params
 from ._spec import EarlyStoppingSpec, StudySpec
+from ._units import show_epochs
 from ._workloads import TrialContext, TrialStopped
 
 RUNGS_ATTR = "rungs"
@@ -200,7 +201,7 @@ class RungDecision:
             verdict = "no trial at the rung dominates it, so it goes on"
         by = f" ({known})" if known else ""
         return (
-            f"{rule} rung at {rung} epochs{by}: ranked {self.position} of {self.recorded} "
+            f"{rule} rung at {show_epochs(rung)}{by}: ranked {self.position} of {self.recorded} "
             f"(best {self.keep} go on); {verdict}"
         )
 

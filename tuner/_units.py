@@ -21,3 +21,8 @@ def show_metric(metric: str, value: Any, *, unit: bool = True) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def show_epochs(count: int) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{count} epoch" if count == 1 else f"{count} epochs"

@@ -294,7 +294,7 @@ def test_the_front_is_kept_from_the_second_rung_on(sqlite_url: str, tiny_spec: A
     assert reach(256, [0.95, 0.95]) == "went on"  # the most accurate
     # In between on both: nothing dominates it, but at the first rung the quota decides.
     said = reach(64, [0.80, 0.80])
-    assert said.startswith("asha rung at 1 epochs") and said.endswith("(best 2 go on); stopped")
+    assert said.startswith("asha rung at 1 epoch (") and said.endswith("(best 2 go on); stopped")
     # The most accurate at the first rung, in between at the second, where the front goes on.
     assert reach(64, [0.99, 0.80]) == "went on"
     rungs = [sorted(t.user_attrs["rungs"]) for t in study.get_trials()]
@@ -474,6 +474,9 @@ def test_a_study_stops_trials_early_and_keeps_their_curves(
     n_stopped = sum(r.state == "PRUNED" for r in records)
     assert f"{n_stopped} stopped early" in out
     assert f"{trained} epochs trained, {MAX_EPOCHS * 8 - trained} saved by early stopping" in out
+    last = [r for r in records if r.state == "PRUNED"][-1]
+    after = "1 epoch" if len(last.curve) == 1 else f"{len(last.curve)} epochs"
+    assert f"trial {last.number} stopped after {after}:" in out
 
 
 def test_two_workers_share_the_rungs_through_the_store(sqlite_url: str, tiny_spec: Any) -> None:
