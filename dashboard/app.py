@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from tuner._units import show_epochs
 from tuner.dashboard import _data
 from tuner.storage import (
     StoreError,
@@ -824,7 +825,8 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
     if record.state == "PRUNED":
         reason = record.metrics.get("stopped_reason")
         st.warning(
-            f"Stopped early after {len(record.curve)} epochs" + (f": {reason}" if reason else ".")
+            f"Stopped early after {show_epochs(len(record.curve))}"
+            + (f": {reason}" if reason else ".")
         )
     violations = record.metrics.get("constraint_violations")
     if violations and not record.feasible:
