@@ -479,9 +479,14 @@ def test_a_study_stops_trials_early_and_keeps_their_curves(
     assert f"trial {last.number} stopped after {after}:" in out
 
 
-def test_two_workers_share_the_rungs_through_the_store(sqlite_url: str, tiny_spec: Any) -> None:
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_two_workers_share_the_rungs_through_the_store(
+    backend: str, sqlite_url: str, tiny_spec: Any, request: pytest.FixtureRequest
+) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_local")  # the session's one local Ray
     spec = _asha_spec(tiny_spec)
-    result = tuner.run(spec, storage=sqlite_url, workers=2)
+    result = tuner.run(spec, storage=sqlite_url, workers=2, backend=backend)
     assert result.n_finished == 8
     _check_stopped_trials(sqlite_url)
 
