@@ -1,0 +1,90 @@
+"""Workloads a user would write from the README's contract: models that are not nn.Sequential.
+
+``residual_cnn``: a 1-D ResNet-style CNN (skip connections, BatchNorm, global pooling).
+``transformer``: an ``nn.TransformerEncoder`` (4 heads) over MNIST-1D's signal cut in patches.
+
+Tests put this folder on ``sys.path`` and name the workloads ``user_models:residual_cnn`` and
+``user_models:transformer``; the classes must stay importable for kept trial models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from tuner import TrainedModel, TrialContext, train_classifier
+from tuner._datasets import mnist1d
+
+ROWS = 1200
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(channels)
+        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm1d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(out)))
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self, channels: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, channels, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+        )
+        self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+class PatchTransformer(nn.Module):
+    def __init__(
+        self, width: int = 32, heads: int = 4, layers: int = 2, patch: int = 4, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(patch, width)
+        self.position = nn.Parameter(torch.zeros(1, 40 // patch, width))
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(x.shape[0], -1, self.patch)) + self.position
+        return self.head(self.norm(self.encoder(tokens).mean(dim=1)))
+
+
+def _data() -> tuple[Any, Any, Any]:
+    data = mnist1d()
+    train = (data.train[0][:ROWS], data.train[1][:ROWS])
+    return train, data.val, data.test
+
+
+def residual_cnn(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    torch.manual_seed(ctx.seed)
+    train, val, test = _data()
+    model = ResidualCNN(int(params.get("channels", 16)))
+    return train_classifier(model, params, ctx, train=train, val=val, test=test)
+
+
+def transformer(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    torch.manual_seed(ctx.seed)
+    train, val, test = _data()
+    model = PatchTransformer(int(params.get("width", 32)), int(params.get("heads", 4)))
+    return train_classifier(model, params, ctx, train=train, val=val, test=test)
