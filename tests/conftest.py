@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,10 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Kept trial models go to a throwaway folder, never into the checkout.
 os.environ.setdefault("TUNER_ARTIFACTS", tempfile.mkdtemp(prefix="tuner-artifacts-"))
+
+# User workloads with residual and attention models (``user_models:residual_cnn``, ...), as a
+# user's own module on the path.
+sys.path.insert(0, str(Path(__file__).parent / "tuner"))
 
 PG_ADMIN_URL = os.environ.get(
     "TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

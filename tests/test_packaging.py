@@ -41,6 +41,7 @@ def test_wheel_holds_every_package_and_the_shipped_specs(wheel: Path) -> None:
         "tuner/dashboard/__init__.py",
         "tuner/search_spaces/digits_mlp.yaml",
         "tuner/search_spaces/mnist1d_cnn.yaml",
+        "tuner/search_spaces/mnist1d_transformer.yaml",
     ):
         assert expected in names, expected
     assert not any(n.startswith(("tests/", "bench/")) for n in names)

@@ -83,12 +83,12 @@ class TrialModel:
         return self.test_data[0][:1]
 
     def shipped_torch(self) -> nn.Module:
-        """The PyTorch model as the trial shipped it (int8 redone from the float model)."""
+        """The PyTorch model as the trial shipped it on the CPU (int8 redone from the float model)."""
         from ._compression import quantize
 
-        return quantize(self.model, mode=self.quantize, calibration_inputs=self.calibration)[
-            0
-        ].eval()
+        shipped = quantize(self.model, mode=self.quantize, calibration_inputs=self.calibration)[0]
+        shipped.eval()
+        return shipped
 
 
 def _own(tensor: torch.Tensor) -> torch.Tensor:

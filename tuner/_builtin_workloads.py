@@ -1,4 +1,4 @@
-"""The built-in workloads: a digits MLP (the fast demo) and an MNIST-1D CNN."""
+"""The built-in workloads: a digits MLP (the fast demo), an MNIST-1D CNN and Transformer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ._datasets import digits, mnist1d
+from ._exceptions import WorkloadError
 from ._workloads import TrainedModel, TrialContext, train_classifier
 
 
@@ -45,5 +46,69 @@ def mnist1d_cnn(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
         nn.ReLU(),
         nn.Flatten(),
         nn.Linear(c * length, data.n_classes),
+    )
+    return train_classifier(model, params, ctx, train=data.train, val=data.val, test=data.test)
+
+
+class PatchTransformer(nn.Module):
+    """A Transformer encoder over a 1-D signal cut into patches (tokens), mean-pooled.
+
+    Each patch of ``patch`` steps is embedded linearly and given a learned position; the
+    encoder is ``nn.TransformerEncoder`` (pre-norm, GELU feed-forward of twice the width).
+    """
+
+    def __init__(
+        self,
+        *,
+        length: int,
+        classes: int,
+        width: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        patch: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if length % patch:
+            raise ValueError(f"patch must divide the signal length {length}; got {patch}")
+        self.patch = patch
+        self.embed = nn.Linear(patch, width)
+        self.position = nn.Parameter(torch.zeros(1, length // patch, width))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            heads,
+            dim_feedforward=2 * width,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.reshape(x.shape[0], -1, self.patch)) + self.position
+        return self.head(self.norm(self.encoder(tokens).mean(dim=1)))
+
+
+def mnist1d_transformer(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    """A Transformer encoder on MNIST-1D's 40 steps as 10 patches of 4.
+
+    Params: ``width`` (64), ``heads`` (4, must divide width), ``layers`` (2).
+    """
+    data = mnist1d()
+    width = int(params.get("width", 64))
+    heads = int(params.get("heads", 4))
+    if width % heads:
+        raise WorkloadError(f"width {width} must be a multiple of heads {heads}")
+    torch.manual_seed(ctx.seed)
+    model = PatchTransformer(
+        length=data.train[0].shape[-1],
+        classes=data.n_classes,
+        width=width,
+        heads=heads,
+        layers=int(params.get("layers", 2)),
     )
     return train_classifier(model, params, ctx, train=data.train, val=data.val, test=data.test)

@@ -10,7 +10,7 @@ from typing import Any
 from ._cli import EXIT_FAILED, EXIT_OK, _console, _fmt, _open_readonly, _storage_arg
 from ._exceptions import StorageError
 
-_SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "state_dict": ".pth"}
+_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "state_dict": ".pth"}
 
 
 def add_parser(sub: Any) -> None:

@@ -1,19 +1,33 @@
-"""Sparsify and quantize PyTorch models the way tuner ships them.
+"""Sparsify and quantize PyTorch models of any architecture, on maintained libraries.
 
 Compression has two knobs, applied in this order by :func:`compress`:
 
-* **Sparsity** (:func:`sparsify`). ``structure="unstructured"`` zeroes the globally
-  smallest-magnitude weights of every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``; the tensors
-  keep their shape, so the model gets smaller on disk (zeros are not stored, see
-  ``tuner._measure``) but not faster. ``structure="structured"`` removes whole output
-  neurons/channels (smallest L2 norm, per layer) and rebuilds the layers smaller, which is what
-  makes dense kernels faster.
-* **Quantization** (:func:`quantize`). ``mode="int8"`` makes ``nn.Linear`` layers dynamic int8
-  and, for models with convolutions when calibration inputs are given, quantizes statically
-  (per-channel int8 weights, calibrated activations) so the convolutions compute in int8 too.
+* **Sparsity** (:func:`sparsify`).
 
-Quantized models run on CPU only: PyTorch's int8 kernels (x86/fbgemm, qnnpack) have no CUDA
-implementation.
+  - ``structure="unstructured"`` zeroes the globally smallest-magnitude weights of every
+    Linear, Conv1d/2d, Embedding and attention input projection; the tensors keep their shape,
+    so the model gets smaller on disk (zeros are not stored, see ``tuner._measure``) but not
+    faster.
+  - ``structure="structured"`` removes whole channels with torch-pruning's dependency graph:
+    the output neurons of Linear layers, the channels of convolutions, the embedding dimension
+    of attention, Embedding and LayerNorm, with everything coupled to them (a residual
+    connection couples the channels of every layer that adds into it; BatchNorm and LayerNorm
+    follow their layer). In each coupled group the fraction ``threshold`` of channels with the
+    smallest L2 norm is removed: the fraction is per group (local), never global. Attention
+    keeps its head count and each head gets narrower, so a group that includes attention keeps
+    a multiple of the head count. The layer whose output is the model's output keeps its
+    units (the classes).
+
+* **Quantization** (:func:`quantize`), ``mode="int8"``, on the trial's device:
+
+  - on the CPU, PT2E static quantization (``torch.export``, torchao's ``X86InductorQuantizer``
+    calibrated on typical inputs, ``convert_pt2e``): int8 weights per channel, calibrated int8
+    activations, for the convolutions and Linear layers the quantizer supports. Its kernels are
+    fused by ``torch.compile`` (see ``tuner._measure``);
+  - on CUDA, torchao's ``quantize_`` with dynamic int8 activations and int8 weights for every
+    ``nn.Linear``.
+
+  The layers that really compute in int8 are read from the result.
 """
 
 from __future__ import annotations
@@ -25,9 +39,9 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-import torch.ao.nn.quantized as nnq
 from torch import nn
 from torch.nn.utils import prune
 
@@ -37,7 +51,8 @@ __all__ = [
     "CompressionReport",
     "compress",
     "count_parameters",
-    "is_quantized",
+    "int8_layer_names",
+    "plain_attention",
     "quantize",
     "sparsify",
     "weight_sparsity",
@@ -48,49 +63,22 @@ _log = logging.getLogger(__name__)
 STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_Layer = nn.Linear | nn.Conv1d | nn.Conv2d
-# nnq.dynamic.Linear and the fused int8 modules (LinearReLU, ConvReLU1d, ...) subclass these.
-_INT8_WEIGHTED = (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)
-_QUANTIZED_MODULE_PREFIXES = (
-    "torch.ao.nn.quantized",
-    "torch.ao.nn.intrinsic.quantized",
-    "torch.nn.quantized",
-    "torch.nn.intrinsic.quantized",
-)
-_PASS_THROUGH = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.Identity,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
-_STRUCTURED_HELP = (
-    "structured sparsity needs an nn.Sequential (possibly nested) of Linear, Conv1d, Conv2d, "
-    "BatchNorm1d/2d, activations, Dropout, Flatten and pooling layers"
-)
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 
 
 @dataclass(frozen=True)
 class CompressionReport:
-    """What compression did to a model, measured on the model that ships.
+    """What compression did to a model.
 
     Attributes:
-        sparsity: Fraction of exactly-zero weights over all Linear/Conv weight tensors.
+        sparsity: Fraction of exactly-zero weights over the weights :func:`weight_sparsity` counts.
         param_count: Parameters of the shipped model (int8 weights count one each).
         prune_structure: ``"unstructured"`` or ``"structured"``.
-        prune_threshold: Fraction of weights (or units, when structured) pruned per request.
+        prune_threshold: Fraction of weights (or channels, when structured) pruned per request.
         quantize: ``"none"`` or ``"int8"``.
         int8_layers: Qualified names of the layers that really compute in int8.
-        removed_units: Neurons/channels removed by structured pruning; 0 when unstructured.
+        removed_units: Channels removed by structured pruning, over all groups; 0 when
+            unstructured.
     """
 
     sparsity: float
@@ -103,77 +91,58 @@ class CompressionReport:
 
 
 @contextlib.contextmanager
-def _quiet_quantization_warnings() -> Iterator[None]:
-    """Silence the deprecation noise ``torch.ao.quantization`` emits on every call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning
-        )
-        warnings.filterwarnings(
-            "ignore",
-            message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
-            category=UserWarning,
-        )
-        warnings.filterwarnings(
-            "ignore", message=r"Please use quant_min and quant_max", category=UserWarning
-        )
+def plain_attention() -> Iterator[None]:
+    """Turn off the fused fast path of ``nn.TransformerEncoderLayer`` and ``MultiheadAttention``.
+
+    Exporters and quantizers then see the attention's Linear projections as plain ops instead
+    of one fused kernel they cannot translate.
+    """
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
         yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def is_quantized(model: nn.Module) -> bool:
-    """Whether any submodule of ``model`` is a quantized (CPU-only) module."""
-    return any(
-        type(module).__module__.startswith(_QUANTIZED_MODULE_PREFIXES) for module in model.modules()
-    )
-
-
-def _quantized_weight_bias(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    with _quiet_quantization_warnings():
-        weight, bias = module._weight_bias()  # type: ignore[operator]
-    return weight, bias
+def _weights(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
+    for module in model.modules():
+        if isinstance(module, _WEIGHTED):
+            yield module, "weight", module.weight
+        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+            yield module, "in_proj_weight", module.in_proj_weight
 
 
 def weight_sparsity(model: nn.Module) -> float:
-    """Fraction of exactly-zero weights over every Linear/Conv weight tensor of ``model``.
+    """Fraction of exactly-zero weights over every weight :func:`sparsify` prunes.
 
-    Int8 layers are read from their int8 weights: a weight is zero when its integer equals the
-    zero point (for tuner's symmetric qint8 that is the integer 0).
+    Those are the weights of Linear, Conv1d/2d and Embedding layers and the input projection
+    of ``nn.MultiheadAttention``.
 
     Args:
-        model: A float or quantized model.
+        model: A float model.
 
     Returns:
-        A value in [0, 1]; 0.0 when the model has no such layer.
+        A value in [0, 1]; 0.0 when the model has no such weight.
     """
     zeros = 0
     total = 0
-    for module in model.modules():
-        if isinstance(module, _INT8_WEIGHTED):
-            weight = _quantized_weight_bias(module)[0].dequantize()
-        elif isinstance(module, _PRUNABLE):
-            weight = module.weight.detach()
-        else:
-            continue
-        zeros += int((weight == 0).sum())
+    for _, _, weight in _weights(model):
+        zeros += int((weight.detach() == 0).sum())
         total += weight.numel()
     return zeros / total if total else 0.0
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``, counting the packed weights and biases of int8 layers.
+    """Number of parameters of ``model``.
 
     Args:
-        model: A float or quantized model.
+        model: A float model.
 
     Returns:
         The parameter count.
     """
-    total = sum(parameter.numel() for parameter in model.parameters())
-    for module in model.modules():
-        if isinstance(module, _INT8_WEIGHTED):
-            weight, bias = _quantized_weight_bias(module)
-            total += weight.numel() + (bias.numel() if bias is not None else 0)
-    return total
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _check_threshold(threshold: float) -> None:
@@ -202,34 +171,53 @@ def _check_mode(mode: str) -> None:
         )
 
 
+def _example_batch(inputs: torch.Tensor | None, what: str) -> torch.Tensor:
+    if inputs is None:
+        raise CompressionError(f"{what} needs example inputs; the workload gave no train_data")
+    inputs = inputs.detach().cpu()
+    if inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise CompressionError(
+            f"example inputs must be a non-empty batch; got shape {tuple(inputs.shape)}"
+        )
+    return inputs
+
+
 def sparsify(
     model: nn.Module,
     *,
     threshold: float,
     structure: str = "unstructured",
     finetune: Callable[[nn.Module], None] | None = None,
+    example_inputs: torch.Tensor | None = None,
 ) -> nn.Module:
     """Prune a copy of ``model``; the caller's model is never changed.
 
     Args:
-        model: A float model.
-        threshold: Fraction pruned, 0 <= threshold < 1. Unstructured: fraction of all
-            Linear/Conv weights zeroed by global magnitude. Structured: fraction of the
-            output units of each hidden Linear/Conv layer removed (L2 norm, at least 1 kept).
-        structure: ``"unstructured"`` or ``"structured"`` (needs an ``nn.Sequential``).
+        model: A float model of any architecture.
+        threshold: Fraction pruned, 0 <= threshold < 1. Unstructured: fraction of all prunable
+            weights zeroed by global magnitude. Structured: fraction of the channels of each
+            coupled group removed (L2 norm, see the module docstring).
+        structure: ``"unstructured"`` or ``"structured"``.
         finetune: Called with the pruned copy whenever given (also at threshold 0, so every
             trial gets the same training budget). Unstructured: the pruning masks are still
             attached, so pruned weights stay zero while it trains. Structured: it gets the
-            rebuilt, smaller model.
+            smaller model.
+        example_inputs: A batch of typical inputs; structured pruning traces the model on it.
 
     Returns:
         The pruned copy.
 
     Raises:
         CompressionError: The threshold or structure is invalid, or the model cannot be
-            pruned that way.
+            pruned that way (the message names the layer).
     """
-    return _sparsify(model, threshold=threshold, structure=structure, finetune=finetune)[0]
+    return _sparsify(
+        model,
+        threshold=threshold,
+        structure=structure,
+        finetune=finetune,
+        example_inputs=example_inputs,
+    )[0]
 
 
 def _sparsify(
@@ -238,11 +226,15 @@ def _sparsify(
     threshold: float,
     structure: str,
     finetune: Callable[[nn.Module], None] | None,
+    example_inputs: torch.Tensor | None,
 ) -> tuple[nn.Module, int]:
     _check_threshold(threshold)
     _check_structure(structure)
     if structure == "structured":
-        return _prune_structured(model, float(threshold), finetune)
+        pruned, removed = _prune_structured(model, float(threshold), example_inputs)
+        if finetune is not None:
+            finetune(pruned)
+        return pruned, removed
     return _prune_unstructured(model, float(threshold), finetune), 0
 
 
@@ -250,349 +242,356 @@ def _prune_unstructured(
     model: nn.Module, threshold: float, finetune: Callable[[nn.Module], None] | None
 ) -> nn.Module:
     pruned = copy.deepcopy(model)
-    targets = [(module, "weight") for module in pruned.modules() if isinstance(module, _PRUNABLE)]
+    targets = [(module, name) for module, name, _ in _weights(pruned)]
     if not targets:
         if threshold > 0:
             raise CompressionError(
-                f"{type(model).__name__} has no nn.Linear, nn.Conv1d or nn.Conv2d layer to prune"
+                f"{type(model).__name__} has no Linear, Conv1d, Conv2d or Embedding layer to prune"
             )
         if finetune is not None:
             finetune(pruned)
         return pruned
     prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=threshold)
+    handles = _mask_attention_output(pruned)
     if finetune is not None:
         finetune(pruned)
+    for handle in handles:
+        handle.remove()
     for module, name in targets:
         prune.remove(module, name)
     return pruned
 
 
-def _is_sequential(module: nn.Module) -> bool:
-    # A Sequential subclass with its own forward may not run its children in order.
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+def _mask_attention_output(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Re-apply the output projection's mask whenever an attention layer runs.
+
+    ``nn.MultiheadAttention`` reads ``out_proj.weight`` without calling ``out_proj``, so the
+    pruning mask's own hook (on ``out_proj``) never runs while it fine-tunes.
+    """
+
+    def remask(module: nn.Module, _inputs: object) -> None:
+        projection = cast(nn.Module, module.out_proj)
+        for hook in list(projection._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                hook(projection, ())
+
+    return [
+        module.register_forward_pre_hook(remask)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    ]
 
 
-def _is_activation(module: nn.Module) -> bool:
-    if type(module).__module__ != nn.modules.activation.__name__:
-        return False
-    if isinstance(module, (nn.MultiheadAttention, nn.GLU)):
-        return False
-    if isinstance(module, nn.PReLU):
-        return module.num_parameters == 1
-    return next(module.parameters(recurse=False), None) is None
+def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The weighted layers whose output is the model's output: they keep their units."""
+    produced: dict[int, nn.Module] = {}
+    order: list[nn.Module] = []
 
+    def hook(module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            produced[id(output)] = module
+            order.append(module)
 
-def _is_structured_leaf(module: nn.Module) -> bool:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return module.groups == 1
-    return isinstance(
-        module, (nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, *_PASS_THROUGH)
-    ) or _is_activation(module)
-
-
-def _describe(module: nn.Module) -> str:
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1:
-        return f"{type(module).__name__} with groups={module.groups}"
-    return type(module).__name__
-
-
-def _sequential_leaves(
-    sequential: nn.Module, prefix: str = ""
-) -> list[tuple[nn.Sequential, int, str, nn.Module]]:
-    """Flatten nested Sequentials into (parent, index, qualified name, leaf) in run order."""
-    if not _is_sequential(sequential):
-        where = f" at {prefix!r}" if prefix else ""
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad():
+            output = model(example)
+    except Exception as error:
         raise CompressionError(
-            f"{_STRUCTURED_HELP}; got {_describe(sequential)}{where}; "
-            "use prune_structure: unstructured"
-        )
-    leaves: list[tuple[nn.Sequential, int, str, nn.Module]] = []
-    for index, (name, child) in enumerate(sequential.named_children()):
-        qualified = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, nn.Sequential):
-            leaves.extend(_sequential_leaves(child, qualified))
-        elif _is_structured_leaf(child):
-            leaves.append((sequential, index, qualified, child))  # type: ignore[arg-type]
-        else:
-            raise CompressionError(
-                f"{_STRUCTURED_HELP}; got {_describe(child)} at {qualified!r}; "
-                "use prune_structure: unstructured"
-            )
-    return leaves
+            f"example inputs of shape {tuple(example.shape)} do not run "
+            f"{type(model).__name__}: {error}"
+        ) from error
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    found = [produced[id(t)] for t in outputs if isinstance(t, torch.Tensor) and id(t) in produced]
+    if found:
+        return found
+    # The output was reshaped after the last layer: that layer still makes the classes.
+    return order[-1:]
 
 
-@dataclass(frozen=True)
-class _Kept:
-    """Output units a pruned layer kept, as seen by the layers after it."""
-
-    layer: str
-    is_conv: bool
-    units: int
-    indices: torch.Tensor
-    flattened: bool = False
+def _heads_multiple(model: nn.Module) -> int:
+    multiple = 1
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            multiple = math.lcm(multiple, int(module.num_heads))
+    return multiple
 
 
-def _units_to_keep(module: _Layer, threshold: float) -> torch.Tensor:
-    """Indices (sorted) of the output units that L2 structured pruning keeps."""
-    original = module.weight.detach().clone()
-    prune.ln_structured(module, "weight", amount=threshold, n=2, dim=0)
-    mask = module.get_buffer("weight_mask")
-    alive = mask.flatten(1).any(dim=1)
-    prune.remove(module, "weight")
-    with torch.no_grad():
-        # The layer is rebuilt from the kept rows, so restore them untouched.
-        module.weight.copy_(original)
-    kept = alive.nonzero().flatten()
-    if kept.numel() == 0:
-        kept = original.flatten(1).norm(dim=1).argmax().reshape(1)
-    return kept
-
-
-def _input_indices(kept: _Kept, consumer: _Layer, name: str) -> torch.Tensor:
-    """Columns (Linear) or input channels (Conv) of ``consumer`` that survive ``kept``."""
-    if isinstance(consumer, nn.Linear):
-        if kept.is_conv:
-            if not kept.flattened:
-                raise CompressionError(
-                    f"cannot prune {kept.layer!r} structurally: it feeds Linear {name!r} "
-                    "without an nn.Flatten in between; use prune_structure: unstructured"
-                )
-            if consumer.in_features % kept.units:
-                raise CompressionError(
-                    f"cannot prune {kept.layer!r} structurally: Linear {name!r} has "
-                    f"{consumer.in_features} inputs, not a multiple of {kept.units} channels"
-                )
-            block = consumer.in_features // kept.units
-            # Flatten lays a [N, C, ...] tensor out channel by channel.
-            offsets = torch.arange(block, device=kept.indices.device)
-            return (kept.indices[:, None] * block + offsets).flatten()
-        if consumer.in_features != kept.units:
-            raise CompressionError(
-                f"cannot prune {kept.layer!r} structurally: Linear {name!r} expects "
-                f"{consumer.in_features} inputs, not its {kept.units} outputs"
-            )
-        return kept.indices
-    if not kept.is_conv or kept.flattened or consumer.in_channels != kept.units:
-        raise CompressionError(
-            f"cannot prune {kept.layer!r} structurally: its {kept.units} outputs do not map "
-            f"onto the input channels of {name!r}; use prune_structure: unstructured"
-        )
-    return kept.indices
-
-
-def _rebuild(module: _Layer, inputs: torch.Tensor | None, outputs: torch.Tensor | None) -> _Layer:
-    """A dense layer holding only the given input and output units of ``module``."""
-    weight = module.weight.detach()
-    bias = module.bias.detach() if module.bias is not None else None
-    if outputs is not None:
-        weight = weight[outputs]
-        bias = bias[outputs] if bias is not None else None
-    if inputs is not None:
-        weight = weight[:, inputs]
-    device, dtype = weight.device, weight.dtype
-    rebuilt: _Layer
+def _out_channels(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
-        rebuilt = nn.Linear(
-            weight.shape[1], weight.shape[0], bias=bias is not None, device=device, dtype=dtype
-        )
-    else:
-        conv_type = nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
-        rebuilt = conv_type(
-            weight.shape[1],
-            weight.shape[0],
-            module.kernel_size,  # type: ignore[arg-type]
-            stride=module.stride,  # type: ignore[arg-type]
-            padding=module.padding,  # type: ignore[arg-type]
-            dilation=module.dilation,  # type: ignore[arg-type]
-            bias=bias is not None,
-            padding_mode=module.padding_mode,  # type: ignore[arg-type]
-            device=device,
-            dtype=dtype,
-        )
-    with torch.no_grad():
-        rebuilt.weight.copy_(weight)
-        if bias is not None and rebuilt.bias is not None:
-            rebuilt.bias.copy_(bias)
-    rebuilt.train(module.training)
-    return rebuilt
+        return int(module.out_features)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return int(module.out_channels)
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.embed_dim)
+    if isinstance(module, nn.Embedding):
+        return int(module.embedding_dim)
+    return None
 
 
-def _slice_batch_norm(norm: nn.BatchNorm1d | nn.BatchNorm2d, kept: _Kept, name: str) -> None:
-    if kept.flattened or norm.num_features != kept.units:
-        raise CompressionError(
-            f"cannot prune {kept.layer!r} structurally: {type(norm).__name__} {name!r} has "
-            f"{norm.num_features} features, not its {kept.units} outputs"
-        )
-    indices = kept.indices
-    with torch.no_grad():
-        for attribute in ("weight", "bias"):
-            tensor = getattr(norm, attribute)
-            if tensor is not None:
-                setattr(norm, attribute, nn.Parameter(tensor.detach()[indices].clone()))
-        for attribute in ("running_mean", "running_var"):
-            tensor = getattr(norm, attribute)
-            if tensor is not None:
-                setattr(norm, attribute, tensor[indices].clone())
-    norm.num_features = int(indices.numel())
+def _capped_ratios(
+    model: nn.Module, threshold: float, multiple: int, output_layers: list[nn.Module]
+) -> dict[nn.Module, float]:
+    """Each layer's fraction, capped so that it keeps at least ``multiple`` channels."""
+    ratios: dict[nn.Module, float] = {}
+    for module in model.modules():
+        channels = _out_channels(module)
+        if channels is None or module in output_layers or channels <= multiple:
+            continue
+        # Half a channel below the cap, so the pruner's rounding down keeps ``multiple``.
+        ratios[module] = min(threshold, (channels - multiple - 0.5) / channels)
+    return ratios
+
+
+def _group_layer(group: object) -> str:
+    """The name of the layer a torch-pruning group is rooted at."""
+    try:
+        target = group[0].dep.target  # type: ignore[index]
+        return str(getattr(target, "name", None) or type(target.module).__name__)
+    except Exception:  # a group of an unexpected shape still gets a message
+        return ""
 
 
 def _prune_structured(
-    model: nn.Module, threshold: float, finetune: Callable[[nn.Module], None] | None
+    model: nn.Module, threshold: float, example_inputs: torch.Tensor | None
 ) -> tuple[nn.Module, int]:
-    pruned = copy.deepcopy(model)
-    leaves = _sequential_leaves(pruned)
-    layers = [
-        (position, module)
-        for position, (_, _, _, module) in enumerate(leaves)
-        if isinstance(module, _PRUNABLE)
-    ]
-    if not layers:
+    import torch_pruning as tp
+
+    example = _example_batch(example_inputs, "structured sparsity")[:2]
+    pruned = copy.deepcopy(model).cpu()
+    training = pruned.training
+    pruned.eval()
+    output_layers = _output_layers(pruned, example)
+    if not any(
+        isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention))
+        for m in pruned.modules()
+    ):
         raise CompressionError(
-            f"{type(model).__name__} has no nn.Linear, nn.Conv1d or nn.Conv2d layer to prune"
+            f"{type(model).__name__} has no Linear, Conv1d, Conv2d or attention layer to prune"
         )
-    keep: dict[int, torch.Tensor] = {}
-    if threshold > 0:
-        # The last layer produces the model's outputs (classes), so it keeps all its units.
-        for position, layer in layers[:-1]:
-            kept = _units_to_keep(layer, threshold)
-            if kept.numel() < layer.weight.shape[0]:
-                keep[position] = kept
-
+    if threshold == 0:
+        pruned.train(training)
+        return pruned, 0
+    with torch.no_grad():
+        reference = pruned(example)
+    multiple = _heads_multiple(pruned)
+    try:
+        with warnings.catch_warnings(), plain_attention():
+            # torch-pruning notes each raw nn.Parameter it finds (a position embedding, say);
+            # it prunes their last dimension, which is what such parameters need.
+            warnings.filterwarnings("ignore", message=r"Unwrapped parameters detected")
+            pruner = tp.pruner.MetaPruner(
+                pruned,
+                example,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=threshold,
+                pruning_ratio_dict=_capped_ratios(pruned, threshold, multiple, output_layers),
+                ignored_layers=output_layers,
+                root_module_types=[
+                    nn.modules.conv._ConvNd,
+                    nn.Linear,
+                    nn.Embedding,
+                    nn.MultiheadAttention,
+                ],
+                round_to=multiple,
+                global_pruning=False,
+            )
+    except CompressionError:
+        raise
+    except Exception as error:
+        raise CompressionError(
+            f"cannot trace {type(model).__name__} for structured sparsity ({error}); "
+            "use prune_structure: unstructured"
+        ) from error
     removed = 0
-    incoming: _Kept | None = None
-    for position, (parent, index, name, module) in enumerate(leaves):
-        if isinstance(module, _PRUNABLE):
-            inputs = _input_indices(incoming, module, name) if incoming is not None else None
-            outputs = keep.get(position)
-            if inputs is not None or outputs is not None:
-                parent[index] = _rebuild(module, inputs, outputs)
-            incoming = None
-            if outputs is not None:
-                units = module.weight.shape[0]
-                removed += units - int(outputs.numel())
-                incoming = _Kept(name, not isinstance(module, nn.Linear), units, outputs)
-        elif incoming is None:
-            continue
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            _slice_batch_norm(module, incoming, name)
-        elif isinstance(module, nn.Flatten) and incoming.is_conv:
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise CompressionError(
-                    f"cannot prune {incoming.layer!r} structurally: Flatten {name!r} must "
-                    "flatten dims 1..-1; use prune_structure: unstructured"
-                )
-            incoming = _Kept(incoming.layer, True, incoming.units, incoming.indices, True)
-
-    if finetune is not None:
-        finetune(pruned)
+    layer = ""
+    try:
+        for group in pruner.step(interactive=True):
+            layer = _group_layer(group)
+            removed += len(group[0].idxs)
+            group.prune()
+            # A layer whose channels the graph cannot follow (sliced, reshaped by hand) breaks
+            # the model here; naming it tells the user which layer to leave dense.
+            with torch.no_grad():
+                pruned(example)
+    except Exception as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        where = f"layer {layer!r} of " if layer else ""
+        raise CompressionError(
+            f"cannot prune {where}{type(model).__name__} structurally: {message}; "
+            "use prune_structure: unstructured"
+        ) from error
+    with torch.no_grad():
+        after = pruned(example)
+    if isinstance(reference, torch.Tensor) and (
+        not isinstance(after, torch.Tensor) or after.shape != reference.shape
+    ):
+        raise CompressionError(
+            f"structured sparsity changed the output of {type(model).__name__} from "
+            f"{tuple(reference.shape)} to {tuple(getattr(after, 'shape', ()))}; "
+            "use prune_structure: unstructured"
+        )
+    pruned.train(training)
     return pruned, removed
 
 
-def quantize(
-    model: nn.Module, *, mode: str, calibration_inputs: torch.Tensor | None = None
-) -> tuple[nn.Module, tuple[str, ...]]:
-    """Quantize a copy of ``model`` for CPU inference.
+# --- int8 ----------------------------------------------------------------------------------
 
-    ``mode="int8"`` quantizes every ``nn.Linear`` dynamically (int8 weights per channel,
-    activations quantized on the fly). When the model has Conv1d/Conv2d layers and
-    ``calibration_inputs`` are given, it is quantized statically instead (FX graph mode, x86
-    engine, per-channel symmetric int8 weights, activation ranges calibrated on the inputs), so
-    the convolutions compute in int8 too; if the model cannot be traced or quantized that way,
-    it falls back to dynamic int8 for the Linear layers only. The result runs on CPU only, on
-    the quantized engine it was packed for: x86 (or fbgemm), which this function activates in
-    ``torch.backends.quantized.engine`` when another one is active.
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def quantize(
+    model: nn.Module,
+    *,
+    mode: str,
+    calibration_inputs: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """Quantize a copy of ``model`` for inference on ``device``.
+
+    On the CPU, ``mode="int8"`` quantizes statically with PT2E (see the module docstring):
+    activation ranges are calibrated on ``calibration_inputs``. On CUDA, every ``nn.Linear`` gets torchao's dynamic int8 activations and int8
+    weights.
 
     Args:
-        model: A float model (on any device; the quantized copy lives on CPU).
+        model: A float model (on any device).
         mode: ``"none"`` (returns ``model`` itself) or ``"int8"``.
-        calibration_inputs: A batch of typical inputs, needed to quantize convolutions.
+        calibration_inputs: A batch of typical inputs (a few hundred rows).
+        device: Where the quantized model will run.
 
     Returns:
-        The quantized model and the qualified names of its layers that compute in int8,
-        read from the module types of the result.
+        The quantized model and the qualified names of its layers that compute in int8.
 
     Raises:
-        CompressionError: Unknown mode, or no quantized CPU engine in this PyTorch build.
+        CompressionError: Unknown mode, or the model cannot be quantized (one line naming why).
     """
     _check_mode(mode)
     if mode == "none":
         return model, ()
-    engine = _select_engine()
-    float_model = copy.deepcopy(model).cpu().eval()
-    quantized: nn.Module | None = None
-    has_conv = any(isinstance(module, (nn.Conv1d, nn.Conv2d)) for module in float_model.modules())
-    if has_conv and calibration_inputs is not None:
-        quantized = _quantize_static(float_model, calibration_inputs, engine)
-    if quantized is None:
-        quantized = _quantize_dynamic(float_model, engine)
-    return quantized, _int8_layers(quantized)
+    target = torch.device(device)
+    float_model = copy.deepcopy(model).to(target).eval()
+    if target.type == "cuda":
+        quantized = _quantize_linear_dynamic(float_model)
+    else:
+        quantized = _quantize_pt2e(float_model, calibration_inputs)
+    return quantized, int8_layer_names(quantized)
 
 
-def _select_engine() -> str:
-    """Pick (and activate) the quantized CPU engine: packed weights only run on their engine."""
-    supported = torch.backends.quantized.supported_engines
-    current = torch.backends.quantized.engine
-    if current in ("x86", "fbgemm"):
-        return current
-    for engine in ("x86", "fbgemm", "qnnpack"):
-        if engine in supported:
-            torch.backends.quantized.engine = engine
-            return engine
-    raise CompressionError(
-        f"this PyTorch build has no quantized CPU engine (supported: {supported}); "
-        "use quantize: none"
-    )
+def _import_torchao() -> None:
+    """Import torchao once, without its notes that CUDA-only kernels are absent on this host.
+
+    On a CPU-only install torchao logs a warning per optional CUDA extension it cannot load;
+    they say nothing about the int8 paths used here.
+    """
+    logger = logging.getLogger("torchao")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    finally:
+        logger.setLevel(level)
 
 
-def _quantize_dynamic(model: nn.Module, engine: str) -> nn.Module:
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+def _quantize_linear_dynamic(model: nn.Module) -> nn.Module:
+    _import_torchao()
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    # qnnpack has no per-channel dynamic Linear; it gets per-tensor symmetric weights.
-    qconfig = default_dynamic_qconfig if engine == "qnnpack" else per_channel_dynamic_qconfig
-    with _quiet_quantization_warnings():
-        return torch.ao.quantization.quantize_dynamic(
-            model, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True
-        )
-
-
-def _quantize_static(
-    model: nn.Module, calibration_inputs: torch.Tensor, engine: str
-) -> nn.Module | None:
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    inputs = calibration_inputs.detach().cpu()
-    if inputs.ndim == 0 or inputs.shape[0] == 0:
+    try:
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    except Exception as error:
         raise CompressionError(
-            f"calibration_inputs must be a non-empty batch; got shape {tuple(inputs.shape)}"
-        )
+            f"torchao cannot quantize {type(model).__name__} to int8: {error}"
+        ) from error
+    return model
+
+
+def _quantize_pt2e(model: nn.Module, calibration_inputs: torch.Tensor | None) -> nn.Module:
+    _import_torchao()
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        move_exported_model_to_eval,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    inputs = _example_batch(calibration_inputs, "int8")
+    example = inputs[:2]
     try:
         with torch.no_grad():
-            model(inputs[:1])
-    except (RuntimeError, ValueError, TypeError) as error:
+            model(example)
+    except Exception as error:
         raise CompressionError(
-            f"calibration_inputs of shape {tuple(inputs.shape)} do not fit the model: {error}"
+            f"calibration inputs of shape {tuple(inputs.shape)} do not fit the model: {error}"
         ) from error
     try:
-        with _quiet_quantization_warnings(), torch.no_grad():
-            prepared = prepare_fx(
-                copy.deepcopy(model),
-                get_default_qconfig_mapping(engine),
-                example_inputs=(inputs[:1],),
-            )
-            for batch in inputs.split(256):
+        with plain_attention():
+            exported = torch.export.export(
+                model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
+            ).module()
+    except Exception as error:
+        raise CompressionError(
+            f"torch.export cannot capture {type(model).__name__} for int8: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for batch in inputs.split(128):
                 prepared(batch)
-            converted = convert_fx(prepared)
-            converted(inputs[:1])
-    except Exception as error:  # FX could not trace or convert it
-        _log.info("static int8 not possible (%s); using dynamic int8 for Linear layers", error)
-        return None
+            converted = convert_pt2e(prepared)
+            # Callers switch models to eval mode; an exported graph needs to be told how.
+            move_exported_model_to_eval(converted)
+            allow_exported_model_train_eval(converted)
+            converted(example)
+    except Exception as error:
+        raise CompressionError(f"PT2E int8 failed for {type(model).__name__}: {error}") from error
     return converted
 
 
-def _int8_layers(model: nn.Module) -> tuple[str, ...]:
+_INT8_WEIGHT_OPS = ("dequantize_per_channel", "dequantize_per_tensor")
+
+
+def int8_layer_names(model: nn.Module) -> tuple[str, ...]:
+    """Qualified names of the layers of a quantized model that compute in int8, in order.
+
+    Reads a PT2E graph (convolutions and linear ops whose weight is dequantized from int8) or
+    torchao's quantized tensor subclasses (weights that are not plain tensors).
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        names: list[str] = []
+        for node in model.graph.nodes:
+            if node.op != "call_function" or not node.args:
+                continue
+            target = str(node.target)
+            if not any(op in target for op in ("conv", "linear", "matmul", "addmm")):
+                continue
+            weight = node.args[1] if len(node.args) > 1 else None
+            if not isinstance(weight, torch.fx.Node) or not any(
+                op in str(weight.target) for op in _INT8_WEIGHT_OPS
+            ):
+                continue
+            stack = node.meta.get("nn_module_stack") or {}
+            name = next(reversed(stack.values()))[0] if stack else node.name
+            if name not in names:
+                names.append(str(name))
+        return tuple(names)
     return tuple(
-        name for name, module in model.named_modules() if isinstance(module, _INT8_WEIGHTED)
+        name
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor)
+        and type(module.weight) not in (torch.Tensor, nn.Parameter)
     )
 
 
@@ -604,19 +603,22 @@ def compress(
     quantize: str,
     calibration_inputs: torch.Tensor | None,
     finetune: Callable[[nn.Module], None] | None = None,
-) -> tuple[nn.Module, CompressionReport]:
-    """Sparsify, then quantize, a copy of ``model``; report what ships.
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, nn.Module, CompressionReport]:
+    """Sparsify, then quantize, a copy of ``model``.
 
     Args:
         model: A trained float model; never changed.
         threshold: Fraction pruned (see :func:`sparsify`).
         structure: ``"unstructured"`` or ``"structured"``.
         quantize: ``"none"`` or ``"int8"`` (see :func:`quantize`).
-        calibration_inputs: Typical inputs, to quantize convolutions statically.
+        calibration_inputs: Typical inputs: structured pruning traces on them, int8 calibrates.
         finetune: Trains the pruned model before quantization (see :func:`sparsify`).
+        device: Where the shipped model runs (int8 is made for it).
 
     Returns:
-        The shipped model and a report measured on it.
+        The float model after sparsity, the shipped model (the same object when not
+        quantized) and a report on them.
 
     Raises:
         CompressionError: An argument is invalid or the model cannot be compressed as asked.
@@ -624,18 +626,28 @@ def compress(
     _check_threshold(threshold)
     _check_structure(structure)
     _check_mode(quantize)
-    pruned, removed = _sparsify(model, threshold=threshold, structure=structure, finetune=finetune)
-    shipped, int8_layers = _quantize(pruned, mode=quantize, calibration_inputs=calibration_inputs)
+    pruned, removed = _sparsify(
+        model,
+        threshold=threshold,
+        structure=structure,
+        finetune=finetune,
+        example_inputs=calibration_inputs,
+    )
+    pruned = pruned.eval()
+    shipped, int8_layers = _quantize(
+        pruned, mode=quantize, calibration_inputs=calibration_inputs, device=device
+    )
     report = CompressionReport(
-        sparsity=weight_sparsity(shipped),
-        param_count=count_parameters(shipped),
+        sparsity=weight_sparsity(pruned),
+        param_count=count_parameters(pruned),
         prune_structure=structure,
         prune_threshold=float(threshold),
         quantize=quantize,
         int8_layers=int8_layers,
         removed_units=removed,
     )
-    return shipped, report
+    shipped.eval()
+    return pruned, shipped, report
 
 
 # compress() takes a parameter named ``quantize``, which shadows the function inside it.

@@ -408,19 +408,18 @@ class EarlyStopping:
             any(m in _MODEL_METRICS for m in self._metrics) and self._model_metrics is None
         )
         shipped: Any = None
-        report: Any = None
         self._finetuned = 0.0
         if watched and (needs_model or shipped_accuracy):
             finetune = self._rung_finetune(params, ctx) if shipped_accuracy else None
-            shipped, report = self._compress(params, ctx, finetune)
+            shipped = self._compress(params, ctx, finetune)
             self._finetuned = _RUNG_FINETUNE if finetune is not None else 0.0
             if needs_model:
-                self._model_metrics = self._measure(shipped, report, ctx)
+                self._model_metrics = self._measure(shipped, ctx)
         self._shipped = bool(shipped_accuracy)
         known: dict[str, float] = {}
         for name in self._metrics:
             if name in _SHIPPED_ACCURACY and shipped_accuracy:
-                known[name] = self._shipped_accuracy(shipped, report, ctx)
+                known[name] = self._shipped_accuracy(shipped, ctx)
             elif name in _ACCURACY_PROXIES:
                 known[name] = float(ctx.curve[-1])
             elif self._model_metrics is not None:
@@ -476,58 +475,50 @@ class EarlyStopping:
         params: Mapping[str, Any],
         ctx: TrialContext,
         finetune: Callable[[Any], None] | None = None,
-    ) -> tuple[Any, Any]:
-        """A copy of the model, pruned (then ``finetune``d) and quantized as sampled."""
-        from ._compression import compress
+    ) -> Any:
+        """A copy of the model, shipped as sampled (the same path as the final metric)."""
+        from ._shipping import settings_from_params, ship
 
         assert ctx.watched_model is not None and ctx.watched_inputs is not None
         model = copy.deepcopy(ctx.watched_model).to("cpu").eval()
-        shipped, report = compress(
+        return ship(
             model,
-            threshold=float(params.get("prune_threshold", 0.0)),
-            structure=str(params.get("prune_structure", "unstructured")),
-            quantize=str(params.get("quantize", "none")),
-            calibration_inputs=ctx.watched_inputs.detach().to("cpu"),
+            settings_from_params(params),
+            calibration=ctx.watched_inputs.detach().to("cpu"),
+            device=ctx.device,
             finetune=finetune,
         )
-        return shipped.eval(), report
 
-    def _shipped_accuracy(self, shipped: Any, report: Any, ctx: TrialContext) -> float:
-        from ._measure import accuracy
+    def _shipped_accuracy(self, shipped: Any, ctx: TrialContext) -> float:
+        from ._objective import measure_threads
+        from ._shipping import measure
 
-        assert ctx.watched_val is not None
-        device = "cpu" if report.int8_layers else str(ctx.device)
-        inputs, labels = ctx.watched_val
-        return float(accuracy(shipped, inputs, labels, device=device))
+        assert ctx.watched_val is not None and ctx.watched_inputs is not None
+        figures = measure(
+            shipped,
+            settings=self._spec.measure,
+            threads=measure_threads(self._spec),
+            example=ctx.watched_inputs[:1].detach().to("cpu"),
+            val_data=ctx.watched_val,
+            model_metrics=False,
+        )
+        return float(figures["accuracy"])
 
-    def _measure(self, shipped: Any, report: Any, ctx: TrialContext) -> dict[str, float]:
-        """Size and latency of the compressed copy (once per trial)."""
-        from ._measure import measure_latency, size_bytes
+    def _measure(self, shipped: Any, ctx: TrialContext) -> dict[str, float]:
+        """Size and latency of the shipped copy (once per trial), as the final metric has them."""
+        from ._objective import measure_threads
+        from ._shipping import measure
 
         assert ctx.watched_inputs is not None
-        inputs = ctx.watched_inputs.detach().to("cpu")
-        device = "cpu" if report.int8_layers else str(ctx.device)
-        threads = self._spec.measure.threads or max(1, int(self._spec.resources.cpus))
-        out: dict[str, float] = {
-            "size_bytes": float(size_bytes(shipped)),
-            "param_count": float(report.param_count),
-            "sparsity": float(report.sparsity),
-        }
-        for suffix, batch in (("", 1), ("_batch", self._spec.measure.batch_size)):
-            if not any(m.startswith(f"latency_ms{suffix}") for m in self._metrics):
-                continue
-            stats = measure_latency(
-                shipped,
-                inputs[:1],
-                batch_size=batch,
-                device=device,
-                warmup=min(_EARLY_WARMUP, self._spec.measure.warmup),
-                repeats=min(_EARLY_REPEATS, self._spec.measure.repeats),
-                threads=threads,
-            )
-            out[f"latency_ms{suffix}"] = stats.p50_ms
-            out[f"latency_ms{suffix}_p90"] = stats.p90_ms
-        return out
+        figures = measure(
+            shipped,
+            settings=self._spec.measure,
+            threads=measure_threads(self._spec),
+            example=ctx.watched_inputs[:1].detach().to("cpu"),
+            warmup=min(_EARLY_WARMUP, self._spec.measure.warmup),
+            repeats=min(_EARLY_REPEATS, self._spec.measure.repeats),
+        )
+        return {name: float(figures[name]) for name in _MODEL_METRICS if name in figures}
 
     def _read(self, key: str, exclude: int) -> list[tuple[int, Any]]:
         """``(trial number, value)`` of user attribute ``key`` for the study's other trials."""

@@ -2,14 +2,15 @@
 
 Formats:
 
-* ``onnx``: the float model after sparsity is exported with ``torch.onnx.export``; a trial
-  that used int8 is then quantized by ONNX Runtime (``quantize_dynamic`` for Linear layers,
-  ``quantize_static`` with the trial's calibration inputs when the model has
-  convolutions), since PyTorch's int8 modules do not export to ONNX. Weights with enough
+* ``onnx``: the float model after sparsity is exported by the dynamo-based
+  ``torch.onnx.export`` (``torch.export`` underneath, so Transformers export too); a trial
+  that used int8 is then quantized by ONNX Runtime: ``quantize_static`` with the trial's
+  calibration inputs for convolutions, ``quantize_dynamic`` for MatMul/Gemm. Weights with enough
   zeros are stored as a bitmask of non-zeros plus the non-zero values and expanded by a
   small function in the graph, which ONNX Runtime folds into a dense constant when the
   session loads: the file is small and inference runs at dense speed.
-* ``torchscript``: the PyTorch model as shipped (int8 where the trial used it), traced.
+* ``pt2``: the PyTorch model as shipped (int8 where the trial used it) as a ``torch.export``
+  program (``torch.export.load(path).module()`` runs it).
 * ``state_dict``: the shipped model's ``state_dict`` (``torch.load(..., weights_only=True)``).
 """
 
@@ -21,7 +22,6 @@ import logging
 import math
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from torch import nn
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
 from ._exceptions import SpecError, TunerError
 
-FORMATS = ("onnx", "torchscript", "state_dict")
+FORMATS = ("onnx", "pt2", "state_dict")
 OPSET = 18
 INPUT = "input"
 OUTPUT = "logits"
@@ -68,42 +68,62 @@ def _need_onnx() -> None:
         ) from exc
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence exporter deprecation notes and the quantizer's pre-processing advice."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 # --- ONNX ----------------------------------------------------------------------------
 
 
-def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
-    import onnx
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep the exporter's and quantizer's progress lines out of trial logs.
 
-    buffer = io.BytesIO()
+    The dynamo exporter logs which optional operator libraries are missing (torchvision)
+    and ONNX Runtime's quantizer logs advice to pre-process; both go through ``logging``
+    and say nothing about the model. Warnings are left alone.
+    """
+    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
-        with _quiet(), torch.no_grad():
-            torch.onnx.export(
-                model.cpu().eval(),
-                (example.cpu(),),
-                buffer,  # type: ignore[arg-type]  # the exporter writes to file objects too
-                dynamo=False,
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
+    """The float model as ONNX, from ``torch.export`` (the dynamo-based exporter).
+
+    The batch dimension is dynamic. Attention is exported as its Linear projections and
+    matrix products, which ONNX Runtime's quantizer can then see.
+    """
+    from ._compression import plain_attention
+
+    model = model.cpu().eval()
+    # Batch 1 would let the exporter specialise the batch dimension away.
+    sample = example.cpu()[:1]
+    sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    try:
+        with _quiet_exporter(), plain_attention(), torch.no_grad():
+            program = torch.onnx.export(
+                model,
+                (sample,),
+                None,
+                dynamo=True,
+                verbose=False,
                 opset_version=OPSET,
                 input_names=[INPUT],
                 output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {exc}") from exc
-    return onnx.load_from_string(buffer.getvalue())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
+    if program is None:  # pragma: no cover - only when a file target is given
+        raise ExportError(f"torch.onnx.export returned no program for {type(model).__name__}")
+    proto = program.model_proto
+    # Shapes recorded by the exporter go stale once the quantizer rewrites the graph.
+    del proto.graph.value_info[:]
+    return proto
 
 
 class _Calibration:
@@ -117,33 +137,48 @@ class _Calibration:
 
 
 def _int8_onnx(proto: Any, calibration: torch.Tensor | None) -> Any:
+    """int8 by ONNX Runtime's quantizer.
+
+    Convolutions are quantized statically (activation ranges calibrated on the trial's
+    inputs, weights per output channel): ONNX Runtime has no dynamic int8 convolution.
+    MatMul and Gemm (Linear layers, attention projections) are quantized dynamically,
+    activation ranges read per batch at run time.
+    """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    has_conv = any(n.op_type == "Conv" for n in proto.graph.node)
-    with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet():
+    ops = {n.op_type for n in proto.graph.node}
+    with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet_exporter():
         source = Path(tmp) / "float.onnx"
-        target = Path(tmp) / "int8.onnx"
         onnx.save(proto, str(source))
-        if has_conv and calibration is not None:
-            # Mirrors PyTorch's static int8: convolutions need calibrated activations.
+        if "Conv" in ops:
+            if calibration is None:
+                raise ExportError(
+                    "int8 convolutions in ONNX need calibration inputs; the trial kept none"
+                )
+            static = Path(tmp) / "static.onnx"
             quantize_static(
                 str(source),
-                str(target),
+                str(static),
                 _Calibration(calibration),
                 quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=["Conv"],
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
             )
-        else:
+            source = static
+        if ops & {"MatMul", "Gemm"}:
+            dynamic = Path(tmp) / "dynamic.onnx"
             quantize_dynamic(
                 str(source),
-                str(target),
+                str(dynamic),
                 op_types_to_quantize=["MatMul", "Gemm"],
                 weight_type=QuantType.QInt8,
+                extra_options={"MatMulConstBOnly": True},
             )
-        return onnx.load(str(target))
+            source = dynamic
+        return onnx.load(str(source))
 
 
 def _decode_function() -> Any:
@@ -265,6 +300,7 @@ def _strip(proto: Any) -> Any:
     for node in graph.node:
         node.name = ""
         node.doc_string = ""
+        del node.metadata_props[:]
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
     del graph.value_info[:]
@@ -348,62 +384,46 @@ class OnnxRunner:
         return float(np.percentile(timings, 50)), float(np.percentile(timings, 90))
 
 
-def measure_onnx(
-    tm: TrialModel,
-    val_data: tuple[torch.Tensor, torch.Tensor],
-    *,
-    batch_size: int,
-    warmup: int,
-    repeats: int,
-    threads: int,
-) -> dict[str, Any]:
-    """Accuracy, size and latency of a trial's ONNX file, measured in ONNX Runtime."""
-    proto = onnx_model(tm)
-    data = proto.SerializeToString()
-    runner = OnnxRunner(data, threads=threads)
-    p50, p90 = runner.latency(tm.example, batch_size=1, warmup=warmup, repeats=repeats)
-    b50, b90 = runner.latency(
-        tm.example,
-        batch_size=batch_size,
-        warmup=max(1, warmup // 2),
-        repeats=max(3, repeats // 2),
-    )
-    return {
-        "accuracy": runner.accuracy(*val_data),
-        "test_accuracy": runner.accuracy(*tm.test_data),
-        "size_bytes": len(data),
-        "size_format": "onnx",
-        "latency_ms": p50,
-        "latency_ms_p90": p90,
-        "latency_ms_batch": b50,
-        "latency_ms_batch_p90": b90,
-        "latency_runtime": "onnxruntime",
-        "latency_device": "cpu",
-        "latency_threads": runner.threads,
-        "onnx_int8_nodes": onnx_int8_nodes(proto),
-    }
-
-
 # --- export --------------------------------------------------------------------------
+
+
+def _check_format(fmt: str) -> None:
+    if fmt == "torchscript":
+        raise SpecError(
+            "--format: got 'torchscript'; TorchScript is deprecated in PyTorch, use pt2 "
+            "(torch.export) instead"
+        )
+    if fmt not in FORMATS:
+        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _exported_program(tm: TrialModel) -> Any:
+    """The shipped PyTorch model as a ``torch.export`` program with a dynamic batch."""
+    from ._compression import plain_attention
+
+    shipped = tm.shipped_torch()
+    sample = tm.example.cpu()[:1]
+    sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    try:
+        with plain_attention(), torch.no_grad():
+            return torch.export.export(
+                shipped, (sample,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+            )
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.export failed for {type(tm.model).__name__}: {first}") from exc
 
 
 def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
     """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt not in FORMATS:
-        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     if fmt == "onnx":
         return onnx_bytes(tm)
-    shipped = tm.shipped_torch()
     buffer = io.BytesIO()
     if fmt == "state_dict":
-        torch.save(shipped.state_dict(), buffer)
+        torch.save(tm.shipped_torch().state_dict(), buffer)
         return buffer.getvalue()
-    try:
-        with _quiet(), torch.no_grad():
-            scripted = torch.jit.trace(shipped, tm.example, check_trace=False)
-            torch.jit.save(scripted, buffer)
-    except Exception as exc:
-        raise ExportError(f"torch.jit.trace failed for {type(tm.model).__name__}: {exc}") from exc
+    torch.export.save(_exported_program(tm), buffer)
     return buffer.getvalue()
 
 
@@ -502,22 +522,32 @@ def remeasure(
     from ._compression import weight_sparsity
     from ._measure import accuracy, measure_latency
 
-    if fmt == "torchscript":
-        model = torch.jit.load(str(path), map_location="cpu").eval()
-    else:
-        with _quiet():
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        model = tm.shipped_torch()
-        model.load_state_dict(state)
-    figures["test_accuracy"] = accuracy(model, *tm.test_data)
-    if fmt == "torchscript":
+    if fmt == "pt2":
+        try:
+            program: nn.Module = torch.export.load(str(path)).module()
+        except Exception as exc:
+            raise ExportError(f"{path} cannot be loaded by torch.export.load: {exc}") from exc
+        compile_mode = str(measure.get("compile", "auto"))
+        compiled = compile_mode == "always" or (
+            compile_mode == "auto" and bool(tm.int8_layers) and tm.quantize == "int8"
+        )
+        figures["test_accuracy"] = accuracy(program, *tm.test_data)
         figures["latency_ms"] = measure_latency(
-            model, tm.example, batch_size=1, warmup=warmup, repeats=repeats, threads=threads
+            program,
+            tm.example,
+            batch_size=1,
+            warmup=warmup,
+            repeats=repeats,
+            threads=threads,
+            compile=compiled,
         ).p50_ms
-    else:
-        figures["latency_ms"] = None
-    sparsity = weight_sparsity(model) if fmt == "state_dict" else None
-    return figures, list(tm.int8_layers), sparsity
+        return figures, list(tm.int8_layers), None
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    model = tm.shipped_torch()
+    model.load_state_dict(state)
+    figures["test_accuracy"] = accuracy(model, *tm.test_data)
+    figures["latency_ms"] = None
+    return figures, list(tm.int8_layers), weight_sparsity(model)
 
 
 def _open_study(storage: Any, study_name: str) -> Any:
@@ -592,7 +622,7 @@ def export_trial(
         storage: an open Optuna storage.
         study_name: the study.
         trial: the trial number.
-        fmt: ``onnx``, ``torchscript`` or ``state_dict``.
+        fmt: ``onnx``, ``pt2`` or ``state_dict``.
         out: the file to write (its folder must exist).
         folder: the artifacts root, when it moved since the trial ran.
         tm: a model rebuilt by re-running the trial, instead of the kept one.
@@ -600,8 +630,7 @@ def export_trial(
     Returns:
         The re-measured figures next to the stored ones.
     """
-    if fmt not in FORMATS:
-        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     target = Path(out)
     if not target.parent.exists():
         raise SpecError(f"--out: folder {target.parent} does not exist; expected a writable path")

@@ -41,15 +41,14 @@ import json
 import math
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-from tuner._compression import _quiet_quantization_warnings, is_quantized
 
 __all__ = [
     "LatencyStats",
@@ -63,7 +62,6 @@ __all__ = [
 MAGIC = b"TUNR"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<4sHI")
-_PACKED_SUFFIX = "_packed_params._packed_params"
 # Stored element type -> little-endian numpy type; bfloat16 travels as its raw 16 bits.
 _NUMPY_TYPES = {
     "float64": "<f8",
@@ -77,7 +75,6 @@ _NUMPY_TYPES = {
     "uint8": "u1",
     "bool": "?",
 }
-_INT_REPR_TYPES = {torch.qint8: "int8", torch.quint8: "uint8", torch.qint32: "int32"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +87,8 @@ class LatencyStats:
         batch_size: Rows per forward pass.
         device: Where it was really measured (``"cpu"``, ``"cuda:0"``, ...).
         threads: CPU threads torch was allowed to use.
+        compile_s: Seconds ``torch.compile`` took (its first call), 0.0 when not compiled;
+            never part of the latency.
     """
 
     p50_ms: float
@@ -97,24 +96,47 @@ class LatencyStats:
     batch_size: int
     device: str
     threads: int
+    compile_s: float = 0.0
 
 
 def _shipping_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors a shipped model needs; int8 layers give their packed weight and bias."""
+    """The tensors a shipped model needs.
+
+    A graph (an int8 model from PT2E) ships the constants its graph reads, not the float
+    weights it was made from. A quantized tensor subclass (torchao) ships its inner tensors
+    (int8 data, scales), each under ``name.inner``.
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        raw: dict[str, torch.Tensor] = {}
+        for node in model.graph.nodes:
+            if node.op == "get_attr":
+                value = _attribute(model, str(node.target))
+                if isinstance(value, torch.Tensor):
+                    raw[str(node.target)] = value
+    else:
+        raw = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     state: dict[str, torch.Tensor] = {}
-    with _quiet_quantization_warnings():
-        raw = model.state_dict()
     for key, value in raw.items():
-        if isinstance(value, torch.Tensor):
-            state[key] = value.detach()
-        elif key.endswith(_PACKED_SUFFIX) and isinstance(value, tuple):
-            prefix = key[: -len(_PACKED_SUFFIX)]
-            weight, bias = value[0], value[1]
-            state[prefix + "weight"] = weight.detach()
-            if bias is not None:
-                state[prefix + "bias"] = bias.detach()
-        # Anything else (dtype tags, extra state) describes code, not data.
+        _flatten_tensor(key, value.detach(), state)
     return state
+
+
+def _attribute(model: nn.Module, path: str) -> object:
+    value: object = model
+    for part in path.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def _flatten_tensor(key: str, tensor: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+    if type(tensor) in (torch.Tensor, nn.Parameter) or not hasattr(tensor, "__tensor_flatten__"):
+        state[key] = tensor
+        return
+    names, _ = tensor.__tensor_flatten__()
+    for name in names:
+        inner = getattr(tensor, name)
+        if isinstance(inner, torch.Tensor):
+            _flatten_tensor(f"{key}.{name}", inner, state)
 
 
 def _numpy_values(tensor: torch.Tensor) -> tuple[str, np.ndarray]:
@@ -264,10 +286,7 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
     return state
 
 
-def _resolve_device(model: nn.Module, device: str | torch.device) -> torch.device:
-    """Where ``model`` can really run: int8 models only have CPU kernels."""
-    if is_quantized(model):
-        return torch.device("cpu")
+def _resolve_device(device: str | torch.device) -> torch.device:
     target = torch.device(device)
     if target.type == "cuda":
         if not torch.cuda.is_available():
@@ -277,20 +296,29 @@ def _resolve_device(model: nn.Module, device: str | torch.device) -> torch.devic
     return target
 
 
+def _to_eval(model: nn.Module) -> None:
+    # A module unlifted from a torch.export program refuses eval(); it runs the graph as it
+    # was exported, in eval mode.
+    with contextlib.suppress(NotImplementedError):
+        model.eval()
+
+
 @contextlib.contextmanager
 def _evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     """``model`` in eval mode on ``device``, leaving the caller's model as it was."""
     tensors = chain(model.parameters(), model.buffers())
     if all(tensor.device == device for tensor in tensors):
         modes = [(module, module.training) for module in model.modules()]
-        model.eval()
+        _to_eval(model)
         try:
             yield model
         finally:
             for module, training in modes:
                 module.training = training
     else:
-        yield copy.deepcopy(model).to(device).eval()
+        moved = copy.deepcopy(model).to(device)
+        _to_eval(moved)
+        yield moved
 
 
 def _synchronize(device: torch.device) -> None:
@@ -319,6 +347,7 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 50,
     threads: int = 1,
+    compile: bool = False,
 ) -> LatencyStats:
     """Time forward passes of ``model`` in eval mode under ``torch.inference_mode``.
 
@@ -327,10 +356,12 @@ def measure_latency(
         example_input: One sample, with (``[1, ...]``) or without (``[...]``) a batch
             dimension; a tensor whose first dimension is not 1 is taken to lack it.
         batch_size: The sample is repeated to this many rows.
-        device: Where to run; int8 models always run (and are reported) on CPU.
+        device: Where to run (an int8 model runs where it was quantized for).
         warmup: Untimed passes first.
         repeats: Timed passes.
         threads: ``torch.set_num_threads`` during the measurement (restored afterwards).
+        compile: Run the model through ``torch.compile`` (for the shape timed); its first
+            call, which compiles, is timed apart as ``compile_s``.
 
     Returns:
         Median and 90th percentile latency of one pass.
@@ -342,13 +373,21 @@ def measure_latency(
     _check_count("warmup", warmup, 0)
     _check_count("repeats", repeats, 1)
     _check_count("threads", threads, 1)
-    target = _resolve_device(model, device)
+    target = _resolve_device(device)
     batch = _one_batch(example_input, batch_size).to(target)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     timings_ms: list[float] = []
+    compile_s = 0.0
     try:
-        with _evaluating(model, target) as runnable, torch.inference_mode():
+        with _evaluating(model, target) as evaluated, torch.inference_mode():
+            runnable: Callable[[torch.Tensor], Any] = evaluated
+            if compile:
+                runnable = torch.compile(evaluated, dynamic=False)
+                started = time.perf_counter()
+                runnable(batch)
+                _synchronize(target)
+                compile_s = time.perf_counter() - started
             for _ in range(warmup):
                 runnable(batch)
             for _ in range(repeats):
@@ -365,6 +404,7 @@ def measure_latency(
         batch_size=batch_size,
         device=str(target),
         threads=threads,
+        compile_s=compile_s,
     )
 
 
@@ -382,7 +422,7 @@ def accuracy(
         model: A classifier; evaluated in eval mode without gradients, left as it was.
         inputs: All inputs, batch first.
         labels: Class indices, one per input row.
-        device: Where to run; int8 models always run on CPU.
+        device: Where to run (an int8 model runs where it was quantized for).
         batch_size: Rows per forward pass.
 
     Returns:
@@ -397,7 +437,7 @@ def accuracy(
             f"need as many labels as inputs (at least one); got {inputs.shape[0]} inputs "
             f"and {labels.shape[0]} labels"
         )
-    target = _resolve_device(model, device)
+    target = _resolve_device(device)
     correct = 0
     with _evaluating(model, target) as runnable, torch.inference_mode():
         for batch, batch_labels in zip(

@@ -162,120 +162,57 @@ def measure_trained(
     ``on_shipped`` gets what the trial keeps as its artifact (the float sparse model,
     the compression settings, calibration and test data).
     """
-    from dataclasses import replace
+    from ._measure import accuracy
+    from ._shipping import measure, settings_from_params, ship, trial_model
 
-    from ._artifacts import TrialModel
-    from ._compression import compress, count_parameters, quantize, weight_sparsity
-    from ._measure import accuracy, measure_latency, size_bytes
-
+    settings = settings_from_params(params)
     model = trained.model.to("cpu").eval()
     float_val_acc = accuracy(model, *trained.val_data)
-    trained_params = count_parameters(model)
-    threshold = float(params.get("prune_threshold", 0.0))
-    structure = str(params.get("prune_structure", "unstructured"))
-    quant = str(params.get("quantize", "none"))
-    finetune_epochs = int(params.get("finetune_epochs", 0))
     finetune = None
-    if finetune_epochs > 0 and threshold > 0 and trained.train_data is not None:
+    fine_tune_s = [0.0]
+    if settings.finetune_epochs > 0 and settings.threshold > 0 and trained.train_data is not None:
         train_data = trained.train_data
 
         def finetune(m: torch.nn.Module) -> None:
-            fit(m, train_data, params, epochs=finetune_epochs, device=device, seed=seed + 1)
+            started = time.perf_counter()
+            fit(
+                m, train_data, params, epochs=settings.finetune_epochs, device=device, seed=seed + 1
+            )
             m.to("cpu")
+            fine_tune_s[0] = time.perf_counter() - started
 
-    calibration = None
-    if trained.train_data is not None:
-        calibration = trained.train_data[0][:512]
-    # int8 is a separate step so the float sparse model can be kept and exported.
-    pruned, report = compress(
+    shipped = ship(
         model,
-        threshold=threshold,
-        structure=structure,
-        quantize="none",
-        calibration_inputs=calibration,
+        settings,
+        calibration=calibration_inputs(trained),
+        device=device,
         finetune=finetune,
     )
-    shipped, int8_layers = quantize(pruned, mode=quant, calibration_inputs=calibration)
-    report = replace(
-        report,
-        quantize=quant,
-        int8_layers=int8_layers,
-        sparsity=weight_sparsity(shipped),
-        param_count=count_parameters(shipped),
-    )
-    shipped.eval()
-    measure_device = "cpu" if report.int8_layers else str(device)
-    threads = spec.measure.threads or max(1, int(spec.resources.cpus))
-    example = trained.val_data[0][:1]
-    lat1 = measure_latency(
+    threads = measure_threads(spec)
+    metrics = measure(
         shipped,
-        example,
-        batch_size=1,
-        device=measure_device,
-        warmup=spec.measure.warmup,
-        repeats=spec.measure.repeats,
+        settings=spec.measure,
         threads=threads,
-    )
-    latb = measure_latency(
-        shipped,
-        example,
-        batch_size=spec.measure.batch_size,
-        device=measure_device,
-        warmup=max(1, spec.measure.warmup // 2),
-        repeats=max(3, spec.measure.repeats // 2),
-        threads=threads,
-    )
-    metrics: dict[str, Any] = {
-        "accuracy": accuracy(shipped, *trained.val_data, device=measure_device),
-        "test_accuracy": accuracy(shipped, *trained.test_data, device=measure_device),
-        "accuracy_float": float_val_acc,
-        "size_bytes": size_bytes(shipped),
-        "latency_ms": lat1.p50_ms,
-        "latency_ms_p90": lat1.p90_ms,
-        "latency_ms_batch": latb.p50_ms,
-        "latency_ms_batch_p90": latb.p90_ms,
-        "latency_batch_size": latb.batch_size,
-        "latency_device": lat1.device,
-        "latency_threads": lat1.threads,
-        "param_count": report.param_count,
-        # Zeroed and removed weights alike, against the trained model, so structured
-        # and unstructured sparsity read the same way.
-        "sparsity": 1.0 - report.param_count * (1.0 - report.sparsity) / max(1, trained_params),
-        "zero_fraction": report.sparsity,
-        "prune_structure": report.prune_structure,
-        "int8_layers": list(report.int8_layers),
-        "removed_units": report.removed_units,
-    }
-    kept = TrialModel(
-        model=pruned.eval(),
-        quantize=quant,
-        prune_threshold=threshold,
-        prune_structure=structure,
-        calibration=calibration,
+        example=trained.val_data[0][:1],
+        val_data=trained.val_data,
         test_data=trained.test_data,
-        measure={
-            "batch_size": spec.measure.batch_size,
-            "warmup": spec.measure.warmup,
-            "repeats": spec.measure.repeats,
-            "threads": threads,
-            "runtime": spec.measure.runtime,
-        },
-        int8_layers=list(report.int8_layers),
     )
-    if spec.measure.runtime == "onnxruntime":
-        from ._export import measure_onnx
-
-        metrics.update(
-            measure_onnx(
-                kept,
-                trained.val_data,
-                batch_size=spec.measure.batch_size,
-                warmup=spec.measure.warmup,
-                repeats=spec.measure.repeats,
-                threads=threads,
-            )
-        )
+    metrics["accuracy_float"] = float_val_acc
+    metrics["finetune_time_s"] = fine_tune_s[0]
     if on_shipped is not None:
-        on_shipped(kept)
+        on_shipped(
+            trial_model(shipped, test_data=trained.test_data, measure=spec.measure, threads=threads)
+        )
     metrics.update({k: float(v) for k, v in trained.metrics.items()})
     return metrics
+
+
+def calibration_inputs(trained: TrainedModel) -> torch.Tensor:
+    """Typical inputs int8 is calibrated on: training rows, else validation rows."""
+    rows = trained.train_data if trained.train_data is not None else trained.val_data
+    return rows[0][:512]
+
+
+def measure_threads(spec: StudySpec) -> int:
+    """CPU threads inference is measured with: ``measure.threads``, else the trial's CPUs."""
+    return spec.measure.threads or max(1, int(spec.resources.cpus))

@@ -27,6 +27,7 @@ PRUNE_STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 RUNTIMES = ("torch", "onnxruntime")
+COMPILE_MODES = ("auto", "always", "never")
 ARTIFACT_KEEP = ("pareto", "all", "none")
 
 # Metrics tuner measures on every trial's shipped model, whatever the workload.
@@ -244,13 +245,19 @@ class Resources:
 
 @dataclass(frozen=True)
 class MeasureSpec:
-    """How latency is measured: batch 1 and ``batch_size``, after warm-up, repeated."""
+    """How latency is measured: batch 1 and ``batch_size``, after warm-up, repeated.
+
+    ``compile`` (torch runtime): ``auto`` runs ``torch.compile`` where a kernel needs it to be
+    fast (int8 on the CPU), ``always`` on every shipped model, ``never`` not at all. Compile
+    time is recorded apart from latency.
+    """
 
     batch_size: int = 32
     warmup: int = 10
     repeats: int = 50
     threads: int | None = None
     runtime: str = "torch"
+    compile: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -402,6 +409,7 @@ class StudySpec:
                 "repeats": self.measure.repeats,
                 "threads": self.measure.threads,
                 "runtime": self.measure.runtime,
+                "compile": self.measure.compile,
             },
             "artifacts": {
                 "keep": self.artifacts.keep,
@@ -627,7 +635,11 @@ def _validate_into(spec: StudySpec) -> None:
     measure = spec.measure
     if not isinstance(measure, MeasureSpec):
         measure = _mapping("measure", measure)
-        _check_keys("measure", measure, ("batch_size", "warmup", "repeats", "threads", "runtime"))
+        _check_keys(
+            "measure",
+            measure,
+            ("batch_size", "warmup", "repeats", "threads", "runtime", "compile"),
+        )
         threads = measure.get("threads")
         runtime = _runtime(measure.get("runtime", "torch"))
         measure = MeasureSpec(
@@ -646,9 +658,11 @@ def _validate_into(spec: StudySpec) -> None:
             if threads is None
             else int(_number("measure.threads", threads, minimum=1, integer=True)),
             runtime=runtime,
+            compile=_compile_mode(measure.get("compile", "auto")),
         )
     else:
         _runtime(measure.runtime)
+        _compile_mode(measure.compile)
     _set(spec, "measure", measure)
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
@@ -689,6 +703,12 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
         regression_threshold=float(threshold),
         webhook=webhook,
     )
+
+
+def _compile_mode(value: Any) -> str:
+    if value not in COMPILE_MODES:
+        raise _field("measure.compile", value, f"one of {', '.join(COMPILE_MODES)}")
+    return str(value)
 
 
 def _runtime(value: Any) -> str:

@@ -134,7 +134,11 @@ class Workload:
     extra_metrics: tuple[str, ...] = ()
 
 
-BUILTIN_WORKLOADS = {"digits-mlp": "digits_mlp", "mnist1d-cnn": "mnist1d_cnn"}
+BUILTIN_WORKLOADS = {
+    "digits-mlp": "digits_mlp",
+    "mnist1d-cnn": "mnist1d_cnn",
+    "mnist1d-transformer": "mnist1d_transformer",
+}
 
 
 def _builtin(name: str) -> WorkloadFn:

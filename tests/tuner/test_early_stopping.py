@@ -259,7 +259,7 @@ def test_the_first_rung_measures_the_compressed_model(sqlite_url: str, tiny_spec
     trial, ctx = start(small, 0.9)
     assert rule(trial, 0, ctx) is False
     record = trial.user_attrs["rungs"]["1"]
-    shipped, _ = compress(
+    _, shipped, _ = compress(
         small, threshold=0.5, structure="unstructured", quantize="none", calibration_inputs=inputs
     )
     assert record["size_bytes"] == size_bytes(shipped), "the size that will ship"
@@ -363,8 +363,12 @@ def test_a_rung_judges_accuracy_on_the_model_as_it_would_ship(
     assert dense.user_attrs["rungs"]["1"]["accuracy"] == pytest.approx(float_accuracy)
     # The same trained weights, but 90% of the hidden units will be cut before it ships:
     # the float model's accuracy says nothing about that; the shipped model's does.
-    shipped, _ = compress(
-        model, threshold=0.9, structure="structured", quantize="none", calibration_inputs=None
+    _, shipped, _ = compress(
+        model,
+        threshold=0.9,
+        structure="structured",
+        quantize="none",
+        calibration_inputs=data.train[0][:512],
     )
     shipped_accuracy = accuracy(shipped, *data.val)
     assert shipped_accuracy < float_accuracy - 0.2
@@ -391,8 +395,12 @@ def test_a_structured_cut_is_fine_tuned_briefly_before_it_is_judged(
     study, rule = _study_and_rule(
         sqlite_url, tiny_spec(objectives={"accuracy": "maximize"}), "tuned"
     )
-    shipped, _ = compress(
-        model, threshold=0.9, structure="structured", quantize="none", calibration_inputs=None
+    _, shipped, _ = compress(
+        model,
+        threshold=0.9,
+        structure="structured",
+        quantize="none",
+        calibration_inputs=data.train[0][:512],
     )
     cut_accuracy = accuracy(shipped, *data.val)
     # With the training data, the cut copy first gets an eighth of an epoch of its own

@@ -120,18 +120,15 @@ def test_onnx_keeps_sparse_weights_small_and_dense_float_layers_exact(
     assert session.run(None, {"input": inputs})[0].shape == (5, 10)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_torchscript_and_state_dict_exports_load_back(
-    shipped: dict[str, Any], tmp_path: Path
-) -> None:
+def test_pt2_and_state_dict_exports_load_back(shipped: dict[str, Any], tmp_path: Path) -> None:
     inputs, labels = digits().test
     for trial in (shipped["int8"], shipped["float"]):
-        path = tmp_path / f"trial{trial.number}.pt"
-        args = ["export", "ship", "--trial", str(trial.number), "--format", "torchscript"]
+        path = tmp_path / f"trial{trial.number}.pt2"
+        args = ["export", "ship", "--trial", str(trial.number), "--format", "pt2"]
         assert main([*args, "--out", str(path), "--storage", shipped["url"]]) == 0
-        scripted = torch.jit.load(str(path))
+        program = torch.export.load(str(path)).module()
         with torch.no_grad():
-            accuracy = (scripted(inputs).argmax(1) == labels).float().mean().item()
+            accuracy = (program(inputs).argmax(1) == labels).float().mean().item()
         assert accuracy == pytest.approx(trial.user_attrs["test_accuracy"], abs=1e-6)
 
     path = tmp_path / "float.pth"

@@ -1,0 +1,126 @@
+"""Whole studies on models people ship: a residual CNN and a Transformer, every compression
+setting in both runtimes, trained for real on MNIST-1D."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+import tuner
+from tuner._export import OnnxRunner, onnx_bytes
+from tuner._shipping import Settings, measure, ship, trial_model
+from tuner._spec import MeasureSpec
+
+pytestmark = pytest.mark.slow
+
+WORKLOADS = {"residual-cnn": "user_models:residual_cnn", "transformer": "user_models:transformer"}
+
+
+def _grid_spec(name: str, workload: str, runtime: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "workload": workload,
+        "objectives": {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"},
+        "search_space": {
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "batch_size": 64,
+            "prune_threshold": 0.5,
+            "finetune_epochs": 1,
+            "prune_structure": {"type": "categorical", "choices": ["unstructured", "structured"]},
+            "quantize": {"type": "categorical", "choices": ["none", "int8"]},
+        },
+        "sampler": {"name": "grid", "seed": 0},
+        "budget": {"n_trials": 4, "max_epochs": 2},
+        "measure": {"batch_size": 8, "warmup": 1, "repeats": 3, "runtime": runtime},
+        "artifacts": {"keep": "all"},
+    }
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("model", sorted(WORKLOADS))
+def test_every_compression_setting_completes(
+    model: str, runtime: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = _grid_spec(f"{model}-{runtime}", WORKLOADS[model], runtime)
+    spec["artifacts"]["path"] = str(tmp_path / "artifacts")
+    tuner.run(spec, storage=sqlite_url)
+    study = optuna.load_study(study_name=spec["name"], storage=sqlite_url)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4, [
+        t.user_attrs.get("error") for t in trials
+    ]
+    settings = {(t.params["prune_structure"], t.params["quantize"]): t for t in trials}
+    assert len(settings) == 4
+    dense_params = settings[("unstructured", "none")].user_attrs["param_count"]
+    for (structure, quantize), trial in settings.items():
+        attrs = trial.user_attrs
+        assert attrs["latency_runtime"] == runtime
+        assert attrs["accuracy"] > 0.2, (structure, quantize, attrs["accuracy"])
+        assert attrs["sparsity"] == pytest.approx(0.5, abs=0.2) or structure == "structured"
+        if structure == "structured":
+            assert attrs["param_count"] < dense_params / 2 and attrs["removed_units"] > 0
+            assert attrs["sparsity"] > 0.5
+        if quantize == "int8":
+            if runtime == "torch":
+                assert attrs["int8_layers"] and attrs["compiled"]
+                assert attrs["compile_time_s"] > 0
+            else:
+                assert attrs["onnx_int8_nodes"]
+        else:
+            assert not attrs["int8_layers"]
+    # int8 ships fewer bytes than float at the same sparsity.
+    for structure in ("unstructured", "structured"):
+        int8 = settings[(structure, "int8")].user_attrs["size_bytes"]
+        assert int8 < settings[(structure, "none")].user_attrs["size_bytes"]
+
+
+def _trained_transformer() -> Any:
+    from user_models import transformer
+
+    from tuner._workloads import TrialContext
+
+    params = {"optimizer": "adamw", "lr": 0.003, "batch_size": 64}
+    return transformer(params, TrialContext(torch.device("cpu"), max_epochs=3, seed=0))
+
+
+def test_structured_int8_transformer_exports_to_onnx_within_a_point_of_its_stored_accuracy(
+    tmp_path: Path,
+) -> None:
+    trained = _trained_transformer()
+    calibration = trained.train_data[0][:512]
+    settings = Settings(threshold=0.5, structure="structured", quantize="int8", finetune_epochs=0)
+    shipped = ship(trained.model, settings, calibration=calibration, device=torch.device("cpu"))
+    attention = shipped.pruned.encoder.layers[0].self_attn
+    assert attention.embed_dim == 16, "the attention really narrows"
+    stored = measure(
+        shipped,
+        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime="onnxruntime"),
+        threads=1,
+        example=trained.test_data[0][:1],
+        test_data=trained.test_data,
+    )
+    tm = trial_model(
+        shipped,
+        test_data=trained.test_data,
+        measure=MeasureSpec(runtime="onnxruntime"),
+        threads=1,
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(onnx_bytes(tm))
+    exported = OnnxRunner(path).accuracy(*trained.test_data)
+    assert abs(exported - stored["test_accuracy"]) <= 0.01
+    assert stored["onnx_int8_nodes"], "the exported file computes in int8"
+    # And the torch runtime's int8 copy of the same model agrees with it.
+    torch_figures = measure(
+        shipped,
+        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3, compile="never"),
+        threads=1,
+        example=trained.test_data[0][:1],
+        test_data=trained.test_data,
+    )
+    assert abs(torch_figures["test_accuracy"] - exported) <= 0.03

@@ -1,0 +1,313 @@
+"""The one shipping path: compress a trained model as sampled, and measure what would ship.
+
+The objective, early stopping's rungs and ``tuner export --retrain`` all call :func:`ship`
+and :func:`measure`, so ``accuracy``, ``sparsity``, ``size_bytes`` and ``latency_ms`` mean the
+same thing wherever they are read.
+
+* ``measure.runtime: torch``: the shipped PyTorch model runs on the trial's device. An int8
+  model on the CPU is a PT2E graph whose int8 kernels only exist once ``torch.compile`` fuses
+  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model). Compile
+  time is recorded as ``compile_time_s``, never in the latency.
+* ``measure.runtime: onnxruntime``: the float model after sparsity is exported to ONNX, int8
+  is applied by ONNX Runtime's quantizer, and that file is what is sized, timed and scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ._compression import CompressionReport, compress, count_parameters
+
+if TYPE_CHECKING:
+    from ._artifacts import TrialModel
+    from ._spec import MeasureSpec
+
+__all__ = ["Shipped", "measure", "settings_from_params", "ship", "trial_model"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The compression a trial sampled."""
+
+    threshold: float
+    structure: str
+    quantize: str
+    finetune_epochs: int
+
+    @property
+    def compressed(self) -> bool:
+        return self.threshold > 0 or self.quantize != "none"
+
+
+def settings_from_params(params: Mapping[str, Any]) -> Settings:
+    return Settings(
+        threshold=float(params.get("prune_threshold", 0.0)),
+        structure=str(params.get("prune_structure", "unstructured")),
+        quantize=str(params.get("quantize", "none")),
+        finetune_epochs=int(params.get("finetune_epochs", 0)),
+    )
+
+
+@dataclass
+class Shipped:
+    """A compressed model as it would ship.
+
+    Attributes:
+        pruned: the float model after sparsity (what is kept and exported).
+        model: the model the torch runtime runs (int8 where the trial asked for it).
+        report: what compression did.
+        settings: the sampled compression.
+        trained_params: parameters of the trained model before compression.
+        calibration: the inputs int8 was calibrated on (structured pruning traced on them).
+        device: where the shipped model runs in the torch runtime.
+    """
+
+    pruned: nn.Module
+    model: nn.Module
+    report: CompressionReport
+    settings: Settings
+    trained_params: int
+    calibration: torch.Tensor | None
+    device: torch.device
+
+    @property
+    def sparsity(self) -> float:
+        """Zeroed and removed weights together, as a fraction of the trained model's.
+
+        Structured and unstructured sparsity read the same way: a model with half its
+        channels removed and one with half its weights zeroed both count their losses.
+        """
+        kept = self.report.param_count * (1.0 - self.report.sparsity)
+        return 1.0 - kept / max(1, self.trained_params)
+
+
+def ship(
+    model: nn.Module,
+    settings: Settings,
+    *,
+    calibration: torch.Tensor | None,
+    device: torch.device,
+    finetune: Callable[[nn.Module], None] | None = None,
+) -> Shipped:
+    """Compress a copy of the trained ``model`` as ``settings`` ask.
+
+    Args:
+        model: the trained float model; never changed.
+        settings: the sampled compression.
+        calibration: typical inputs (a few hundred rows): structured pruning traces on them
+            and int8 is calibrated on them.
+        device: the trial's device; int8 is made for it.
+        finetune: trains the pruned copy before quantization.
+    """
+    source = model.to("cpu").eval()
+    trained_params = count_parameters(source)
+    pruned, shipped, report = compress(
+        source,
+        threshold=settings.threshold,
+        structure=settings.structure,
+        quantize=settings.quantize,
+        calibration_inputs=calibration,
+        finetune=finetune,
+        device=device,
+    )
+    return Shipped(
+        pruned=pruned,
+        model=shipped,
+        report=report,
+        settings=settings,
+        trained_params=trained_params,
+        calibration=calibration,
+        device=device,
+    )
+
+
+def trial_model(
+    shipped: Shipped,
+    *,
+    test_data: tuple[torch.Tensor, torch.Tensor],
+    measure: MeasureSpec,
+    threads: int,
+) -> TrialModel:
+    """What a trial keeps to rebuild, export and re-measure the model it shipped."""
+    from ._artifacts import TrialModel
+
+    return TrialModel(
+        model=shipped.pruned.eval(),
+        quantize=shipped.settings.quantize,
+        prune_threshold=shipped.settings.threshold,
+        prune_structure=shipped.settings.structure,
+        calibration=shipped.calibration,
+        test_data=test_data,
+        measure={
+            "batch_size": measure.batch_size,
+            "warmup": measure.warmup,
+            "repeats": measure.repeats,
+            "threads": threads,
+            "runtime": measure.runtime,
+            "compile": measure.compile,
+        },
+        int8_layers=list(shipped.report.int8_layers),
+    )
+
+
+def compiles(shipped: Shipped, mode: str) -> bool:
+    """Whether the torch runtime runs ``shipped`` through ``torch.compile``."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    # A PT2E int8 graph computes in float between quantize/dequantize ops until inductor
+    # fuses them into int8 kernels.
+    return bool(shipped.report.int8_layers) and isinstance(shipped.model, torch.fx.GraphModule)
+
+
+def measure(
+    shipped: Shipped,
+    *,
+    settings: MeasureSpec,
+    threads: int,
+    example: torch.Tensor,
+    val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    test_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    model_metrics: bool = True,
+    warmup: int | None = None,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy, size and latency of ``shipped`` in the spec's runtime.
+
+    Args:
+        shipped: from :func:`ship`.
+        settings: the spec's ``measure`` section.
+        threads: CPU threads for inference.
+        example: one input row; latency repeats it to batch 1 and ``settings.batch_size``.
+        val_data: scored as ``accuracy`` when given.
+        test_data: scored as ``test_accuracy`` when given.
+        model_metrics: also size and time the model (``size_bytes``, ``latency_ms*``).
+        warmup: warm-up passes (default ``settings.warmup``).
+        repeats: timed passes (default ``settings.repeats``).
+
+    Returns:
+        The figures, keyed by the names trials record them under.
+    """
+    warmup = settings.warmup if warmup is None else warmup
+    repeats = settings.repeats if repeats is None else repeats
+    out: dict[str, Any] = {
+        "param_count": shipped.report.param_count,
+        "sparsity": shipped.sparsity,
+        "zero_fraction": shipped.report.sparsity,
+        "prune_structure": shipped.settings.structure,
+        "int8_layers": list(shipped.report.int8_layers),
+        "removed_units": shipped.report.removed_units,
+    }
+    if settings.runtime == "onnxruntime":
+        out.update(
+            _measure_onnx(
+                shipped,
+                threads=threads,
+                example=example,
+                val_data=val_data,
+                test_data=test_data,
+                model_metrics=model_metrics,
+                batch_size=settings.batch_size,
+                warmup=warmup,
+                repeats=repeats,
+            )
+        )
+        return out
+    from ._measure import accuracy, measure_latency, size_bytes
+
+    device = str(shipped.device)
+    if val_data is not None:
+        out["accuracy"] = accuracy(shipped.model, *val_data, device=device)
+    if test_data is not None:
+        out["test_accuracy"] = accuracy(shipped.model, *test_data, device=device)
+    if not model_metrics:
+        return out
+    compile_model = compiles(shipped, settings.compile)
+    out["size_bytes"] = size_bytes(shipped.model)
+    compile_s = 0.0
+    for suffix, batch, passes in (
+        ("", 1, (warmup, repeats)),
+        ("_batch", settings.batch_size, (max(1, warmup // 2), max(3, repeats // 2))),
+    ):
+        stats = measure_latency(
+            shipped.model,
+            example,
+            batch_size=batch,
+            device=device,
+            warmup=passes[0],
+            repeats=passes[1],
+            threads=threads,
+            compile=compile_model,
+        )
+        out[f"latency_ms{suffix}"] = stats.p50_ms
+        out[f"latency_ms{suffix}_p90"] = stats.p90_ms
+        compile_s += stats.compile_s
+        if suffix:
+            out["latency_batch_size"] = stats.batch_size
+        else:
+            out["latency_device"] = stats.device
+            out["latency_threads"] = stats.threads
+    out["latency_runtime"] = "torch"
+    out["compiled"] = compile_model
+    out["compile_time_s"] = compile_s
+    return out
+
+
+def _measure_onnx(
+    shipped: Shipped,
+    *,
+    threads: int,
+    example: torch.Tensor,
+    val_data: tuple[torch.Tensor, torch.Tensor] | None,
+    test_data: tuple[torch.Tensor, torch.Tensor] | None,
+    model_metrics: bool,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    from ._artifacts import TrialModel
+    from ._export import OnnxRunner, onnx_int8_nodes, onnx_model
+
+    tm = TrialModel(
+        model=shipped.pruned.eval(),
+        quantize=shipped.settings.quantize,
+        prune_threshold=shipped.settings.threshold,
+        prune_structure=shipped.settings.structure,
+        calibration=shipped.calibration,
+        test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
+    )
+    proto = onnx_model(tm)
+    data = proto.SerializeToString()
+    runner = OnnxRunner(data, threads=threads)
+    out: dict[str, Any] = {"onnx_int8_nodes": onnx_int8_nodes(proto)}
+    if val_data is not None:
+        out["accuracy"] = runner.accuracy(*val_data)
+    if test_data is not None:
+        out["test_accuracy"] = runner.accuracy(*test_data)
+    if not model_metrics:
+        return out
+    p50, p90 = runner.latency(example, batch_size=1, warmup=warmup, repeats=repeats)
+    b50, b90 = runner.latency(
+        example, batch_size=batch_size, warmup=max(1, warmup // 2), repeats=max(3, repeats // 2)
+    )
+    out.update(
+        {
+            "size_bytes": len(data),
+            "size_format": "onnx",
+            "latency_ms": p50,
+            "latency_ms_p90": p90,
+            "latency_ms_batch": b50,
+            "latency_ms_batch_p90": b90,
+            "latency_batch_size": batch_size,
+            "latency_runtime": "onnxruntime",
+            "latency_device": "cpu",
+            "latency_threads": runner.threads,
+        }
+    )
+    return out
