@@ -5,9 +5,12 @@ one seed), then ships each one four ways through tuner's shipping path (the one 
 dense, 50% structured sparsity, int8, and 50% structured + int8. Structured copies get one
 epoch of fine-tuning. Each shipped model is measured in the torch runtime and in ONNX
 Runtime: latency p50 at batch 1 and at batch 32 (one thread), size in bytes, and test
-accuracy. Ratios are against the dense model in the same runtime, measured in the same run.
+accuracy. Ratios are against the dense model in the same runtime, measured in the same run:
+the four variants of a model take turns, round after round, and each latency is the median
+over rounds of the median per round (this machine is noisy). Compile time (torch.compile of
+the PT2E int8 graphs, both batch sizes) is apart from latency.
 
-    python bench/compression.py [--epochs 6] [--repeats 50] [--threads 1]
+    python bench/compression.py [--epochs 6] [--repeats 30] [--rounds 7] [--threads 1]
 
 Targets: at batch 32, 50% structured at least 1.6x faster on the residual CNN and on the
 Transformer; int8 in ONNX Runtime at least 1.5x faster on the Transformer.
@@ -16,6 +19,7 @@ Transformer; int8 in ONNX Runtime at least 1.5x faster on the Transformer.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +29,8 @@ from torch import nn
 
 from tuner._builtin_workloads import PatchTransformer
 from tuner._datasets import mnist1d
-from tuner._shipping import Settings, measure, ship
+from tuner._export import OnnxRunner, onnx_bytes
+from tuner._shipping import Settings, Shipped, compiles, measure, ship, trial_model
 from tuner._spec import MeasureSpec
 from tuner._workloads import evaluate_accuracy, fit
 
@@ -91,25 +96,82 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "  ".join(
+        c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+
+
+class _Timed:
+    """One shipped model in one runtime, ready to run a batch."""
+
+    def __init__(self, shipped: Shipped, runtime: str, threads: int, example: torch.Tensor) -> None:
+        self.threads = threads
+        if runtime == "onnxruntime":
+            runner = OnnxRunner(onnx_bytes(trial_model_of(shipped, example)), threads=threads)
+            self._run: Callable[[torch.Tensor], Any] = runner
+        else:
+            model = shipped.model
+            if compiles(shipped, "auto"):
+                model = torch.compile(model, dynamic=False)
+            self._run = model
+
+    def time_batch(self, batch: torch.Tensor, repeats: int) -> float:
+        """Median milliseconds of one pass over ``batch`` (after two untimed passes)."""
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                for _ in range(2):
+                    self._run(batch)
+                timings = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    self._run(batch)
+                    timings.append((time.perf_counter() - started) * 1000.0)
+        finally:
+            torch.set_num_threads(previous)
+        return statistics.median(timings)
+
+
+def trial_model_of(shipped: Shipped, example: torch.Tensor) -> Any:
+    return trial_model(
+        shipped,
+        test_data=(example, torch.zeros(1, dtype=torch.long)),
+        measure=MeasureSpec(runtime="onnxruntime"),
+        threads=1,
+    )
+
+
+def _interleaved(
+    timed: dict[str, _Timed], batch: torch.Tensor, rounds: int, repeats: int
+) -> dict[str, float]:
+    """Median over rounds of each model's median latency; models take turns in each round."""
+    samples: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(rounds):
+        for name, runner in timed.items():
+            samples[name].append(runner.time_batch(batch, repeats))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=30, help="timed passes per round")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of interleaved timing")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = mnist1d()
     device = torch.device("cpu")
+    example = data.test[0][:1]
     headers = ["model", "runtime", "compression", "b1 ms", "b32 ms", "b32 speed-up",
                "size B", "smaller", "test acc", "compile s"]  # fmt: skip
-    widths = [12, 11, 21, 7, 7, 12, 8, 7, 8, 9]
+    widths = [12, 11, 21, 7, 7, 12, 10, 7, 8, 9]
     lines = [_row(headers, widths)]
     verdicts: list[str] = []
-    dense: dict[tuple[str, str], dict[str, Any]] = {}
-    for model_name, (build, params) in MODELS.items():
+    for model_name in args.models.split(","):
+        build, params = MODELS[model_name]
         torch.manual_seed(0)
         model = build()
         started = time.perf_counter()
@@ -119,6 +181,7 @@ def main() -> None:
             f"test accuracy {evaluate_accuracy(model, data.test, device):.3f}",
             flush=True,
         )
+        shipped: dict[str, Shipped] = {}
         for name, settings in SETTINGS.items():
 
             def finetune(
@@ -126,42 +189,59 @@ def main() -> None:
             ) -> None:
                 fit(m, data.train, params, epochs=settings.finetune_epochs, device=device, seed=1)
 
-            shipped = ship(
+            shipped[name] = ship(
                 model,
                 settings,
                 calibration=data.train[0][:512],
                 device=device,
                 finetune=finetune if settings.finetune_epochs else None,
             )
-            for runtime in RUNTIMES:
-                figures = measure(
-                    shipped,
-                    settings=MeasureSpec(
-                        batch_size=32, warmup=10, repeats=args.repeats, runtime=runtime
-                    ),
+        for runtime in RUNTIMES:
+            figures = {
+                name: measure(
+                    s,
+                    settings=MeasureSpec(batch_size=32, runtime=runtime),
                     threads=args.threads,
-                    example=data.test[0][:1],
+                    example=example,
                     test_data=data.test,
+                    model_metrics=False,
                 )
-                key = (model_name, runtime)
-                if name == "dense":
-                    dense[key] = figures
-                base = dense[key]
-                speed_up = base["latency_ms_batch"] / figures["latency_ms_batch"]
-                smaller = base["size_bytes"] / figures["size_bytes"]
+                for name, s in shipped.items()
+            }
+            timed = {name: _Timed(s, runtime, args.threads, example) for name, s in shipped.items()}
+            # Sizes, and the compile time of the first torch.compile (later calls reuse it).
+            sized = {
+                name: measure(
+                    s,
+                    settings=MeasureSpec(batch_size=32, warmup=1, repeats=3, runtime=runtime),
+                    threads=args.threads,
+                    example=example,
+                )
+                for name, s in shipped.items()
+            }
+            size = {name: f["size_bytes"] for name, f in sized.items()}
+            b1 = _interleaved(timed, example, args.rounds, args.repeats)
+            b32 = _interleaved(
+                timed, example.expand(32, *example.shape[1:]).contiguous(), args.rounds,
+                args.repeats,
+            )  # fmt: skip
+            for name in shipped:
+                speed_up = b32["dense"] / b32[name]
                 lines.append(
                     _row(
                         [
                             model_name,
                             runtime,
                             name,
-                            f"{figures['latency_ms']:.3f}",
-                            f"{figures['latency_ms_batch']:.3f}",
+                            f"{b1[name]:.3f}",
+                            f"{b32[name]:.3f}",
                             f"{speed_up:.2f}x",
-                            f"{figures['size_bytes']:,}",
-                            f"{smaller:.2f}x",
-                            f"{figures['test_accuracy']:.3f}",
-                            f"{figures.get('compile_time_s', 0.0):.1f}",
+                            f"{size[name]:,}",
+                            f"{size['dense'] / size[name]:.2f}x",
+                            f"{figures[name]['test_accuracy']:.3f}",
+                            f"{sized[name].get('compile_time_s', 0.0):.1f}"
+                            if runtime == "torch"
+                            else "",
                         ],
                         widths,
                     )
@@ -177,7 +257,7 @@ def main() -> None:
                         f"{model_name} / {runtime} / {name}: {speed_up:.2f}x at batch 32 "
                         f"(target {target}x): {met}"
                     )
-            print(f"  {name}: measured", flush=True)
+            print(f"  {runtime}: measured", flush=True)
     print()
     print("\n".join(lines))
     print()

@@ -455,20 +455,18 @@ class EarlyStopping:
             or int(params.get("finetune_epochs", 0)) <= 0
         ):
             return None
-        import torch
+        from ._shipping import finetuner, settings_from_params
 
-        from ._workloads import fit
-
-        x, y = ctx.watched_train
-        rows = max(1, int(len(x) * _RUNG_FINETUNE))
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))
-        subset = (x[order[:rows]], y[order[:rows]])
-
-        def finetune(model: Any) -> None:
-            fit(model, subset, params, epochs=1, device=ctx.device, seed=ctx.seed + 1)
-            model.to("cpu")
-
-        return finetune
+        assert ctx.watched_model is not None
+        return finetuner(
+            settings_from_params(params),
+            params,
+            ctx.watched_train,
+            teacher=ctx.watched_model,
+            device=ctx.device,
+            seed=ctx.seed,
+            epochs=_RUNG_FINETUNE,
+        )
 
     def _compress(
         self,

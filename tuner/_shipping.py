@@ -14,6 +14,7 @@ same thing wherever they are read.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,17 +28,20 @@ if TYPE_CHECKING:
     from ._artifacts import TrialModel
     from ._spec import MeasureSpec
 
-__all__ = ["Shipped", "measure", "settings_from_params", "ship", "trial_model"]
+__all__ = ["Shipped", "finetuner", "measure", "settings_from_params", "ship", "trial_model"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The compression a trial sampled."""
+    """The compression a trial sampled, and how the fine-tune after sparsity recovers it."""
 
     threshold: float
     structure: str
     quantize: str
     finetune_epochs: int
+    distill: str = "none"
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
 
     @property
     def compressed(self) -> bool:
@@ -50,7 +54,60 @@ def settings_from_params(params: Mapping[str, Any]) -> Settings:
         structure=str(params.get("prune_structure", "unstructured")),
         quantize=str(params.get("quantize", "none")),
         finetune_epochs=int(params.get("finetune_epochs", 0)),
+        distill=str(params.get("distill", "none")),
+        distill_temperature=float(params.get("distill_temperature", 4.0)),
+        distill_alpha=float(params.get("distill_alpha", 0.5)),
     )
+
+
+def finetuner(
+    settings: Settings,
+    params: Mapping[str, Any],
+    train: tuple[torch.Tensor, torch.Tensor],
+    *,
+    teacher: nn.Module | None,
+    device: torch.device,
+    seed: int,
+    epochs: float | None = None,
+) -> Callable[[nn.Module], None]:
+    """The fine-tune that recovers a pruned copy: ``settings.finetune_epochs`` epochs on
+    ``train`` (or ``epochs``; a fraction trains on that fraction of the rows once).
+
+    With ``distill: kd`` the trained float ``teacher`` guides it (temperature-scaled KL to
+    its outputs, mixed with the label loss by ``distill_alpha``). Zeros stay zero (the
+    pruning masks stay on during the fine-tune) and removed channels stay removed.
+    """
+    from ._workloads import fit
+
+    count = settings.finetune_epochs if epochs is None else epochs
+    x, y = train
+    if count < 1:
+        rows = max(1, int(len(x) * count))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        x, y = x[order[:rows]], y[order[:rows]]
+    guide = None
+    if settings.distill == "kd":
+        if teacher is None:
+            raise ValueError("distill: kd needs the trained model as teacher")
+        guide = copy.deepcopy(teacher).eval()
+        for parameter in guide.parameters():
+            parameter.requires_grad_(False)
+
+    def finetune(model: nn.Module) -> None:
+        fit(
+            model,
+            (x, y),
+            params,
+            epochs=max(1, int(count)),
+            device=device,
+            seed=seed + 1,
+            teacher=guide,
+            temperature=settings.distill_temperature,
+            alpha=settings.distill_alpha,
+        )
+        model.to("cpu")
+
+    return finetune
 
 
 @dataclass

@@ -25,6 +25,7 @@ EARLY_STOPPING = ("none", "asha", "hyperband", "median")
 PARAM_TYPES = ("float", "int", "categorical")
 PRUNE_STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
+DISTILL_MODES = ("none", "kd")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 RUNTIMES = ("torch", "onnxruntime")
 COMPILE_MODES = ("auto", "always", "never")
@@ -783,6 +784,7 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
         ("prune_structure", PRUNE_STRUCTURES),
         ("quantize", QUANTIZE_MODES),
         ("optimizer", OPTIMIZERS),
+        ("distill", DISTILL_MODES),
     ):
         if name in params:
             p = params[name]
@@ -800,13 +802,19 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
             for v in vals:
                 if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
                     raise _field(f"search_space.{name}", v, f"an integer >= {minimum}")
-    for name in ("lr",):
+    for name, positive, what in (
+        ("lr", True, "a learning rate > 0"),
+        ("distill_temperature", True, "a temperature > 0"),
+        ("distill_alpha", False, "a weight 0 <= value <= 1"),
+    ):
         if name in params:
             p = params[name]
-            vals = values_of(p) if p.type in ("categorical", "fixed") else (p.low,)
+            vals = values_of(p) if p.type in ("categorical", "fixed") else (p.low, p.high)
             for v in vals:
-                if not _is_number(v) or v <= 0:
-                    raise _field(f"search_space.{name}", v, "a learning rate > 0")
+                if v is None:
+                    continue
+                if not _is_number(v) or (v <= 0 if positive else not 0 <= v <= 1):
+                    raise _field(f"search_space.{name}", v, what)
 
 
 def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._exceptions import SpecError, WorkloadError
 
@@ -202,6 +203,30 @@ def evaluate_accuracy(model: nn.Module, data: Split, device: torch.device) -> fl
     return correct / max(1, len(x))
 
 
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015): the label loss mixed with the
+    temperature-scaled KL divergence from the teacher's softened outputs.
+
+    ``alpha`` weighs the teacher's term; it is scaled by ``temperature**2`` so its gradients
+    keep their size as the temperature changes.
+    """
+    label_loss = F.cross_entropy(student_logits, labels)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - alpha) * label_loss + alpha * temperature**2 * soft
+
+
 def fit(
     model: nn.Module,
     train: Split,
@@ -211,14 +236,23 @@ def fit(
     device: torch.device,
     seed: int,
     on_epoch: Callable[[int], None] | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.5,
 ) -> None:
-    """Train ``model`` on ``train`` with the sampled optimizer settings and batch size."""
+    """Train ``model`` on ``train`` with the sampled optimizer settings and batch size.
+
+    With a ``teacher``, the loss is :func:`distillation_loss` against the teacher's outputs
+    (the teacher stays in eval mode and is not trained).
+    """
     model.to(device)
     optimizer = make_optimizer(model, params)
     loss_fn = nn.CrossEntropyLoss()
     x, y = train
     batch_size = int(params.get("batch_size", 64))
     gen = torch.Generator().manual_seed(seed)
+    if teacher is not None:
+        teacher.to(device).eval()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
@@ -226,7 +260,13 @@ def fit(
             idx = order[start : start + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            logits = model(xb)
+            if teacher is None:
+                loss = loss_fn(logits, yb)
+            else:
+                with torch.no_grad():
+                    target = teacher(xb)
+                loss = distillation_loss(logits, target, yb, temperature=temperature, alpha=alpha)
             if not torch.isfinite(loss.detach()):
                 raise WorkloadError(
                     f"training diverged: loss is {loss.item()} in epoch {epoch + 1} "

@@ -124,3 +124,44 @@ def test_structured_int8_transformer_exports_to_onnx_within_a_point_of_its_store
         test_data=trained.test_data,
     )
     assert abs(torch_figures["test_accuracy"] - exported) <= 0.03
+
+
+def test_distillation_brings_a_pruned_student_closer_to_its_teacher_than_plain_fine_tuning() -> (
+    None
+):
+    from torch import nn
+
+    from tuner._datasets import digits
+    from tuner._shipping import finetuner
+    from tuner._workloads import fit
+
+    data = digits()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    params = {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32}
+    fit(teacher, data.train, params, epochs=15, device=torch.device("cpu"), seed=0)
+    teacher.eval()
+    # Few labelled rows: the teacher's outputs carry what the labels cannot.
+    few = (data.train[0][:150], data.train[1][:150])
+    inputs = data.test[0]
+    with torch.no_grad():
+        said = teacher(inputs).argmax(1)
+
+    agreement = {}
+    for distill in ("none", "kd"):
+        settings = Settings(0.8, "structured", "none", 3, distill, 4.0, 0.9)
+        recover = finetuner(
+            settings, params, few, teacher=teacher, device=torch.device("cpu"), seed=0
+        )
+        shipped = ship(
+            teacher,
+            settings,
+            calibration=data.train[0][:256],
+            device=torch.device("cpu"),
+            finetune=recover,
+        )
+        with torch.no_grad():
+            agreement[distill] = (shipped.model(inputs).argmax(1) == said).float().mean().item()
+        # Removed units stay removed while the student learns.
+        assert shipped.model[0].out_features < 128
+    assert agreement["kd"] > agreement["none"] + 0.02, agreement
