@@ -97,6 +97,21 @@ RULES = [
         ["search_space.quantize", "'int4'", "none, int8"],
     ),
     (
+        "search_space.distill",
+        {"type": "categorical", "choices": ["none", "teacher"]},
+        ["search_space.distill", "'teacher'", "none, kd"],
+    ),
+    (
+        "search_space.distill_temperature",
+        {"type": "float", "low": 0.0, "high": 8.0},
+        ["search_space.distill_temperature", "0.0", "temperature > 0"],
+    ),
+    (
+        "search_space.distill_alpha",
+        {"type": "float", "low": 0.2, "high": 1.5},
+        ["search_space.distill_alpha", "1.5", "0 <= value <= 1"],
+    ),
+    (
         "search_space.lr.type",
         "floaty",
         ["search_space.lr.type", "'floaty'", "float, int, categorical"],
