@@ -66,7 +66,8 @@ class TrialModel:
         calibration: inputs int8 was calibrated on (``None`` when the workload gave none).
         test_data: the held-out (inputs, labels) the trial's ``test_accuracy`` was measured on.
         measure: the spec's ``measure`` settings and the thread count the trial used.
-        int8_layers: layers PyTorch computed in int8.
+        int8_layers: layers that computed in int8.
+        float_layers: layers kept in float by choice in an int8 model.
     """
 
     model: nn.Module
@@ -77,6 +78,7 @@ class TrialModel:
     test_data: tuple[torch.Tensor, torch.Tensor]
     measure: dict[str, Any] = field(default_factory=dict)
     int8_layers: list[str] = field(default_factory=list)
+    float_layers: list[str] = field(default_factory=list)
 
     @property
     def example(self) -> torch.Tensor:
@@ -86,7 +88,12 @@ class TrialModel:
         """The PyTorch model as the trial shipped it on the CPU (int8 redone from the float model)."""
         from ._compression import quantize
 
-        shipped = quantize(self.model, mode=self.quantize, calibration_inputs=self.calibration)[0]
+        shipped = quantize(
+            self.model,
+            mode=self.quantize,
+            calibration_inputs=self.calibration,
+            keep_float=tuple(self.float_layers),
+        )[0]
         shipped.eval()
         return shipped
 
@@ -107,6 +114,7 @@ def save_trial_model(tm: TrialModel, path: Path) -> None:
         "test_data": (_own(tm.test_data[0]), _own(tm.test_data[1])),
         "measure": tm.measure,
         "int8_layers": tm.int8_layers,
+        "float_layers": tm.float_layers,
     }
     torch.save(payload, path)
 
@@ -136,6 +144,7 @@ def load_trial_model(path: Path) -> TrialModel:
         test_data=payload["test_data"],
         measure=payload["measure"],
         int8_layers=list(payload["int8_layers"]),
+        float_layers=list(payload.get("float_layers", [])),
     )
 
 

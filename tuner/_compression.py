@@ -27,6 +27,8 @@ Compression has two knobs, applied in this order by :func:`compress`:
   - on CUDA, torchao's ``quantize_`` with dynamic int8 activations and int8 weights for every
     ``nn.Linear``.
 
+  ``keep_float`` leaves chosen layers in float (per-layer precision): the first and last
+  layer, or the ones whose int8 rounding moves the outputs most (:func:`float_layer_choice`).
   The layers that really compute in int8 are read from the result.
 """
 
@@ -39,19 +41,24 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import prune
 
 from tuner._exceptions import CompressionError
+from tuner._spec import KEEP_FLOAT_MODES
 
 __all__ = [
+    "KEEP_FLOAT_MODES",
     "CompressionReport",
     "compress",
     "count_parameters",
+    "float_layer_choice",
     "int8_layer_names",
+    "layer_sensitivity",
     "plain_attention",
     "quantize",
     "sparsify",
@@ -79,6 +86,7 @@ class CompressionReport:
         int8_layers: Qualified names of the layers that really compute in int8.
         removed_units: Channels removed by structured pruning, over all groups; 0 when
             unstructured.
+        float_layers: Layers kept in float by choice (``keep_float``) in an int8 model.
     """
 
     sparsity: float
@@ -88,6 +96,7 @@ class CompressionReport:
     quantize: str
     int8_layers: tuple[str, ...]
     removed_units: int
+    float_layers: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -445,6 +454,112 @@ def _prune_structured(
 # --- int8 ----------------------------------------------------------------------------------
 
 
+# How many layers ``keep_float: sensitive`` keeps in float.
+SENSITIVE_LAYERS = 2
+
+
+def _check_keep_float(keep_float: str) -> None:
+    if keep_float not in KEEP_FLOAT_MODES:
+        raise CompressionError(
+            f"keep_float: got {keep_float!r}; expected one of {', '.join(KEEP_FLOAT_MODES)}"
+        )
+
+
+def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Qualified names of the Linear and convolution layers, in the order they run.
+
+    Attention's own output projection is left out: attention computes it from the weight
+    directly, so the layer never runs as a module; the quantizers treat it as part of
+    attention.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    order: list[str] = []
+
+    def hook(module: nn.Module, _inputs: object, _output: object) -> None:
+        name = names[id(module)]
+        if name not in order:
+            order.append(name)
+
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad(), plain_attention():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def _fake_int8(tensor: torch.Tensor, *, per_channel: bool) -> torch.Tensor:
+    """``tensor`` rounded to int8 and back: per output channel (weights) or per tensor."""
+    if per_channel:
+        scale = tensor.detach().abs().flatten(1).amax(dim=1).clamp(min=1e-8) / 127.0
+        shape = (-1,) + (1,) * (tensor.dim() - 1)
+        return (tensor / scale.view(shape)).round().clamp(-128, 127) * scale.view(shape)
+    low = min(float(tensor.min()), 0.0)
+    high = max(float(tensor.max()), 0.0)
+    step = max(high - low, 1e-8) / 255.0
+    zero = round(-low / step)
+    return ((tensor / step).round() + zero).clamp(0, 255).sub(zero) * step
+
+
+def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float]:
+    """How much the model's outputs move when one layer alone computes in int8.
+
+    Each Linear or convolution layer in turn gets its weights rounded to int8 per output
+    channel and its input activations to 8 bits per tensor (as static int8 would); the
+    score is the KL divergence of the model's outputs from the float model's on ``inputs``.
+    """
+    model = model.eval()
+    layers = _layers_in_order(model, inputs[:2])
+    modules = dict(model.named_modules())
+    with torch.no_grad(), plain_attention():
+        reference = F.log_softmax(model(inputs), dim=-1)
+        scores: dict[str, float] = {}
+        for name in layers:
+            module = modules[name]
+            weight = module.weight
+            original = weight.detach().clone()
+            weight.copy_(_fake_int8(original, per_channel=True))
+            handle = module.register_forward_pre_hook(
+                lambda _m, args: (_fake_int8(args[0], per_channel=False), *args[1:])
+            )
+            try:
+                moved = F.log_softmax(model(inputs), dim=-1)
+            finally:
+                handle.remove()
+                weight.copy_(original)
+            scores[name] = float(F.kl_div(moved, reference, log_target=True, reduction="batchmean"))
+    return scores
+
+
+def float_layer_choice(
+    model: nn.Module, keep_float: str, calibration_inputs: torch.Tensor | None
+) -> tuple[str, ...]:
+    """The layers ``keep_float`` leaves in float when the rest goes to int8.
+
+    * ``none``: none.
+    * ``ends``: the first and the last layer that run (the input embedding or stem, and the
+      classifier), where int8 error hurts most often.
+    * ``sensitive``: the :data:`SENSITIVE_LAYERS` layers whose int8 rounding alone moves the
+      outputs most on the calibration inputs (:func:`layer_sensitivity`).
+    """
+    _check_keep_float(keep_float)
+    if keep_float == "none":
+        return ()
+    inputs = _example_batch(calibration_inputs, f"keep_float: {keep_float}")
+    if keep_float == "ends":
+        order = _layers_in_order(model, inputs[:2])
+        return tuple(dict.fromkeys(order[:1] + order[-1:]))
+    scores = layer_sensitivity(model, inputs[:256])
+    ranked = sorted(scores, key=lambda name: -scores[name])[:SENSITIVE_LAYERS]
+    return tuple(name for name in scores if name in ranked)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     tensor = next(model.parameters(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
@@ -456,6 +571,7 @@ def quantize(
     mode: str,
     calibration_inputs: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
+    keep_float: tuple[str, ...] = (),
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """Quantize a copy of ``model`` for inference on ``device``.
 
@@ -468,6 +584,7 @@ def quantize(
         mode: ``"none"`` (returns ``model`` itself) or ``"int8"``.
         calibration_inputs: A batch of typical inputs (a few hundred rows).
         device: Where the quantized model will run.
+        keep_float: Qualified names of layers that stay in float.
 
     Returns:
         The quantized model and the qualified names of its layers that compute in int8.
@@ -481,9 +598,9 @@ def quantize(
     target = torch.device(device)
     float_model = copy.deepcopy(model).to(target).eval()
     if target.type == "cuda":
-        quantized = _quantize_linear_dynamic(float_model)
+        quantized = _quantize_linear_dynamic(float_model, keep_float)
     else:
-        quantized = _quantize_pt2e(float_model, calibration_inputs)
+        quantized = _quantize_pt2e(float_model, calibration_inputs, keep_float)
     return quantized, int8_layer_names(quantized)
 
 
@@ -502,12 +619,15 @@ def _import_torchao() -> None:
         logger.setLevel(level)
 
 
-def _quantize_linear_dynamic(model: nn.Module) -> nn.Module:
+def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
     _import_torchao()
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
+    def chosen(module: nn.Module, name: str) -> bool:
+        return isinstance(module, nn.Linear) and name not in keep_float
+
     try:
-        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=chosen)
     except Exception as error:
         raise CompressionError(
             f"torchao cannot quantize {type(model).__name__} to int8: {error}"
@@ -515,7 +635,35 @@ def _quantize_linear_dynamic(model: nn.Module) -> nn.Module:
     return model
 
 
-def _quantize_pt2e(model: nn.Module, calibration_inputs: torch.Tensor | None) -> nn.Module:
+def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
+    """torchao's x86 quantizer, leaving the layers in ``keep_float`` in float.
+
+    Its own ``set_module_name_qconfig(name, None)`` skips a fusion pattern only when every
+    node of it comes from that module, so a convolution fused with the BatchNorm and ReLU
+    that follow it (other modules) would still be quantized. Marking the layer's own
+    operator as handled first makes every pattern that contains it stay float, which is
+    what a ``None`` config does inside the quantizer.
+    """
+    kept = set(keep_float)
+
+    class KeepFloat(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for node in model.graph.nodes:
+                stack = node.meta.get("nn_module_stack") or {}
+                if node.op == "call_function" and stack:
+                    owner = next(reversed(stack.values()))[0]
+                    if owner in kept:
+                        node.meta[x86.QUANT_ANNOTATION_KEY] = (
+                            x86._X86InductorQuantizationAnnotation(_annotated=True)
+                        )
+            return super().annotate(model)
+
+    return KeepFloat()
+
+
+def _quantize_pt2e(
+    model: nn.Module, calibration_inputs: torch.Tensor | None, keep_float: tuple[str, ...] = ()
+) -> nn.Module:
     _import_torchao()
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e import (
@@ -543,7 +691,7 @@ def _quantize_pt2e(model: nn.Module, calibration_inputs: torch.Tensor | None) ->
             f"torch.export cannot capture {type(model).__name__} for int8: "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from error
-    quantizer = x86.X86InductorQuantizer()
+    quantizer = _keep_float_quantizer(x86, keep_float)
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
     try:
         prepared = prepare_pt2e(exported, quantizer)
@@ -604,6 +752,8 @@ def compress(
     calibration_inputs: torch.Tensor | None,
     finetune: Callable[[nn.Module], None] | None = None,
     device: str | torch.device = "cpu",
+    keep_float: str = "none",
+    torch_int8: bool = True,
 ) -> tuple[nn.Module, nn.Module, CompressionReport]:
     """Sparsify, then quantize, a copy of ``model``.
 
@@ -615,6 +765,9 @@ def compress(
         calibration_inputs: Typical inputs: structured pruning traces on them, int8 calibrates.
         finetune: Trains the pruned model before quantization (see :func:`sparsify`).
         device: Where the shipped model runs (int8 is made for it).
+        keep_float: Which layers stay float in an int8 model (see :func:`float_layer_choice`).
+        torch_int8: Make the int8 PyTorch model; ``False`` when another runtime quantizes
+            (the shipped model is then the float one and ``int8_layers`` is empty).
 
     Returns:
         The float model after sparsity, the shipped model (the same object when not
@@ -626,6 +779,7 @@ def compress(
     _check_threshold(threshold)
     _check_structure(structure)
     _check_mode(quantize)
+    _check_keep_float(keep_float)
     pruned, removed = _sparsify(
         model,
         threshold=threshold,
@@ -634,8 +788,15 @@ def compress(
         example_inputs=calibration_inputs,
     )
     pruned = pruned.eval()
+    float_layers = (
+        float_layer_choice(pruned, keep_float, calibration_inputs) if quantize == "int8" else ()
+    )
     shipped, int8_layers = _quantize(
-        pruned, mode=quantize, calibration_inputs=calibration_inputs, device=device
+        pruned,
+        mode=quantize if torch_int8 else "none",
+        calibration_inputs=calibration_inputs,
+        device=device,
+        keep_float=float_layers,
     )
     report = CompressionReport(
         sparsity=weight_sparsity(pruned),
@@ -645,6 +806,7 @@ def compress(
         quantize=quantize,
         int8_layers=int8_layers,
         removed_units=removed,
+        float_layers=float_layers,
     )
     shipped.eval()
     return pruned, shipped, report

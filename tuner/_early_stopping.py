@@ -485,6 +485,7 @@ class EarlyStopping:
             calibration=ctx.watched_inputs.detach().to("cpu"),
             device=ctx.device,
             finetune=finetune,
+            runtime=self._spec.measure.runtime,
         )
 
     def _shipped_accuracy(self, shipped: Any, ctx: TrialContext) -> float:

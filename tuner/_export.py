@@ -16,6 +16,7 @@ Formats:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -136,17 +137,65 @@ class _Calibration:
         return next(self._batches, None)
 
 
-def _int8_onnx(proto: Any, calibration: torch.Tensor | None) -> Any:
+_QUANTIZABLE = ("Conv", "MatMul", "Gemm")
+
+
+def _node_modules(proto: Any) -> dict[str, str]:
+    """For each Conv/MatMul/Gemm node of an exported graph, the module it came from.
+
+    A node whose weight is a named parameter (``blocks.0.conv1.weight``) belongs to that
+    layer; otherwise the exporter's record of the module scopes it ran in names it.
+    """
+    inits = {i.name for i in proto.graph.initializer}
+    modules: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type not in _QUANTIZABLE:
+            continue
+        weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
+        if weight is not None:
+            modules[node.name] = weight[: -len(".weight")]
+            continue
+        meta = {entry.key: entry.value for entry in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        if len(scopes) >= 2 and scopes[-2]:
+            modules[node.name] = str(scopes[-2])
+    return modules
+
+
+def _int8_modules(proto: Any, modules: dict[str, str]) -> tuple[str, ...]:
+    """The modules whose nodes compute in int8 in a quantized graph, in graph order.
+
+    The quantizer names each int8 node after the node it replaced.
+    """
+    names: list[str] = []
+    originals = sorted(modules, key=len, reverse=True)
+    for node in proto.graph.node:
+        if node.op_type not in INT8_OPS:
+            continue
+        source = next((o for o in originals if node.name.startswith(o + "_")), None)
+        if source is not None and modules[source] not in names:
+            names.append(modules[source])
+    return tuple(names)
+
+
+def _int8_onnx(
+    proto: Any, calibration: torch.Tensor | None, keep_float: tuple[str, ...] = ()
+) -> Any:
     """int8 by ONNX Runtime's quantizer.
 
     Convolutions are quantized statically (activation ranges calibrated on the trial's
     inputs, weights per output channel): ONNX Runtime has no dynamic int8 convolution.
     MatMul and Gemm (Linear layers, attention projections) are quantized dynamically,
-    activation ranges read per batch at run time.
+    activation ranges read per batch at run time. Nodes of the layers in ``keep_float``
+    stay float.
     """
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+    excluded = [node for node, module in _node_modules(proto).items() if module in set(keep_float)]
     ops = {n.op_type for n in proto.graph.node}
     with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet_exporter():
         source = Path(tmp) / "float.onnx"
@@ -163,17 +212,21 @@ def _int8_onnx(proto: Any, calibration: torch.Tensor | None) -> Any:
                 _Calibration(calibration),
                 quant_format=QuantFormat.QOperator,
                 op_types_to_quantize=["Conv"],
+                nodes_to_exclude=excluded,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
             )
             source = static
         if ops & {"MatMul", "Gemm"}:
+            # The dynamic pass first rewrites each Gemm as a MatMul named after it.
+            excluded += [f"{name}_MatMul" for name in excluded]
             dynamic = Path(tmp) / "dynamic.onnx"
             quantize_dynamic(
                 str(source),
                 str(dynamic),
                 op_types_to_quantize=["MatMul", "Gemm"],
+                nodes_to_exclude=excluded,
                 weight_type=QuantType.QInt8,
                 extra_options={"MatMulConstBOnly": True},
             )
@@ -245,15 +298,15 @@ def _sparse_encode(proto: Any) -> Any:
             continue
         name = init.name
         kept += [
-            numpy_helper.from_array(np.packbits(present, bitorder="little"), f"{name}m"),
+            numpy_helper.from_array(np.packbits(present, bitorder="little"), f"{name}_m"),
             numpy_helper.from_array(
-                np.concatenate([np.zeros(1, dtype=array.dtype), flat[present]]), f"{name}v"
+                np.concatenate([np.zeros(1, dtype=array.dtype), flat[present]]), f"{name}_v"
             ),
-            numpy_helper.from_array(np.array(array.shape, dtype=np.int64), f"{name}s"),
+            numpy_helper.from_array(np.array(array.shape, dtype=np.int64), f"{name}_s"),
         ]
         decode.append(
             helper.make_node(
-                _DECODE_OP, [f"{name}m", f"{name}v", f"{name}s"], [name], domain=_DECODE_DOMAIN
+                _DECODE_OP, [f"{name}_m", f"{name}_v", f"{name}_s"], [name], domain=_DECODE_DOMAIN
             )
         )
     if decode:
@@ -313,18 +366,26 @@ def _strip(proto: Any) -> Any:
 
 def onnx_model(tm: TrialModel) -> Any:
     """The ONNX model that ships for a trial (``onnx.ModelProto``), checked."""
+    return onnx_shipped(tm)[0]
+
+
+def onnx_shipped(tm: TrialModel) -> tuple[Any, tuple[str, ...]]:
+    """The ONNX model that ships for a trial, checked, and the layers it runs in int8."""
     _need_onnx()
     import onnx
 
     proto = _float_onnx(tm.model, tm.example)
+    int8_layers: tuple[str, ...] = ()
     if tm.quantize == "int8":
-        proto = _int8_onnx(proto, tm.calibration)
+        modules = _node_modules(proto)
+        proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers))
+        int8_layers = _int8_modules(proto, modules)
     proto = _sparse_encode(_strip(proto))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"the exported ONNX model does not pass onnx.checker: {exc}") from exc
-    return proto
+    return proto, int8_layers
 
 
 def onnx_bytes(tm: TrialModel) -> bytes:

@@ -189,6 +189,7 @@ def measure_trained(
         calibration=calibration_inputs(trained),
         device=device,
         finetune=finetune,
+        runtime=spec.measure.runtime,
     )
     threads = measure_threads(spec)
     metrics = measure(

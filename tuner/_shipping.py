@@ -42,6 +42,7 @@ class Settings:
     distill: str = "none"
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5
+    keep_float: str = "none"
 
     @property
     def compressed(self) -> bool:
@@ -57,6 +58,7 @@ def settings_from_params(params: Mapping[str, Any]) -> Settings:
         distill=str(params.get("distill", "none")),
         distill_temperature=float(params.get("distill_temperature", 4.0)),
         distill_alpha=float(params.get("distill_alpha", 0.5)),
+        keep_float=str(params.get("keep_float", "none")),
     )
 
 
@@ -150,6 +152,7 @@ def ship(
     calibration: torch.Tensor | None,
     device: torch.device,
     finetune: Callable[[nn.Module], None] | None = None,
+    runtime: str = "torch",
 ) -> Shipped:
     """Compress a copy of the trained ``model`` as ``settings`` ask.
 
@@ -160,6 +163,8 @@ def ship(
             and int8 is calibrated on them.
         device: the trial's device; int8 is made for it.
         finetune: trains the pruned copy before quantization.
+        runtime: the runtime it will be measured in; for ``onnxruntime`` no int8 PyTorch
+            model is made (ONNX Runtime quantizes the exported float model).
     """
     source = model.to("cpu").eval()
     trained_params = count_parameters(source)
@@ -171,6 +176,8 @@ def ship(
         calibration_inputs=calibration,
         finetune=finetune,
         device=device,
+        keep_float=settings.keep_float,
+        torch_int8=runtime != "onnxruntime",
     )
     return Shipped(
         pruned=pruned,
@@ -209,6 +216,7 @@ def trial_model(
             "compile": measure.compile,
         },
         int8_layers=list(shipped.report.int8_layers),
+        float_layers=list(shipped.report.float_layers),
     )
 
 
@@ -259,6 +267,7 @@ def measure(
         "zero_fraction": shipped.report.sparsity,
         "prune_structure": shipped.settings.structure,
         "int8_layers": list(shipped.report.int8_layers),
+        "float_layers": list(shipped.report.float_layers),
         "removed_units": shipped.report.removed_units,
     }
     if settings.runtime == "onnxruntime":
@@ -329,7 +338,7 @@ def _measure_onnx(
     repeats: int,
 ) -> dict[str, Any]:
     from ._artifacts import TrialModel
-    from ._export import OnnxRunner, onnx_int8_nodes, onnx_model
+    from ._export import OnnxRunner, onnx_int8_nodes, onnx_shipped
 
     tm = TrialModel(
         model=shipped.pruned.eval(),
@@ -338,11 +347,15 @@ def _measure_onnx(
         prune_structure=shipped.settings.structure,
         calibration=shipped.calibration,
         test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
+        float_layers=list(shipped.report.float_layers),
     )
-    proto = onnx_model(tm)
+    proto, int8_layers = onnx_shipped(tm)
     data = proto.SerializeToString()
     runner = OnnxRunner(data, threads=threads)
-    out: dict[str, Any] = {"onnx_int8_nodes": onnx_int8_nodes(proto)}
+    out: dict[str, Any] = {
+        "onnx_int8_nodes": onnx_int8_nodes(proto),
+        "int8_layers": list(int8_layers),
+    }
     if val_data is not None:
         out["accuracy"] = runner.accuracy(*val_data)
     if test_data is not None:

@@ -26,6 +26,7 @@ PARAM_TYPES = ("float", "int", "categorical")
 PRUNE_STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
 DISTILL_MODES = ("none", "kd")
+KEEP_FLOAT_MODES = ("none", "ends", "sensitive")
 OPTIMIZERS = ("sgd", "adamw", "adam")
 RUNTIMES = ("torch", "onnxruntime")
 COMPILE_MODES = ("auto", "always", "never")
@@ -785,6 +786,7 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
         ("quantize", QUANTIZE_MODES),
         ("optimizer", OPTIMIZERS),
         ("distill", DISTILL_MODES),
+        ("keep_float", KEEP_FLOAT_MODES),
     ):
         if name in params:
             p = params[name]

@@ -15,6 +15,8 @@ from tuner._compression import (
     CompressionReport,
     compress,
     count_parameters,
+    float_layer_choice,
+    layer_sensitivity,
     quantize,
     sparsify,
     weight_sparsity,
@@ -347,6 +349,54 @@ def test_int8_transformer_runs_and_lists_its_int8_layers() -> None:
         got = quantized(inputs[:8])
     assert got.shape == (8, 10)
     assert (got.argmax(1) == reference.argmax(1)).float().mean() >= 0.75
+
+
+def test_keep_float_ends_leaves_the_first_and_last_layer_float_in_int8() -> None:
+    torch.manual_seed(0)
+    model = PatchTransformer(width=32, heads=4).eval()
+    inputs = torch.randn(64, 1, 40)
+    _, shipped, report = compress(
+        model,
+        threshold=0.0,
+        structure="unstructured",
+        quantize="int8",
+        calibration_inputs=inputs,
+        keep_float="ends",
+    )
+    assert report.float_layers == ("embed", "head")
+    assert not set(report.int8_layers) & {"embed", "head"}
+    assert "encoder.layers.0.linear1" in report.int8_layers
+    # The kept layers' weights stay float: the shipped model is bigger than all-int8.
+    from tuner._measure import size_bytes
+
+    _, all_int8, report_all = compress(
+        model, threshold=0.0, structure="unstructured", quantize="int8", calibration_inputs=inputs
+    )
+    assert {"embed", "head"} <= set(report_all.int8_layers)
+    assert size_bytes(shipped) > size_bytes(all_int8)
+
+
+def test_sensitivity_finds_the_layer_that_int8_rounding_hurts_most(
+    trained_mlp: nn.Sequential, digits: Digits
+) -> None:
+    model = copy.deepcopy(trained_mlp)
+    # One hidden unit of the first layer fires 500 times larger (the next layer reads it 500
+    # times smaller, so the model computes the same): the second layer's input now has one
+    # huge channel, and 8 bits per tensor crush all the others.
+    with torch.no_grad():
+        model[0].weight[3] *= 500.0
+        model[0].bias[3] *= 500.0
+        model[2].weight[:, 3] /= 500.0
+    inputs = digits[0][:256]
+    assert _accuracy(model, digits[2], digits[3]) == pytest.approx(
+        _accuracy(trained_mlp, digits[2], digits[3]), abs=0.01
+    )
+    scores = layer_sensitivity(model, inputs)
+    assert list(scores) == ["0", "2", "4"]
+    assert max(scores, key=lambda name: scores[name]) == "2", scores
+    assert "2" in float_layer_choice(model, "sensitive", inputs)
+    assert float_layer_choice(model, "ends", inputs) == ("0", "4")
+    assert float_layer_choice(model, "none", inputs) == ()
 
 
 def test_int8_needs_calibration_inputs_that_fit_the_model(trained_cnn: nn.Sequential) -> None:

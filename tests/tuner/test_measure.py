@@ -150,7 +150,8 @@ def test_compiled_latency_reports_compile_time_apart() -> None:
     plain = measure_latency(model, torch.randn(1, 64), warmup=1, repeats=3)
     compiled = measure_latency(model, torch.randn(1, 64), warmup=1, repeats=3, compile=True)
     assert plain.compile_s == 0.0
-    assert compiled.compile_s > 0.1 > compiled.p50_ms / 1000
+    # The first call compiles (or loads inductor's cached kernels): far slower than a pass.
+    assert compiled.compile_s > 5 * compiled.p50_ms / 1000
 
 
 def test_structured_pruning_makes_the_model_faster() -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tuner
+from tuner._cli import main as tuner_main
 from tuner._export import OnnxRunner, onnx_bytes
 from tuner._shipping import Settings, measure, ship, trial_model
 from tuner._spec import MeasureSpec
@@ -200,3 +201,41 @@ def test_a_study_searches_distillation_and_counts_the_fine_tune_as_training(
         assert attrs["finetune_time_s"] > 0
         assert attrs["train_time_s"] > attrs["finetune_time_s"]
         assert attrs["accuracy"] > 0.6, (trial.params, attrs["accuracy"])
+
+
+def test_layers_kept_in_float_are_recorded_and_float_in_the_onnx_file(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = _grid_spec("keep-float", WORKLOADS["transformer"], "onnxruntime")
+    spec["search_space"].update(
+        {
+            "prune_threshold": 0.0,
+            "prune_structure": "unstructured",
+            "quantize": "int8",
+            "keep_float": {"type": "categorical", "choices": ["none", "ends", "sensitive"]},
+        }
+    )
+    spec["budget"]["n_trials"] = 3
+    spec["artifacts"]["path"] = str(tmp_path / "artifacts")
+    tuner.run(spec, storage=sqlite_url)
+    study = optuna.load_study(study_name="keep-float", storage=sqlite_url)
+    trials = {t.params["keep_float"]: t for t in study.get_trials(deepcopy=False)}
+    assert {t.state for t in trials.values()} == {optuna.trial.TrialState.COMPLETE}
+    none, ends, sensitive = (trials[k].user_attrs for k in ("none", "ends", "sensitive"))
+    assert none["float_layers"] == []
+    assert ends["float_layers"] == ["embed", "head"]
+    assert len(sensitive["float_layers"]) == 2
+    for attrs in (ends, sensitive):
+        assert not set(attrs["float_layers"]) & set(attrs["int8_layers"])
+        assert len(attrs["onnx_int8_nodes"]) == len(none["onnx_int8_nodes"]) - 2
+        assert attrs["size_bytes"] > none["size_bytes"]
+    # The exported file is what was measured: two int8 nodes fewer, same accuracy.
+    out = tmp_path / "ends.onnx"
+    number = trials["ends"].number
+    args = ["export", "keep-float", "--trial", str(number), "--format", "onnx", "--out", str(out)]
+    assert tuner_main([*args, "--storage", sqlite_url]) == 0
+    import onnx
+
+    from tuner._export import onnx_int8_nodes
+
+    assert len(onnx_int8_nodes(onnx.load(str(out)))) == len(ends["onnx_int8_nodes"])

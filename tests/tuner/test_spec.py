@@ -102,6 +102,11 @@ RULES = [
         ["search_space.distill", "'teacher'", "none, kd"],
     ),
     (
+        "search_space.keep_float",
+        {"type": "categorical", "choices": ["none", "first"]},
+        ["search_space.keep_float", "'first'", "none, ends, sensitive"],
+    ),
+    (
         "search_space.distill_temperature",
         {"type": "float", "low": 0.0, "high": 8.0},
         ["search_space.distill_temperature", "0.0", "temperature > 0"],
