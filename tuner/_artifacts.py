@@ -68,6 +68,8 @@ class TrialModel:
         measure: the spec's ``measure`` settings and the thread count the trial used.
         int8_layers: layers that computed in int8.
         float_layers: layers kept in float by choice in an int8 model.
+        qat_program: the int8 graph quantization-aware training learned
+            (``torch.export.save`` bytes); ``None`` when int8 was calibrated after training.
     """
 
     model: nn.Module
@@ -79,6 +81,7 @@ class TrialModel:
     measure: dict[str, Any] = field(default_factory=dict)
     int8_layers: list[str] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)
+    qat_program: bytes | None = None
 
     @property
     def example(self) -> torch.Tensor:
@@ -88,6 +91,10 @@ class TrialModel:
         """The PyTorch model as the trial shipped it on the CPU (int8 redone from the float model)."""
         from ._compression import quantize
 
+        if self.qat_program is not None:
+            import io
+
+            return torch.export.load(io.BytesIO(self.qat_program)).module()
         shipped = quantize(
             self.model,
             mode=self.quantize,
@@ -115,6 +122,7 @@ def save_trial_model(tm: TrialModel, path: Path) -> None:
         "measure": tm.measure,
         "int8_layers": tm.int8_layers,
         "float_layers": tm.float_layers,
+        "qat_program": tm.qat_program,
     }
     torch.save(payload, path)
 
@@ -145,6 +153,7 @@ def load_trial_model(path: Path) -> TrialModel:
         measure=payload["measure"],
         int8_layers=list(payload["int8_layers"]),
         float_layers=list(payload.get("float_layers", [])),
+        qat_program=payload.get("qat_program"),
     )
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "layer_sensitivity",
     "plain_attention",
     "quantize",
+    "quantize_aware",
     "sparsify",
     "weight_sparsity",
 ]
@@ -708,6 +709,66 @@ def _quantize_pt2e(
     return converted
 
 
+def quantize_aware(
+    model: nn.Module,
+    *,
+    calibration_inputs: torch.Tensor | None,
+    train: Callable[[nn.Module], None],
+    keep_float: tuple[str, ...] = (),
+) -> nn.Module:
+    """int8 learned by quantization-aware training (PT2E QAT), for the CPU.
+
+    The float ``model`` is captured with ``torch.export`` in training mode, torchao's x86
+    quantizer inserts fake quantization (int8 weights per channel, calibrated int8
+    activations) with ``prepare_qat_pt2e``, ``train`` fine-tunes that graph so the weights
+    learn to live with the rounding, and ``convert_pt2e`` makes the int8 graph. The scales
+    it learned are what ships: in PyTorch, and in ONNX as QuantizeLinear/DequantizeLinear.
+
+    Returns:
+        The int8 graph (a copy; ``model`` is never changed), in eval mode.
+    """
+    _import_torchao()
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        move_exported_model_to_eval,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    inputs = _example_batch(calibration_inputs, "quantization-aware training")
+    example = inputs[:2]
+    source = copy.deepcopy(model).to("cpu").train()
+    try:
+        with plain_attention():
+            exported = torch.export.export(
+                source, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
+            ).module()
+    except Exception as error:
+        raise CompressionError(
+            f"torch.export cannot capture {type(model).__name__} for int8 training: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error
+    quantizer = _keep_float_quantizer(x86, keep_float)
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=True))
+    try:
+        prepared = prepare_qat_pt2e(exported, quantizer)
+        # The trainer switches train/eval mode; an exported graph needs to be told how.
+        allow_exported_model_train_eval(prepared)
+    except Exception as error:
+        raise CompressionError(f"PT2E QAT failed for {type(model).__name__}: {error}") from error
+    train(prepared)
+    prepared.to("cpu")
+    try:
+        with torch.no_grad():
+            converted = convert_pt2e(prepared)
+            move_exported_model_to_eval(converted)
+            allow_exported_model_train_eval(converted)
+            converted(example)
+    except Exception as error:
+        raise CompressionError(f"PT2E QAT failed for {type(model).__name__}: {error}") from error
+    return converted
+
+
 _INT8_WEIGHT_OPS = ("dequantize_per_channel", "dequantize_per_tensor")
 
 
@@ -754,6 +815,7 @@ def compress(
     device: str | torch.device = "cpu",
     keep_float: str = "none",
     torch_int8: bool = True,
+    qat: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, nn.Module, CompressionReport]:
     """Sparsify, then quantize, a copy of ``model``.
 
@@ -768,6 +830,9 @@ def compress(
         keep_float: Which layers stay float in an int8 model (see :func:`float_layer_choice`).
         torch_int8: Make the int8 PyTorch model; ``False`` when another runtime quantizes
             (the shipped model is then the float one and ``int8_layers`` is empty).
+        qat: With ``quantize="int8"``, trains the fake-quantized model
+            (:func:`quantize_aware`) instead of calibrating int8 after the fact; the
+            shipped model is then that int8 graph, whatever the runtime.
 
     Returns:
         The float model after sparsity, the shipped model (the same object when not
@@ -791,13 +856,19 @@ def compress(
     float_layers = (
         float_layer_choice(pruned, keep_float, calibration_inputs) if quantize == "int8" else ()
     )
-    shipped, int8_layers = _quantize(
-        pruned,
-        mode=quantize if torch_int8 else "none",
-        calibration_inputs=calibration_inputs,
-        device=device,
-        keep_float=float_layers,
-    )
+    if quantize == "int8" and qat is not None:
+        shipped = quantize_aware(
+            pruned, calibration_inputs=calibration_inputs, train=qat, keep_float=float_layers
+        )
+        int8_layers = int8_layer_names(shipped)
+    else:
+        shipped, int8_layers = _quantize(
+            pruned,
+            mode=quantize if torch_int8 else "none",
+            calibration_inputs=calibration_inputs,
+            device=device,
+            keep_float=float_layers,
+        )
     report = CompressionReport(
         sparsity=weight_sparsity(pruned),
         param_count=count_parameters(pruned),

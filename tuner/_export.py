@@ -99,7 +99,14 @@ def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
     """
     from ._compression import plain_attention
 
-    model = model.cpu().eval()
+    model = model.cpu()
+    try:
+        model.eval()
+    except NotImplementedError:
+        # A module loaded from torch.export runs its graph as exported (eval mode) and
+        # refuses eval(); its flags still say training, which the exporter would warn of.
+        for module in model.modules():
+            module.training = False
     # Batch 1 would let the exporter specialise the batch dimension away.
     sample = example.cpu()[:1]
     sample = sample.expand(2, *sample.shape[1:]).contiguous()
@@ -178,6 +185,39 @@ def _int8_modules(proto: Any, modules: dict[str, str]) -> tuple[str, ...]:
         source = next((o for o in originals if node.name.startswith(o + "_")), None)
         if source is not None and modules[source] not in names:
             names.append(modules[source])
+    return tuple(names)
+
+
+def _dequantized(proto: Any) -> set[str]:
+    """Tensors that are int8 weights dequantized, possibly transposed or reshaped after."""
+    out: set[str] = set()
+    for node in proto.graph.node:  # in topological order
+        if node.op_type == "DequantizeLinear" or (
+            node.op_type in ("Transpose", "Reshape", "Identity")
+            and node.input
+            and node.input[0] in out
+        ):
+            out.update(node.output)
+    return out
+
+
+def _qdq_weighted(proto: Any) -> list[Any]:
+    """Conv/MatMul/Gemm nodes whose weight comes out of a DequantizeLinear (QDQ int8)."""
+    dequantized = _dequantized(proto)
+    return [
+        n
+        for n in proto.graph.node
+        if n.op_type in _QUANTIZABLE and len(n.input) > 1 and n.input[1] in dequantized
+    ]
+
+
+def _qdq_modules(proto: Any) -> tuple[str, ...]:
+    modules = _node_modules(proto)
+    names: list[str] = []
+    for node in _qdq_weighted(proto):
+        module = modules.get(node.name)
+        if module is not None and module not in names:
+            names.append(module)
     return tuple(names)
 
 
@@ -374,12 +414,18 @@ def onnx_shipped(tm: TrialModel) -> tuple[Any, tuple[str, ...]]:
     _need_onnx()
     import onnx
 
-    proto = _float_onnx(tm.model, tm.example)
     int8_layers: tuple[str, ...] = ()
-    if tm.quantize == "int8":
-        modules = _node_modules(proto)
-        proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers))
-        int8_layers = _int8_modules(proto, modules)
+    if tm.qat_program is not None:
+        # int8 learned in training: the graph's own quantize/dequantize pairs carry the
+        # scales into the file, and ONNX Runtime fuses them into int8 kernels.
+        proto = _float_onnx(tm.shipped_torch(), tm.example)
+        int8_layers = _qdq_modules(proto)
+    else:
+        proto = _float_onnx(tm.model, tm.example)
+        if tm.quantize == "int8":
+            modules = _node_modules(proto)
+            proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers))
+            int8_layers = _int8_modules(proto, modules)
     proto = _sparse_encode(_strip(proto))
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -394,8 +440,19 @@ def onnx_bytes(tm: TrialModel) -> bytes:
 
 
 def onnx_int8_nodes(proto: Any) -> list[str]:
-    """The nodes of an ONNX graph that compute in int8, as ``OpType`` names in order."""
-    return [n.op_type for n in proto.graph.node if n.op_type in INT8_OPS]
+    """The nodes of an ONNX graph that compute in int8, as ``OpType`` names in order.
+
+    A Conv/MatMul/Gemm fed int8 weights through DequantizeLinear (QDQ, as quantization-aware
+    training exports) is listed as ``QDQ<OpType>``: ONNX Runtime runs it as an int8 kernel.
+    """
+    dequantized = _dequantized(proto)
+    names = []
+    for node in proto.graph.node:
+        if node.op_type in INT8_OPS:
+            names.append(node.op_type)
+        elif node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
+            names.append(f"QDQ{node.op_type}")
+    return names
 
 
 class OnnxRunner:

@@ -181,7 +181,24 @@ def measure_trained(
         def finetune(m: torch.nn.Module) -> None:
             started = time.perf_counter()
             recover(m)
-            fine_tune_s[0] = time.perf_counter() - started
+            fine_tune_s[0] += time.perf_counter() - started
+
+    qat = None
+    if settings.qat and trained.train_data is not None:
+        learn = finetuner(
+            settings,
+            params,
+            trained.train_data,
+            teacher=model,
+            device=device,
+            seed=seed + 7,
+            epochs=settings.qat_epochs,
+        )
+
+        def qat(m: torch.nn.Module) -> None:
+            started = time.perf_counter()
+            learn(m)
+            fine_tune_s[0] += time.perf_counter() - started
 
     shipped = ship(
         model,
@@ -190,6 +207,7 @@ def measure_trained(
         device=device,
         finetune=finetune,
         runtime=spec.measure.runtime,
+        qat=qat,
     )
     threads = measure_threads(spec)
     metrics = measure(

@@ -43,10 +43,16 @@ class Settings:
     distill_temperature: float = 4.0
     distill_alpha: float = 0.5
     keep_float: str = "none"
+    qat_epochs: int = 0
 
     @property
     def compressed(self) -> bool:
         return self.threshold > 0 or self.quantize != "none"
+
+    @property
+    def qat(self) -> bool:
+        """int8 learned by quantization-aware training rather than calibrated after it."""
+        return self.quantize == "int8" and self.qat_epochs > 0
 
 
 def settings_from_params(params: Mapping[str, Any]) -> Settings:
@@ -59,6 +65,7 @@ def settings_from_params(params: Mapping[str, Any]) -> Settings:
         distill_temperature=float(params.get("distill_temperature", 4.0)),
         distill_alpha=float(params.get("distill_alpha", 0.5)),
         keep_float=str(params.get("keep_float", "none")),
+        qat_epochs=int(params.get("qat_epochs", 0)),
     )
 
 
@@ -153,6 +160,7 @@ def ship(
     device: torch.device,
     finetune: Callable[[nn.Module], None] | None = None,
     runtime: str = "torch",
+    qat: Callable[[nn.Module], None] | None = None,
 ) -> Shipped:
     """Compress a copy of the trained ``model`` as ``settings`` ask.
 
@@ -165,6 +173,8 @@ def ship(
         finetune: trains the pruned copy before quantization.
         runtime: the runtime it will be measured in; for ``onnxruntime`` no int8 PyTorch
             model is made (ONNX Runtime quantizes the exported float model).
+        qat: trains the fake-quantized model when ``settings.qat`` (quantization-aware
+            training); its int8 graph then ships in both runtimes.
     """
     source = model.to("cpu").eval()
     trained_params = count_parameters(source)
@@ -178,6 +188,7 @@ def ship(
         device=device,
         keep_float=settings.keep_float,
         torch_int8=runtime != "onnxruntime",
+        qat=qat if settings.qat else None,
     )
     return Shipped(
         pruned=pruned,
@@ -201,6 +212,7 @@ def trial_model(
     from ._artifacts import TrialModel
 
     return TrialModel(
+        qat_program=_qat_program(shipped),
         model=shipped.pruned.eval(),
         quantize=shipped.settings.quantize,
         prune_threshold=shipped.settings.threshold,
@@ -218,6 +230,25 @@ def trial_model(
         int8_layers=list(shipped.report.int8_layers),
         float_layers=list(shipped.report.float_layers),
     )
+
+
+def _qat_program(shipped: Shipped) -> bytes | None:
+    """The int8 graph quantization-aware training learned, saved with ``torch.export``.
+
+    It cannot be redone from the float model without training again, so trials keep it.
+    """
+    if not shipped.settings.qat or shipped.calibration is None:
+        return None
+    import io
+
+    sample = shipped.calibration[:1]
+    sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    program = torch.export.export(
+        shipped.model, (sample,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
 
 
 def compiles(shipped: Shipped, mode: str) -> bool:
@@ -348,6 +379,7 @@ def _measure_onnx(
         calibration=shipped.calibration,
         test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
         float_layers=list(shipped.report.float_layers),
+        qat_program=_qat_program(shipped),
     )
     proto, int8_layers = onnx_shipped(tm)
     data = proto.SerializeToString()

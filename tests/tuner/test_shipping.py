@@ -239,3 +239,42 @@ def test_layers_kept_in_float_are_recorded_and_float_in_the_onnx_file(
     from tuner._export import onnx_int8_nodes
 
     assert len(onnx_int8_nodes(onnx.load(str(out)))) == len(ends["onnx_int8_nodes"])
+
+
+def test_quantization_aware_training_ships_its_learned_int8_in_the_onnx_file(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = _grid_spec("qat", WORKLOADS["transformer"], "onnxruntime")
+    spec["search_space"].update(
+        {
+            "prune_threshold": 0.5,
+            "prune_structure": "structured",
+            "quantize": "int8",
+            "qat_epochs": {"type": "categorical", "choices": [0, 1]},
+        }
+    )
+    spec["budget"]["n_trials"] = 2
+    spec["artifacts"]["path"] = str(tmp_path / "artifacts")
+    tuner.run(spec, storage=sqlite_url)
+    study = optuna.load_study(study_name="qat", storage=sqlite_url)
+    trials = {t.params["qat_epochs"]: t for t in study.get_trials(deepcopy=False)}
+    assert {t.state for t in trials.values()} == {optuna.trial.TrialState.COMPLETE}
+    learned = trials[1].user_attrs
+    # The file holds the scales training learned: int8 weights behind DequantizeLinear.
+    assert learned["onnx_int8_nodes"] and all(
+        n.startswith("QDQ") for n in learned["onnx_int8_nodes"]
+    )
+    assert learned["int8_layers"]
+    assert all(not n.startswith("QDQ") for n in trials[0].user_attrs["onnx_int8_nodes"])
+    # QAT's fine-tune is training time too.
+    assert learned["finetune_time_s"] > trials[0].user_attrs["finetune_time_s"]
+    out = tmp_path / "qat.onnx"
+    args = ["export", "qat", "--trial", str(trials[1].number), "--format", "onnx"]
+    assert tuner_main([*args, "--out", str(out), "--storage", sqlite_url]) == 0
+    import onnx
+
+    from tuner._datasets import mnist1d
+
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    test = mnist1d().test
+    assert OnnxRunner(out).accuracy(*test) == pytest.approx(learned["test_accuracy"], abs=0.01)
