@@ -77,6 +77,8 @@ def main() -> None:
     ]
     print(f"{'tuner: spec narrowed to 90%+ & int8':<34} {best(narrow_records)}")
     records = records + narrow_records
+    small = [r for r in records if r.values["size_bytes"] <= 8 * 1024]
+    print(f"{'tuner: best at 8 KB or less':<34} {best(small)}")
     front = pareto_front(records, result.objectives)
     print(f"\nPareto front of both studies ({len(front)} points); sparse/int8 ones marked")
     print(

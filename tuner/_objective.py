@@ -166,7 +166,14 @@ def measure_trained(
     the compression settings, calibration and test data).
     """
     from ._measure import accuracy
-    from ._shipping import finetuner, measure, settings_from_params, ship, trial_model
+    from ._shipping import (
+        QAT_LR_SCALE,
+        finetuner,
+        measure,
+        settings_from_params,
+        ship,
+        trial_model,
+    )
 
     settings = settings_from_params(params)
     model = trained.model.to("cpu").eval()
@@ -193,6 +200,7 @@ def measure_trained(
             device=device,
             seed=seed + 7,
             epochs=settings.qat_epochs,
+            lr_scale=QAT_LR_SCALE,
         )
 
         def qat(m: torch.nn.Module) -> None:

@@ -806,6 +806,7 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
                     raise _field(f"search_space.{name}", v, f"an integer >= {minimum}")
     for name, positive, what in (
         ("lr", True, "a learning rate > 0"),
+        ("finetune_lr", True, "a learning rate > 0"),
         ("distill_temperature", True, "a temperature > 0"),
         ("distill_alpha", False, "a weight 0 <= value <= 1"),
     ):

@@ -102,6 +102,16 @@ RULES = [
         ["search_space.distill", "'teacher'", "none, kd"],
     ),
     (
+        "search_space.finetune_lr",
+        {"type": "float", "low": -0.01, "high": 0.1},
+        ["search_space.finetune_lr", "-0.01", "learning rate > 0"],
+    ),
+    (
+        "search_space.qat_epochs",
+        {"type": "categorical", "choices": [0, 1.5]},
+        ["search_space.qat_epochs", "1.5", "integer >= 0"],
+    ),
+    (
         "search_space.keep_float",
         {"type": "categorical", "choices": ["none", "first"]},
         ["search_space.keep_float", "'first'", "none, ends, sensitive"],
