@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -396,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except (SpecError, StorageError) as exc:
@@ -404,11 +407,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
-            "interrupted: finished trials are kept; run the same command to resume", file=sys.stderr
+            "interrupted: finished trials are kept, trials in flight are failed and will be "
+            "retried; run the same command to resume",
+            file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, a scheduler, ``tuner jobs stop``), handled like Ctrl-C."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the command the way Ctrl-C does: workers stopped, trials failed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(_signum: int, _frame: object) -> None:
+        raise _Terminated()
+
+    return signal.signal(signal.SIGTERM, terminated)
 
 
 if __name__ == "__main__":

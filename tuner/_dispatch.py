@@ -37,6 +37,12 @@ class WorkerJob:
     deadline: float | None = None
     worker_index: int = 0
     threads: int = 1
+    run_id: str = ""
+
+
+# The system attribute that says which run's workers are running a trial.
+RUN_ATTR = "tuner.run"
+INTERRUPTED = "interrupted: the run was stopped while this trial was running; it is retried"
 
 
 def _finished_and_running(storage: Any, study_id: int, connection: Any = None) -> tuple[int, int]:
@@ -152,6 +158,8 @@ def work(job: WorkerJob) -> int:
                     # run_trial below records the heartbeats that study.optimize would.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage")
                     trial = study.ask()
+        if trial is not None and job.run_id:
+            storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
         if trial is None:
             # Trials in flight may still fill the budget; if one fails, a slot opens again.
             time.sleep(POLL_S)
@@ -168,6 +176,39 @@ def work(job: WorkerJob) -> int:
     return ran
 
 
+def fail_in_flight(job: WorkerJob) -> list[int]:
+    """Fail the trials this run's workers left running, and queue each one again.
+
+    Called once the workers are stopped (an interrupt, SIGTERM, or a driver error), so
+    the store never shows work that is not happening. Each trial is retried with the same
+    parameters, as a trial of a worker that died is after its heartbeat goes stale, but
+    at once rather than after the grace period. Returns the numbers of the trials failed.
+    """
+    from optuna.trial import TrialState
+
+    from .storage import open_storage
+
+    storage = open_storage(job.storage_url)
+    try:
+        study = optuna.load_study(study_name=job.study_name, storage=storage)
+        retry = storage.get_heartbeat_stale_trial_callback()
+        failed: list[int] = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.system_attrs.get(RUN_ATTR) != job.run_id:
+                continue
+            storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
+            try:
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # its worker finished it after all
+            failed.append(trial.number)
+            if retry is not None:
+                retry(study, storage.get_trial(trial._trial_id))
+        return failed
+    finally:
+        storage.engine.dispose()
+
+
 class WorkerGaveUp(Exception):
     """A worker stopped because its trials keep failing."""
 
@@ -179,7 +220,16 @@ class Dispatcher(ABC):
 
     def run(self, jobs: list[WorkerJob], *, on_tick: Any = None) -> None:
         """Run one worker per job until all are done; ``on_tick()`` is called while waiting."""
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
         self._launch(jobs)
+        if callable(on_sigterm):
+            # Connecting to Ray installs its own SIGTERM handler, which exits at once; the
+            # caller's handler stops the workers and fails their trials first.
+            signal.signal(signal.SIGTERM, on_sigterm)
         try:
             while self._alive():
                 if on_tick is not None:
@@ -188,6 +238,8 @@ class Dispatcher(ABC):
             self._check()
         except BaseException:
             self._stop()
+            if jobs and jobs[0].run_id:
+                fail_in_flight(jobs[0])
             raise
         finally:
             if on_tick is not None:

@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ def run(
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
     if backend == "local" and workers * threads > cpu_count():
         threads = max(1, cpu_count() // workers)
+    run_id = uuid.uuid4().hex
     jobs = [
         WorkerJob(
             spec=spec.to_dict(),
@@ -167,6 +169,7 @@ def run(
             deadline=deadline,
             worker_index=i,
             threads=threads,
+            run_id=run_id,
         )
         for i in range(workers)
     ]

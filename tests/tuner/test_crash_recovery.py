@@ -198,3 +198,63 @@ def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
         if t.number in failed - killed
     )
     _assert_recovered(postgres_url, "slow", budget, killed)
+
+
+@pytest.mark.parametrize(
+    ("backend", "how"),
+    [("local", "ctrl-c"), ("local", "sigterm"), ("ray", "sigterm")],
+)
+def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
+    backend: str, how: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
+) -> None:
+    spec = slow_spec(n_trials=4, epochs=8, epoch_s=0.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["--workers", "2", "--backend", backend]
+    if backend == "ray":
+        ray = request.getfixturevalue("ray_local")
+        args += ["--address", ray.get_runtime_context().gcs_address]
+    # Default heartbeats (a long grace period): nothing but the interrupt handling can
+    # fail the trials in flight within this test.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("TUNER_GRACE_PERIOD_S", None)
+    driver = subprocess.Popen(
+        [*TUNER, "run", str(path), "--storage", url, *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        in_flight = _wait_for(lambda: len(_running(url)) == 2 and _running(url), "2 trials")
+        time.sleep(0.5)
+        if how == "ctrl-c":
+            os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        else:
+            os.kill(driver.pid, signal.SIGTERM)  # what systemd or a scheduler sends
+        out, _ = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == (130 if how == "ctrl-c" else 143), out[-2000:]
+    assert "interrupted" in out and "Traceback" not in out, out[-2000:]
+    study = optuna.load_study(study_name="slow", storage=url)
+    by_number = {t.number: t for t in study.trials}
+    assert not _running(url), _describe(study)
+    for number in in_flight:
+        assert by_number[number].state == optuna.trial.TrialState.FAIL, _describe(study)
+        assert by_number[number].user_attrs["error"].startswith("interrupted")
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.system_attrs["failed_trial"] for t in waiting) == sorted(in_flight)
+    # The rerun picks the retries up at once, with their parameters, and meets the budget.
+    rerun = _driver(path, url, *args, cwd=tmp_path)
+    try:
+        _finish(rerun)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+    _assert_recovered(url, "slow", 4, set(in_flight))
