@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("study", help="study name")
     p.add_argument("--trial", type=int, required=True, help="trial number (see tuner pick)")
     p.add_argument(
-        "--format", choices=sorted(_SUFFIX), default="onnx", help="file format (default onnx)"
+        "--format", default="onnx", help=f"file format: {', '.join(_SUFFIX)} (default onnx)"
     )
     p.add_argument("--out", metavar="PATH", help="file to write (default STUDY-trialN.EXT)")
     p.add_argument(
@@ -138,8 +138,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ._artifacts import ArtifactMissing
-    from ._export import export_trial, rerun_trial
+    from ._export import _check_format, export_trial, rerun_trial
 
+    _check_format(args.format)
     out = Path(args.out or f"{args.study}-trial{args.trial}{_SUFFIX[args.format]}")
     store = _open_readonly(args.storage)
     console = _console()

@@ -88,6 +88,7 @@ class CompressionReport:
         removed_units: Channels removed by structured pruning, over all groups; 0 when
             unstructured.
         float_layers: Layers kept in float by choice (``keep_float``) in an int8 model.
+        qat: The int8 model was learned by quantization-aware training.
     """
 
     sparsity: float
@@ -98,6 +99,7 @@ class CompressionReport:
     int8_layers: tuple[str, ...]
     removed_units: int
     float_layers: tuple[str, ...] = ()
+    qat: bool = False
 
 
 @contextlib.contextmanager
@@ -878,6 +880,7 @@ def compress(
         int8_layers=int8_layers,
         removed_units=removed,
         float_layers=float_layers,
+        qat=quantize == "int8" and qat is not None,
     )
     shipped.eval()
     return pruned, shipped, report

@@ -114,8 +114,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
     return state
 
 
-def work(job: WorkerJob) -> int:
-    """Run trials of ``job`` until the budget is met or the deadline passes; return trials run."""
+def work(job: WorkerJob, stop: Any = None) -> int:
+    """Run trials of ``job`` until the budget is met or the deadline passes; return trials run.
+
+    ``stop`` (a ``threading.Event``) ends the loop before the next trial once set.
+    """
     import torch
 
     from ._samplers import build_sampler
@@ -139,7 +142,9 @@ def work(job: WorkerJob) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     interval = _heartbeat_interval(storage)
     last_stale_check = -math.inf
-    while job.deadline is None or time.time() < job.deadline:
+    while (job.deadline is None or time.time() < job.deadline) and not (
+        stop is not None and stop.is_set()
+    ):
         # A dead worker's trial is failed here and comes back WAITING (retried). A trial
         # goes stale only after a grace period longer than the heartbeat interval, so
         # looking once per interval finds it as soon as looking before every trial would.
@@ -158,8 +163,8 @@ def work(job: WorkerJob) -> int:
                     # run_trial below records the heartbeats that study.optimize would.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage")
                     trial = study.ask()
-        if trial is not None and job.run_id:
-            storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
+                if job.run_id:
+                    storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
         if trial is None:
             # Trials in flight may still fill the budget; if one fails, a slot opens again.
             time.sleep(POLL_S)
@@ -196,8 +201,8 @@ def fail_in_flight(job: WorkerJob) -> list[int]:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.system_attrs.get(RUN_ATTR) != job.run_id:
                 continue
-            storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
             try:
+                storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # its worker finished it after all
@@ -239,7 +244,14 @@ class Dispatcher(ABC):
         except BaseException:
             self._stop()
             if jobs and jobs[0].run_id:
-                fail_in_flight(jobs[0])
+                try:
+                    fail_in_flight(jobs[0])
+                except Exception as exc:  # the store may be what failed; keep the cause
+                    warnings.warn(
+                        f"could not fail this run's trials in flight: {exc}; the heartbeat "
+                        "check fails and retries them after the grace period",
+                        stacklevel=2,
+                    )
             raise
         finally:
             if on_tick is not None:
@@ -275,6 +287,7 @@ class InlineDispatcher(Dispatcher):
         self._thread: Any = None
         self._error: BaseException | None = None
         self._threading = threading
+        self._stopping = threading.Event()
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         if len(jobs) != 1:
@@ -284,7 +297,7 @@ class InlineDispatcher(Dispatcher):
 
         def target() -> None:
             try:
-                work(jobs[0])
+                work(jobs[0], self._stopping)
             except BaseException as exc:  # handed to the driver thread
                 self._error = exc
 
@@ -299,8 +312,9 @@ class InlineDispatcher(Dispatcher):
             self._thread.join(timeout)
 
     def _stop(self) -> None:
-        # A thread cannot be killed; its trial's heartbeat stops with the process.
-        pass
+        # A thread cannot be killed: it starts no new trial, and the trial it is running
+        # is failed and queued again by the driver (its result, if it gets one, is refused).
+        self._stopping.set()
 
     def _check(self) -> None:
         if isinstance(self._error, WorkerGaveUp):

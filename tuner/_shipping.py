@@ -250,7 +250,7 @@ def _qat_program(shipped: Shipped) -> bytes | None:
 
     It cannot be redone from the float model without training again, so trials keep it.
     """
-    if not shipped.settings.qat or shipped.calibration is None:
+    if not shipped.report.qat or shipped.calibration is None:
         return None
     import io
 

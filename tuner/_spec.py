@@ -666,8 +666,23 @@ def _validate_into(spec: StudySpec) -> None:
         _runtime(measure.runtime)
         _compile_mode(measure.compile)
     _set(spec, "measure", measure)
+    _check_qat_device(spec)
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
+
+
+def _check_qat_device(spec: Any) -> None:
+    """Quantization-aware training makes CPU (x86) int8; GPU trials quantize with torchao."""
+    qat = spec.params.get("qat_epochs")
+    if qat is None or not spec.resources.gpus:
+        return
+    values = qat.domain_values() if qat.type in ("categorical", "fixed") else (qat.high,)
+    if any(_is_number(v) and v > 0 for v in values):
+        raise SpecError(
+            "spec field 'search_space.qat_epochs': quantization-aware training makes int8 for "
+            f"the CPU, but resources.gpus is {spec.resources.gpus}; expected qat_epochs: 0 "
+            "on GPU trials (they quantize with torchao on the GPU)"
+        )
 
 
 def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:

@@ -228,3 +228,12 @@ def test_user_workload_declares_extra_metrics(
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = tuner.load_spec(tiny_spec(workload="extra_wl:fn", objectives={"energy_mj": "minimize"}))
     assert spec.objectives == {"energy_mj": "minimize"}
+
+
+def test_qat_on_a_gpu_trial_is_refused_in_one_line(tiny_spec: Any) -> None:
+    spec = _with(tiny_spec(), "search_space.qat_epochs", {"type": "int", "low": 0, "high": 2})
+    spec["resources"] = {"cpus": 1, "gpus": 1}
+    with pytest.raises(tuner.SpecError, match=r"search_space.qat_epochs.*resources.gpus is 1"):
+        tuner.StudySpec(**spec)
+    spec["resources"] = {"cpus": 1, "gpus": 0}
+    assert tuner.StudySpec(**spec).params["qat_epochs"].high == 2
