@@ -31,6 +31,11 @@ their weights as 1 byte per element plus their per-channel scales and zero point
 quantizes weights symmetrically, so a pruned (zero) weight is the integer 0 and stays sparse.
 Biases and buffers (BatchNorm statistics, activation scales) are stored like any tensor. The
 same model always gives the same bytes.
+
+The int8 models tuner makes hold their weights as plain int8 tensors with their scales and
+zero points in tensors beside them (a PT2E graph's constants, or the inner tensors of
+torchao's quantized tensor subclasses); each of those is stored as above. The ``quant``
+entry is for PyTorch quantized tensors, which a user's own model may still carry.
 """
 
 from __future__ import annotations

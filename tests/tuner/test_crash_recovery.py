@@ -202,7 +202,7 @@ def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
 
 @pytest.mark.parametrize(
     ("backend", "how"),
-    [("local", "ctrl-c"), ("local", "sigterm"), ("ray", "sigterm")],
+    [("local", "ctrl-c"), ("ray", "sigterm")],
 )
 def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
     backend: str, how: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
