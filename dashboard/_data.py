@@ -375,17 +375,23 @@ class BudgetResult:
 def best_within_budget(info: FrontInfo) -> BudgetResult:
     """The best feasible trial within ``info``'s budget, and the front restricted to it.
 
-    Best means the best first objective (e.g. the highest accuracy); ties go to the
-    better value of the next objectives in order (then the smaller, faster model).
+    Best means what ``tuner pick`` takes: the best value of the first maximized objective
+    (e.g. the highest accuracy; the first objective when none is maximized); ties go to
+    the better value of the other objectives in order (then the smaller, faster model).
     ``info`` comes from :func:`front_info` or :func:`restrict` with the budget.
     """
-    names = list(info.objectives)
+    from tuner._pick import default_target
+
+    columns = list(info.objectives)
+    target, _ = default_target(info.objectives)
+    names = [target] + [n for n in columns if n != target]
+    order_of = [columns.index(n) for n in names]
     ok = info.feasible & info.in_budget
     signs = np.array([-1.0 if info.objectives[n] == "maximize" else 1.0 for n in names])
 
     def ranked(mask: np.ndarray) -> list[TrialRecord]:
         idx = np.flatnonzero(mask)
-        keys = (info.values[idx] * signs).T
+        keys = (info.values[idx][:, order_of] * signs).T
         order = np.lexsort(np.vstack([info.numbers[idx], keys[::-1]]))
         return [info.records[i] for i in idx[order]]
 

@@ -111,7 +111,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         (f"tuner status {name}{storage_flag}", "trials by state, failures, epochs"),
         (f"tuner dashboard{storage_flag}", "see the trade-off in the browser"),
     ]
-    budget, pick = _example_budget(result.pareto_front)
+    budget, pick = _example_budget(result.pareto_front, result.objectives)
     if budget:
         steps.append(
             (f'tuner pick {name} --where "{budget}"{storage_flag}', "best trial within a budget")
@@ -130,8 +130,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
+def _example_budget(front: Sequence[Any], objectives: dict[str, str]) -> tuple[str, int | None]:
     """A budget that about half of the front meets, and the trial `tuner pick` would take."""
+    from ._pick import default_target
+
     limits: dict[str, float] = {}
     for metric in ("latency_ms", "size_bytes"):
         values = sorted(r.values[metric] for r in front if metric in r.values)
@@ -142,7 +144,9 @@ def _example_budget(front: Sequence[Any]) -> tuple[str, int | None]:
                 float(f"{middle * 1.005:.3g}") if metric == "latency_ms" else int(middle) + 1
             )
     inside = [r for r in front if all(r.values.get(m, 0) <= v for m, v in limits.items())]
-    pick = max(inside, key=lambda r: r.values.get("accuracy", 0.0)).number if inside else None
+    target, direction = default_target(objectives)
+    sign = 1.0 if direction == "maximize" else -1.0
+    pick = max(inside, key=lambda r: sign * r.values.get(target, 0.0)).number if inside else None
     return ", ".join(f"{m}<={v:g}" for m, v in limits.items()), pick
 
 

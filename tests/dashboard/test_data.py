@@ -72,6 +72,18 @@ def test_budget_filter_picks_the_most_accurate_trial_within_it() -> None:
     assert none.best is not None and none.best.number == 0
 
 
+def test_the_dashboard_and_tuner_pick_take_the_same_trial_whatever_the_objective_order() -> None:
+    from tuner._pick import parse_where, pick
+
+    size_first = {"size_bytes": "minimize", "latency_ms": "minimize", "accuracy": "maximize"}
+    bounds = _data.budget_bounds(size_first, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
+    best = _data.best_within_budget(_data.front_info(TRIALS, size_first, bounds)).best
+    # The most accurate trial within the budget, as tuner pick says, not the smallest one.
+    clauses = parse_where("latency_ms<=2, size_bytes<=51200")
+    picked = pick(TRIALS, size_first, clauses).trial
+    assert best is not None and picked is not None and best.number == picked.number == 1
+
+
 def test_budget_on_a_metric_that_is_not_an_objective() -> None:
     trials = [
         _trial(0, 0.9, 100, 1.0, metrics={"latency_ms_p90": 5.0}),
