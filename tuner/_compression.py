@@ -664,16 +664,54 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
     return KeepFloat()
 
 
-def _quantize_pt2e(
-    model: nn.Module, calibration_inputs: torch.Tensor | None, keep_float: tuple[str, ...] = ()
-) -> nn.Module:
-    _import_torchao()
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:
+    """``model`` as a ``torch.export`` graph with a dynamic batch, for PT2E quantization."""
+    try:
+        with plain_attention():
+            return torch.export.export(
+                model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
+            ).module()
+    except Exception as error:
+        raise CompressionError(
+            f"torch.export cannot capture {type(model).__name__} for {purpose}: "
+            f"{_first_line(error)}"
+        ) from error
+
+
+def _x86_quantizer(keep_float: tuple[str, ...], *, is_qat: bool) -> Any:
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+
+    quantizer = _keep_float_quantizer(x86, keep_float)
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+def _convert(prepared: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The int8 graph of a calibrated or trained PT2E graph, in eval mode."""
     from torchao.quantization.pt2e import (
         allow_exported_model_train_eval,
         move_exported_model_to_eval,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    with torch.no_grad():
+        converted = convert_pt2e(prepared)
+        # Callers switch models to eval mode; an exported graph needs to be told how.
+        move_exported_model_to_eval(converted)
+        allow_exported_model_train_eval(converted)
+        converted(example)
+    return converted
+
+
+def _quantize_pt2e(
+    model: nn.Module, calibration_inputs: torch.Tensor | None, keep_float: tuple[str, ...] = ()
+) -> nn.Module:
+    _import_torchao()
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     inputs = _example_batch(calibration_inputs, "int8")
     example = inputs[:2]
@@ -684,31 +722,15 @@ def _quantize_pt2e(
         raise CompressionError(
             f"calibration inputs of shape {tuple(inputs.shape)} do not fit the model: {error}"
         ) from error
+    exported = _capture(model, example, "int8")
     try:
-        with plain_attention():
-            exported = torch.export.export(
-                model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
-            ).module()
-    except Exception as error:
-        raise CompressionError(
-            f"torch.export cannot capture {type(model).__name__} for int8: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from error
-    quantizer = _keep_float_quantizer(x86, keep_float)
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
-    try:
-        prepared = prepare_pt2e(exported, quantizer)
+        prepared = prepare_pt2e(exported, _x86_quantizer(keep_float, is_qat=False))
         with torch.no_grad():
             for batch in inputs.split(128):
                 prepared(batch)
-            converted = convert_pt2e(prepared)
-            # Callers switch models to eval mode; an exported graph needs to be told how.
-            move_exported_model_to_eval(converted)
-            allow_exported_model_train_eval(converted)
-            converted(example)
+        return _convert(prepared, example)
     except Exception as error:
         raise CompressionError(f"PT2E int8 failed for {type(model).__name__}: {error}") from error
-    return converted
 
 
 def quantize_aware(
@@ -730,30 +752,15 @@ def quantize_aware(
         The int8 graph (a copy; ``model`` is never changed), in eval mode.
     """
     _import_torchao()
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
-    from torchao.quantization.pt2e import (
-        allow_exported_model_train_eval,
-        move_exported_model_to_eval,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     inputs = _example_batch(calibration_inputs, "quantization-aware training")
     example = inputs[:2]
     source = copy.deepcopy(model).to("cpu").train()
+    exported = _capture(source, example, "int8 training")
     try:
-        with plain_attention():
-            exported = torch.export.export(
-                source, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
-            ).module()
-    except Exception as error:
-        raise CompressionError(
-            f"torch.export cannot capture {type(model).__name__} for int8 training: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from error
-    quantizer = _keep_float_quantizer(x86, keep_float)
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=True))
-    try:
-        prepared = prepare_qat_pt2e(exported, quantizer)
+        prepared = prepare_qat_pt2e(exported, _x86_quantizer(keep_float, is_qat=True))
         # The trainer switches train/eval mode; an exported graph needs to be told how.
         allow_exported_model_train_eval(prepared)
     except Exception as error:
@@ -761,14 +768,9 @@ def quantize_aware(
     train(prepared)
     prepared.to("cpu")
     try:
-        with torch.no_grad():
-            converted = convert_pt2e(prepared)
-            move_exported_model_to_eval(converted)
-            allow_exported_model_train_eval(converted)
-            converted(example)
+        return _convert(prepared, example)
     except Exception as error:
         raise CompressionError(f"PT2E QAT failed for {type(model).__name__}: {error}") from error
-    return converted
 
 
 _INT8_WEIGHT_OPS = ("dequantize_per_channel", "dequantize_per_tensor")

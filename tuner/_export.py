@@ -91,6 +91,13 @@ def _quiet_exporter() -> Iterator[None]:
             log.setLevel(level)
 
 
+def _two_rows(example: torch.Tensor) -> torch.Tensor:
+    """Two copies of the first row: batch 1 would let ``torch.export`` specialise the batch
+    dimension away."""
+    row = example.detach().cpu()[:1]
+    return row.expand(2, *row.shape[1:]).contiguous()
+
+
 def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
     """The float model as ONNX, from ``torch.export`` (the dynamo-based exporter).
 
@@ -98,18 +105,10 @@ def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
     matrix products, which ONNX Runtime's quantizer can then see.
     """
     from ._compression import plain_attention
+    from ._measure import to_eval
 
-    model = model.cpu()
-    try:
-        model.eval()
-    except NotImplementedError:
-        # A module loaded from torch.export runs its graph as exported (eval mode) and
-        # refuses eval(); its flags still say training, which the exporter would warn of.
-        for module in model.modules():
-            module.training = False
-    # Batch 1 would let the exporter specialise the batch dimension away.
-    sample = example.cpu()[:1]
-    sample = sample.expand(2, *sample.shape[1:]).contiguous()
+    model = to_eval(model.cpu())
+    sample = _two_rows(example)
     try:
         with _quiet_exporter(), plain_attention(), torch.no_grad():
             program = torch.onnx.export(
@@ -515,21 +514,18 @@ def _check_format(fmt: str) -> None:
         raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
-def _exported_program(tm: TrialModel) -> Any:
-    """The shipped PyTorch model as a ``torch.export`` program with a dynamic batch."""
+def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
+    """``model`` as a ``torch.export`` program with a dynamic batch (``ExportedProgram``)."""
     from ._compression import plain_attention
 
-    shipped = tm.shipped_torch()
-    sample = tm.example.cpu()[:1]
-    sample = sample.expand(2, *sample.shape[1:]).contiguous()
     try:
         with plain_attention(), torch.no_grad():
             return torch.export.export(
-                shipped, (sample,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+                model, (_two_rows(example),), dynamic_shapes=({0: torch.export.Dim("batch")},)
             )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.export failed for {type(tm.model).__name__}: {first}") from exc
+        raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
 
 
 def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
@@ -541,7 +537,7 @@ def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
     if fmt == "state_dict":
         torch.save(tm.shipped_torch().state_dict(), buffer)
         return buffer.getvalue()
-    torch.export.save(_exported_program(tm), buffer)
+    torch.export.save(exported_program(tm.shipped_torch(), tm.example), buffer)
     return buffer.getvalue()
 
 

@@ -301,11 +301,18 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return target
 
 
-def _to_eval(model: nn.Module) -> None:
-    # A module unlifted from a torch.export program refuses eval(); it runs the graph as it
-    # was exported, in eval mode.
-    with contextlib.suppress(NotImplementedError):
+def to_eval(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, also when it was loaded from a ``torch.export`` program.
+
+    Such a module runs its graph as it was exported (in eval mode) and refuses ``eval()``;
+    only its flags are set, so nothing that reads them (an exporter) takes it for training.
+    """
+    try:
         model.eval()
+    except NotImplementedError:
+        for module in model.modules():
+            module.training = False
+    return model
 
 
 @contextlib.contextmanager
@@ -314,7 +321,7 @@ def _evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
     tensors = chain(model.parameters(), model.buffers())
     if all(tensor.device == device for tensor in tensors):
         modes = [(module, module.training) for module in model.modules()]
-        _to_eval(model)
+        to_eval(model)
         try:
             yield model
         finally:
@@ -322,7 +329,7 @@ def _evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
                 module.training = training
     else:
         moved = copy.deepcopy(model).to(device)
-        _to_eval(moved)
+        to_eval(moved)
         yield moved
 
 

@@ -15,6 +15,7 @@ same thing wherever they are read.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -154,6 +155,23 @@ class Shipped:
     calibration: torch.Tensor | None
     device: torch.device
 
+    @functools.cached_property
+    def qat_program(self) -> bytes | None:
+        """The int8 graph quantization-aware training learned, saved with ``torch.export``.
+
+        It cannot be redone from the float model without training again, so trials keep it
+        (and the ONNX file is exported from it). Made once per shipped model.
+        """
+        if not self.report.qat or self.calibration is None:
+            return None
+        import io
+
+        from ._export import exported_program
+
+        buffer = io.BytesIO()
+        torch.export.save(exported_program(self.model, self.calibration), buffer)
+        return buffer.getvalue()
+
     @property
     def sparsity(self) -> float:
         """Zeroed and removed weights together, as a fraction of the trained model's.
@@ -225,7 +243,7 @@ def trial_model(
     from ._artifacts import TrialModel
 
     return TrialModel(
-        qat_program=_qat_program(shipped),
+        qat_program=shipped.qat_program,
         model=shipped.pruned.eval(),
         quantize=shipped.settings.quantize,
         prune_threshold=shipped.settings.threshold,
@@ -243,25 +261,6 @@ def trial_model(
         int8_layers=list(shipped.report.int8_layers),
         float_layers=list(shipped.report.float_layers),
     )
-
-
-def _qat_program(shipped: Shipped) -> bytes | None:
-    """The int8 graph quantization-aware training learned, saved with ``torch.export``.
-
-    It cannot be redone from the float model without training again, so trials keep it.
-    """
-    if not shipped.report.qat or shipped.calibration is None:
-        return None
-    import io
-
-    sample = shipped.calibration[:1]
-    sample = sample.expand(2, *sample.shape[1:]).contiguous()
-    program = torch.export.export(
-        shipped.model, (sample,), dynamic_shapes=({0: torch.export.Dim("batch")},)
-    )
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return buffer.getvalue()
 
 
 def compiles(shipped: Shipped, mode: str) -> bool:
@@ -323,7 +322,7 @@ def measure(
                 val_data=val_data,
                 test_data=test_data,
                 model_metrics=model_metrics,
-                batch_size=settings.batch_size,
+                settings=settings,
                 warmup=warmup,
                 repeats=repeats,
             )
@@ -377,22 +376,18 @@ def _measure_onnx(
     val_data: tuple[torch.Tensor, torch.Tensor] | None,
     test_data: tuple[torch.Tensor, torch.Tensor] | None,
     model_metrics: bool,
-    batch_size: int,
+    settings: MeasureSpec,
     warmup: int,
     repeats: int,
 ) -> dict[str, Any]:
-    from ._artifacts import TrialModel
     from ._export import OnnxRunner, onnx_int8_nodes, onnx_shipped
 
-    tm = TrialModel(
-        model=shipped.pruned.eval(),
-        quantize=shipped.settings.quantize,
-        prune_threshold=shipped.settings.threshold,
-        prune_structure=shipped.settings.structure,
-        calibration=shipped.calibration,
+    # The file is exported from what the trial keeps; no test data is needed for that.
+    tm = trial_model(
+        shipped,
         test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
-        float_layers=list(shipped.report.float_layers),
-        qat_program=_qat_program(shipped),
+        measure=settings,
+        threads=threads,
     )
     proto, int8_layers = onnx_shipped(tm)
     data = proto.SerializeToString()
@@ -409,7 +404,10 @@ def _measure_onnx(
         return out
     p50, p90 = runner.latency(example, batch_size=1, warmup=warmup, repeats=repeats)
     b50, b90 = runner.latency(
-        example, batch_size=batch_size, warmup=max(1, warmup // 2), repeats=max(3, repeats // 2)
+        example,
+        batch_size=settings.batch_size,
+        warmup=max(1, warmup // 2),
+        repeats=max(3, repeats // 2),
     )
     out.update(
         {
@@ -419,7 +417,7 @@ def _measure_onnx(
             "latency_ms_p90": p90,
             "latency_ms_batch": b50,
             "latency_ms_batch_p90": b90,
-            "latency_batch_size": batch_size,
+            "latency_batch_size": settings.batch_size,
             "latency_runtime": "onnxruntime",
             "latency_device": "cpu",
             "latency_threads": runner.threads,
