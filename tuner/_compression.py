@@ -34,7 +34,6 @@ Compression has two knobs, applied in this order by :func:`compress`:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -50,6 +49,7 @@ from torch.nn.utils import prune
 
 from tuner._exceptions import CompressionError
 from tuner._spec import KEEP_FLOAT_MODES
+from tuner._tracing import tracing
 
 __all__ = [
     "KEEP_FLOAT_MODES",
@@ -59,7 +59,6 @@ __all__ = [
     "float_layer_choice",
     "int8_layer_names",
     "layer_sensitivity",
-    "plain_attention",
     "quantize",
     "quantize_aware",
     "sparsify",
@@ -100,21 +99,6 @@ class CompressionReport:
     removed_units: int
     float_layers: tuple[str, ...] = ()
     qat: bool = False
-
-
-@contextlib.contextmanager
-def plain_attention() -> Iterator[None]:
-    """Turn off the fused fast path of ``nn.TransformerEncoderLayer`` and ``MultiheadAttention``.
-
-    Exporters and quantizers then see the attention's Linear projections as plain ops instead
-    of one fused kernel they cannot translate.
-    """
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
 
 
 def _weights(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
@@ -395,7 +379,7 @@ def _prune_structured(
         reference = pruned(example)
     multiple = _heads_multiple(pruned)
     try:
-        with warnings.catch_warnings(), plain_attention():
+        with warnings.catch_warnings(), tracing():
             # torch-pruning notes each raw nn.Parameter it finds (a position embedding, say);
             # it prunes their last dimension, which is what such parameters need.
             warnings.filterwarnings("ignore", message=r"Unwrapped parameters detected")
@@ -489,7 +473,7 @@ def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
     ]
     try:
-        with torch.no_grad(), plain_attention():
+        with torch.no_grad(), tracing():
             model(example)
     finally:
         for handle in handles:
@@ -520,7 +504,7 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float
     model = model.eval()
     layers = _layers_in_order(model, inputs[:2])
     modules = dict(model.named_modules())
-    with torch.no_grad(), plain_attention():
+    with torch.no_grad(), tracing():
         reference = F.log_softmax(model(inputs), dim=-1)
         scores: dict[str, float] = {}
         for name in layers:
@@ -671,7 +655,7 @@ def _first_line(error: BaseException) -> str:
 def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:
     """``model`` as a ``torch.export`` graph with a dynamic batch, for PT2E quantization."""
     try:
-        with plain_attention():
+        with tracing():
             return torch.export.export(
                 model, (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), strict=True
             ).module()

@@ -34,6 +34,7 @@ from torch import nn
 
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
 from ._exceptions import SpecError, TunerError
+from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
 OPSET = 18
@@ -104,13 +105,12 @@ def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
     The batch dimension is dynamic. Attention is exported as its Linear projections and
     matrix products, which ONNX Runtime's quantizer can then see.
     """
-    from ._compression import plain_attention
     from ._measure import to_eval
 
     model = to_eval(model.cpu())
     sample = _two_rows(example)
     try:
-        with _quiet_exporter(), plain_attention(), torch.no_grad():
+        with _quiet_exporter(), tracing(), torch.no_grad():
             program = torch.onnx.export(
                 model,
                 (sample,),
@@ -516,10 +516,9 @@ def _check_format(fmt: str) -> None:
 
 def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
     """``model`` as a ``torch.export`` program with a dynamic batch (``ExportedProgram``)."""
-    from ._compression import plain_attention
 
     try:
-        with plain_attention(), torch.no_grad():
+        with tracing(), torch.no_grad():
             return torch.export.export(
                 model, (_two_rows(example),), dynamic_shapes=({0: torch.export.Dim("batch")},)
             )

@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner._tracing import tracing
+
 __all__ = [
     "LatencyStats",
     "accuracy",
@@ -395,11 +397,13 @@ def measure_latency(
         with _evaluating(model, target) as evaluated, torch.inference_mode():
             runnable: Callable[[torch.Tensor], Any] = evaluated
             if compile:
-                runnable = torch.compile(evaluated, dynamic=False)
-                started = time.perf_counter()
-                runnable(batch)
-                _synchronize(target)
-                compile_s = time.perf_counter() - started
+                # Compiling traces the model: one capture at a time (see tuner._tracing).
+                with tracing(plain_attention=False):
+                    runnable = torch.compile(evaluated, dynamic=False)
+                    started = time.perf_counter()
+                    runnable(batch)
+                    _synchronize(target)
+                    compile_s = time.perf_counter() - started
             for _ in range(warmup):
                 runnable(batch)
             for _ in range(repeats):

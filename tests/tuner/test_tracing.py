@@ -1,0 +1,42 @@
+"""Graph captures from several threads of one process leave torch's global state as it was."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+
+from tuner._export import exported_program
+from tuner._measure import measure_latency
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+def test_concurrent_exports_leave_compile_working() -> None:
+    # Two inline workers (or two tuner.run calls) export at the same time; torch saves and
+    # restores its "is exporting" flag per call, so overlapping calls could leave it set
+    # for good, after which torch.compile is silently ignored.
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def export_repeatedly() -> None:
+        try:
+            start.wait()
+            for _ in range(3):
+                exported_program(_model(), torch.randn(1, 16))
+        except BaseException as exc:  # handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=export_repeatedly) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert not torch.compiler.is_exporting()
+    assert torch.backends.mha.get_fastpath_enabled()
+    compiled = measure_latency(_model(), torch.randn(1, 16), warmup=1, repeats=3, compile=True)
+    assert compiled.compile_s > 5 * compiled.p50_ms / 1000
