@@ -26,6 +26,7 @@ from tuner._units import show_epochs
 from tuner.dashboard import _data
 from tuner.storage import (
     StoreError,
+    StoreUnavailable,
     StudySummary,
     TrialRecord,
     count_states,
@@ -272,7 +273,12 @@ def study_page(url: str, name: str) -> None:
 
     @st.fragment(run_every=every)
     def body() -> None:
-        _study_body(url, name)
+        try:
+            _study_body(url, name)
+        except StoreUnavailable as exc:
+            # This fragment reruns every few seconds while the study runs: it recovers
+            # by itself once the store is back.
+            _outage_notice(exc)
 
     body()
 
@@ -888,18 +894,48 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
 # --- entry point -------------------------------------------------------------------
 
 
+OUTAGE_RETRY_S = 5
+
+
+def _outage_notice(exc: StoreUnavailable) -> None:
+    st.warning(
+        f"{exc}. The store may be restarting; this page tries again every "
+        f"{OUTAGE_RETRY_S} s and comes back by itself.",
+        icon="⏳",
+    )
+
+
+def _wait_for_store(url: str, exc: StoreUnavailable) -> None:
+    """Show the outage, and reload the whole page once the store answers again."""
+    _outage_notice(exc)
+
+    @st.fragment(run_every=OUTAGE_RETRY_S)
+    def probe() -> None:
+        try:
+            read_studies(_store(url))
+        except StoreError:
+            return
+        st.rerun()
+
+    probe()
+
+
 def main() -> None:
     st.set_page_config(page_title="tuner", page_icon="📈", layout="wide")
     _gate()
     url = _storage_url()
     try:
         _store(url)
+        _pages(url)
+    except StoreUnavailable as exc:
+        _wait_for_store(url, exc)
     except StoreError as exc:
         st.error(str(exc))
-        st.stop()
     except optuna.exceptions.OptunaError as exc:
         st.error(f"cannot open study store {mask_url(url)!r}: it has no Optuna tables ({exc})")
-        st.stop()
+
+
+def _pages(url: str) -> None:
     params = st.query_params
     study = params.get("study")
     with st.sidebar:
@@ -918,15 +954,12 @@ def main() -> None:
             )
             if pick is not None and pick != study:
                 _go(study=pick)
-    try:
-        if not study:
-            overview(url)
-        elif params.get("trial") is not None:
-            trial_page(url, study, str(params.get("trial")))
-        else:
-            study_page(url, study)
-    except StoreError as exc:
-        st.error(str(exc))
+    if not study:
+        overview(url)
+    elif params.get("trial") is not None:
+        trial_page(url, study, str(params.get("trial")))
+    else:
+        study_page(url, study)
 
 
 main()

@@ -13,6 +13,7 @@ from ._errors import StoreError
 from ._fast import read_best_values, read_records, read_studies
 from ._locks import LockHeld, LockHolder, StoreLock, acquire_lock, read_lock
 from ._nights import NightSummary, night_studies, nights, previous_night
+from ._outage import StoreUnavailable, add_listener, retry_window_s, ride_out
 from ._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, set_trial_user_attrs
 from ._records import (
     StudySummary,
@@ -41,9 +42,11 @@ __all__ = [
     "NightSummary",
     "StoreError",
     "StoreLock",
+    "StoreUnavailable",
     "StudySummary",
     "TrialRecord",
     "acquire_lock",
+    "add_listener",
     "check_url",
     "count_states",
     "count_states_by_id",
@@ -63,6 +66,8 @@ __all__ = [
     "read_records",
     "read_studies",
     "resolve_url",
+    "retry_window_s",
+    "ride_out",
     "set_trial_user_attrs",
     "study_objectives",
     "to_record",

@@ -33,7 +33,9 @@ from sqlalchemy import (
 )
 
 from ._errors import StoreError
+from ._outage import StoreUnavailable, is_outage, ride_out
 from ._records import StudySummary, TrialRecord, list_studies, load_records
+from ._url import mask_url
 
 # Only the columns read here, as Optuna's RDB schema defines them
 # (optuna/storages/_rdb/models.py). Enums are read as their names.
@@ -128,9 +130,12 @@ def _snapshot(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Co
                 yield conn
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise StoreError(
-            f"cannot read the study store: {reason[0] if reason else type(exc).__name__}"
-        ) from exc
+        first = reason[0] if reason else type(exc).__name__
+        if engine.dialect.name != "sqlite" and is_outage(exc):
+            raise StoreUnavailable(
+                f"study store {mask_url(str(engine.url))!r} unreachable: {first}"
+            ) from exc
+        raise StoreError(f"cannot read the study store: {first}") from exc
 
 
 def _local(stamp: dt.datetime | None) -> dt.datetime | None:
@@ -181,7 +186,7 @@ def _study_id(conn: sqlalchemy.engine.Connection, name: str) -> int:
     return int(row[0])
 
 
-def read_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialRecord]:
+def _read_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialRecord]:
     """Every trial of study ``name`` as a plain record, read with a few bulk queries.
 
     Returns the same records as :func:`load_records`, in the same order (by trial id),
@@ -300,7 +305,7 @@ def read_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialR
     return records
 
 
-def read_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
+def _read_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
     """Every study in the store with its objectives, counts by state and last update.
 
     Same summaries as :func:`list_studies`, counted in the database instead of
@@ -375,7 +380,7 @@ def _as_datetime(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value))
 
 
-def read_best_values(storage: optuna.storages.BaseStorage) -> dict[str, dict[str, float]]:
+def _read_best_values(storage: optuna.storages.BaseStorage) -> dict[str, dict[str, float]]:
     """The best value of each objective over the complete, feasible trials of each study.
 
     Returns ``{study name: {objective: best value}}``; a study without such a trial
@@ -436,3 +441,21 @@ def _best_from_records(records: list[TrialRecord], objectives: dict[str, str]) -
             if old is None or (v > old if direction == "maximize" else v < old):
                 best[objective] = v
     return best
+
+
+# The public readers ride out a short outage of a server store (see _outage).
+
+
+def read_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialRecord]:
+    """Every trial of study ``name`` as a plain record (see :func:`_read_records`)."""
+    return ride_out(lambda: _read_records(storage, name), storage)
+
+
+def read_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
+    """One summary per study in the store (see :func:`_read_studies`)."""
+    return ride_out(lambda: _read_studies(storage), storage)
+
+
+def read_best_values(storage: optuna.storages.BaseStorage) -> dict[str, dict[str, float]]:
+    """Best value of each objective per study (see :func:`_read_best_values`)."""
+    return ride_out(lambda: _read_best_values(storage), storage)

@@ -25,6 +25,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from ._fast import _local
+from ._outage import ride_out
 
 _trials = models.TrialModel.__table__
 _params = models.TrialParamModel.__table__
@@ -106,6 +107,10 @@ class FastRDBStorage(optuna.storages.RDBStorage):
     """
 
     _distribution_cache: dict[str, distributions.BaseDistribution]
+    # Set by open_storage: whether calls ride out an outage, and for how long (None: the
+    # default window).
+    rides_outages: bool = False
+    outage_window_s: float | None = None
 
     def _fast(self) -> bool:
         # The SQL here is checked against SQLite and PostgreSQL; other databases keep
@@ -360,3 +365,25 @@ class FastRDBStorage(optuna.storages.RDBStorage):
                     distribution_json=text,
                 )
             )
+
+
+# Calls on a server store ride out a short outage (see _outage); a call made inside
+# another is retried as part of it.
+_NOT_RIDDEN = ("remove_session", "check_trial_is_updatable")
+_RIDDEN = [
+    name
+    for name in dir(optuna.storages.BaseStorage)
+    if not name.startswith("_") and name not in _NOT_RIDDEN
+] + ["record_heartbeat", "_get_stale_trial_ids"]
+
+
+def _riding(method: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> _T:
+        return ride_out(lambda: method(self, *args, **kwargs), self)
+
+    return run
+
+
+for _name in _RIDDEN:
+    setattr(FastRDBStorage, _name, _riding(getattr(FastRDBStorage, _name)))

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from ._errors import StoreError
 from ._frozen import FastRDBStorage
+from ._outage import StoreUnavailable, is_outage, ride_out, ride_url
 from ._url import check_url, mask_url
 
 HEARTBEAT_INTERVAL_S = 10
@@ -164,8 +165,16 @@ def open_storage(
         _check_is_store(url)
     elif backend == "sqlite":
         _enable_wal(url)
+    # A server (not a file) may be down for a moment: writers wait for it, readers say so.
+    rides = backend != "sqlite"
+    window = 0.0 if read_only else None
     try:
-        storage = _create_rdb_storage(url, kwargs)
+        if rides:
+            storage = ride_url(lambda: _create_rdb_storage(url, kwargs), url, window)
+        else:
+            storage = _create_rdb_storage(url, kwargs)
+    except StoreUnavailable:
+        raise
     except (
         sqlalchemy.exc.SQLAlchemyError,
         optuna.exceptions.StorageInternalError,
@@ -174,6 +183,8 @@ def open_storage(
         RuntimeError,
     ) as exc:
         raise StoreError(_describe(url, exc)) from exc
+    storage.rides_outages = rides
+    storage.outage_window_s = window
     if backend == "sqlite":
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()
@@ -182,7 +193,7 @@ def open_storage(
     return storage
 
 
-def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> FastRDBStorage:
     import time
 
     for attempt in range(3):
@@ -204,6 +215,9 @@ def _check_is_store(url: str) -> None:
     try:
         has_tables = sqlalchemy.inspect(engine).has_table("studies")
     except sqlalchemy.exc.SQLAlchemyError as exc:
+        if engine.dialect.name != "sqlite" and is_outage(exc):
+            reason = _describe(url, exc).split(": ", 1)[-1]
+            raise StoreUnavailable(f"study store {mask_url(url)!r} unreachable: {reason}") from exc
         raise StoreError(_describe(url, exc)) from exc
     finally:
         engine.dispose()
@@ -264,5 +278,9 @@ def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> 
         index_elements=[table.c.trial_id, table.c.key],
         set_={"value_json": stmt.excluded.value_json},
     )
-    with backend.engine.begin() as conn:
-        conn.execute(stmt)
+
+    def write() -> None:
+        with backend.engine.begin() as conn:
+            conn.execute(stmt)
+
+    ride_out(write, backend)

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ._errors import StoreError
+from ._outage import ride_out
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -130,8 +131,12 @@ def count_states_by_id(
     if connection is not None:
         rows = connection.execute(query, {"sid": study_id}).all()
     else:
-        with engine.connect() as conn:
-            rows = conn.execute(query, {"sid": study_id}).all()
+
+        def read() -> list[Any]:
+            with engine.connect() as conn:
+                return list(conn.execute(query, {"sid": study_id}).all())
+
+        rows = ride_out(read, storage)
     return {_state_name(state): int(n) for state, n in rows}
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNER_ARTIFACTS", tempfile.mkdtemp(prefix="tuner-artifacts-"))
 
 # User workloads with residual and attention models (``user_models:residual_cnn``, ...), as a
-# user's own module on the path.
+# user's own module on the path; tests/tuner also holds the TCP proxy that plays outages.
 sys.path.insert(0, str(Path(__file__).parent / "tuner"))
 
 PG_ADMIN_URL = os.environ.get(
@@ -223,3 +223,20 @@ def slow_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         return spec
 
     return make
+
+
+@pytest.fixture
+def pg_proxy(postgres_url: str) -> Iterator[Any]:
+    """A TCP proxy in front of this test's PostgreSQL database; ``pg_proxy.url`` goes
+    through it, ``pg_proxy.cut()`` / ``outage(s)`` / ``restore()`` play a database outage."""
+    import sqlalchemy
+    from tcp_proxy import TcpProxy
+
+    parsed = sqlalchemy.engine.make_url(postgres_url)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy.direct_url = postgres_url
+    proxy.proxied_url = proxy.url(postgres_url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

@@ -16,12 +16,20 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._exceptions import SpecError, StorageError, TunerError
+from ._exceptions import (
+    SpecError,
+    StorageError,
+    StoreUnavailableError,
+    TunerError,
+    storage_error,
+)
 from ._units import show_epochs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+# 3 and 4 belong to `tuner nightly` (a regressed night, a night already running).
+EXIT_STORE_DOWN = 5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -223,7 +231,7 @@ def _open_readonly(url_arg: str | None) -> Any:
     try:
         return open_storage(resolve_url(url_arg), read_only=True, heartbeat=False)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
 
 
 def _add_status(sub: Any) -> None:
@@ -273,7 +281,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             return EXIT_OK
         records = read_records(store, args.study)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
     from .storage import load_study_readonly, study_objectives
 
     study = load_study_readonly(store, args.study)
@@ -332,7 +340,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         objectives = study_objectives(load_study_readonly(store, args.study))
         front = pareto_front(read_records(store, args.study), objectives)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
     if args.json:
         print(
             json.dumps(
@@ -401,11 +409,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import logging
 
+    from .storage import StoreError, StoreUnavailable
+
     logging.getLogger("optuna").setLevel(logging.WARNING)
     previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
-    except (SpecError, StorageError) as exc:
+    except (StoreUnavailableError, StoreUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STORE_DOWN
+    except (SpecError, StorageError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TunerError as exc:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import SpecError, StorageError
+from ._exceptions import SpecError, StorageError, storage_error
 
 PASSWORD_ENV = "TUNER_DASHBOARD_PASSWORD"
 
@@ -68,7 +68,7 @@ def dashboard_command(host: str, port: int) -> list[str]:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from .storage import ENV_VAR, StoreError, mask_url, open_storage, resolve_url
+    from .storage import ENV_VAR, StoreError, StoreUnavailable, mask_url, open_storage, resolve_url
 
     if not 0 < args.port < 65536:
         raise SpecError(f"--port: got {args.port}; expected a port number from 1 to 65535")
@@ -92,8 +92,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     url = resolve_url(args.storage)
     try:
         open_storage(url, read_only=True, heartbeat=False).engine.dispose()
+    except StoreUnavailable as exc:
+        # The server may be restarting: serve anyway; the page shows the outage and
+        # comes back by itself.
+        print(f"warning: {exc}; the page shows it until the store is back", file=sys.stderr)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
     except optuna.exceptions.OptunaError as exc:
         # A file that exists but holds no study store: Optuna fails reading its schema.
         raise StorageError(

@@ -8,7 +8,7 @@ import shlex
 from typing import Any
 
 from ._cli import EXIT_FAILED, EXIT_OK, _console, _fmt, _open_readonly, _storage_arg
-from ._exceptions import StorageError
+from ._exceptions import storage_error
 
 _SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "state_dict": ".pth"}
 
@@ -80,7 +80,7 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     try:
         study = load_study_readonly(store, args.study)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
     objectives = study_objectives(study)
     records = [to_record(t, list(objectives)) for t in study.get_trials(deepcopy=False)]
     target = args.maximize or args.minimize

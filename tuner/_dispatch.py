@@ -19,11 +19,14 @@ from typing import Any
 import optuna
 
 from ._exceptions import DispatchError
+from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
 
 POLL_S = 1.0
 TICK_S = 0.5
 MAX_CONSECUTIVE_FAILURES = 5
 GAVE_UP_EXIT = 3
+# A worker process that waited out the store's retry window exits with this.
+STORE_DOWN_EXIT = 5
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class WorkerJob:
 
 # The system attribute that says which run's workers are running a trial.
 RUN_ATTR = "tuner.run"
+# Set by Optuna's stale-trial retry on the WAITING copy of a failed trial.
+RETRY_OF_ATTR = "failed_trial"
 INTERRUPTED = "interrupted: the run was stopped while this trial was running; it is retried"
 
 
@@ -89,7 +94,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
 
         def heartbeat() -> None:
             while not stop.wait(interval):
-                storage.record_heartbeat(trial._trial_id)
+                try:
+                    storage.record_heartbeat(trial._trial_id)
+                except Exception:
+                    # The store stayed away past its retry window; the trial's own next
+                    # write meets the same error and ends the worker.
+                    return
 
         beat = threading.Thread(target=heartbeat, name="tuner-heartbeat", daemon=True)
         beat.start()
@@ -99,6 +109,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
         state = TrialState.COMPLETE
     except optuna.TrialPruned:
         state = TrialState.PRUNED
+    except StoreError:
+        # The store is gone: nothing can be recorded. The trial stays RUNNING until a
+        # rerun (or another worker's heartbeat check) fails it and queues it again.
+        raise
     except Exception:
         state = TrialState.FAIL
     finally:
@@ -114,6 +128,29 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
     return state
 
 
+_BUDGET_MET = object()
+
+
+def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> Any:
+    """Under the budget lock: a new trial, None when the budget is taken by trials in
+    flight, or ``_BUDGET_MET``."""
+    from .storage import budget_lock
+
+    with budget_lock(storage, study_id) as conn:
+        finished, running = _finished_and_running(storage, study_id, conn)
+        if finished >= job.n_trials:
+            return _BUDGET_MET
+        if finished + running >= job.n_trials:
+            return None
+        with warnings.catch_warnings():
+            # run_trial records the heartbeats that study.optimize would.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
+        if job.run_id:
+            storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
+        return trial
+
+
 def work(job: WorkerJob, stop: Any = None) -> int:
     """Run trials of ``job`` until the budget is met or the deadline passes; return trials run.
 
@@ -123,7 +160,7 @@ def work(job: WorkerJob, stop: Any = None) -> int:
 
     from ._samplers import build_sampler
     from ._spec import spec_from_dict
-    from .storage import budget_lock, open_storage
+    from .storage import open_storage
 
     torch.set_num_threads(max(1, job.threads))
     spec = spec_from_dict(job.spec)
@@ -153,18 +190,12 @@ def work(job: WorkerJob, stop: Any = None) -> int:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             last_stale_check = time.monotonic()
-        trial = None
-        with budget_lock(storage, study_id) as conn:
-            finished, running = _finished_and_running(storage, study_id, conn)
-            if finished >= job.n_trials:
-                break
-            if finished + running < job.n_trials:
-                with warnings.catch_warnings():
-                    # run_trial below records the heartbeats that study.optimize would.
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                    trial = study.ask()
-                if job.run_id:
-                    storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
+        # Counting and creating a trial is one call for riding out an outage: if the
+        # connection holding the budget lock is lost, the whole claim starts again.
+        outcome = ride_out(lambda: _claim(storage, study, study_id, job), storage)
+        if outcome is _BUDGET_MET:
+            break
+        trial = outcome
         if trial is None:
             # Trials in flight may still fill the budget; if one fails, a slot opens again.
             time.sleep(POLL_S)
@@ -241,9 +272,9 @@ class Dispatcher(ABC):
                     on_tick()
                 self._wait(TICK_S)
             self._check()
-        except BaseException:
+        except BaseException as exc:
             self._stop()
-            if jobs and jobs[0].run_id:
+            if jobs and jobs[0].run_id and not isinstance(exc, StoreUnavailable):
                 try:
                     fail_in_flight(jobs[0])
                 except Exception as exc:  # the store may be what failed; keep the cause
@@ -339,6 +370,9 @@ def _process_main() -> None:
         pass
     except WorkerGaveUp:
         raise SystemExit(GAVE_UP_EXIT) from None
+    except StoreUnavailable:
+        # The driver meets the same outage and says so, once.
+        raise SystemExit(STORE_DOWN_EXIT) from None
 
 
 class LocalProcessDispatcher(Dispatcher):
@@ -353,6 +387,7 @@ class LocalProcessDispatcher(Dispatcher):
 
     def __init__(self) -> None:
         self._procs: list[Any] = []
+        self._url = ""
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         import dataclasses
@@ -361,6 +396,7 @@ class LocalProcessDispatcher(Dispatcher):
         import sys
 
         for job in jobs:
+            self._url = job.storage_url
             payload = {**dataclasses.asdict(job), "sys_path": [p for p in sys.path if p]}
             proc = subprocess.Popen(
                 [
@@ -390,6 +426,12 @@ class LocalProcessDispatcher(Dispatcher):
                 p.kill()
 
     def _check(self) -> None:
+        down = [p for p in self._procs if p.returncode == STORE_DOWN_EXIT]
+        if down and len(down) == len(self._procs):
+            raise StoreUnavailable(
+                f"study store {mask_url(self._url)!r} unreachable: every worker gave up "
+                f"waiting for it ({retry_window_s():g} s)"
+            )
         bad = [p for p in self._procs if p.returncode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:
             raise DispatchError(
@@ -423,3 +465,39 @@ def cpu_count() -> int:
     return (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
+
+
+NOT_NEEDED = "not run: the study's budget was met before this retry started"
+
+
+def retire_retries(storage: Any, study_name: str, budget: int) -> list[int]:
+    """Once the budget is met, end the retries no worker will start (FAIL, with why).
+
+    A retry is queued WAITING when a trial is failed (its worker died or was
+    interrupted); other trials may fill the budget first. Done under the budget lock,
+    where workers claim trials, so a retry being started is never touched. User-queued
+    trials (``enqueue_trial``) are left alone. Returns the numbers of the trials ended.
+    """
+    from optuna.trial import TrialState
+
+    from ._objective import ERROR_ATTR
+    from .storage import budget_lock
+
+    def retire() -> list[int]:
+        study_id = storage.get_study_id_from_name(study_name)
+        ended: list[int] = []
+        with budget_lock(storage, study_id) as conn:
+            finished, _ = _finished_and_running(storage, study_id, conn)
+            if finished < budget:
+                return ended
+            for trial in storage.get_all_trials(
+                study_id, deepcopy=False, states=(TrialState.WAITING,)
+            ):
+                if RETRY_OF_ATTR not in trial.system_attrs:
+                    continue
+                storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, NOT_NEEDED)
+                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                    ended.append(trial.number)
+        return ended
+
+    return ride_out(retire, storage)

@@ -531,15 +531,22 @@ class EarlyStopping:
             ]
         import sqlalchemy
 
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sqlalchemy.text(
-                    "SELECT t.number, a.value_json FROM trial_user_attributes a "
-                    "JOIN trials t ON t.trial_id = a.trial_id "
-                    "WHERE t.study_id = :sid AND a.key = :key AND t.number <> :num"
-                ),
-                {"sid": self._study_id, "key": key, "num": exclude},
-            ).all()
+        from .storage import ride_out
+
+        def read() -> list[Any]:
+            with engine.connect() as conn:
+                return list(
+                    conn.execute(
+                        sqlalchemy.text(
+                            "SELECT t.number, a.value_json FROM trial_user_attributes a "
+                            "JOIN trials t ON t.trial_id = a.trial_id "
+                            "WHERE t.study_id = :sid AND a.key = :key AND t.number <> :num"
+                        ),
+                        {"sid": self._study_id, "key": key, "num": exclude},
+                    ).all()
+                )
+
+        rows = ride_out(read, backend)
         return [(int(number), json.loads(value)) for number, value in rows]
 
 

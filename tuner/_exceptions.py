@@ -3,6 +3,7 @@
 TunerError
  ├── SpecError          a study spec is invalid (field, value, what would be right)
  ├── StorageError       the study store cannot be opened or used
+ │    └── StoreUnavailableError   it stayed unreachable for the whole retry window
  ├── WorkloadError      a workload cannot be found or broke its contract
  ├── CompressionError   a model cannot be sparsified or quantized as asked
  └── DispatchError      trials cannot be dispatched
@@ -33,3 +34,15 @@ class CompressionError(TunerError):
 
 class DispatchError(TunerError):
     """Trials cannot be dispatched."""
+
+
+class StoreUnavailableError(StorageError):
+    """The study store stayed unreachable for the whole retry window."""
+
+
+def storage_error(exc: Exception) -> StorageError:
+    """The error of this tree for an error of the store package (same one-line message)."""
+    from .storage import StoreUnavailable
+
+    kind = StoreUnavailableError if isinstance(exc, StoreUnavailable) else StorageError
+    return kind(str(exc))

@@ -670,9 +670,9 @@ def _open_study(storage: Any, study_name: str) -> Any:
     try:
         return load_study_readonly(storage, study_name)
     except StoreError as exc:
-        from ._exceptions import StorageError
+        from ._exceptions import storage_error
 
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
 
 
 def artifact_path(

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 
 from ._dispatch import BACKENDS
-from ._exceptions import SpecError, StorageError, TunerError
+from ._exceptions import SpecError, TunerError, storage_error
 from ._report import (
     NightReport,
     compare_nights,
@@ -36,6 +36,7 @@ from .storage import (
     load_records,
     pareto_front,
     resolve_url,
+    ride_out,
 )
 from .storage._nights import NIGHTLY_ATTR, SPEC_NAME_ATTR, previous_night
 
@@ -178,7 +179,7 @@ def nightly(
     budget = n_trials or spec.budget.n_trials
     store = open_store(url)
     try:
-        lock = acquire_lock(store, f"nightly:{name}")
+        lock = ride_out(lambda: acquire_lock(store, f"nightly:{name}"), store)
     except LockHeld as exc:
         store.engine.dispose()
         raise NightLocked(
@@ -187,7 +188,7 @@ def nightly(
         ) from None
     except StoreError as exc:
         store.engine.dispose()
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
     took_over = lock.taken_over.describe() if lock.taken_over else None
     try:
         study = prepare_study(spec, store, name)

@@ -15,6 +15,7 @@ from ._samplers import VIOLATIONS_ATTR
 from ._space import suggest
 from ._spec import StudySpec
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
+from .storage import StoreError
 
 if TYPE_CHECKING:
     from ._artifacts import TrialModel
@@ -53,8 +54,8 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         try:
             return self._run(trial)
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, StoreError):
+            raise  # a stop, or a store that cannot take the error anyway
         except Exception as exc:
             trial.set_user_attr(ERROR_ATTR, _short_error(exc))
             raise

@@ -19,6 +19,7 @@ from typing import Any
 
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, work
 from ._exceptions import DispatchError
+from .storage import StoreUnavailable
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 AUTH_MODES = ("token", "disabled")
@@ -30,6 +31,7 @@ FORWARDED_ENV = ("TUNER_HEARTBEAT_INTERVAL_S", "TUNER_GRACE_PERIOD_S")
 
 _OK = "ok"
 _GAVE_UP = "gave up"
+_STORE_DOWN = "store down: "
 
 
 def auth_mode() -> str:
@@ -76,6 +78,8 @@ class _Worker:
         except WorkerGaveUp as exc:
             print(f"tuner worker {job.worker_index}: {exc}", file=sys.stderr)
             return _GAVE_UP
+        except StoreUnavailable as exc:
+            return _STORE_DOWN + str(exc)  # the driver says it, once
         return _OK
 
     def pid(self) -> int:
@@ -202,6 +206,9 @@ class RayDispatcher(Dispatcher):
     def _check(self) -> None:
         errors = [r for r in self._results if isinstance(r, BaseException)]
         ok = [r for r in self._results if r in (_OK, _GAVE_UP)]
+        down = [r for r in self._results if isinstance(r, str) and r.startswith(_STORE_DOWN)]
+        if down and not ok:
+            raise StoreUnavailable(down[0][len(_STORE_DOWN) :])
         if errors and not ok:
             first = str(errors[0]).strip().splitlines()
             raise DispatchError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -15,18 +16,26 @@ from typing import Any
 
 import optuna
 
-from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher
-from ._exceptions import DispatchError, SpecError, StorageError
+from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher, retire_retries
+from ._exceptions import (
+    DispatchError,
+    SpecError,
+    StoreUnavailableError,
+    storage_error,
+)
 from ._spec import StudySpec, load_spec
 from .storage import (
     StoreError,
+    StoreUnavailable,
     TrialRecord,
+    add_listener,
     count_states,
     mask_url,
     open_storage,
     pareto_front,
     read_records,
     resolve_url,
+    ride_out,
 )
 
 SPEC_ATTR = "tuner.spec"
@@ -52,7 +61,7 @@ def open_store(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
     try:
         return open_storage(url, **kwargs)
     except StoreError as exc:
-        raise StorageError(str(exc)) from exc
+        raise storage_error(exc) from exc
 
 
 def prepare_study(
@@ -147,9 +156,14 @@ def run(
         spec.with_overrides(name=study_name)  # validates the name
     url = resolve_url(storage, spec.storage)
     budget = n_trials or spec.budget.n_trials
-    store = open_store(url)
+    # One line when the store goes away and one when it is back (workers stay quiet).
+    stop_telling = add_listener(_say)
+    try:
+        store = open_store(url)
+    finally:
+        stop_telling()
     prepare_study(spec, store, name)
-    from ._artifacts import artifacts_root, enforce_keep_for_run
+    from ._artifacts import artifacts_root
 
     # Every worker, wherever it runs, keeps its trials' models in the same folder.
     folder = str(artifacts_root(spec.artifacts.path, url))
@@ -177,15 +191,61 @@ def run(
     reporter = _Progress(store, name, spec, budget) if progress else None
     if reporter is not None:
         reporter.start(url, workers, backend)
+    stop_telling = add_listener(reporter.say if reporter is not None else _say)
     # A study already at its budget needs no workers (nor a Ray to start).
     done_before = before.get("COMPLETE", 0) + before.get("PRUNED", 0) >= budget
     try:
         if not done_before:
-            dispatcher.run(jobs, on_tick=reporter.tick if reporter else None)
+            dispatcher.run(jobs, on_tick=_StoreWatch(store, name, reporter).tick)
+        return _finish(spec, store, name, url, budget, before, deadline)
+    except StoreUnavailable as exc:
+        raise StoreUnavailableError(
+            f"{exc}; finished trials are kept, run the same command again to resume"
+        ) from exc
     finally:
+        stop_telling()
         if reporter is not None:
             reporter.close()
+
+
+def _say(message: str) -> None:
+    print(f"tuner: {message}", file=sys.stderr, flush=True)
+
+
+class _StoreWatch:
+    """The driver's look at the store while workers run: rides out an outage (telling
+    it once), and draws progress."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, store: Any, name: str, reporter: _Progress | None) -> None:
+        self._store = store
+        self._name = name
+        self._reporter = reporter
+        self._last = -math.inf
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.EVERY_S:
+            self._last = now
+            ride_out(lambda: count_states(self._store, self._name), self._store)
+        if self._reporter is not None:
+            self._reporter.tick()
+
+
+def _finish(
+    spec: StudySpec,
+    store: Any,
+    name: str,
+    url: str,
+    budget: int,
+    before: Mapping[str, int],
+    deadline: float | None,
+) -> RunResult:
+    from ._artifacts import enforce_keep_for_run
+
     enforce_keep_for_run(store, name, spec, url)
+    retire_retries(store, name, budget)
     counts = count_states(store, name)
     records = read_records(store, name)
     ran = sum(counts.values()) - sum(before.values())
@@ -299,6 +359,15 @@ class _Progress:
             best = max(values) if direction == "maximize" else min(values)
             parts.append(f"best {first} {best:.4g} · front {len(front)}")
         return " · ".join(parts)
+
+    def say(self, message: str) -> None:
+        """One line above the progress bar."""
+        if self._progress is not None:
+            self._progress.console.print(
+                f"tuner: {message}", markup=False, highlight=False, soft_wrap=True
+            )
+        else:
+            _say(message)
 
     def close(self) -> None:
         if self._progress is not None:

@@ -276,3 +276,26 @@ def test_budget_inputs_step_at_the_scale_of_the_study(
     at.number_input(key="max_latency_ms").increment().run()
     step = at.number_input(key="max_latency_ms").value - median
     assert 0 < step <= median / 10 + 1e-12
+
+
+def test_a_store_outage_is_shown_and_the_page_comes_back(
+    app_path: Path, pg_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = open_storage(pg_proxy.direct_url, heartbeat=False)
+    study = optuna.create_study(
+        storage=writer, study_name="blip", directions=["maximize", "minimize", "minimize"]
+    )
+    study.set_metric_names(list(OBJ))
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 2000.0, 0.1]))
+    writer.engine.dispose()
+    pg_proxy.cut()  # the server restarts while someone opens the page
+    at = _run(app_path, pg_proxy.proxied_url, monkeypatch)
+    assert not at.title
+    warning = at.warning[0].value
+    assert "unreachable" in warning and "comes back by itself" in warning
+    assert not at.error
+    pg_proxy.restore()
+    at.run()
+    assert not at.exception and not at.warning
+    assert at.title[0].value == "Studies"
+    assert list(at.dataframe[0].value["study"]) == ["blip"]

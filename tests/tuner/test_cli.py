@@ -96,11 +96,16 @@ def test_unreachable_postgres_is_one_line_with_password_masked(
 ) -> None:
     spec = _write(tmp_path, tiny_spec())
     url = "postgresql+psycopg://alice:s3cr3t-pw@127.0.0.1:1/nowhere"
-    run = _tuner("run", str(spec), "--storage", url, cwd=tmp_path)
-    assert run.returncode == 2
+    # Nothing listens there: the run waits for the server (here 1 s), saying so, then
+    # stops with one line and the store's own exit code.
+    run = _tuner("run", str(spec), "--storage", url, cwd=tmp_path, env={"TUNER_STORE_RETRY_S": "1"})
+    assert run.returncode == 5
     assert "s3cr3t-pw" not in run.stderr + run.stdout
-    assert "alice:***@127.0.0.1:1" in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "alice:***@127.0.0.1:1" in lines[0] and "retrying for up to 1 s" in lines[0]
+    assert lines[1].startswith("error: study store 'postgresql+psycopg://alice:***@127.0.0.1:1")
+    assert "unreachable for 1 s" in lines[1]
 
 
 def test_unknown_study_lists_known_ones(tmp_path: Path, tiny_spec: Any) -> None:

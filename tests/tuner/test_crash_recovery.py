@@ -258,3 +258,87 @@ def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
         if rerun.poll() is None:
             os.killpg(rerun.pid, signal.SIGKILL)
     _assert_recovered(url, "slow", 4, set(in_flight))
+
+
+def _outage_driver(path: Path, url: str, cwd: Path, **env_extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen(
+        [*TUNER, "run", str(path), "--storage", url, "--workers", "2", "--backend", "local"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finished(url: str) -> int:
+    try:
+        counts = count_states(open_storage(url, heartbeat=False), "slow")
+    except Exception:  # not created yet
+        return 0
+    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+
+
+def test_a_database_outage_mid_sweep_is_ridden_out(
+    tmp_path: Path, slow_spec: Any, pg_proxy: Any
+) -> None:
+    # The outage is real: the proxy the sweep talks through drops every connection and
+    # refuses new ones for 4 s, as a PostgreSQL restart does.
+    spec = slow_spec(n_trials=6, epochs=4, epoch_s=0.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    driver = _outage_driver(path, pg_proxy.proxied_url, tmp_path)
+    try:
+        _wait_for(lambda: _finished(pg_proxy.direct_url) >= 2, "2 finished trials")
+        assert _running(pg_proxy.direct_url), "trials are in flight when the store goes away"
+        pg_proxy.outage(4.0)
+        out = _finish(driver)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    lines = out.splitlines()
+    assert "Traceback" not in out, out[-3000:]
+    assert sum("unreachable" in line for line in lines) == 1, out[-3000:]
+    assert sum("is back after" in line for line in lines) == 1, out[-3000:]
+    counts = count_states(open_storage(pg_proxy.direct_url, heartbeat=False), "slow")
+    # The budget exact, nothing left in flight, and no trial failed: the trials in flight
+    # kept running and their writes waited for the store.
+    assert counts == {"COMPLETE": 6}, counts
+
+
+def test_an_outage_past_the_window_stops_the_run_cleanly_and_a_rerun_resumes(
+    tmp_path: Path, slow_spec: Any, pg_proxy: Any
+) -> None:
+    spec = slow_spec(n_trials=4, epochs=4, epoch_s=0.5)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    driver = _outage_driver(
+        path, pg_proxy.proxied_url, tmp_path, TUNER_STORE_RETRY_S="3", **HEARTBEAT_ENV
+    )
+    try:
+        _wait_for(lambda: _finished(pg_proxy.direct_url) >= 1, "1 finished trial")
+        pg_proxy.cut()
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 5, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "unreachable for 3 s" in errors[0] and "run the same command again" in errors[0]
+    pg_proxy.restore()
+    rerun = _driver(
+        path, pg_proxy.proxied_url, "--workers", "2", "--backend", "local", cwd=tmp_path
+    )
+    try:
+        _finish(rerun)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+    counts = count_states(open_storage(pg_proxy.direct_url, heartbeat=False), "slow")
+    assert counts.get("COMPLETE", 0) == 4 and counts.get("RUNNING", 0) == 0, counts
+    assert counts.get("WAITING", 0) == 0, counts

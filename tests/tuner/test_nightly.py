@@ -285,3 +285,21 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
     assert not db.exists() and not reports.exists()
+
+
+def test_a_night_whose_store_stays_down_exits_with_its_own_code(
+    tmp_path: Path,
+    tiny_spec: Any,
+    pg_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = _write(tmp_path, tiny_spec())
+    monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
+    pg_proxy.cut()  # the database server is down all night
+    code = main(["nightly", str(spec), "--date", "2025-07-01", "--storage", pg_proxy.proxied_url])
+    assert code == 5
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: study store") and "unreachable for 2 s" in lines[-1], err
+    assert "Traceback" not in err

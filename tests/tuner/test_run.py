@@ -150,3 +150,28 @@ def test_run_on_postgresql(postgres_url: str, tiny_spec: Any) -> None:
     study = optuna.load_study(study_name="tiny", storage=postgres_url)
     assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
     assert "***" not in result.storage_url or "@" in result.storage_url
+
+
+def test_retries_left_waiting_once_the_budget_is_met_are_ended(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1})
+    tuner.run(spec, storage=sqlite_url)
+    storage = open_storage(sqlite_url)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    # A trial whose worker died after the budget was met by others: failed, and its retry
+    # queued (WAITING) by the heartbeat check. And one trial the user queued by hand.
+    dead = study.ask()
+    storage.set_trial_state_values(dead._trial_id, optuna.trial.TrialState.FAIL)
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(dead._trial_id))
+    study.enqueue_trial({"lr": 0.05})
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 2
+    result = tuner.run(spec, storage=sqlite_url)
+    assert result.trials_run == 0 and result.n_finished == 2
+    by_number = {t.number: t for t in optuna.load_study(study_name="tiny", storage=storage).trials}
+    retry = by_number[waiting[0].number]
+    assert retry.state == optuna.trial.TrialState.FAIL
+    assert retry.user_attrs["error"].startswith("not run: the study's budget was met")
+    assert by_number[waiting[1].number].state == optuna.trial.TrialState.WAITING
+    storage.engine.dispose()

@@ -1,0 +1,113 @@
+"""A PostgreSQL store that goes away for a while: writers wait, readers say so at once.
+
+The outage is real: a TCP proxy in front of the test server closes every connection and
+refuses new ones (what a server restart looks like to its clients).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy
+
+from tuner.storage import (
+    StoreError,
+    StoreUnavailable,
+    add_listener,
+    open_storage,
+    read_records,
+)
+
+
+def _with_password(url: str) -> str:
+    # The test server trusts local connections, so any password gets in; it must never
+    # show in a message.
+    return sqlalchemy.engine.make_url(url).set(password="s3cret-pw").render_as_string(False)
+
+
+@pytest.fixture
+def told() -> Any:
+    messages: list[str] = []
+    remove = add_listener(messages.append)
+    yield messages
+    remove()
+
+
+def test_a_short_outage_is_ridden_out_and_told_once(pg_proxy: Any, told: list[str]) -> None:
+    url = _with_password(pg_proxy.proxied_url)
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="blip")
+    trial = study.ask()
+    pg_proxy.outage(3.0)
+    started = time.monotonic()
+    # Writes wait for the store, then land.
+    storage.set_trial_user_attr(trial._trial_id, "epoch", 1)
+    study.tell(trial, 0.5)
+    waited = time.monotonic() - started
+    assert waited >= 2.5
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+    assert study.trials[0].user_attrs == {"epoch": 1}
+    assert len(told) == 2, told
+    assert "unreachable" in told[0] and "retrying for up to 60 s" in told[0]
+    assert "is back after" in told[1]
+    assert not any("s3cret-pw" in m for m in told)
+    storage.engine.dispose()
+
+
+def test_an_outage_past_the_window_raises_store_unavailable(
+    pg_proxy: Any, told: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
+    storage = open_storage(_with_password(pg_proxy.proxied_url))
+    optuna.create_study(storage=storage, study_name="down")
+    pg_proxy.cut()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as raised:
+        storage.get_all_studies()
+    assert 1.5 <= time.monotonic() - started < 15
+    message = str(raised.value)
+    assert "unreachable for 2 s" in message and "s3cret-pw" not in message
+    assert "\n" not in message
+    pg_proxy.restore()
+    assert [s.study_name for s in storage.get_all_studies()] == ["down"]
+    storage.engine.dispose()
+
+
+def test_readers_report_an_outage_at_once(pg_proxy: Any) -> None:
+    writer = open_storage(pg_proxy.direct_url)
+    optuna.create_study(storage=writer, study_name="seen")
+    writer.engine.dispose()
+    reader = open_storage(pg_proxy.proxied_url, read_only=True, heartbeat=False)
+    assert read_records(reader, "seen") == []
+    pg_proxy.cut()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        read_records(reader, "seen")
+    assert time.monotonic() - started < 5
+    pg_proxy.restore()
+    assert read_records(reader, "seen") == []
+    reader.engine.dispose()
+
+
+def test_a_server_that_is_down_when_a_writer_opens_is_waited_for(
+    pg_proxy: Any, told: list[str]
+) -> None:
+    pg_proxy.outage(2.0)
+    storage = open_storage(pg_proxy.proxied_url)
+    assert storage.get_all_studies() == []
+    assert len(told) == 2 and "is back" in told[1]
+    storage.engine.dispose()
+
+
+def test_a_missing_database_is_not_waited_for(postgres_url: str) -> None:
+    # A wrong database name stays wrong: one clear error now, not a minute of retries.
+    missing = sqlalchemy.engine.make_url(postgres_url).set(database="no_such_db_here")
+    started = time.monotonic()
+    with pytest.raises(StoreError) as raised:
+        open_storage(missing.render_as_string(hide_password=False))
+    assert not isinstance(raised.value, StoreUnavailable)
+    assert "no_such_db_here" in str(raised.value)
+    assert time.monotonic() - started < 10
