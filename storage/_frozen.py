@@ -374,7 +374,15 @@ _RIDDEN = [
     name
     for name in dir(optuna.storages.BaseStorage)
     if not name.startswith("_") and name not in _NOT_RIDDEN
-] + ["record_heartbeat", "_get_stale_trial_ids"]
+] + [
+    "record_heartbeat",
+    # What Optuna's cached storage (the one a loaded study uses) calls on its backend.
+    "_create_new_trial",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_trial_param",
+]
 
 
 def _riding(method: Callable[..., _T]) -> Callable[..., _T]:

@@ -146,7 +146,7 @@ def _came_back(url: str) -> None:
     with _lock:
         since = _down_since.pop(url, None)
     if since is not None:
-        _tell(f"study store {url!r} is back after {time.monotonic() - since:.0f} s")
+        _tell(f"study store {url!r} is back after {time.monotonic() - since:.1f} s")
 
 
 @contextmanager

@@ -216,7 +216,7 @@ class _StoreWatch:
     """The driver's look at the store while workers run: rides out an outage (telling
     it once), and draws progress."""
 
-    EVERY_S = 2.0
+    EVERY_S = 0.5
 
     def __init__(self, store: Any, name: str, reporter: _Progress | None) -> None:
         self._store = store
