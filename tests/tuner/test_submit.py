@@ -167,3 +167,47 @@ def test_submit_without_an_address_is_refused(tmp_path: Path, tiny_spec: Any) ->
     env_free = _tuner("submit", "spec.yaml", cwd=tmp_path)
     assert env_free.returncode == 2
     assert env_free.stderr.strip().splitlines()[-1].startswith("error: --address")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_stopped_job_leaves_no_trial_running(
+    ray_head: str, postgres_url: str, tmp_path: Path, slow_spec: Any
+) -> None:
+    work = tmp_path / "project"
+    work.mkdir()
+    # The workload ships with the job's working folder, as a user's own module would.
+    (work / "slow_workload.py").write_text((tmp_path / "slow_workload.py").read_text())
+    (work / "spec.yaml").write_text(yaml.safe_dump(slow_spec(n_trials=3, epochs=40, epoch_s=0.5)))
+    submitted = _tuner(
+        "submit", "spec.yaml", "--address", ray_head, "--storage", postgres_url, cwd=work
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    submission_id = next(w.rstrip(":") for w in submitted.stdout.split() if w.startswith("tuner-"))
+    store = open_storage(postgres_url, heartbeat=False)
+
+    def running() -> int:
+        try:
+            return count_states(store, "slow").get("RUNNING", 0)
+        except Exception:  # the study is not created yet
+            return 0
+
+    deadline = time.time() + 180
+    while running() < 1:
+        assert time.time() < deadline, "the job never had a trial running"
+        time.sleep(0.5)
+    stopped = _tuner("jobs", "stop", submission_id, "--address", ray_head, cwd=work)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    deadline = time.time() + 60
+    while (
+        "STOPPED"
+        not in _tuner("jobs", "status", submission_id, "--address", ray_head, cwd=work).stdout
+    ):
+        assert time.time() < deadline, "the job did not stop"
+        time.sleep(1)
+    # The job's driver failed its trials in flight as interrupted and queued them again:
+    # the store shows nothing running, without waiting out a heartbeat grace period.
+    counts = count_states(store, "slow")
+    assert counts.get("RUNNING", 0) == 0, counts
+    assert counts.get("FAIL", 0) >= 1 and counts.get("WAITING", 0) == counts["FAIL"], counts
+    store.engine.dispose()
