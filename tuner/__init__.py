@@ -20,10 +20,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import (
+    ArtifactMissing,
     CompressionError,
     DispatchError,
+    ExportError,
+    NightLocked,
     SpecError,
     StorageError,
+    StoreUnavailableError,
+    TrialsKeepFailing,
     TunerError,
     WorkloadError,
 )
@@ -34,7 +39,17 @@ if TYPE_CHECKING:
     from ._workloads import TrainedModel, TrialContext, TrialStopped, train_classifier
     from .storage import TrialRecord
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tuner")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # torch and optuna load on first use, so `import tuner` (and the CLI) start fast.
 _LAZY = {
@@ -66,16 +81,21 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ArtifactMissing",
     "CompressionError",
     "DispatchError",
+    "ExportError",
+    "NightLocked",
     "RunResult",
     "SpecError",
     "StorageError",
+    "StoreUnavailableError",
     "StudySpec",
     "TrainedModel",
     "TrialContext",
     "TrialRecord",
     "TrialStopped",
+    "TrialsKeepFailing",
     "TunerError",
     "WorkloadError",
     "load_spec",

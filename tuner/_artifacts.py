@@ -32,7 +32,7 @@ import optuna
 import torch
 from torch import nn
 
-from ._exceptions import StorageError, TunerError
+from ._exceptions import ArtifactMissing, StorageError
 
 if TYPE_CHECKING:
     from ._spec import StudySpec
@@ -48,10 +48,6 @@ STORE_ATTR = "artifact_store"
 KEEP_ATTR = "artifact_keep"
 STATUS_ATTR = "artifact"
 DROPPED_PREFIX = "tuner.artifact_dropped."
-
-
-class ArtifactMissing(TunerError):
-    """A trial has no model file to export (never kept, dropped, or moved)."""
 
 
 @dataclass

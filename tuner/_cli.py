@@ -17,19 +17,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
     SpecError,
-    StorageError,
-    StoreUnavailableError,
     TunerError,
     storage_error,
 )
 from ._units import show_epochs
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-# 3 and 4 belong to `tuner nightly` (a regressed night, a night already running).
-EXIT_STORE_DOWN = 5
 
 
 class _Parser(argparse.ArgumentParser):
@@ -393,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuner",
         description="Tune PyTorch training and compression: accuracy, size and latency of the model you ship.",
     )
-    parser.add_argument("--version", action="version", version="tuner 0.1.0")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in _COMMANDS + _extra_commands():
@@ -409,28 +407,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    from .storage import StoreError, StoreUnavailable
+    from .storage import StoreError
 
     logging.getLogger("optuna").setLevel(logging.WARNING)
     previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
-    except (StoreUnavailableError, StoreUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_STORE_DOWN
-    except (SpecError, StorageError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except TunerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exc.exit_code
+    except StoreError as exc:  # the store package's own errors, where none was converted
+        print(f"error: {exc}", file=sys.stderr)
+        return storage_error(exc).exit_code
     except KeyboardInterrupt as exc:
         print(
             "interrupted: finished trials are kept, trials in flight are failed and will be "
             "retried; run the same command to resume",
             file=sys.stderr,
         )
-        return 143 if isinstance(exc, _Terminated) else 130
+        return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -7,8 +7,8 @@ import json
 import shlex
 from typing import Any
 
-from ._cli import EXIT_FAILED, EXIT_OK, _console, _fmt, _open_readonly, _storage_arg
-from ._exceptions import storage_error
+from ._cli import _console, _fmt, _open_readonly, _storage_arg
+from ._exceptions import EXIT_FAILED, EXIT_OK, storage_error
 
 _SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "state_dict": ".pth"}
 

@@ -68,7 +68,8 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     import optuna
 
     from ._cli import backend_options
-    from ._nightly import EXIT_LOCKED, NightLocked, nightly
+    from ._exceptions import EXIT_LOCKED, NightLocked
+    from ._nightly import nightly
     from ._report import show
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

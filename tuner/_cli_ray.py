@@ -6,8 +6,7 @@ import argparse
 import datetime as dt
 from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILED = 1
+from ._exceptions import EXIT_FAILED, EXIT_OK
 
 
 def _address_arg(p: argparse.ArgumentParser) -> None:

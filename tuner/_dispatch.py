@@ -18,15 +18,16 @@ from typing import Any
 
 import optuna
 
-from ._exceptions import DispatchError
+from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError
 from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
 
 POLL_S = 1.0
 TICK_S = 0.5
 MAX_CONSECUTIVE_FAILURES = 5
-GAVE_UP_EXIT = 3
-# A worker process that waited out the store's retry window exits with this.
-STORE_DOWN_EXIT = 5
+# A worker process exits with these when its trials keep failing, or when it waited out
+# the store's retry window.
+GAVE_UP_EXIT = EXIT_GAVE_UP
+STORE_DOWN_EXIT = EXIT_STORE_DOWN
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,58 @@
-"""Exceptions raised by tuner.
+"""Every error tuner raises on purpose, and the exit code the CLI gives each.
 
-TunerError
- ├── SpecError          a study spec is invalid (field, value, what would be right)
- ├── StorageError       the study store cannot be opened or used
- │    └── StoreUnavailableError   it stayed unreachable for the whole retry window
- ├── WorkloadError      a workload cannot be found or broke its contract
- ├── CompressionError   a model cannot be sparsified or quantized as asked
- └── DispatchError      trials cannot be dispatched
+TunerError                      1  a runtime failure
+ ├── SpecError                  2  a spec or an argument is invalid (field, value, what would be right)
+ ├── StorageError               2  the study store cannot be opened or used as given
+ │    └── StoreUnavailableError 5  the store stayed unreachable for the whole retry window
+ ├── WorkloadError              1  a workload cannot be found or broke its contract
+ ├── CompressionError           1  a model cannot be sparsified or quantized as asked
+ ├── ExportError                1  a model cannot be exported, or the file does not run
+ │    └── ArtifactMissing       1  a trial has no model file to export
+ ├── DispatchError              1  trials cannot be dispatched
+ │    └── TrialsKeepFailing     6  the run stopped short of its budget: its trials keep failing
+ └── NightLocked                4  another live run holds this night
+
+``tuner nightly`` also exits 3 when the night regressed (:data:`EXIT_REGRESSED`); that is
+a finding, not an error. Errors of the ``storage`` package (``StoreError`` and its
+``StoreUnavailable``) become :class:`StorageError` / :class:`StoreUnavailableError` at
+tuner's boundary (:func:`storage_error`).
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_REGRESSED = 3
+EXIT_LOCKED = 4
+EXIT_STORE_DOWN = 5
+EXIT_GAVE_UP = 6
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class TunerError(Exception):
     """Root of every error tuner raises on purpose."""
 
+    exit_code = EXIT_FAILED
+
 
 class SpecError(TunerError, ValueError):
-    """A study spec is invalid."""
+    """A study spec or an argument is invalid."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class StorageError(TunerError):
-    """The study store cannot be opened or used."""
+    """The study store cannot be opened or used as given."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StoreUnavailableError(StorageError):
+    """The study store stayed unreachable for the whole retry window."""
+
+    exit_code = EXIT_STORE_DOWN
 
 
 class WorkloadError(TunerError):
@@ -32,12 +63,28 @@ class CompressionError(TunerError):
     """A model cannot be sparsified or quantized as asked."""
 
 
+class ExportError(TunerError):
+    """A model cannot be exported or the exported file cannot be run."""
+
+
+class ArtifactMissing(ExportError):
+    """A trial has no model file to export (never kept, dropped, or moved)."""
+
+
 class DispatchError(TunerError):
     """Trials cannot be dispatched."""
 
 
-class StoreUnavailableError(StorageError):
-    """The study store stayed unreachable for the whole retry window."""
+class TrialsKeepFailing(DispatchError):
+    """A run stopped short of its budget because its trials keep failing."""
+
+    exit_code = EXIT_GAVE_UP
+
+
+class NightLocked(TunerError):
+    """Another live run holds this night."""
+
+    exit_code = EXIT_LOCKED
 
 
 def storage_error(exc: Exception) -> StorageError:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
-from ._exceptions import SpecError, TunerError
+from ._exceptions import ExportError, SpecError
 from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
@@ -54,10 +54,6 @@ _DECODE_DOMAIN = "tuner.sparse"
 _DECODE_OP = "Decode"
 # Smaller tensors are not worth the decoding nodes.
 _MIN_SPARSE_ELEMENTS = 64
-
-
-class ExportError(TunerError):
-    """A model cannot be exported or the exported file cannot be run."""
 
 
 def _need_onnx() -> None:

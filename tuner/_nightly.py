@@ -18,7 +18,12 @@ from typing import Any
 import optuna
 
 from ._dispatch import BACKENDS
-from ._exceptions import SpecError, TunerError, storage_error
+from ._exceptions import (
+    EXIT_REGRESSED,
+    NightLocked,
+    SpecError,
+    storage_error,
+)
 from ._report import (
     NightReport,
     compare_nights,
@@ -40,14 +45,8 @@ from .storage import (
 )
 from .storage._nights import NIGHTLY_ATTR, SPEC_NAME_ATTR, previous_night
 
-EXIT_REGRESSED = 3
-EXIT_LOCKED = 4
 WARM_START_ATTR = "tuner.warm_start_from"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class NightLocked(TunerError):
-    """Another live run holds this night."""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import optuna
 
 from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher, retire_retries
 from ._exceptions import (
-    DispatchError,
     SpecError,
     StoreUnavailableError,
+    TrialsKeepFailing,
     storage_error,
 )
 from ._spec import StudySpec, load_spec
@@ -256,7 +256,7 @@ def _finish(
         store.engine.dispose()
         errors = [r.error for r in records if r.state == "FAIL" and r.error]
         last = errors[-1].splitlines()[0] if errors else "no error recorded"
-        raise DispatchError(
+        raise TrialsKeepFailing(
             f"study {name!r} stopped at {finished}/{budget} finished trials because trials keep "
             f"failing; last error: {last}. Fix the cause and run again to resume"
         )

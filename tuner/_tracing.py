@@ -11,12 +11,14 @@ wrong. Every capture tuner starts goes through :func:`tracing`, one process-wide
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 
 import torch
 
 _LOCK = threading.RLock()
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -28,6 +30,7 @@ def tracing(*, plain_attention: bool = True) -> Iterator[None]:
     projections as plain ops instead of one fused kernel they cannot translate.
     """
     with _LOCK:
+        _clear_stale_exporting_flag()
         previous = torch.backends.mha.get_fastpath_enabled()
         if plain_attention:
             torch.backends.mha.set_fastpath_enabled(False)
@@ -35,3 +38,17 @@ def tracing(*, plain_attention: bool = True) -> Iterator[None]:
             yield
         finally:
             torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def _clear_stale_exporting_flag() -> None:
+    """Clear torch's "is exporting" flag when no capture can be running.
+
+    Called with the lock held, so no capture tuner started is in progress; a set flag is
+    then left over (torch saves and restores it per call, and an overlap anywhere in the
+    process can leave it set). Left set, ``torch.compile`` returns the model unchanged
+    and compiled latencies are wrong. The flag is torch's private module attribute
+    (``torch.compiler._is_exporting_flag``, checked against torch 2.13).
+    """
+    if torch.compiler.is_exporting():
+        log.warning("torch's exporting flag was left set by an earlier capture; cleared")
+        torch.compiler._is_exporting_flag = False

@@ -135,3 +135,27 @@ def test_readme_user_workload_runs_from_the_cli(tmp_path: Path, tiny_spec: Any) 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tuner.db'}")
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert all(0 < t.values[0] <= 1 for t in study.trials)
+
+
+def test_a_run_whose_trials_keep_failing_exits_6_with_the_last_error(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    (tmp_path / "broken_workloads.py").write_text(
+        "def broken(params, ctx):\n    raise RuntimeError('the data loader is broken')\n"
+    )
+    spec = _write(tmp_path, tiny_spec(workload="broken_workloads:broken"))
+    run = _tuner("run", str(spec), "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path)
+    assert run.returncode == 6, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: study 'tiny' stopped at 0/3")
+    assert "the data loader is broken" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_version_is_the_installed_distribution_version(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    shown = _tuner("--version", cwd=tmp_path)
+    assert shown.stdout.strip() == f"tuner {metadata.version('tuner')}"
+    assert metadata.version("tuner") == pyproject["project"]["version"]

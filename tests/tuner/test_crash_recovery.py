@@ -202,7 +202,7 @@ def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
 
 @pytest.mark.parametrize(
     ("backend", "how"),
-    [("local", "ctrl-c"), ("ray", "sigterm")],
+    [("local", "ctrl-c"), ("local", "sigterm"), ("ray", "ctrl-c"), ("ray", "sigterm")],
 )
 def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
     backend: str, how: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
@@ -232,10 +232,9 @@ def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
     try:
         in_flight = _wait_for(lambda: len(_running(url)) == 2 and _running(url), "2 trials")
         time.sleep(0.5)
-        if how == "ctrl-c":
-            os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-        else:
-            os.kill(driver.pid, signal.SIGTERM)  # what systemd or a scheduler sends
+        # To the process group: what a terminal sends on Ctrl-C, and what systemd or a
+        # scheduler sends to stop a service.
+        os.killpg(driver.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGTERM)
         out, _ = driver.communicate(timeout=60)
     finally:
         if driver.poll() is None:

@@ -36,7 +36,18 @@ def test_concurrent_exports_leave_compile_working() -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert not errors, errors
-    assert not torch.compiler.is_exporting()
     assert torch.backends.mha.get_fastpath_enabled()
     compiled = measure_latency(_model(), torch.randn(1, 16), warmup=1, repeats=3, compile=True)
+    assert compiled.compile_s > 5 * compiled.p50_ms / 1000
+
+
+def test_a_leftover_exporting_flag_does_not_silence_compile() -> None:
+    # As an overlapping capture elsewhere in the process would leave it.
+    torch.compiler._is_exporting_flag = True
+    try:
+        compiled = measure_latency(_model(), torch.randn(1, 16), warmup=1, repeats=3, compile=True)
+    finally:
+        leftover = torch.compiler.is_exporting()
+        torch.compiler._is_exporting_flag = False
+    assert not leftover
     assert compiled.compile_s > 5 * compiled.p50_ms / 1000
