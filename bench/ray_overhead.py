@@ -53,7 +53,7 @@ def direct_objective(trial: optuna.Trial) -> tuple[float, float, float]:
     return 0.5, 1000.0, 0.1
 
 
-def _direct_build_objective(spec: Any, storage: Any, study_id: int, n_trials: int) -> Any:
+def _direct_build_objective(spec: Any, storage: Any, study_id: int) -> Any:
     # The budget is kept by the worker loop (a lock around count-and-ask), not the objective.
     return direct_objective
 

@@ -192,18 +192,6 @@ def _artifact_store(folder: Path) -> Any:
 # --- keep ----------------------------------------------------------------------------
 
 
-def _dominates(a: list[float], b: list[float], directions: list[str]) -> bool:
-    better = False
-    for x, y, d in zip(a, b, directions):
-        if d == "maximize":
-            x, y = -x, -y
-        if x > y:
-            return False
-        if x < y:
-            better = True
-    return better
-
-
 def _front(
     study: optuna.Study,
     objectives: dict[str, str] | None = None,
@@ -407,7 +395,7 @@ def artifact_status(
     if not trials:
         last = len(study.get_trials(deepcopy=False)) - 1
         raise StorageError(
-            f"--trial: study {study.study_name!r} has no trial {number}; expected 0..{last}"
+            f"trial: study {study.study_name!r} has no trial {number}; expected 0..{last}"
         )
     trial = trials[0]
     attrs = trial.user_attrs

@@ -35,6 +35,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in the error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected an integer >= 1")
+    return value
+
+
 def _console(stderr: bool = False) -> Any:
     import shutil
 
@@ -62,8 +73,12 @@ def _add_run(sub: Any) -> None:
         "spec", help="YAML spec file, or the name of a shipped spec (digits_mlp, mnist1d_cnn)"
     )
     _storage_arg(p)
-    p.add_argument("--n-trials", type=int, help="total finished trials (COMPLETE + PRUNED)")
-    p.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
+    p.add_argument(
+        "--n-trials", type=positive_int, help="total finished trials (COMPLETE + PRUNED)"
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="trials in flight at once (default 1)"
+    )
     p.add_argument("--study-name", help="name in the store (default: the spec's name)")
     p.add_argument("--backend", choices=["inline", "local", "ray"], help="where trials run")
     p.add_argument(

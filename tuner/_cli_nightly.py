@@ -10,6 +10,8 @@ from ._exceptions import SpecError
 
 
 def add_parser(sub: Any) -> None:
+    from ._cli import positive_int
+
     p = sub.add_parser(
         "nightly",
         help="tonight's sweep of a spec: resumable, warm-started, with a morning report",
@@ -25,7 +27,7 @@ def add_parser(sub: Any) -> None:
         metavar="URL",
         help="study store URL (else $TUNER_STORAGE, else sqlite:///tuner.db)",
     )
-    p.add_argument("--n-trials", type=int, help="the night's total of finished trials")
+    p.add_argument("--n-trials", type=positive_int, help="the night's total of finished trials")
     p.add_argument(
         "--report-dir",
         default="nightly-reports",
@@ -33,7 +35,9 @@ def add_parser(sub: Any) -> None:
         help="where the Markdown and HTML reports go (default ./nightly-reports)",
     )
     p.add_argument("--backend", choices=["inline", "local", "ray"], help="where trials run")
-    p.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="trials in flight at once (default 1)"
+    )
     p.add_argument("--address", help="Ray cluster address (backend ray)")
     p.set_defaults(func=_cmd_nightly)
 

@@ -17,6 +17,8 @@ def _address_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any) -> None:
+    from ._cli import positive_int
+
     p = sub.add_parser("submit", help="submit a sweep to a Ray cluster as a Ray job")
     p.add_argument("spec", help="YAML spec inside the working directory, or a shipped spec's name")
     _address_arg(p)
@@ -26,8 +28,12 @@ def add_parser(sub: Any) -> None:
         help="study store URL the cluster can reach (else the spec's, "
         "else $TUNER_STORAGE, else sqlite:///tuner.db)",
     )
-    p.add_argument("--n-trials", type=int, help="total finished trials (COMPLETE + PRUNED)")
-    p.add_argument("--workers", type=int, default=1, help="trials in flight at once (default 1)")
+    p.add_argument(
+        "--n-trials", type=positive_int, help="total finished trials (COMPLETE + PRUNED)"
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=1, help="trials in flight at once (default 1)"
+    )
     p.add_argument("--study-name", help="name in the store (default: the spec's name)")
     p.add_argument("--working-dir", default=".", help="folder shipped to the cluster (default .)")
     p.add_argument("--wait", action="store_true", help="wait until the job ends")

@@ -58,7 +58,7 @@ def _finished_and_running(storage: Any, study_id: int, connection: Any = None) -
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
 
 
-def build_objective(spec: Any, storage: Any, study_id: int, n_trials: int) -> Any:
+def build_objective(spec: Any, storage: Any, study_id: int) -> Any:
     """The objective every backend's workers run: budget check, training, early stopping,
     compression, measuring."""
     from ._early_stopping import build_early_stopping
@@ -170,7 +170,7 @@ def work(job: WorkerJob, stop: Any = None) -> int:
     finished, running = _finished_and_running(storage, study_id)
     sampler = build_sampler(spec, seed_offset=1000 * job.worker_index + finished + running)
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
-    objective = build_objective(spec, storage, study_id, job.n_trials)
+    objective = build_objective(spec, storage, study_id)
     # The loop below is study.optimize split in two (see run_trial); samplers that end a
     # study themselves (a grid that is used up) call study.stop(), which Optuna accepts
     # only inside its optimize loop.
@@ -324,7 +324,7 @@ class InlineDispatcher(Dispatcher):
     def _launch(self, jobs: list[WorkerJob]) -> None:
         if len(jobs) != 1:
             raise DispatchError(
-                f"--workers {len(jobs)} with backend 'inline'; expected 1 (use backend 'local')"
+                f"workers: got {len(jobs)} with backend 'inline'; expected 1 (use backend 'local')"
             )
 
         def target() -> None:

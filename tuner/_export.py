@@ -503,11 +503,11 @@ class OnnxRunner:
 def _check_format(fmt: str) -> None:
     if fmt == "torchscript":
         raise SpecError(
-            "--format: got 'torchscript'; TorchScript is deprecated in PyTorch, use pt2 "
+            "format: got 'torchscript'; TorchScript is deprecated in PyTorch, use pt2 "
             "(torch.export) instead"
         )
     if fmt not in FORMATS:
-        raise SpecError(f"--format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise SpecError(f"format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
 def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
@@ -743,7 +743,7 @@ def export_trial(
     _check_format(fmt)
     target = Path(out)
     if not target.parent.exists():
-        raise SpecError(f"--out: folder {target.parent} does not exist; expected a writable path")
+        raise SpecError(f"out: folder {target.parent} does not exist; expected a writable path")
     if tm is None:
         tm, frozen = load_trial(storage, study_name, trial, folder=folder)
     else:
@@ -788,7 +788,7 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     study = _open_study(storage, study_name)
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)
     if frozen is None:
-        raise SpecError(f"--trial: study {study_name!r} has no trial {trial}")
+        raise SpecError(f"trial: study {study_name!r} has no trial {trial}")
     raw = study.user_attrs.get(SPEC_ATTR)
     if not isinstance(raw, dict):
         raise ArtifactMissing(f"study {study_name!r} has no spec recorded; cannot re-run trial")

@@ -80,7 +80,7 @@ def _check_date(date: str | None) -> str:
         dt.date.fromisoformat(date)
     except ValueError:
         raise SpecError(
-            f"--date: got {date!r}; expected a date YYYY-MM-DD, e.g. 2025-01-31"
+            f"date: got {date!r}; expected a date YYYY-MM-DD, e.g. 2025-01-31"
         ) from None
     return date
 
@@ -127,14 +127,14 @@ def _validate_args(n_trials: Any, workers: Any, backend: str | None) -> None:
     if n_trials is not None and (
         isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1
     ):
-        raise SpecError(f"--n-trials: got {n_trials!r}; expected an integer >= 1")
+        raise SpecError(f"n_trials: got {n_trials!r}; expected an integer >= 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SpecError(f"--workers: got {workers!r}; expected an integer >= 1")
+        raise SpecError(f"workers: got {workers!r}; expected an integer >= 1")
     if backend is not None and backend not in BACKENDS:
-        raise SpecError(f"--backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise SpecError(f"backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "inline" and workers != 1:
         raise SpecError(
-            f"--workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
+            f"workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
         )
 
 

@@ -54,12 +54,12 @@ def parse_where(text: str) -> list[Clause]:
     clauses: list[Clause] = []
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
-        raise SpecError(f"--where: empty; expected METRIC<=NUMBER clauses, {_EXAMPLE}")
+        raise SpecError(f"where: empty; expected METRIC<=NUMBER clauses, {_EXAMPLE}")
     for part in parts:
         match = _CLAUSE.match(part)
         if match is None:
             raise SpecError(
-                f"--where clause {part.strip()!r}: expected METRIC<=NUMBER, METRIC>=NUMBER, "
+                f"where clause {part.strip()!r}: expected METRIC<=NUMBER, METRIC>=NUMBER, "
                 f"METRIC<NUMBER or METRIC>NUMBER, {_EXAMPLE}"
             )
         raw = match["bound"]
@@ -69,7 +69,7 @@ def parse_where(text: str) -> list[Clause]:
             bound = math.nan
         if not math.isfinite(bound):
             raise SpecError(
-                f"--where clause {part.strip()!r}: {raw!r} is not a number; expected e.g. "
+                f"where clause {part.strip()!r}: {raw!r} is not a number; expected e.g. "
                 f"{match['metric']}{match['op']}2 (sizes in bytes, latency in ms, accuracy 0..1)"
             )
         clauses.append(Clause(match["metric"], match["op"], bound, part.strip()))
@@ -176,8 +176,8 @@ def pick(
     pool = [r for r in records if r.state == "COMPLETE" and r.feasible]
     if pool:
         for c in clauses:
-            _check_metric(c.metric, pool, f"--where clause {c.text or str(c)!r}")
-        _check_metric(target, pool, f"--{direction}")
+            _check_metric(c.metric, pool, f"where clause {c.text or str(c)!r}")
+        _check_metric(target, pool, direction)
     fits = [
         r
         for r in pool

@@ -141,15 +141,15 @@ def run(
     if n_trials is not None and (
         isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1
     ):
-        raise SpecError(f"--n-trials: got {n_trials!r}; expected an integer >= 1")
+        raise SpecError(f"n_trials: got {n_trials!r}; expected an integer >= 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SpecError(f"--workers: got {workers!r}; expected an integer >= 1")
+        raise SpecError(f"workers: got {workers!r}; expected an integer >= 1")
     backend = backend or ("inline" if workers == 1 else "local")
     if backend not in BACKENDS:
-        raise SpecError(f"--backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise SpecError(f"backend: got {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "inline" and workers != 1:
         raise SpecError(
-            f"--workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
+            f"workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
         )
     name = study_name or spec.name
     if study_name is not None:
@@ -387,7 +387,3 @@ def result_as_json(result: RunResult) -> str:
         indent=2,
         default=str,
     )
-
-
-def _stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -20,7 +20,6 @@ from pathlib import Path
 from ._exceptions import SpecError, TunerError
 from ._spec import _NAME, load_spec
 
-SCHEDULERS = ("cron", "systemd")
 _AT = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 

@@ -261,7 +261,7 @@ def test_second_run_of_a_night_exits_at_once_while_the_first_holds_it(
 @pytest.mark.parametrize(
     ("args", "change", "words"),
     [
-        (["--date", "2025-02-30"], {}, "--date: got '2025-02-30'"),
+        (["--date", "2025-02-30"], {}, "date: got '2025-02-30'"),
         ([], {"nightly": {"regression_threshold": 5}}, "nightly.regression_threshold"),
         ([], {"nightly": {"reference_point": {"acc": 0}}}, "nightly.reference_point.acc"),
     ],

@@ -95,12 +95,12 @@ def test_a_budget_nothing_meets_exits_1_naming_the_binding_constraint(
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
-        ("latency_ms=<2", "--where clause 'latency_ms=<2': expected METRIC<=NUMBER"),
-        ("size_bytes<=50KB", "--where clause 'size_bytes<=50KB': '50KB' is not a number"),
-        ("latency_ms", "--where clause 'latency_ms': expected METRIC<=NUMBER"),
+        ("latency_ms=<2", "where clause 'latency_ms=<2': expected METRIC<=NUMBER"),
+        ("size_bytes<=50KB", "where clause 'size_bytes<=50KB': '50KB' is not a number"),
+        ("latency_ms", "where clause 'latency_ms': expected METRIC<=NUMBER"),
         (
             "latncy_ms<=2",
-            "--where clause 'latncy_ms<=2': unknown metric 'latncy_ms'; did you mean 'latency_ms'?",
+            "where clause 'latncy_ms<=2': unknown metric 'latncy_ms'; did you mean 'latency_ms'?",
         ),
     ],
 )
