@@ -23,11 +23,7 @@ from tuner.storage import (
     mask_url,
     pareto_mask,
 )
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-SPEC_ATTR = "tuner.spec"
-SPEC_NAME_ATTR = "tuner.spec_name"
-NIGHTLY_ATTR = "tuner.nightly"
+from tuner.storage.keys import SPEC_ATTR, SPEC_NAME_ATTR
 
 # Metrics in the order a person reads a trial, with how to show them.
 METRICS: dict[str, str] = {

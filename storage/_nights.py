@@ -14,9 +14,7 @@ import numpy as np
 import optuna
 
 from ._records import TrialRecord, hypervolume, load_records, pareto_front, study_objectives
-
-SPEC_NAME_ATTR = "tuner.spec_name"
-NIGHTLY_ATTR = "tuner.nightly"
+from .keys import NIGHTLY_ATTR, SPEC_NAME_ATTR
 
 
 @dataclass(frozen=True)

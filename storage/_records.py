@@ -14,8 +14,7 @@ from optuna.trial import TrialState
 
 from ._errors import StoreError
 from ._outage import ride_out
-
-FINISHED = ("COMPLETE", "PRUNED")
+from .keys import FINISHED
 
 
 @dataclass(frozen=True)

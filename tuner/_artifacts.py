@@ -33,20 +33,20 @@ import torch
 from torch import nn
 
 from ._exceptions import ArtifactMissing, StorageError
+from .storage import keys
 
 if TYPE_CHECKING:
     from ._spec import StudySpec
 
-ARTIFACT_KEEP = ("pareto", "all", "none")
 DEFAULT_FOLDER = "tuner-artifacts"
 ENV_VAR = "TUNER_ARTIFACTS"
 FILENAME = "model.pt"
 FORMAT_VERSION = 1
 
-ID_ATTR = "artifact_id"
-STORE_ATTR = "artifact_store"
-KEEP_ATTR = "artifact_keep"
-STATUS_ATTR = "artifact"
+ID_ATTR = keys.ARTIFACT_ID_ATTR
+STORE_ATTR = keys.ARTIFACT_STORE_ATTR
+KEEP_ATTR = keys.ARTIFACT_KEEP_ATTR
+STATUS_ATTR = keys.ARTIFACT_STATUS_ATTR
 DROPPED_PREFIX = "tuner.artifact_dropped."
 
 

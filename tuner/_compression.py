@@ -48,7 +48,7 @@ from torch.nn import functional as F
 from torch.nn.utils import prune
 
 from tuner._exceptions import CompressionError
-from tuner._spec import KEEP_FLOAT_MODES
+from tuner._spec import KEEP_FLOAT_MODES, QUANTIZE_MODES
 from tuner._tracing import tracing
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 STRUCTURES = ("unstructured", "structured")
-QUANTIZE_MODES = ("none", "int8")
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 

@@ -20,6 +20,7 @@ import optuna
 
 from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError
 from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
+from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
 
 POLL_S = 1.0
 TICK_S = 0.5
@@ -45,9 +46,7 @@ class WorkerJob:
 
 
 # The system attribute that says which run's workers are running a trial.
-RUN_ATTR = "tuner.run"
 # Set by Optuna's stale-trial retry on the WAITING copy of a failed trial.
-RETRY_OF_ATTR = "failed_trial"
 INTERRUPTED = "interrupted: the run was stopped while this trial was running; it is retried"
 
 
@@ -481,7 +480,6 @@ def retire_retries(storage: Any, study_name: str, budget: int) -> list[int]:
     """
     from optuna.trial import TrialState
 
-    from ._objective import ERROR_ATTR
     from .storage import budget_lock
 
     def retire() -> list[int]:

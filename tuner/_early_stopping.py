@@ -61,9 +61,7 @@ from ._space import fixed_params
 from ._spec import EarlyStoppingSpec, StudySpec
 from ._units import show_epochs
 from ._workloads import TrialContext, TrialStopped
-
-RUNGS_ATTR = "rungs"
-CURVE_ATTR = "curve"
+from .storage.keys import CURVE_ATTR, RUNGS_ATTR
 
 # Objectives that validation accuracy so far stands in for while a trial trains.
 _ACCURACY_PROXIES = ("accuracy", "test_accuracy", "accuracy_float")

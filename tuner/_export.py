@@ -780,10 +780,10 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     import optuna
 
     from ._objective import _trial_seed, measure_trained, trial_device
-    from ._run import SPEC_ATTR
     from ._space import suggest
     from ._spec import spec_from_dict
     from ._workloads import TrainedModel, TrialContext, resolve_workload
+    from .storage.keys import SPEC_ATTR
 
     study = _open_study(storage, study_name)
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)

@@ -43,9 +43,9 @@ from .storage import (
     resolve_url,
     ride_out,
 )
-from .storage._nights import NIGHTLY_ATTR, SPEC_NAME_ATTR, previous_night
+from .storage._nights import previous_night
+from .storage.keys import NIGHTLY_ATTR, SPEC_NAME_ATTR, WARM_START_ATTR
 
-WARM_START_ATTR = "tuner.warm_start_from"
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 

@@ -11,17 +11,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
-from ._samplers import VIOLATIONS_ATTR
 from ._space import suggest
 from ._spec import StudySpec
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
 from .storage import StoreError
+from .storage.keys import CURVE_ATTR, ERROR_ATTR, VIOLATIONS_ATTR
 
 if TYPE_CHECKING:
     from ._artifacts import TrialModel
 
-ERROR_ATTR = "error"
-CURVE_ATTR = "curve"
 CURVE_WRITE_S = 2.0
 
 

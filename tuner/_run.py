@@ -37,8 +37,7 @@ from .storage import (
     resolve_url,
     ride_out,
 )
-
-SPEC_ATTR = "tuner.spec"
+from .storage.keys import SPEC_ATTR
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ import optuna
 
 from ._spec import StudySpec
 
-VIOLATIONS_ATTR = "constraint_violations"
-
 
 def build_sampler(spec: StudySpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The sampler the spec names; ``seed_offset`` keeps parallel workers from sampling alike."""

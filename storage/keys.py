@@ -1,0 +1,31 @@
+"""Names every reader and writer of the store shares: attribute keys and state sets.
+
+tuner writes these keys on studies and trials; the CLI, the dashboard and plain Optuna
+read them back. One definition each, so a key cannot drift between writer and reader.
+"""
+
+from __future__ import annotations
+
+# Trial user attributes.
+ERROR_ATTR = "error"  # why a trial failed or was stopped
+CURVE_ATTR = "curve"  # validation accuracy per epoch
+RUNGS_ATTR = "rungs"  # early stopping's decisions per rung
+VIOLATIONS_ATTR = "constraint_violations"  # how far each spec constraint is missed
+ARTIFACT_ID_ATTR = "artifact_id"
+ARTIFACT_STORE_ATTR = "artifact_store"
+ARTIFACT_KEEP_ATTR = "artifact_keep"
+ARTIFACT_STATUS_ATTR = "artifact"
+
+# Trial system attributes.
+RUN_ATTR = "tuner.run"  # the run whose worker runs the trial
+RETRY_OF_ATTR = "failed_trial"  # set by Optuna's retry on the WAITING copy of a failed trial
+
+# Study user attributes.
+SPEC_ATTR = "tuner.spec"  # the spec the study was created from
+SPEC_NAME_ATTR = "tuner.spec_name"  # a nightly study's spec
+NIGHTLY_ATTR = "tuner.nightly"  # a nightly study's night
+WARM_START_ATTR = "tuner.warm_start_from"
+
+# Trial states, by name.
+FINISHED = ("COMPLETE", "PRUNED")  # count toward the budget
+ENDED = ("COMPLETE", "PRUNED", "FAIL")  # will not run again
