@@ -11,8 +11,10 @@ from tuner._export import exported_program
 from tuner._measure import measure_latency
 
 
-def _model() -> nn.Module:
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+def _model(hidden: int = 32) -> nn.Module:
+    # Each test compiles its own width: torch.compile reuses the graph of a model with
+    # the same structure and shapes, which would make the first call fast.
+    return nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, 4)).eval()
 
 
 def test_concurrent_exports_leave_compile_working() -> None:
@@ -37,7 +39,9 @@ def test_concurrent_exports_leave_compile_working() -> None:
         thread.join(timeout=120)
     assert not errors, errors
     assert torch.backends.mha.get_fastpath_enabled()
-    compiled = measure_latency(_model(), torch.randn(1, 16), warmup=1, repeats=3, compile=True)
+    compiled = measure_latency(
+        _model(hidden=40), torch.randn(1, 16), warmup=1, repeats=3, compile=True
+    )
     assert compiled.compile_s > 5 * compiled.p50_ms / 1000
 
 
@@ -45,7 +49,9 @@ def test_a_leftover_exporting_flag_does_not_silence_compile() -> None:
     # As an overlapping capture elsewhere in the process would leave it.
     torch.compiler._is_exporting_flag = True
     try:
-        compiled = measure_latency(_model(), torch.randn(1, 16), warmup=1, repeats=3, compile=True)
+        compiled = measure_latency(
+            _model(hidden=24), torch.randn(1, 16), warmup=1, repeats=3, compile=True
+        )
     finally:
         leftover = torch.compiler.is_exporting()
         torch.compiler._is_exporting_flag = False
