@@ -29,3 +29,46 @@ def test_import_tuner_does_not_load_heavy_dependencies() -> None:
     code = "import sys, tuner; print(' '.join(m for m in ('torch', 'ray', 'streamlit', 'plotly') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _defined_public(module: object) -> set[str]:
+    """Public names the module binds itself, other than submodules."""
+    import types
+
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType)
+        and name not in ("annotations", "TYPE_CHECKING", "Any")
+    }
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    for module in (tuner, tuner.storage):
+        exported = set(module.__all__)
+        assert len(exported) == len(module.__all__), f"{module.__name__}: duplicates"
+        bound = _defined_public(module)
+        if module is tuner:
+            bound |= set(tuner._LAZY)  # loaded on first use
+        assert bound == exported, (
+            f"{module.__name__}: missing from __all__ {sorted(bound - exported)}, "
+            f"listed but not defined {sorted(exported - bound)}"
+        )
+
+
+def test_every_error_class_is_in_the_tree_exported_with_an_exit_code() -> None:
+    from tuner import _exceptions
+
+    classes = [
+        value
+        for value in vars(_exceptions).values()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == _exceptions.__name__
+    ]
+    assert len(classes) >= 10
+    for cls in classes:
+        assert issubclass(cls, tuner.TunerError), cls
+        assert cls.__name__ in tuner.__all__, cls
+        assert isinstance(cls.exit_code, int) and cls.exit_code > 0, cls
