@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,7 +19,7 @@ from tuner.storage import (
     DEFAULT_URL,
     StudySummary,
     TrialRecord,
-    mask_url,
+    commands,
     pareto_mask,
 )
 from tuner.storage.keys import SPEC_ATTR, SPEC_NAME_ATTR
@@ -792,11 +791,7 @@ def trial_metrics(record: TrialRecord) -> list[tuple[str, str, str]]:
 
 def export_command(study: str, number: int, url: str) -> str:
     """The shell command that exports trial ``number`` of ``study`` to ONNX."""
-    parts = ["tuner", "export", study, "--trial", str(number), "--format", "onnx"]
-    parts += ["--out", "model.onnx"]
-    if url != DEFAULT_URL:
-        parts += ["--storage", mask_url(url)]
-    return " ".join(shlex.quote(p) for p in parts)
+    return commands.export_command(study, number, storage=None if url == DEFAULT_URL else url)
 
 
 # --- the overview ------------------------------------------------------------------

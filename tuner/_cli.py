@@ -136,11 +136,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             (f'tuner pick {name} --where "{budget}"{storage_flag}', "best trial within a budget")
         )
     if pick is not None:
+        from .storage.commands import export_command
+
         steps.append(
-            (
-                f"tuner export {name} --trial {pick} --format onnx --out model.onnx{storage_flag}",
-                "ship that trial, re-measured",
-            )
+            (export_command(name, pick, storage=args.storage), "ship that trial, re-measured")
         )
     width = max(len(cmd) for cmd, _ in steps)
     console.print("\nnext:")

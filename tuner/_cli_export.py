@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from typing import Any
 
 from ._cli import _console, _fmt, _open_readonly, _storage_arg
 from ._exceptions import EXIT_FAILED, EXIT_OK, storage_error
-
-_SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "state_dict": ".pth"}
+from .storage.commands import EXPORT_SUFFIX as _SUFFIX
 
 
 def add_parser(sub: Any) -> None:
@@ -54,20 +52,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
 
-def _storage_flag(args: argparse.Namespace) -> str:
-    if args.storage is None:
-        return ""
-    from .storage import mask_url
-
-    return f" --storage {shlex.quote(mask_url(args.storage))}"
-
-
 def _export_command(args: argparse.Namespace, number: int, fmt: str = "onnx") -> str:
+    from .storage.commands import export_command
+
     out = f"{args.study}-trial{number}{_SUFFIX[fmt]}"
-    return (
-        f"tuner export {shlex.quote(args.study)} --trial {number} --format {fmt} "
-        f"--out {shlex.quote(out)}{_storage_flag(args)}"
-    )
+    return export_command(args.study, number, storage=args.storage, fmt=fmt, out=out)
 
 
 def _cmd_pick(args: argparse.Namespace) -> int:
