@@ -529,21 +529,20 @@ def _validate_into(spec: StudySpec) -> None:
     _set(spec, "constraints", tuple(constraints))
 
     # sampler
-    sampler = spec.sampler
+    sampler = _as_raw(spec.sampler, SamplerSpec)
     if isinstance(sampler, str):
         sampler = {"name": sampler}
-    if not isinstance(sampler, SamplerSpec):
-        sampler = _mapping("sampler", sampler)
-        _check_keys("sampler", sampler, ("name", "seed"))
-        name = sampler.get("name", "tpe")
-        if name not in SAMPLERS:
-            close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise _field("sampler.name", name, f"one of {', '.join(SAMPLERS)}{hint}")
-        seed = sampler.get("seed")
-        if seed is not None:
-            seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
-        sampler = SamplerSpec(name=name, seed=seed)
+    sampler = _mapping("sampler", sampler)
+    _check_keys("sampler", sampler, ("name", "seed"))
+    name = sampler.get("name", "tpe")
+    if name not in SAMPLERS:
+        close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise _field("sampler.name", name, f"one of {', '.join(SAMPLERS)}{hint}")
+    seed = sampler.get("seed")
+    if seed is not None:
+        seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
+    sampler = SamplerSpec(name=name, seed=seed)
     if sampler.name == "cmaes" and len(spec.objectives) > 1:
         raise _field(
             "sampler.name",
@@ -599,20 +598,17 @@ def _validate_into(spec: StudySpec) -> None:
     _set(spec, "early_stopping", es)
 
     # budget
-    budget = spec.budget
-    if not isinstance(budget, Budget):
-        budget = _mapping("budget", budget)
-        _check_keys("budget", budget, ("n_trials", "max_epochs", "timeout_s"))
-        n_trials = int(
-            _number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True)
-        )
-        max_epochs = int(
-            _number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True)
-        )
-        timeout = budget.get("timeout_s")
-        if timeout is not None:
-            timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
-        budget = Budget(n_trials=n_trials, max_epochs=max_epochs, timeout_s=timeout)
+    budget = _as_raw(spec.budget, Budget)
+    budget = _mapping("budget", budget)
+    _check_keys("budget", budget, ("n_trials", "max_epochs", "timeout_s"))
+    n_trials = int(_number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True))
+    max_epochs = int(
+        _number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True)
+    )
+    timeout = budget.get("timeout_s")
+    if timeout is not None:
+        timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
+    budget = Budget(n_trials=n_trials, max_epochs=max_epochs, timeout_s=timeout)
     _set(spec, "budget", budget)
     if es.name != "none" and es.min_epochs >= budget.max_epochs:
         raise _field(
@@ -622,53 +618,51 @@ def _validate_into(spec: StudySpec) -> None:
         )
 
     # resources
-    res = spec.resources
-    if not isinstance(res, Resources):
-        res = _mapping("resources", res)
-        _check_keys("resources", res, ("cpus", "gpus"))
-        cpus = _number("resources.cpus", res.get("cpus", 1), minimum=0, strict_min=True)
-        gpus = _number("resources.gpus", res.get("gpus", 0), minimum=0)
-        if gpus > 1 and gpus != int(gpus):
-            raise _field("resources.gpus", gpus, "a fraction below 1 (e.g. 0.25) or a whole number")
-        res = Resources(cpus=cpus, gpus=gpus)
+    res = _as_raw(spec.resources, Resources)
+    res = _mapping("resources", res)
+    _check_keys("resources", res, ("cpus", "gpus"))
+    cpus = _number("resources.cpus", res.get("cpus", 1), minimum=0, strict_min=True)
+    gpus = _number("resources.gpus", res.get("gpus", 0), minimum=0)
+    if gpus > 1 and gpus != int(gpus):
+        raise _field("resources.gpus", gpus, "a fraction below 1 (e.g. 0.25) or a whole number")
+    res = Resources(cpus=cpus, gpus=gpus)
     _set(spec, "resources", res)
 
     # measurement
-    measure = spec.measure
-    if not isinstance(measure, MeasureSpec):
-        measure = _mapping("measure", measure)
-        _check_keys(
-            "measure",
-            measure,
-            ("batch_size", "warmup", "repeats", "threads", "runtime", "compile"),
-        )
-        threads = measure.get("threads")
-        runtime = _runtime(measure.get("runtime", "torch"))
-        measure = MeasureSpec(
-            batch_size=int(
-                _number(
-                    "measure.batch_size", measure.get("batch_size", 32), minimum=1, integer=True
-                )
-            ),
-            warmup=int(
-                _number("measure.warmup", measure.get("warmup", 10), minimum=0, integer=True)
-            ),
-            repeats=int(
-                _number("measure.repeats", measure.get("repeats", 50), minimum=3, integer=True)
-            ),
-            threads=None
-            if threads is None
-            else int(_number("measure.threads", threads, minimum=1, integer=True)),
-            runtime=runtime,
-            compile=_compile_mode(measure.get("compile", "auto")),
-        )
-    else:
-        _runtime(measure.runtime)
-        _compile_mode(measure.compile)
+    measure = _as_raw(spec.measure, MeasureSpec)
+    measure = _mapping("measure", measure)
+    _check_keys(
+        "measure",
+        measure,
+        ("batch_size", "warmup", "repeats", "threads", "runtime", "compile"),
+    )
+    threads = measure.get("threads")
+    runtime = _runtime(measure.get("runtime", "torch"))
+    measure = MeasureSpec(
+        batch_size=int(
+            _number("measure.batch_size", measure.get("batch_size", 32), minimum=1, integer=True)
+        ),
+        warmup=int(_number("measure.warmup", measure.get("warmup", 10), minimum=0, integer=True)),
+        repeats=int(
+            _number("measure.repeats", measure.get("repeats", 50), minimum=3, integer=True)
+        ),
+        threads=None
+        if threads is None
+        else int(_number("measure.threads", threads, minimum=1, integer=True)),
+        runtime=runtime,
+        compile=_compile_mode(measure.get("compile", "auto")),
+    )
     _set(spec, "measure", measure)
     _check_qat_device(spec)
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
+
+
+def _as_raw(value: Any, section: type) -> Any:
+    """A section given as its dataclass, as the mapping it stands for (checked the same way)."""
+    if isinstance(value, section):
+        return {f.name: getattr(value, f.name) for f in fields(section)}
+    return value
 
 
 def _check_qat_device(spec: Any) -> None:

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 import tuner
-from tuner._spec import load_spec
+from tuner import SpecError, StudySpec
+from tuner._spec import Budget, MeasureSpec, Resources, SamplerSpec, load_spec
 
 
 def _with(base: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -237,3 +238,21 @@ def test_qat_on_a_gpu_trial_is_refused_in_one_line(tiny_spec: Any) -> None:
         tuner.StudySpec(**spec)
     spec["resources"] = {"cpus": 1, "gpus": 0}
     assert tuner.StudySpec(**spec).params["qat_epochs"].high == 2
+
+
+@pytest.mark.parametrize(
+    ("section", "field_name"),
+    [
+        ({"budget": Budget(n_trials=0)}, "budget.n_trials"),
+        ({"budget": Budget(max_epochs=-2)}, "budget.max_epochs"),
+        ({"resources": Resources(cpus=0)}, "resources.cpus"),
+        ({"measure": MeasureSpec(repeats=1)}, "measure.repeats"),
+        ({"sampler": SamplerSpec(name="anneal")}, "sampler.name"),
+    ],
+)
+def test_section_objects_are_checked_like_mappings(
+    section: dict[str, Any], field_name: str
+) -> None:
+    # From Python, a section passed as its dataclass is validated before anything runs.
+    with pytest.raises(SpecError, match=f"spec field '{field_name}'"):
+        StudySpec(name="s", workload="digits-mlp", search_space={"lr": 0.1}, **section)
