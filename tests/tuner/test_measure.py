@@ -146,6 +146,7 @@ def test_latency_runs_the_batch_in_eval_mode_with_the_asked_threads(
 
 
 def test_compiled_latency_reports_compile_time_apart() -> None:
+    torch._dynamo.reset()  # a fresh compile, not a graph cached by an earlier test
     model = _wide_mlp(width=64)
     plain = measure_latency(model, torch.randn(1, 64), warmup=1, repeats=3)
     compiled = measure_latency(model, torch.randn(1, 64), warmup=1, repeats=3, compile=True)

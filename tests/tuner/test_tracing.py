@@ -12,8 +12,9 @@ from tuner._measure import measure_latency
 
 
 def _model(hidden: int = 32) -> nn.Module:
-    # Each test compiles its own width: torch.compile reuses the graph of a model with
-    # the same structure and shapes, which would make the first call fast.
+    # A fresh compile: torch.compile reuses graphs of models with the same structure, and
+    # past its recompile limit runs eagerly; either would make the first call fast.
+    torch._dynamo.reset()
     return nn.Sequential(nn.Linear(16, hidden), nn.ReLU(), nn.Linear(hidden, 4)).eval()
 
 
