@@ -29,7 +29,7 @@ from torch import nn
 
 from tuner._builtin_workloads import PatchTransformer
 from tuner._datasets import mnist1d
-from tuner._export import OnnxRunner, onnx_bytes
+from tuner._formats import OnnxRunner, onnx_bytes
 from tuner._shipping import Settings, Shipped, compiles, measure, ship, trial_model
 from tuner._spec import MeasureSpec
 from tuner._workloads import evaluate_accuracy, fit

@@ -33,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import optuna  # noqa: E402
 
 import tuner  # noqa: E402
+from tuner._builtin_workloads import resolve_workload  # noqa: E402
 from tuner._objective import Objective, measure_trained  # noqa: E402
 from tuner._spec import load_spec  # noqa: E402
-from tuner._workloads import TrialContext, resolve_workload  # noqa: E402
+from tuner._workloads import TrialContext  # noqa: E402
 from tuner.storage import open_storage  # noqa: E402
 
 DIRECT_VAR = "TUNER_BENCH_DIRECT_OBJECTIVE"

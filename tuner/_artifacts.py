@@ -34,6 +34,7 @@ from torch import nn
 
 from ._exceptions import ArtifactMissing, StorageError
 from .storage import keys
+from .storage._optuna import rdb_backend, study_storage
 
 if TYPE_CHECKING:
     from ._spec import StudySpec
@@ -295,7 +296,7 @@ def enforce_keep(
 
 def storage_url(storage: Any) -> str:
     """The URL of an Optuna storage (also through Optuna's caching wrapper)."""
-    url = getattr(storage, "url", None) or getattr(getattr(storage, "_backend", None), "url", "")
+    url = getattr(rdb_backend(storage), "url", "")
     return str(url or "")
 
 
@@ -317,7 +318,7 @@ def keep_trial_model(
         The trial's artifact attributes, for the caller to write with its metrics.
     """
     keep = spec.artifacts.keep
-    root = artifacts_root(spec.artifacts.path, storage_url(trial.study._storage))
+    root = artifacts_root(spec.artifacts.path, storage_url(study_storage(trial.study)))
     folder = study_folder(root, trial.study.study_name)
     try:
         attrs = _keep(

@@ -1,7 +1,9 @@
-"""The built-in workloads: a digits MLP (the fast demo), an MNIST-1D CNN and Transformer."""
+"""The built-in workloads (a digits MLP, the fast demo; an MNIST-1D CNN and Transformer),
+and finding the workload a spec names: built-in, or a user function by import path."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,8 +11,8 @@ import torch
 from torch import nn
 
 from ._datasets import digits, mnist1d
-from ._exceptions import WorkloadError
-from ._workloads import TrainedModel, TrialContext, train_classifier
+from ._exceptions import SpecError, WorkloadError
+from ._workloads import TrainedModel, TrialContext, Workload, WorkloadFn, train_classifier
 
 
 def digits_mlp(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
@@ -112,3 +114,37 @@ def mnist1d_transformer(params: Mapping[str, Any], ctx: TrialContext) -> Trained
         layers=int(params.get("layers", 2)),
     )
     return train_classifier(model, params, ctx, train=data.train, val=data.val, test=data.test)
+
+
+BUILTIN_WORKLOADS: dict[str, WorkloadFn] = {
+    "digits-mlp": digits_mlp,
+    "mnist1d-cnn": mnist1d_cnn,
+    "mnist1d-transformer": mnist1d_transformer,
+}
+
+
+def resolve_workload(name: str) -> Workload:
+    """Find a built-in workload by name, or a user workload by ``package.module:function``."""
+    if name in BUILTIN_WORKLOADS:
+        return Workload(name=name, fn=BUILTIN_WORKLOADS[name])
+    if ":" not in name:
+        raise SpecError(
+            f"spec field 'workload': got {name!r}; expected a built-in workload "
+            f"({', '.join(BUILTIN_WORKLOADS)}) or an import path 'package.module:function'"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(
+            f"spec field 'workload': cannot import module {module_name!r} ({exc}); "
+            "expected an importable 'package.module:function'"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SpecError(
+            f"spec field 'workload': module {module_name!r} has no function {attr!r}; "
+            "expected 'package.module:function'"
+        )
+    extra = tuple(str(m) for m in getattr(fn, "metrics", ()))
+    return Workload(name=name, fn=fn, extra_metrics=extra)

@@ -127,9 +127,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ._artifacts import ArtifactMissing
-    from ._export import _check_format, export_trial, rerun_trial
+    from ._export import export_trial, rerun_trial
+    from ._formats import check_format
 
-    _check_format(args.format)
+    check_format(args.format)
     out = Path(args.out or f"{args.study}-trial{args.trial}{_SUFFIX[args.format]}")
     store = _open_readonly(args.storage)
     console = _console()

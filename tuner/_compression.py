@@ -546,11 +546,6 @@ def float_layer_choice(
     return tuple(name for name in scores if name in ranked)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def quantize(
     model: nn.Module,
     *,

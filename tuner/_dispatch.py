@@ -20,6 +20,7 @@ import optuna
 
 from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError
 from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
+from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
 from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
 
 POLL_S = 1.0
@@ -60,9 +61,9 @@ def _finished_and_running(storage: Any, study_id: int, connection: Any = None) -
 def build_objective(spec: Any, storage: Any, study_id: int) -> Any:
     """The objective every backend's workers run: budget check, training, early stopping,
     compression, measuring."""
+    from ._builtin_workloads import resolve_workload
     from ._early_stopping import build_early_stopping
     from ._objective import Objective
-    from ._workloads import resolve_workload
 
     return Objective(
         spec,
@@ -90,12 +91,12 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
     stop = threading.Event()
     beat = None
     if interval:
-        storage.record_heartbeat(trial._trial_id)
+        storage.record_heartbeat(trial_id(trial))
 
         def heartbeat() -> None:
             while not stop.wait(interval):
                 try:
-                    storage.record_heartbeat(trial._trial_id)
+                    storage.record_heartbeat(trial_id(trial))
                 except Exception:
                     # The store stayed away past its retry window; the trial's own next
                     # write meets the same error and ends the worker.
@@ -122,7 +123,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
     try:
         study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     except ValueError as exc:
-        trial.set_user_attr("error", f"invalid objective values {values!r}: {exc}")
+        trial.set_user_attr(ERROR_ATTR, f"invalid objective values {values!r}: {exc}")
         study.tell(trial, state=TrialState.FAIL)
         state = TrialState.FAIL
     return state
@@ -147,14 +148,15 @@ def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> 
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
         if job.run_id:
-            storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, job.run_id)
+            storage.set_trial_system_attr(trial_id(trial), RUN_ATTR, job.run_id)
         return trial
 
 
-def work(job: WorkerJob, stop: Any = None) -> int:
+def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> int:
     """Run trials of ``job`` until the budget is met or the deadline passes; return trials run.
 
     ``stop`` (a ``threading.Event``) ends the loop before the next trial once set.
+    ``build(spec, storage, study_id)`` makes the objective (the real one by default).
     """
     import torch
 
@@ -169,11 +171,11 @@ def work(job: WorkerJob, stop: Any = None) -> int:
     finished, running = _finished_and_running(storage, study_id)
     sampler = build_sampler(spec, seed_offset=1000 * job.worker_index + finished + running)
     study = optuna.load_study(study_name=job.study_name, storage=storage, sampler=sampler)
-    objective = build_objective(spec, storage, study_id)
+    objective = build(spec, storage, study_id)
     # The loop below is study.optimize split in two (see run_trial); samplers that end a
     # study themselves (a grid that is used up) call study.stop(), which Optuna accepts
     # only inside its optimize loop.
-    study._thread_local.in_optimize_loop = True
+    enter_optimize_loop(study)
     ran = 0
     failures = 0
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -202,7 +204,7 @@ def work(job: WorkerJob, stop: Any = None) -> int:
             continue
         state = run_trial(study, trial, objective, storage)
         ran += 1
-        if getattr(study, "_stop_flag", False):
+        if stop_requested(study):
             break
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -233,13 +235,13 @@ def fail_in_flight(job: WorkerJob) -> list[int]:
             if trial.system_attrs.get(RUN_ATTR) != job.run_id:
                 continue
             try:
-                storage.set_trial_user_attr(trial._trial_id, "error", INTERRUPTED)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                storage.set_trial_user_attr(trial_id(trial), ERROR_ATTR, INTERRUPTED)
+                storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # its worker finished it after all
             failed.append(trial.number)
             if retry is not None:
-                retry(study, storage.get_trial(trial._trial_id))
+                retry(study, storage.get_trial(trial_id(trial)))
         return failed
     finally:
         storage.engine.dispose()
@@ -439,26 +441,8 @@ class LocalProcessDispatcher(Dispatcher):
                 f"{sorted({p.returncode for p in bad})}); see the messages above"
             )
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
-
 
 BACKENDS = ("inline", "local", "ray")
-
-
-def make_dispatcher(backend: str, **options: Any) -> Dispatcher:
-    if backend == "inline":
-        return InlineDispatcher()
-    if backend == "local":
-        return LocalProcessDispatcher()
-    if backend == "ray":
-        try:
-            from ._ray import RayDispatcher
-        except ImportError as exc:
-            raise DispatchError("backend 'ray' needs Ray: pip install 'tuner[ray]'") from exc
-        return RayDispatcher(**options)
-    raise DispatchError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
 
 
 def cpu_count() -> int:
@@ -494,8 +478,8 @@ def retire_retries(storage: Any, study_name: str, budget: int) -> list[int]:
             ):
                 if RETRY_OF_ATTR not in trial.system_attrs:
                     continue
-                storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, NOT_NEEDED)
-                if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                storage.set_trial_user_attr(trial_id(trial), ERROR_ATTR, NOT_NEEDED)
+                if storage.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                     ended.append(trial.number)
         return ended
 

@@ -1,29 +1,13 @@
 """Export a trial's compressed model and re-measure the exported file.
 
-Formats:
-
-* ``onnx``: the float model after sparsity is exported by the dynamo-based
-  ``torch.onnx.export`` (``torch.export`` underneath, so Transformers export too); a trial
-  that used int8 is then quantized by ONNX Runtime: ``quantize_static`` with the trial's
-  calibration inputs for convolutions, ``quantize_dynamic`` for MatMul/Gemm. Weights with enough
-  zeros are stored as a bitmask of non-zeros plus the non-zero values and expanded by a
-  small function in the graph, which ONNX Runtime folds into a dense constant when the
-  session loads: the file is small and inference runs at dense speed.
-* ``pt2``: the PyTorch model as shipped (int8 where the trial used it) as a ``torch.export``
-  program (``torch.export.load(path).module()`` runs it).
-* ``state_dict``: the shipped model's ``state_dict`` (``torch.load(..., weights_only=True)``).
+The formats and how each is built live in ``tuner._formats``; this module finds the
+trial's kept model (or trains it again with ``--retrain``), writes the file and checks
+its accuracy, size and latency against the trial's stored figures.
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import io
-import logging
 import math
-import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -33,507 +17,17 @@ import torch
 from torch import nn
 
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
-from ._exceptions import ExportError, SpecError
-from ._tracing import tracing
-
-FORMATS = ("onnx", "pt2", "state_dict")
-OPSET = 18
-INPUT = "input"
-OUTPUT = "logits"
-# Nodes that compute in int8 in an ONNX graph.
-INT8_OPS = (
-    "QLinearConv",
-    "QLinearMatMul",
-    "QGemm",
-    "MatMulInteger",
-    "ConvInteger",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-)
-_DECODE_DOMAIN = "tuner.sparse"
-_DECODE_OP = "Decode"
-# Smaller tensors are not worth the decoding nodes.
-_MIN_SPARSE_ELEMENTS = 64
-
-
-def _need_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ExportError(
-            "ONNX export needs onnx and onnxruntime: pip install 'tuner[export]'"
-        ) from exc
-
-
-# --- ONNX ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Keep the exporter's and quantizer's progress lines out of trial logs.
-
-    The dynamo exporter logs which optional operator libraries are missing (torchvision)
-    and ONNX Runtime's quantizer logs advice to pre-process; both go through ``logging``
-    and say nothing about the model. Warnings are left alone.
-    """
-    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
-
-
-def _two_rows(example: torch.Tensor) -> torch.Tensor:
-    """Two copies of the first row: batch 1 would let ``torch.export`` specialise the batch
-    dimension away."""
-    row = example.detach().cpu()[:1]
-    return row.expand(2, *row.shape[1:]).contiguous()
-
-
-def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
-    """The float model as ONNX, from ``torch.export`` (the dynamo-based exporter).
-
-    The batch dimension is dynamic. Attention is exported as its Linear projections and
-    matrix products, which ONNX Runtime's quantizer can then see.
-    """
-    from ._measure import to_eval
-
-    model = to_eval(model.cpu())
-    sample = _two_rows(example)
-    try:
-        with _quiet_exporter(), tracing(), torch.no_grad():
-            program = torch.onnx.export(
-                model,
-                (sample,),
-                None,
-                dynamo=True,
-                verbose=False,
-                opset_version=OPSET,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-            )
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
-    if program is None:  # pragma: no cover - only when a file target is given
-        raise ExportError(f"torch.onnx.export returned no program for {type(model).__name__}")
-    proto = program.model_proto
-    # Shapes recorded by the exporter go stale once the quantizer rewrites the graph.
-    del proto.graph.value_info[:]
-    return proto
-
-
-class _Calibration:
-    """ONNX Runtime's CalibrationDataReader over a batch of inputs."""
-
-    def __init__(self, inputs: torch.Tensor) -> None:
-        self._batches = iter([{INPUT: b.numpy()} for b in inputs.cpu().split(64)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-_QUANTIZABLE = ("Conv", "MatMul", "Gemm")
-
-
-def _node_modules(proto: Any) -> dict[str, str]:
-    """For each Conv/MatMul/Gemm node of an exported graph, the module it came from.
-
-    A node whose weight is a named parameter (``blocks.0.conv1.weight``) belongs to that
-    layer; otherwise the exporter's record of the module scopes it ran in names it.
-    """
-    inits = {i.name for i in proto.graph.initializer}
-    modules: dict[str, str] = {}
-    for node in proto.graph.node:
-        if node.op_type not in _QUANTIZABLE:
-            continue
-        weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
-        if weight is not None:
-            modules[node.name] = weight[: -len(".weight")]
-            continue
-        meta = {entry.key: entry.value for entry in node.metadata_props}
-        try:
-            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
-        except (ValueError, SyntaxError):
-            scopes = []
-        if len(scopes) >= 2 and scopes[-2]:
-            modules[node.name] = str(scopes[-2])
-    return modules
-
-
-def _int8_modules(proto: Any, modules: dict[str, str]) -> tuple[str, ...]:
-    """The modules whose nodes compute in int8 in a quantized graph, in graph order.
-
-    The quantizer names each int8 node after the node it replaced.
-    """
-    names: list[str] = []
-    originals = sorted(modules, key=len, reverse=True)
-    for node in proto.graph.node:
-        if node.op_type not in INT8_OPS:
-            continue
-        source = next((o for o in originals if node.name.startswith(o + "_")), None)
-        if source is not None and modules[source] not in names:
-            names.append(modules[source])
-    return tuple(names)
-
-
-def _dequantized(proto: Any) -> set[str]:
-    """Tensors that are int8 weights dequantized, possibly transposed or reshaped after."""
-    out: set[str] = set()
-    for node in proto.graph.node:  # in topological order
-        if node.op_type == "DequantizeLinear" or (
-            node.op_type in ("Transpose", "Reshape", "Identity")
-            and node.input
-            and node.input[0] in out
-        ):
-            out.update(node.output)
-    return out
-
-
-def _qdq_weighted(proto: Any) -> list[Any]:
-    """Conv/MatMul/Gemm nodes whose weight comes out of a DequantizeLinear (QDQ int8)."""
-    dequantized = _dequantized(proto)
-    return [
-        n
-        for n in proto.graph.node
-        if n.op_type in _QUANTIZABLE and len(n.input) > 1 and n.input[1] in dequantized
-    ]
-
-
-def _qdq_modules(proto: Any) -> tuple[str, ...]:
-    modules = _node_modules(proto)
-    names: list[str] = []
-    for node in _qdq_weighted(proto):
-        module = modules.get(node.name)
-        if module is not None and module not in names:
-            names.append(module)
-    return tuple(names)
-
-
-def _int8_onnx(
-    proto: Any, calibration: torch.Tensor | None, keep_float: tuple[str, ...] = ()
-) -> Any:
-    """int8 by ONNX Runtime's quantizer.
-
-    Convolutions are quantized statically (activation ranges calibrated on the trial's
-    inputs, weights per output channel): ONNX Runtime has no dynamic int8 convolution.
-    MatMul and Gemm (Linear layers, attention projections) are quantized dynamically,
-    activation ranges read per batch at run time. Nodes of the layers in ``keep_float``
-    stay float.
-    """
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    excluded = [node for node, module in _node_modules(proto).items() if module in set(keep_float)]
-    ops = {n.op_type for n in proto.graph.node}
-    with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet_exporter():
-        source = Path(tmp) / "float.onnx"
-        onnx.save(proto, str(source))
-        if "Conv" in ops:
-            if calibration is None:
-                raise ExportError(
-                    "int8 convolutions in ONNX need calibration inputs; the trial kept none"
-                )
-            static = Path(tmp) / "static.onnx"
-            quantize_static(
-                str(source),
-                str(static),
-                _Calibration(calibration),
-                quant_format=QuantFormat.QOperator,
-                op_types_to_quantize=["Conv"],
-                nodes_to_exclude=excluded,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-            )
-            source = static
-        if ops & {"MatMul", "Gemm"}:
-            # The dynamic pass first rewrites each Gemm as a MatMul named after it.
-            excluded += [f"{name}_MatMul" for name in excluded]
-            dynamic = Path(tmp) / "dynamic.onnx"
-            quantize_dynamic(
-                str(source),
-                str(dynamic),
-                op_types_to_quantize=["MatMul", "Gemm"],
-                nodes_to_exclude=excluded,
-                weight_type=QuantType.QInt8,
-                extra_options={"MatMulConstBOnly": True},
-            )
-            source = dynamic
-        return onnx.load(str(source))
-
-
-def _decode_function() -> Any:
-    """``Decode(mask, values, shape)``: a dense tensor from its non-zeros.
-
-    ``mask`` holds one bit per element (little-endian bit order), ``values`` a leading zero
-    then the non-zero values in order. Names are one letter: they are stored in the file.
-    """
-    from onnx import TensorProto, helper
-
-    def const(name: str, array: np.ndarray) -> Any:
-        tensor = helper.make_tensor(
-            name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, array.reshape(-1)
-        )
-        return helper.make_node("Constant", [], [name], value=tensor)
-
-    nodes = [
-        const("a", np.arange(8, dtype=np.uint8)),
-        const("b", np.array(1, dtype=np.uint8)),
-        const("c", np.array([-1], dtype=np.int64)),
-        const("d", np.array([0], dtype=np.int64)),
-        const("e", np.array(0, dtype=np.int64)),
-        helper.make_node("ReduceProd", ["s"], ["f"], keepdims=1),
-        helper.make_node("Unsqueeze", ["m", "c"], ["g"]),
-        helper.make_node("BitShift", ["g", "a"], ["h"], direction="RIGHT"),
-        helper.make_node("BitwiseAnd", ["h", "b"], ["i"]),
-        helper.make_node("Reshape", ["i", "c"], ["j"]),
-        helper.make_node("Slice", ["j", "d", "f"], ["k"]),
-        helper.make_node("Cast", ["k"], ["l"], to=TensorProto.BOOL),
-        helper.make_node("Cast", ["k"], ["n"], to=TensorProto.INT64),
-        helper.make_node("CumSum", ["n", "e"], ["o"]),
-        helper.make_node("Where", ["l", "o", "e"], ["p"]),
-        helper.make_node("Gather", ["v", "p"], ["q"], axis=0),
-        helper.make_node("Reshape", ["q", "s"], ["w"]),
-    ]
-    return helper.make_function(
-        _DECODE_DOMAIN,
-        _DECODE_OP,
-        ["m", "v", "s"],
-        ["w"],
-        nodes,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-    )
-
-
-def _sparse_encode(proto: Any) -> Any:
-    """Store weights with many zeros as bitmask + non-zeros, decoded in the graph."""
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    kept: list[Any] = []
-    decode: list[Any] = []
-    for init in graph.initializer:
-        array = numpy_helper.to_array(init)
-        if array.size < _MIN_SPARSE_ELEMENTS or array.dtype not in (np.float32, np.int8):
-            kept.append(init)
-            continue
-        flat = array.reshape(-1)
-        present = flat != 0
-        nnz = int(present.sum())
-        encoded = (array.size + 7) // 8 + (nnz + 1) * array.itemsize + 60
-        if encoded >= array.nbytes:
-            kept.append(init)
-            continue
-        name = init.name
-        kept += [
-            numpy_helper.from_array(np.packbits(present, bitorder="little"), f"{name}_m"),
-            numpy_helper.from_array(
-                np.concatenate([np.zeros(1, dtype=array.dtype), flat[present]]), f"{name}_v"
-            ),
-            numpy_helper.from_array(np.array(array.shape, dtype=np.int64), f"{name}_s"),
-        ]
-        decode.append(
-            helper.make_node(
-                _DECODE_OP, [f"{name}_m", f"{name}_v", f"{name}_s"], [name], domain=_DECODE_DOMAIN
-            )
-        )
-    if decode:
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        nodes = list(graph.node)
-        del graph.node[:]
-        graph.node.extend(decode + nodes)
-        proto.functions.append(_decode_function())
-        proto.opset_import.append(helper.make_opsetid(_DECODE_DOMAIN, 1))
-    return proto
-
-
-def _short_name(index: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    name = ""
-    while True:
-        index, rest = divmod(index, 36)
-        name = digits[rest] + name
-        if index == 0:
-            return "t" + name
-
-
-def _strip(proto: Any) -> Any:
-    """Drop what only describes the graph and give inner tensors short names.
-
-    Node names, doc strings, inferred shapes and long tensor names ("/0/Gemm_output_0")
-    are a large part of a small model's file.
-    """
-    graph = proto.graph
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        if name not in names:
-            names[name] = _short_name(len(names))
-        return names[name]
-
-    for init in graph.initializer:
-        init.name = short(init.name)
-        init.doc_string = ""
-    for node in graph.node:
-        node.name = ""
-        node.doc_string = ""
-        del node.metadata_props[:]
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-    del graph.value_info[:]
-    proto.doc_string = ""
-    for opset in proto.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < OPSET:
-            opset.version = OPSET
-    return proto
-
-
-def onnx_model(tm: TrialModel) -> Any:
-    """The ONNX model that ships for a trial (``onnx.ModelProto``), checked."""
-    return onnx_shipped(tm)[0]
-
-
-def onnx_shipped(tm: TrialModel) -> tuple[Any, tuple[str, ...]]:
-    """The ONNX model that ships for a trial, checked, and the layers it runs in int8."""
-    _need_onnx()
-    import onnx
-
-    int8_layers: tuple[str, ...] = ()
-    if tm.qat_program is not None:
-        # int8 learned in training: the graph's own quantize/dequantize pairs carry the
-        # scales into the file, and ONNX Runtime fuses them into int8 kernels.
-        proto = _float_onnx(tm.shipped_torch(), tm.example)
-        int8_layers = _qdq_modules(proto)
-    else:
-        proto = _float_onnx(tm.model, tm.example)
-        if tm.quantize == "int8":
-            modules = _node_modules(proto)
-            proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers))
-            int8_layers = _int8_modules(proto, modules)
-    proto = _sparse_encode(_strip(proto))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX model does not pass onnx.checker: {exc}") from exc
-    return proto, int8_layers
-
-
-def onnx_bytes(tm: TrialModel) -> bytes:
-    """The bytes of the ONNX file that ships for a trial."""
-    return onnx_model(tm).SerializeToString()
-
-
-def onnx_int8_nodes(proto: Any) -> list[str]:
-    """The nodes of an ONNX graph that compute in int8, as ``OpType`` names in order.
-
-    A Conv/MatMul/Gemm fed int8 weights through DequantizeLinear (QDQ, as quantization-aware
-    training exports) is listed as ``QDQ<OpType>``: ONNX Runtime runs it as an int8 kernel.
-    """
-    dequantized = _dequantized(proto)
-    names = []
-    for node in proto.graph.node:
-        if node.op_type in INT8_OPS:
-            names.append(node.op_type)
-        elif node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
-            names.append(f"QDQ{node.op_type}")
-    return names
-
-
-class OnnxRunner:
-    """An ONNX Runtime session on CPU with a fixed thread count."""
-
-    def __init__(self, model: bytes | str | Path, *, threads: int = 1) -> None:
-        _need_onnx()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        source = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ExportError(f"ONNX Runtime cannot load the model: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
-        self.threads = max(1, int(threads))
-
-    def __call__(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
-        array = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
-        return self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})[0]
-
-    def accuracy(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
-        correct = 0
-        for x, y in zip(inputs.split(batch_size), labels.split(batch_size)):
-            correct += int((self(x).argmax(axis=1) == y.numpy()).sum())
-        return correct / max(1, labels.numel())
-
-    def latency(
-        self, example: torch.Tensor, *, batch_size: int, warmup: int, repeats: int
-    ) -> tuple[float, float]:
-        """Median and 90th percentile milliseconds of one run at ``batch_size``."""
-        sample = example.detach().cpu()[:1]
-        batch = sample.expand(batch_size, *sample.shape[1:]).contiguous().numpy()
-        feed = {self.input_name: batch.astype(np.float32, copy=False)}
-        for _ in range(warmup):
-            self.session.run(None, feed)
-        timings = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.session.run(None, feed)
-            timings.append((time.perf_counter() - start) * 1000.0)
-        return float(np.percentile(timings, 50)), float(np.percentile(timings, 90))
-
-
-# --- export --------------------------------------------------------------------------
-
-
-def _check_format(fmt: str) -> None:
-    if fmt == "torchscript":
-        raise SpecError(
-            "format: got 'torchscript'; TorchScript is deprecated in PyTorch, use pt2 "
-            "(torch.export) instead"
-        )
-    if fmt not in FORMATS:
-        raise SpecError(f"format: got {fmt!r}; expected one of {', '.join(FORMATS)}")
-
-
-def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
-    """``model`` as a ``torch.export`` program with a dynamic batch (``ExportedProgram``)."""
-
-    try:
-        with tracing(), torch.no_grad():
-            return torch.export.export(
-                model, (_two_rows(example),), dynamic_shapes=({0: torch.export.Dim("batch")},)
-            )
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
-
-
-def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
-    """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`)."""
-    _check_format(fmt)
-    if fmt == "onnx":
-        return onnx_bytes(tm)
-    buffer = io.BytesIO()
-    if fmt == "state_dict":
-        torch.save(tm.shipped_torch().state_dict(), buffer)
-        return buffer.getvalue()
-    torch.export.save(exported_program(tm.shipped_torch(), tm.example), buffer)
-    return buffer.getvalue()
+from ._builtin_workloads import resolve_workload
+from ._compression import int8_layer_names, weight_sparsity
+from ._exceptions import ExportError, SpecError, storage_error
+from ._formats import DECODE_DOMAIN, OnnxRunner, check_format, export_trial_model, onnx_int8_nodes
+from ._measure import accuracy, measure_latency
+from ._objective import measure_trained, trial_device, trial_seed
+from ._space import suggest
+from ._spec import spec_from_dict
+from ._workloads import TrainedModel, TrialContext
+from .storage import StoreError, load_study_readonly
+from .storage.keys import SPEC_ATTR
 
 
 @dataclass(frozen=True)
@@ -591,7 +85,7 @@ def _onnx_sparsity(proto: Any) -> float:
     zeros = total = 0
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:
-        if node.domain == _DECODE_DOMAIN:
+        if node.domain == DECODE_DOMAIN:
             mask = numpy_helper.to_array(inits[node.input[0]])
             count = int(np.prod(numpy_helper.to_array(inits[node.input[2]])))
             bits = np.unpackbits(mask, count=count, bitorder="little")
@@ -628,8 +122,6 @@ def remeasure(
             tm.example, batch_size=1, warmup=warmup, repeats=repeats
         )[0]
         return figures, onnx_int8_nodes(proto), _onnx_sparsity(proto)
-    from ._compression import weight_sparsity
-    from ._measure import accuracy, measure_latency
 
     if fmt == "pt2":
         try:
@@ -648,7 +140,6 @@ def remeasure(
             threads=threads,
             compile=compiled,
         ).p50_ms
-        from ._compression import int8_layer_names
 
         # What the file runs in int8 (an ONNX Runtime trial recorded ONNX's layers).
         return figures, list(int8_layer_names(program)) or list(tm.int8_layers), None
@@ -661,13 +152,10 @@ def remeasure(
 
 
 def _open_study(storage: Any, study_name: str) -> Any:
-    from .storage import StoreError, load_study_readonly
 
     try:
         return load_study_readonly(storage, study_name)
     except StoreError as exc:
-        from ._exceptions import storage_error
-
         raise storage_error(exc) from exc
 
 
@@ -740,7 +228,7 @@ def export_trial(
     Returns:
         The re-measured figures next to the stored ones.
     """
-    _check_format(fmt)
+    check_format(fmt)
     target = Path(out)
     if not target.parent.exists():
         raise SpecError(f"out: folder {target.parent} does not exist; expected a writable path")
@@ -779,12 +267,6 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     """
     import optuna
 
-    from ._objective import _trial_seed, measure_trained, trial_device
-    from ._space import suggest
-    from ._spec import spec_from_dict
-    from ._workloads import TrainedModel, TrialContext, resolve_workload
-    from .storage.keys import SPEC_ATTR
-
     study = _open_study(storage, study_name)
     frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == trial), None)
     if frozen is None:
@@ -800,7 +282,7 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     ctx = TrialContext(
         device=device,
         max_epochs=spec.budget.max_epochs,
-        seed=_trial_seed(spec, fixed),
+        seed=trial_seed(spec, fixed),
         trial_number=trial,
     )
     trained = resolve_workload(spec.workload).fn(params, ctx)

@@ -11,10 +11,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
+from ._artifacts import keep_trial_model
+from ._exceptions import WorkloadError
+from ._measure import accuracy
+from ._shipping import QAT_LR_SCALE, finetuner, measure, settings_from_params, ship, trial_model
 from ._space import suggest
 from ._spec import StudySpec
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
-from .storage import StoreError
+from .storage import StoreError, set_trial_user_attrs
+from .storage._optuna import study_storage, trial_id
 from .storage.keys import CURVE_ATTR, ERROR_ATTR, VIOLATIONS_ATTR
 
 if TYPE_CHECKING:
@@ -66,7 +71,7 @@ class Objective:
         ctx = TrialContext(
             device=device,
             max_epochs=spec.budget.max_epochs,
-            seed=_trial_seed(spec, trial),
+            seed=trial_seed(spec, trial),
             trial_number=trial.number,
         )
 
@@ -100,8 +105,6 @@ class Objective:
             raise optuna.TrialPruned(str(stop)) from None
         train_time = time.perf_counter() - started
         if not isinstance(trained, TrainedModel):
-            from ._exceptions import WorkloadError
-
             raise WorkloadError(
                 f"workload {spec.workload!r} returned {type(trained).__name__}; expected tuner.TrainedModel"
             )
@@ -125,8 +128,6 @@ class Objective:
         values = [float(metrics[name]) for name in spec.objectives]
         finite = all(math.isfinite(v) for v in values)
         if kept and finite:
-            from ._artifacts import keep_trial_model
-
             metrics.update(
                 keep_trial_model(
                     trial, kept[0], spec=spec, values=values, feasible=metrics["feasible"]
@@ -141,12 +142,11 @@ class Objective:
 
 def record_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Every metric as a user attribute, written in one transaction."""
-    from .storage import set_trial_user_attrs
 
-    set_trial_user_attrs(trial.study._storage, trial._trial_id, attrs)
+    set_trial_user_attrs(study_storage(trial.study), trial_id(trial), attrs)
 
 
-def _trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
+def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
     return (spec.sampler.seed or 0) * 100_003 + trial.number
 
 
@@ -164,15 +164,6 @@ def measure_trained(
     ``on_shipped`` gets what the trial keeps as its artifact (the float sparse model,
     the compression settings, calibration and test data).
     """
-    from ._measure import accuracy
-    from ._shipping import (
-        QAT_LR_SCALE,
-        finetuner,
-        measure,
-        settings_from_params,
-        ship,
-        trial_model,
-    )
 
     settings = settings_from_params(params)
     model = trained.model.to("cpu").eval()

@@ -16,8 +16,17 @@ from typing import Any
 
 import optuna
 
-from ._dispatch import BACKENDS, WorkerJob, cpu_count, make_dispatcher, retire_retries
+from ._dispatch import (
+    BACKENDS,
+    Dispatcher,
+    InlineDispatcher,
+    LocalProcessDispatcher,
+    WorkerJob,
+    cpu_count,
+    retire_retries,
+)
 from ._exceptions import (
+    DispatchError,
     SpecError,
     StoreUnavailableError,
     TrialsKeepFailing,
@@ -54,6 +63,20 @@ class RunResult:
     @property
     def n_finished(self) -> int:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def make_dispatcher(backend: str, **options: Any) -> Dispatcher:
+    if backend == "inline":
+        return InlineDispatcher()
+    if backend == "local":
+        return LocalProcessDispatcher()
+    if backend == "ray":
+        try:
+            from ._ray import RayDispatcher
+        except ImportError as exc:
+            raise DispatchError("backend 'ray' needs Ray: pip install 'tuner[ray]'") from exc
+        return RayDispatcher(**options)
+    raise DispatchError(f"backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
 
 
 def open_store(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:

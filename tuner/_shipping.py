@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._artifacts import TrialModel
 from ._compression import CompressionReport, compress, count_parameters
+from ._formats import OnnxRunner, exported_program, onnx_int8_nodes, onnx_shipped
+from ._measure import accuracy, measure_latency, size_bytes
+from ._workloads import fit
 
 if TYPE_CHECKING:
-    from ._artifacts import TrialModel
     from ._spec import MeasureSpec
 
 __all__ = ["Shipped", "finetuner", "measure", "settings_from_params", "ship", "trial_model"]
@@ -95,7 +98,6 @@ def finetuner(
     its outputs, mixed with the label loss by ``distill_alpha``). Zeros stay zero (the
     pruning masks stay on during the fine-tune) and removed channels stay removed.
     """
-    from ._workloads import fit
 
     count = settings.finetune_epochs if epochs is None else epochs
     if "finetune_lr" in params:
@@ -165,8 +167,6 @@ class Shipped:
         if not self.report.qat or self.calibration is None:
             return None
         import io
-
-        from ._export import exported_program
 
         buffer = io.BytesIO()
         torch.export.save(exported_program(self.model, self.calibration), buffer)
@@ -240,7 +240,6 @@ def trial_model(
     threads: int,
 ) -> TrialModel:
     """What a trial keeps to rebuild, export and re-measure the model it shipped."""
-    from ._artifacts import TrialModel
 
     return TrialModel(
         qat_program=shipped.qat_program,
@@ -328,7 +327,6 @@ def measure(
             )
         )
         return out
-    from ._measure import accuracy, measure_latency, size_bytes
 
     device = str(shipped.device)
     if val_data is not None:
@@ -380,7 +378,6 @@ def _measure_onnx(
     warmup: int,
     repeats: int,
 ) -> dict[str, Any]:
-    from ._export import OnnxRunner, onnx_int8_nodes, onnx_shipped
 
     # The file is exported from what the trial keeps; no test data is needed for that.
     tm = trial_model(

@@ -430,7 +430,7 @@ def _set(spec: StudySpec, name: str, value: Any) -> None:
 
 
 def _validate_into(spec: StudySpec) -> None:
-    from ._workloads import resolve_workload
+    from ._builtin_workloads import resolve_workload
 
     if not isinstance(spec.name, str) or not _NAME.match(spec.name):
         raise _field("name", spec.name, "1-128 letters, digits, '_', '.' or '-'")

@@ -9,7 +9,6 @@ the same way.
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._exceptions import SpecError, WorkloadError
+from ._exceptions import WorkloadError
 
 
 class TrialStopped(Exception):
@@ -133,46 +132,6 @@ class Workload:
     name: str
     fn: WorkloadFn
     extra_metrics: tuple[str, ...] = ()
-
-
-BUILTIN_WORKLOADS = {
-    "digits-mlp": "digits_mlp",
-    "mnist1d-cnn": "mnist1d_cnn",
-    "mnist1d-transformer": "mnist1d_transformer",
-}
-
-
-def _builtin(name: str) -> WorkloadFn:
-    from . import _builtin_workloads
-
-    return getattr(_builtin_workloads, BUILTIN_WORKLOADS[name])
-
-
-def resolve_workload(name: str) -> Workload:
-    """Find a built-in workload by name, or a user workload by ``package.module:function``."""
-    if name in BUILTIN_WORKLOADS:
-        return Workload(name=name, fn=_builtin(name))
-    if ":" not in name:
-        raise SpecError(
-            f"spec field 'workload': got {name!r}; expected a built-in workload "
-            f"({', '.join(BUILTIN_WORKLOADS)}) or an import path 'package.module:function'"
-        )
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SpecError(
-            f"spec field 'workload': cannot import module {module_name!r} ({exc}); "
-            "expected an importable 'package.module:function'"
-        ) from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise SpecError(
-            f"spec field 'workload': module {module_name!r} has no function {attr!r}; "
-            "expected 'package.module:function'"
-        )
-    extra = tuple(str(m) for m in getattr(fn, "metrics", ()))
-    return Workload(name=name, fn=fn, extra_metrics=extra)
 
 
 def make_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.Optimizer:

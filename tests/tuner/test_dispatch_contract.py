@@ -1,7 +1,9 @@
 """One contract for every dispatcher: inline, local processes and Ray.
 
 Each test runs real training (the tiny digits study) on a real SQLite store; the Ray
-cases share one local Ray per test session.
+cases share one local Ray per test session. The ``fake`` case runs the same contract
+through the real driver and worker loop with worker threads whose trials do not train
+(``fake_dispatch.py``), in well under a second per test.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from typing import Any
 
 import optuna
 import pytest
+from fake_dispatch import ThreadDispatcher
 
 import tuner
+import tuner._run
 from tuner.storage import count_states, load_records, open_storage
 
-BACKENDS = ["inline", "local", "ray"]
+BACKENDS = ["fake", "inline", "local", "ray"]
 
 FLAKY_WORKLOAD = """
 from tuner._builtin_workloads import digits_mlp
@@ -29,9 +33,12 @@ def flaky(params, ctx):
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "ray":
         request.getfixturevalue("ray_local")
+    if request.param == "fake":
+        monkeypatch.setattr(tuner._run, "make_dispatcher", lambda *_a, **_k: ThreadDispatcher())
+        return "local"
     return str(request.param)
 
 

@@ -12,7 +12,7 @@ import torch
 
 import tuner
 from tuner._cli import main as tuner_main
-from tuner._export import OnnxRunner, onnx_bytes
+from tuner._formats import OnnxRunner, onnx_bytes
 from tuner._shipping import Settings, measure, ship, trial_model
 from tuner._spec import MeasureSpec
 
@@ -236,7 +236,7 @@ def test_layers_kept_in_float_are_recorded_and_float_in_the_onnx_file(
     assert tuner_main([*args, "--storage", sqlite_url]) == 0
     import onnx
 
-    from tuner._export import onnx_int8_nodes
+    from tuner._formats import onnx_int8_nodes
 
     assert len(onnx_int8_nodes(onnx.load(str(out)))) == len(ends["onnx_int8_nodes"])
 

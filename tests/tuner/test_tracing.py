@@ -7,7 +7,7 @@ import threading
 import torch
 from torch import nn
 
-from tuner._export import exported_program
+from tuner._formats import exported_program
 from tuner._measure import measure_latency
 
 
