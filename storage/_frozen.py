@@ -312,9 +312,10 @@ class FastRDBStorage(optuna.storages.RDBStorage):
             )
             return
         text = distributions.distribution_to_json(distribution)
-        if previous_distribution is not None:
-            distributions.check_distribution_compatibility(previous_distribution, distribution)
+        if previous_distribution is not None and _compatible(previous_distribution, distribution):
             # The common case, one statement: insert while the trial is still updatable.
+            # An incompatible distribution takes the checked path below, which reports a
+            # finished trial before the mismatch, as Optuna does.
             from sqlalchemy import Float, Integer, String, Text, literal
 
             live = sqlalchemy.exists().where(
@@ -365,6 +366,14 @@ class FastRDBStorage(optuna.storages.RDBStorage):
                     distribution_json=text,
                 )
             )
+
+
+def _compatible(old: distributions.BaseDistribution, new: distributions.BaseDistribution) -> bool:
+    try:
+        distributions.check_distribution_compatibility(old, new)
+    except ValueError:
+        return False
+    return True
 
 
 # Calls on a server store ride out a short outage (see _outage); a call made inside
