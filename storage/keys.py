@@ -15,6 +15,7 @@ ARTIFACT_ID_ATTR = "artifact_id"
 ARTIFACT_STORE_ATTR = "artifact_store"
 ARTIFACT_KEEP_ATTR = "artifact_keep"
 ARTIFACT_STATUS_ATTR = "artifact"
+TENSORBOARD_ATTR = "tensorboard"  # the folder of the trial's TensorBoard event files
 
 # Trial system attributes.
 RUN_ATTR = "tuner.run"  # the run whose worker runs the trial

@@ -387,6 +387,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
         "tuner._cli_ray",
         "tuner._cli_nightly",
         "tuner._cli_export",
+        "tuner._cli_tensorboard",
     ):
         try:
             mod = importlib.import_module(module)

@@ -34,6 +34,7 @@ Compression has two knobs, applied in this order by :func:`compress`:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -277,6 +278,21 @@ def _mask_attention_output(model: nn.Module) -> list[torch.utils.hooks.Removable
     ]
 
 
+@contextlib.contextmanager
+def _watching_layers(model: nn.Module, hook: Callable[..., None]) -> Iterator[None]:
+    """``hook`` runs after every Linear and convolution layer of ``model`` in the block."""
+    handles = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The weighted layers whose output is the model's output: they keep their units."""
     produced: dict[int, nn.Module] = {}
@@ -287,22 +303,14 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             produced[id(output)] = module
             order.append(module)
 
-    handles = [
-        module.register_forward_hook(hook)
-        for module in model.modules()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
-    ]
     try:
-        with torch.no_grad():
+        with _watching_layers(model, hook), torch.no_grad():
             output = model(example)
     except Exception as error:
         raise CompressionError(
             f"example inputs of shape {tuple(example.shape)} do not run "
             f"{type(model).__name__}: {error}"
         ) from error
-    finally:
-        for handle in handles:
-            handle.remove()
     outputs = output if isinstance(output, (tuple, list)) else (output,)
     found = [produced[id(t)] for t in outputs if isinstance(t, torch.Tensor) and id(t) in produced]
     if found:
@@ -466,17 +474,8 @@ def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
         if name not in order:
             order.append(name)
 
-    handles = [
-        module.register_forward_hook(hook)
-        for module in model.modules()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
-    ]
-    try:
-        with torch.no_grad(), tracing():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with _watching_layers(model, hook), torch.no_grad(), tracing():
+        model(example)
     return order
 
 

@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
-from ._artifacts import keep_trial_model
+from ._artifacts import artifacts_root, keep_trial_model, storage_url
 from ._exceptions import WorkloadError
 from ._measure import accuracy
 from ._shipping import QAT_LR_SCALE, finetuner, measure, settings_from_params, ship, trial_model
 from ._space import suggest
 from ._spec import StudySpec
+from ._tensorboard import TrialLog, log_folder
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
 from .storage import StoreError, set_trial_user_attrs
 from .storage._optuna import study_storage, trial_id
-from .storage.keys import CURVE_ATTR, ERROR_ATTR, VIOLATIONS_ATTR
+from .storage.keys import CURVE_ATTR, ERROR_ATTR, TENSORBOARD_ATTR, VIOLATIONS_ATTR
 
 if TYPE_CHECKING:
     from ._artifacts import TrialModel
@@ -53,15 +54,34 @@ class Objective:
         self.spec = spec
         self.workload = workload
         self._should_stop = should_stop
+        self._log: TrialLog | None = None
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
+        self._log = self._trial_log(trial)
         try:
             return self._run(trial)
         except (optuna.TrialPruned, StoreError):
             raise  # a stop, or a store that cannot take the error anyway
         except Exception as exc:
             trial.set_user_attr(ERROR_ATTR, _short_error(exc))
+            if self._log is not None:
+                self._log.finish(
+                    trial.params, {"epochs": len(trial.user_attrs.get(CURVE_ATTR) or ())}, "FAIL"
+                )
             raise
+        finally:
+            if self._log is not None:
+                self._log.close()
+            self._log = None
+
+    def _trial_log(self, trial: optuna.Trial) -> TrialLog | None:
+        """The trial's TensorBoard files, unless the spec turns them off."""
+        if not self.spec.artifacts.tensorboard:
+            return None
+        root = artifacts_root(self.spec.artifacts.path, storage_url(study_storage(trial.study)))
+        log = TrialLog(log_folder(root, trial.study.study_name), self.spec, trial.number)
+        trial.set_user_attr(TENSORBOARD_ATTR, str(log.folder))
+        return log
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
@@ -80,6 +100,8 @@ class Objective:
         def on_report(epoch: int, metrics: dict[str, float]) -> bool:
             # The live curve is written at most every few seconds; the final one goes
             # with the metrics in one transaction.
+            if self._log is not None:
+                self._log.epoch(epoch, metrics)
             now = time.perf_counter()
             if now - last_write[0] >= CURVE_WRITE_S:
                 trial.set_user_attr(CURVE_ATTR, list(ctx.curve))
@@ -102,6 +124,9 @@ class Objective:
                     "stopped_reason": str(stop),
                 },
             )
+            if self._log is not None:
+                last = {"accuracy": ctx.curve[-1]} if ctx.curve else {}
+                self._log.finish(params, {**last, "epochs": len(ctx.curve)}, "PRUNED")
             raise optuna.TrialPruned(str(stop)) from None
         train_time = time.perf_counter() - started
         if not isinstance(trained, TrainedModel):
@@ -137,6 +162,8 @@ class Objective:
         for name, value in zip(spec.objectives, values):
             if not math.isfinite(value):
                 raise ValueError(f"metric {name} is {value}")
+        if self._log is not None:
+            self._log.finish(params, metrics, "COMPLETE")
         return values
 
 

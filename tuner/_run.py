@@ -10,7 +10,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +189,7 @@ def run(
 
     # Every worker, wherever it runs, keeps its trials' models in the same folder.
     folder = str(artifacts_root(spec.artifacts.path, url))
-    spec = spec.with_overrides(artifacts={"keep": spec.artifacts.keep, "path": folder})
+    spec = spec.with_overrides(artifacts=replace(spec.artifacts, path=folder))
     dispatcher = make_dispatcher(backend, **backend_options)
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))

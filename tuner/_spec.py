@@ -267,11 +267,14 @@ class ArtifactsSpec:
     """Which trials keep their compressed model (``pareto``, ``all``, ``none``), and where.
 
     ``path`` defaults to ``tuner-artifacts`` next to a SQLite store file, else
-    ``./tuner-artifacts``; each study gets a sub-folder.
+    ``./tuner-artifacts``; each study gets a sub-folder. ``tensorboard`` (on by default)
+    writes every trial's curve, metrics and hyperparameters as TensorBoard event files
+    in the study's sub-folder ``tensorboard``.
     """
 
     keep: str = "pareto"
     path: str | None = None
+    tensorboard: bool = True
 
 
 @dataclass(frozen=True)
@@ -416,6 +419,7 @@ class StudySpec:
             "artifacts": {
                 "keep": self.artifacts.keep,
                 **({"path": self.artifacts.path} if self.artifacts.path else {}),
+                "tensorboard": self.artifacts.tensorboard,
             },
             "nightly": {
                 "reference_point": dict(self.nightly.reference_point),
@@ -740,16 +744,19 @@ def _runtime(value: Any) -> str:
 
 def _parse_artifacts(raw: Any) -> ArtifactsSpec:
     if isinstance(raw, ArtifactsSpec):
-        raw = {"keep": raw.keep, "path": raw.path}
+        raw = {"keep": raw.keep, "path": raw.path, "tensorboard": raw.tensorboard}
     raw = _mapping("artifacts", raw if raw is not None else {})
-    _check_keys("artifacts", raw, ("keep", "path"))
+    _check_keys("artifacts", raw, ("keep", "path", "tensorboard"))
     keep = raw.get("keep", "pareto")
     if keep not in ARTIFACT_KEEP:
         raise _field("artifacts.keep", keep, f"one of {', '.join(ARTIFACT_KEEP)}")
     path = raw.get("path")
     if path is not None and (not isinstance(path, str) or not path.strip()):
         raise _field("artifacts.path", path, "a folder path, e.g. ./tuner-artifacts")
-    return ArtifactsSpec(keep=str(keep), path=path)
+    tensorboard = raw.get("tensorboard", True)
+    if not isinstance(tensorboard, bool):
+        raise _field("artifacts.tensorboard", tensorboard, "true or false")
+    return ArtifactsSpec(keep=str(keep), path=path, tensorboard=tensorboard)
 
 
 def _check_acyclic(params: Mapping[str, ParamSpec]) -> None:

@@ -194,7 +194,7 @@ def fit(
     epochs: int,
     device: torch.device,
     seed: int,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.5,
@@ -202,7 +202,8 @@ def fit(
     """Train ``model`` on ``train`` with the sampled optimizer settings and batch size.
 
     With a ``teacher``, the loss is :func:`distillation_loss` against the teacher's outputs
-    (the teacher stays in eval mode and is not trained).
+    (the teacher stays in eval mode and is not trained). ``on_epoch(epoch, train_loss)``
+    runs after each epoch with the epoch's mean training loss.
     """
     model.to(device)
     optimizer = make_optimizer(model, params)
@@ -215,6 +216,8 @@ def fit(
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(x), generator=gen)
+        total = torch.zeros((), device=device)
+        batches = 0
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
@@ -233,8 +236,10 @@ def fit(
                 )
             loss.backward()
             optimizer.step()
+            total += loss.detach()
+            batches += 1
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(epoch, float(total) / max(1, batches))
 
 
 def train_classifier(
@@ -254,8 +259,10 @@ def train_classifier(
     started = time.perf_counter()
     ctx.watch(model, train[0][:512], val_data=val, train_data=train)
 
-    def after_epoch(epoch: int) -> None:
-        ctx.report(epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device))
+    def after_epoch(epoch: int, train_loss: float) -> None:
+        ctx.report(
+            epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device), train_loss=train_loss
+        )
 
     fit(
         model,

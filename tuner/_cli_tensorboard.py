@@ -1,0 +1,103 @@
+"""``tuner tensorboard``: where a study's TensorBoard event files are, or serve them."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._cli import _open_readonly, _storage_arg
+from ._exceptions import EXIT_OK, SpecError, StorageError, storage_error
+from .storage.keys import TENSORBOARD_ATTR
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "tensorboard",
+        help="the folder of a study's TensorBoard files (curves, metrics, HParams)",
+        description=(
+            "Print the folder that holds the study's TensorBoard event files, with the "
+            "'tensorboard --logdir' command to open it; the folder is the last line. "
+            "With --serve, start TensorBoard on it (127.0.0.1)."
+        ),
+    )
+    p.add_argument("study", help="study name")
+    _storage_arg(p)
+    p.add_argument("--serve", action="store_true", help="start TensorBoard on the folder")
+    p.add_argument("--port", type=int, default=6006, help="port for --serve (default 6006)")
+    p.set_defaults(func=_cmd_tensorboard)
+
+
+def log_folder_of(records: Any) -> tuple[Path | None, int]:
+    """The folder most of the study's trials wrote to, and how many trials wrote to it."""
+    roots = collections.Counter(
+        str(Path(r.metrics[TENSORBOARD_ATTR]).parent)
+        for r in records
+        if isinstance(r.metrics.get(TENSORBOARD_ATTR), str)
+    )
+    if not roots:
+        return None, 0
+    root, count = roots.most_common(1)[0]
+    return Path(root), count
+
+
+def tensorboard_command(folder: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from .storage import StoreError, read_records
+
+    if not 0 < args.port < 65536:
+        raise SpecError(f"--port: got {args.port}; expected a port number from 1 to 65535")
+    store = _open_readonly(args.storage)
+    try:
+        records = read_records(store, args.study)
+    except StoreError as exc:
+        raise storage_error(exc) from exc
+    finally:
+        store.engine.dispose()
+    folder, count = log_folder_of(records)
+    if folder is None:
+        raise StorageError(
+            f"study {args.study!r}: no trial wrote TensorBoard files (none has run yet, or "
+            "the spec sets artifacts.tensorboard: false)"
+        )
+    if not folder.is_dir():
+        raise StorageError(
+            f"study {args.study!r}: its TensorBoard folder {folder} is not on this machine "
+            "(trials ran elsewhere; copy the folder here or set artifacts.path to a shared one)"
+        )
+    if not args.serve:
+        print(f"{count} of {len(records)} trials of {args.study} logged; open them with:")
+        print(f"  tensorboard --logdir {folder}")
+        print(folder)
+        return EXIT_OK
+    print(
+        f"TensorBoard on {folder}: http://localhost:{args.port}  (Ctrl+C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+    proc = subprocess.Popen(tensorboard_command(folder, args.port))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return EXIT_OK

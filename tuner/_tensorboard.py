@@ -1,0 +1,184 @@
+"""TensorBoard event files for every trial: its curve, its final metrics and its
+hyperparameters in TensorBoard's HParams format.
+
+Layout, next to the study's artifacts (``<artifacts root>/<study>/tensorboard``)::
+
+    tensorboard/                 the experiment: every parameter of the search space
+                                 and every metric, so the HParams view has its columns
+    tensorboard/trial-00007/     trial 7: curve/val_accuracy (and curve/<loss> where the
+                                 workload reports one) per epoch, the final metrics, and
+                                 its HParams session (parameters and outcome)
+
+``tensorboard --logdir <that folder>`` compares the trials. Writing goes through
+``torch.utils.tensorboard`` (TensorBoard's own format, written by a background thread);
+a folder that cannot be written costs the trial its event files, never the trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._spec import StudySpec
+
+FOLDER = "tensorboard"
+CURVE_PREFIX = "curve/"
+# Final figures written as scalars of each trial's run, so the HParams table shows them.
+FINAL_METRICS = (
+    "accuracy",
+    "test_accuracy",
+    "size_bytes",
+    "latency_ms",
+    "sparsity",
+    "epochs",
+    "train_time_s",
+)
+_EVENTS = "events.out.tfevents"
+
+
+def log_folder(artifacts_root: Path, study_name: str) -> Path:
+    """Where a study's TensorBoard runs live."""
+    return artifacts_root / study_name / FOLDER
+
+
+def run_name(trial_number: int) -> str:
+    return f"trial-{trial_number:05d}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _hparam_value(value: Any) -> bool | str | float | int:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def metric_names(spec: StudySpec) -> list[str]:
+    """The final metrics a study's runs record: its objectives, then the usual ones."""
+    names = list(spec.objectives)
+    return names + [m for m in FINAL_METRICS if m not in names]
+
+
+def _experiment(spec: StudySpec) -> Any:
+    """TensorBoard's experiment summary: every parameter (with the choices of categorical
+    ones) and every final metric."""
+    from torch.utils.tensorboard.summary import hparams
+
+    example: dict[str, Any] = {}
+    discrete: dict[str, list[Any]] = {}
+    for p in spec.params.values():
+        if p.type == "categorical":
+            choices = [_hparam_value(c) for c in p.choices]
+            example[p.name] = choices[0]
+            if len({type(c) for c in choices}) == 1:
+                discrete[p.name] = choices
+        elif p.type == "fixed":
+            example[p.name] = _hparam_value(p.value)
+        else:
+            low = p.low if p.low is not None else 0
+            example[p.name] = float(low) if p.type == "float" else int(low)
+    metrics = {name: 0.0 for name in metric_names(spec)}
+    experiment, _start, _end = hparams(example, metrics, discrete)
+    return experiment
+
+
+class TrialLog:
+    """The event files of one trial. Every method is a no-op once writing has failed."""
+
+    def __init__(self, root: Path, spec: StudySpec, trial_number: int) -> None:
+        self.root = root
+        self.folder = root / run_name(trial_number)
+        self._spec = spec
+        self._writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            root.mkdir(parents=True, exist_ok=True)
+            if not any(p.name.startswith(_EVENTS) for p in root.iterdir()):
+                # First trial of the study (or one of the first few, running at once:
+                # they write the same summary).
+                with SummaryWriter(log_dir=str(root)) as writer:
+                    writer.file_writer.add_summary(_experiment(spec))
+            self._writer = SummaryWriter(log_dir=str(self.folder))
+        except Exception as exc:  # an unwritable folder must not fail the trial
+            self._gave_up(exc)
+
+    def _gave_up(self, exc: BaseException) -> None:
+        warnings.warn(
+            f"TensorBoard files not written to {self.folder}: {exc}", RuntimeWarning, stacklevel=3
+        )
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self._writer = None
+
+    def epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """One epoch's reported numbers, as ``curve/<name>`` at step ``epoch``."""
+        if self._writer is None:
+            return
+        try:
+            for name, value in metrics.items():
+                if _is_number(value):
+                    self._writer.add_scalar(CURVE_PREFIX + name, float(value), epoch)
+        except Exception as exc:
+            self._gave_up(exc)
+
+    def finish(self, params: Mapping[str, Any], metrics: Mapping[str, Any], state: str) -> None:
+        """The trial's parameters and final metrics (those it has), then close the files.
+
+        ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``) is recorded as the text ``state``;
+        the session's status is failure for ``FAIL``, success otherwise.
+        """
+        if self._writer is None:
+            return
+        try:
+            from tensorboard.plugins.hparams import api_pb2
+            from torch.utils.tensorboard.summary import hparams
+
+            known = {
+                name: float(metrics[name])
+                for name in metric_names(self._spec)
+                if _is_number(metrics.get(name))
+            }
+            values = {name: _hparam_value(v) for name, v in params.items()}
+            _experiment_part, start, end = hparams(values, known)
+            # TensorBoard knows success and failure; a trial stopped early ended normally,
+            # with the figures it reached (its ``state`` text says PRUNED).
+            status = (
+                api_pb2.Status.STATUS_FAILURE if state == "FAIL" else api_pb2.Status.STATUS_SUCCESS
+            )
+            _set_status(end, status)
+            step = int(metrics.get("epochs") or 0)
+            self._writer.file_writer.add_summary(start)
+            self._writer.file_writer.add_summary(end)
+            for name, value in known.items():
+                self._writer.add_scalar(name, value, step)
+            self._writer.add_text("state", state, step)
+            self._writer.close()
+            self._writer = None
+        except Exception as exc:
+            self._gave_up(exc)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            finally:
+                self._writer = None
+
+
+def _set_status(end_summary: Any, status: int) -> None:
+    """Rewrite the status inside torch's session-end summary."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    value = end_summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    data.session_end_info.status = status
+    value.metadata.plugin_data.content = data.SerializeToString()
