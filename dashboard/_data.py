@@ -17,10 +17,19 @@ import numpy as np
 
 from tuner.storage import (
     DEFAULT_URL,
+    Bound,
     StudySummary,
     TrialRecord,
+    bounds_from_spec,
+    column_format,
     commands,
+    hypervolume,
+    metric_unit,
+    metric_value,
     pareto_mask,
+    rank,
+    show_metric,
+    show_param,
 )
 from tuner.storage.keys import SPEC_ATTR, SPEC_NAME_ATTR
 
@@ -50,36 +59,6 @@ METRICS: dict[str, str] = {
 }
 
 
-def _ms(value: float) -> str:
-    # Three decimals, or three significant digits below 0.1 ms (0.00432, not 0.004).
-    return f"{value:.3f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
-
-
-def fmt(metric: str, value: Any) -> str:
-    """One value as a person reads it: sizes in KB, accuracies in %, latency in ms."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value) if value else "none"
-    if not isinstance(value, (int, float)):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if metric == "size_bytes":
-        return f"{value / 1024:.1f} KB"
-    if "accuracy" in metric or metric == "sparsity":
-        return f"{100 * value:.2f}%"
-    if metric.startswith("latency_ms"):
-        return f"{_ms(value)} ms"
-    if metric.endswith("_s"):
-        return f"{value:.1f} s"
-    if isinstance(value, int) or float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:.4g}"
-
-
 def axis_title(metric: str, direction: str | None = None) -> str:
     """Axis label with the unit drawn and which way is better."""
     unit = budget_unit(metric)[0]
@@ -94,13 +73,7 @@ def display_scale(metric: str) -> float:
 
 def budget_unit(metric: str) -> tuple[str, float]:
     """The unit a budget on ``metric`` is typed in, and the factor from the stored value."""
-    if metric == "size_bytes":
-        return "KB", 1 / 1024
-    if "accuracy" in metric:
-        return "%", 100.0
-    if metric.startswith("latency_ms"):
-        return "ms", 1.0
-    return "", 1.0
+    return metric_unit(metric)
 
 
 def budget_step(metric: str, typical: float | None = None) -> float:
@@ -148,11 +121,11 @@ def hover(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> Hove
     rows = []
     for r in records:
         row: list[Any] = [r.number, "" if r.feasible else " (breaks a constraint)"]
-        row += [fmt(m, r.values.get(m)) for m in objectives]
-        row += [fmt(m, r.metrics.get(m)) for m in metrics]
+        row += [show_metric(m, r.values.get(m)) for m in objectives]
+        row += [show_metric(m, r.metrics.get(m)) for m in metrics]
         for p in params:
             v = r.params.get(p)
-            row.append("not set" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+            row.append(show_param(v))
         rows.append(row)
     table = np.empty((len(rows), start + len(params)), dtype=object)
     for i, row in enumerate(rows):
@@ -181,51 +154,9 @@ def step_points(xs: Sequence[int], ys: Sequence[float]) -> tuple[list[int], list
 # --- constraints and budgets ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Bound:
-    """``min <= metric <= max``; either side may be open."""
-
-    metric: str
-    min: float | None = None
-    max: float | None = None
-
-    def holds(self, value: float | None) -> bool:
-        if value is None or not math.isfinite(value):
-            return False
-        if self.min is not None and value < self.min:
-            return False
-        return not (self.max is not None and value > self.max)
-
-    def describe(self) -> str:
-        if self.min is not None and self.max is not None:
-            return f"{fmt(self.metric, self.min)} ≤ {self.metric} ≤ {fmt(self.metric, self.max)}"
-        if self.min is not None:
-            return f"{self.metric} ≥ {fmt(self.metric, self.min)}"
-        return f"{self.metric} ≤ {fmt(self.metric, self.max)}"
-
-
 def study_constraints(user_attrs: Mapping[str, Any]) -> list[Bound]:
     """The constraints of the spec the study was run with (none if it has no spec)."""
-    spec = user_attrs.get(SPEC_ATTR)
-    if not isinstance(spec, Mapping):
-        return []
-    out = []
-    for metric, rule in (spec.get("constraints") or {}).items():
-        if isinstance(rule, Mapping):
-            out.append(Bound(metric, _num(rule.get("min")), _num(rule.get("max"))))
-    return out
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def metric_value(record: TrialRecord, metric: str) -> float | None:
-    """An objective value or a recorded metric of ``record``, as a float if it is one."""
-    value = record.values.get(metric, record.metrics.get(metric))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+    return bounds_from_spec(user_attrs.get(SPEC_ATTR))
 
 
 def budget_bounds(objectives: Mapping[str, str], limits: Mapping[str, float | None]) -> list[Bound]:
@@ -239,10 +170,6 @@ def budget_bounds(objectives: Mapping[str, str], limits: Mapping[str, float | No
         else:
             out.append(Bound(metric, max=float(limit)))
     return out
-
-
-def within(record: TrialRecord, bounds: Sequence[Bound]) -> bool:
-    return all(b.holds(metric_value(record, b.metric)) for b in bounds)
 
 
 # --- the Pareto front ------------------------------------------------------------
@@ -331,11 +258,7 @@ def restrict(info: FrontInfo, budget: Sequence[Bound]) -> FrontInfo:
     names = list(info.objectives)
     for bound in budget:
         if bound.metric in names:
-            column = info.values[:, names.index(bound.metric)]
-            if bound.min is not None:
-                in_budget &= column >= bound.min
-            if bound.max is not None:
-                in_budget &= column <= bound.max
+            in_budget &= bound.mask(info.values[:, names.index(bound.metric)])
         else:
             in_budget &= np.array(
                 [bound.holds(metric_value(r, bound.metric)) for r in info.records], dtype=bool
@@ -375,26 +298,13 @@ def best_within_budget(info: FrontInfo) -> BudgetResult:
     the better value of the other objectives in order (then the smaller, faster model).
     ``info`` comes from :func:`front_info` or :func:`restrict` with the budget.
     """
-    from tuner._pick import default_target
-
-    columns = list(info.objectives)
-    target, _ = default_target(info.objectives)
-    names = [target] + [n for n in columns if n != target]
-    order_of = [columns.index(n) for n in names]
     ok = info.feasible & info.in_budget
-    signs = np.array([-1.0 if info.objectives[n] == "maximize" else 1.0 for n in names])
-
-    def ranked(mask: np.ndarray) -> list[TrialRecord]:
-        idx = np.flatnonzero(mask)
-        keys = (info.values[idx][:, order_of] * signs).T
-        order = np.lexsort(np.vstack([info.numbers[idx], keys[::-1]]))
-        return [info.records[i] for i in idx[order]]
-
-    inside = ranked(ok)
+    inside = rank([info.records[i] for i in np.flatnonzero(ok)], info.objectives)
+    front = rank([info.records[i] for i in np.flatnonzero(info.on_budget_front)], info.objectives)
     return BudgetResult(
         bounds=list(info.bounds),
         best=inside[0] if inside else None,
-        front=ranked(info.on_budget_front),
+        front=front,
         n_within=len(inside),
         n_complete=int(info.feasible.sum()),
     )
@@ -543,8 +453,6 @@ def hypervolume_history(
     Recomputed only when a trial changes the front, so 10,000 trials take well
     under a second.
     """
-    from optuna._hypervolume import compute_hypervolume
-
     names = list(objectives)
     pool = sorted(
         (r for r in complete_records(records, objectives) if r.feasible), key=lambda r: r.number
@@ -570,9 +478,7 @@ def hypervolume_history(
             keep = ~((row <= front).all(axis=1) & (row < front).any(axis=1))
             front = np.vstack([front[keep], row])
             inside = front[(front < unit).all(axis=1)]
-            current = (
-                float(compute_hypervolume(inside, unit, assume_pareto=True)) if len(inside) else 0.0
-            )
+            current = hypervolume(inside, ["minimize"] * len(names), [1.0] * len(names))
         out.append(current)
     return HypervolumeHistory(
         numbers=[r.number for r in pool],
@@ -745,11 +651,7 @@ def table_rows(
     """
     on_front = set(front)
     param_names = sorted({p for r in records for p in r.params})
-    extra = [
-        m
-        for m in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count", "train_time_s")
-        if m not in objectives
-    ]
+    extra = [m for m in _table_metrics(objectives) if m not in objectives]
     rows = []
     for r in records:
         row: dict[str, Any] = {
@@ -775,6 +677,26 @@ def table_rows(
     return rows
 
 
+def _table_metrics(objectives: Mapping[str, str]) -> list[str]:
+    return [*objectives] + [
+        m
+        for m in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count", "train_time_s")
+        if m not in objectives
+    ]
+
+
+def table_formats(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> dict[str, str]:
+    """A printf format per metric column of :func:`table_rows`, with the digits the text has."""
+    out = {}
+    for name in _table_metrics(objectives):
+        scale = display_scale(name)
+        values = [v * scale for r in records if (v := metric_value(r, name)) is not None]
+        form = column_format(name, values)
+        if form is not None:
+            out[_column(name)] = form
+    return out
+
+
 def _column(metric: str) -> str:
     unit = budget_unit(metric)[0]
     return f"{metric} ({unit})" if unit in ("KB", "%") else metric
@@ -784,8 +706,8 @@ def trial_metrics(record: TrialRecord) -> list[tuple[str, str, str]]:
     """Every recorded metric of a trial as (metric, what it is, value), known ones first."""
     merged: dict[str, Any] = {**record.metrics, **record.values}
     merged.pop("constraint_violations", None)
-    rows = [(m, label, fmt(m, merged[m])) for m, label in METRICS.items() if m in merged]
-    rows += [(m, m, fmt(m, merged[m])) for m in sorted(merged) if m not in METRICS]
+    rows = [(m, label, show_metric(m, merged[m])) for m, label in METRICS.items() if m in merged]
+    rows += [(m, m, show_metric(m, merged[m])) for m in sorted(merged) if m not in METRICS]
     return rows
 
 
@@ -849,7 +771,7 @@ def overview_rows(
                 "failed": c.get("FAIL", 0),
                 "running": c.get("RUNNING", 0) + c.get("WAITING", 0),
                 "best": ", ".join(
-                    f"{name} {fmt(name, best_values[name])}"
+                    f"{name} {show_metric(name, best_values[name])}"
                     for name in s.objectives
                     if name in best_values
                 )

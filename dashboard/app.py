@@ -22,7 +22,6 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from tuner._units import show_epochs
 from tuner.dashboard import _data
 from tuner.storage import (
     StoreError,
@@ -36,6 +35,8 @@ from tuner.storage import (
     read_records,
     read_studies,
     resolve_url,
+    show_epochs,
+    show_metric,
 )
 
 PASSWORD_ENV = "TUNER_DASHBOARD_PASSWORD"
@@ -364,7 +365,7 @@ def _budget_section(url: str, page: _data.StudyPage) -> _data.FrontInfo:
     scope = "within the budget" if bounds else "overall (no budget set)"
     st.markdown(
         f"**Best trial {scope}: trial {best.number}** — "
-        + " · ".join(f"{m} {_data.fmt(m, best.values.get(m))}" for m in page.objectives)
+        + " · ".join(f"{m} {show_metric(m, best.values.get(m))}" for m in page.objectives)
         + f"  \n{result.n_within} of {result.n_complete} feasible trials fit; "
         f"{len(result.front)} of them are on the front."
     )
@@ -638,8 +639,8 @@ def _hypervolume(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None
         margin=dict(l=10, r=10, t=30, b=10),
         yaxis=dict(range=[0, 1.02]),
     )
-    ref = ", ".join(f"{n} {_data.fmt(n, v)}" for n, v in hv.reference.items())
-    ideal = ", ".join(f"{n} {_data.fmt(n, v)}" for n, v in hv.ideal.items())
+    ref = ", ".join(f"{n} {show_metric(n, v)}" for n, v in hv.reference.items())
+    ideal = ", ".join(f"{n} {show_metric(n, v)}" for n, v in hv.ideal.items())
     st.caption(
         "How much of the box between the best values seen and a fixed reference point the "
         f"feasible front dominates; it rises when a trial improves the front. Reference (worst "
@@ -773,14 +774,8 @@ def _trials_table(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> Non
         selection_mode="single-row",
         key=_nav_key("trials"),
         column_config={
-            column: st.column_config.NumberColumn(format="%.2f")
-            for column in frame.columns
-            if column.endswith(("(%)", "(KB)"))
-        }
-        | {
-            column: st.column_config.NumberColumn(format="%.4f")
-            for column in frame.columns
-            if column.startswith("latency_ms")
+            column: st.column_config.NumberColumn(format=form)
+            for column, form in _data.table_formats(page.records, page.objectives).items()
         },
     )
     rows = event.selection.rows if event is not None else []
@@ -837,7 +832,7 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
     violations = record.metrics.get("constraint_violations")
     if violations and not record.feasible:
         broken = [
-            f"{b.describe()} (off by {_data.fmt(b.metric, v)})"
+            f"{b.describe()} (off by {show_metric(b.metric, v)})"
             for b, v in zip(page.constraints, violations)
             if v > 0
         ]
@@ -846,7 +841,7 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
     if record.values:
         cols = st.columns(len(record.values))
         for col, (metric, value) in zip(cols, record.values.items()):
-            col.metric(metric, _data.fmt(metric, value))
+            col.metric(metric, show_metric(metric, value))
     left, right = st.columns(2)
     with left:
         st.subheader("Parameters")

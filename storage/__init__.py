@@ -8,9 +8,20 @@ the dashboard. This package imports neither ``tuner`` nor the dashboard.
 
 from __future__ import annotations
 
+from ._bounds import (
+    Bound,
+    best_within,
+    bounds_from_spec,
+    default_target,
+    feasible_complete,
+    metric_value,
+    rank,
+    within,
+)
 from ._budget import budget_lock
 from ._errors import StoreError
 from ._fast import read_best_values, read_records, read_studies
+from ._format import column_format, metric_unit, show_epochs, show_metric, show_param
 from ._locks import LockHeld, LockHolder, StoreLock, acquire_lock, read_lock
 from ._nights import NightSummary, night_studies, nights, previous_night
 from ._outage import StoreUnavailable, add_listener, retry_window_s, ride_out
@@ -32,6 +43,19 @@ from ._records import (
 from ._url import DEFAULT_URL, ENV_VAR, check_url, mask_url, resolve_url
 
 __all__ = [
+    "Bound",
+    "best_within",
+    "bounds_from_spec",
+    "column_format",
+    "default_target",
+    "feasible_complete",
+    "metric_unit",
+    "metric_value",
+    "rank",
+    "show_epochs",
+    "show_metric",
+    "show_param",
+    "within",
     "budget_lock",
     "DEFAULT_URL",
     "ENV_VAR",

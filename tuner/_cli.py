@@ -25,7 +25,6 @@ from ._exceptions import (
     TunerError,
     storage_error,
 )
-from ._units import show_epochs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,7 +149,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _example_budget(front: Sequence[Any], objectives: dict[str, str]) -> tuple[str, int | None]:
     """A budget that about half of the front meets, and the trial `tuner pick` would take."""
-    from ._pick import default_target
+    from .storage import Bound, best_within
 
     limits: dict[str, float] = {}
     for metric in ("latency_ms", "size_bytes"):
@@ -161,15 +160,13 @@ def _example_budget(front: Sequence[Any], objectives: dict[str, str]) -> tuple[s
             limits[metric] = (
                 float(f"{middle * 1.005:.3g}") if metric == "latency_ms" else int(middle) + 1
             )
-    inside = [r for r in front if all(r.values.get(m, 0) <= v for m, v in limits.items())]
-    target, direction = default_target(objectives)
-    sign = 1.0 if direction == "maximize" else -1.0
-    pick = max(inside, key=lambda r: sign * r.values.get(target, 0.0)).number if inside else None
-    return ", ".join(f"{m}<={v:g}" for m, v in limits.items()), pick
+    best = best_within(front, objectives, [Bound(m, max=v) for m, v in limits.items()])
+    text = ", ".join(f"{m}<={v:g}" for m, v in limits.items())
+    return text, None if best is None else best.number
 
 
 def _fmt(metric: str, value: Any) -> str:
-    from ._units import show_metric
+    from .storage import show_metric
 
     return show_metric(metric, value, unit=False)
 
@@ -292,7 +289,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = read_records(store, args.study)
     except StoreError as exc:
         raise storage_error(exc) from exc
-    from .storage import load_study_readonly, study_objectives
+    from .storage import load_study_readonly, show_epochs, study_objectives
 
     study = load_study_readonly(store, args.study)
     objectives = study_objectives(study)

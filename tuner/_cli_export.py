@@ -97,7 +97,7 @@ def _print_pick(
 ) -> None:
     from rich.table import Table
 
-    from ._pick import metric_value
+    from .storage import metric_value, show_param
 
     trial = result.trial
     console.print(result.message(args.study))
@@ -107,14 +107,15 @@ def _print_pick(
     table.add_column("budget")
     bounds: dict[str, list[str]] = {}
     for c in result.clauses:
-        bounds.setdefault(c.metric, []).append(f"{c.op} {_fmt(c.metric, c.bound)}")
+        edge = c.max if c.max is not None else c.min
+        bounds.setdefault(c.metric, []).append(f"{c.op} {_fmt(c.metric, edge)}")
     shown = [result.target, *objectives, "test_accuracy", *bounds]
     for metric in dict.fromkeys(shown):
         value = metric_value(trial, metric)
         mark = " (picked by)" if metric == result.target else ""
         table.add_row(f"{metric}{mark}", _fmt(metric, value), ", ".join(bounds.get(metric, [])))
     console.print(table)
-    console.print("params: " + ", ".join(f"{k}={_fmt(k, v)}" for k, v in trial.params.items()))
+    console.print("params: " + ", ".join(f"{k}={show_param(v)}" for k, v in trial.params.items()))
     if status.path is not None:
         console.print(f"model kept at {status.path}")
         console.print(f"next:\n  {_export_command(args, trial.number)}")

@@ -74,7 +74,7 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     from ._cli import backend_options
     from ._exceptions import EXIT_LOCKED, NightLocked
     from ._nightly import nightly
-    from ._report import show
+    from .storage import show_metric
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = backend_options(args)
@@ -128,7 +128,7 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
         )
     for c in report.constraints:
         print(
-            f"best {report.accuracy_metric} with {c.text}: {show(report.accuracy_metric, c.tonight_best)} "
+            f"best {report.accuracy_metric} with {c.text}: {show_metric(report.accuracy_metric, c.tonight_best)} "
             f"({c.tonight_meeting} trials meet it)"
         )
     if report.regressed:

@@ -4,54 +4,33 @@ from __future__ import annotations
 
 import difflib
 import math
-import operator
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ._exceptions import SpecError
-from .storage import TrialRecord
+from .storage import (
+    Bound,
+    TrialRecord,
+    default_target,
+    feasible_complete,
+    metric_value,
+    rank,
+    within,
+)
 
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<=": operator.le,
-    ">=": operator.ge,
-    "<": operator.lt,
-    ">": operator.gt,
-}
 _CLAUSE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*$")
 _EXAMPLE = 'e.g. --where "latency_ms<=2, size_bytes<=50000"'
 
 
-@dataclass(frozen=True)
-class Clause:
-    """One bound of a budget: ``metric op bound``."""
-
-    metric: str
-    op: str
-    bound: float
-    text: str = field(default="", compare=False)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.bound:g}"
-
-    def holds(self, value: float) -> bool:
-        return _OPS[self.op](value, self.bound)
-
-    def shortfall(self, value: float) -> float:
-        """How far ``value`` is outside the bound, relative to it (0 when it holds)."""
-        if self.holds(value):
-            return 0.0
-        return abs(value - self.bound) / max(abs(self.bound), 1e-12)
-
-
-def parse_where(text: str) -> list[Clause]:
-    """Parse ``"latency_ms<=2, size_bytes<=50000"`` into clauses.
+def parse_where(text: str) -> list[Bound]:
+    """Parse ``"latency_ms<=2, size_bytes<=50000"`` into bounds, one per clause.
 
     Raises:
         SpecError: one line naming the clause and what would be right.
     """
-    clauses: list[Clause] = []
+    clauses: list[Bound] = []
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
         raise SpecError(f"where: empty; expected METRIC<=NUMBER clauses, {_EXAMPLE}")
@@ -72,16 +51,10 @@ def parse_where(text: str) -> list[Clause]:
                 f"where clause {part.strip()!r}: {raw!r} is not a number; expected e.g. "
                 f"{match['metric']}{match['op']}2 (sizes in bytes, latency in ms, accuracy 0..1)"
             )
-        clauses.append(Clause(match["metric"], match["op"], bound, part.strip()))
+        op = match["op"]
+        side = {"max": bound} if op.startswith("<") else {"min": bound}
+        clauses.append(Bound(match["metric"], **side, strict=len(op) == 1, text=part.strip()))
     return clauses
-
-
-def metric_value(record: TrialRecord, metric: str) -> float | None:
-    """A trial's number for ``metric``: an objective value, else a recorded metric."""
-    value = record.values.get(metric, record.metrics.get(metric))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _check_metric(name: str, pool: Sequence[TrialRecord], where: str) -> None:
@@ -99,7 +72,7 @@ def _check_metric(name: str, pool: Sequence[TrialRecord], where: str) -> None:
 class Binding:
     """The clause that rules out the most trials, and the trial closest to meeting it."""
 
-    clause: Clause
+    clause: Bound
     failing: int
     trials: int
     closest: int | None
@@ -111,7 +84,7 @@ class Pick:
     """The best trial within the budget, or why there is none."""
 
     trial: TrialRecord | None
-    clauses: list[Clause]
+    clauses: list[Bound]
     target: str
     direction: str
     fits: int
@@ -146,19 +119,10 @@ class Pick:
         )
 
 
-def default_target(objectives: Mapping[str, str]) -> tuple[str, str]:
-    """The first maximized objective, else the first objective."""
-    for name, direction in objectives.items():
-        if direction == "maximize":
-            return name, direction
-    name = next(iter(objectives))
-    return name, objectives[name]
-
-
 def pick(
     records: Sequence[TrialRecord],
     objectives: Mapping[str, str],
-    clauses: Sequence[Clause],
+    clauses: Sequence[Bound],
     *,
     target: str | None = None,
     direction: str = "maximize",
@@ -173,36 +137,25 @@ def pick(
     """
     if target is None:
         target, direction = default_target(objectives)
-    pool = [r for r in records if r.state == "COMPLETE" and r.feasible]
+    pool = feasible_complete(records)
     if pool:
         for c in clauses:
             _check_metric(c.metric, pool, f"where clause {c.text or str(c)!r}")
         _check_metric(target, pool, direction)
-    fits = [
-        r
-        for r in pool
-        if metric_value(r, target) is not None
-        and all((v := metric_value(r, c.metric)) is not None and c.holds(v) for c in clauses)
-    ]
+    fits = rank(
+        (r for r in pool if within(r, clauses)),
+        objectives,
+        target=target,
+        direction=direction,
+    )
     if fits:
-
-        def rank(r: TrialRecord) -> tuple[float, ...]:
-            sign = -1.0 if direction == "maximize" else 1.0
-            key = [sign * (metric_value(r, target) or 0.0)]
-            for name, d in objectives.items():
-                value = metric_value(r, name)
-                key.append(math.inf if value is None else (-value if d == "maximize" else value))
-            key.append(float(r.number))
-            return tuple(key)
-
-        best = min(fits, key=rank)
-        return Pick(best, list(clauses), target, direction, len(fits), len(pool))
+        return Pick(fits[0], list(clauses), target, direction, len(fits), len(pool))
     binding = None
     if pool and clauses:
         failing = []
         for c in clauses:
             values = [(r, metric_value(r, c.metric)) for r in pool]
-            fail = [(r, v) for r, v in values if v is None or not c.holds(v)]
+            fail = [(r, v) for r, v in values if not c.holds(v)]
             failing.append((len(fail), c, fail))
         count, clause, fail = max(failing, key=lambda item: item[0])
         measured = [(r, v) for r, v in fail if v is not None]

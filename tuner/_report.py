@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -16,21 +15,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._spec import Constraint, StudySpec
-from ._units import show_metric
-from .storage import TrialRecord, pareto_front
+from ._spec import StudySpec
+from .storage import (
+    Bound,
+    TrialRecord,
+    default_target,
+    metric_value,
+    pareto_front,
+    rank,
+    show_metric,
+    within,
+)
 from .storage._nights import night_hypervolume
 
 
 @dataclass(frozen=True)
 class ConstraintCheck:
-    """Tonight and last night against one bound: how many trials meet it, the best accuracy."""
+    """Tonight and last night against one bound: how many trials meet it, the best accuracy.
+
+    ``tonight_trial`` and ``last_trial`` are the trials with that accuracy, the ones
+    ``tuner pick`` takes within the bound.
+    """
 
     text: str
     tonight_meeting: int
     tonight_best: float | None
     last_meeting: int | None
     last_best: float | None
+    tonight_trial: int | None = None
+    last_trial: int | None = None
 
     @property
     def regressed(self) -> bool:
@@ -121,32 +134,9 @@ class NightReport:
         }
 
 
-def _value(r: TrialRecord, metric: str) -> float | None:
-    v = r.values.get(metric, r.metrics.get(metric))
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
-    return None
-
-
-def _meets(r: TrialRecord, constraints: Sequence[Constraint]) -> bool:
-    for c in constraints:
-        v = _value(r, c.metric)
-        if v is None or c.violation(v) > 0:
-            return False
-    return True
-
-
-def _constraint_text(c: Constraint) -> str:
-    if c.min is not None and c.max is not None:
-        return f"{c.min:g} <= {c.metric} <= {c.max:g}"
-    return f"{c.metric} <= {c.max:g}" if c.max is not None else f"{c.metric} >= {c.min:g}"
-
-
 def accuracy_metric(objectives: Mapping[str, str]) -> str:
-    """The objective a person reads as 'how good': accuracy, else the first maximized one."""
-    if "accuracy" in objectives:
-        return "accuracy"
-    return next((m for m, d in objectives.items() if d == "maximize"), next(iter(objectives)))
+    """The objective a person reads as 'how good': what ``tuner pick`` ranks by."""
+    return default_target(objectives)[0]
 
 
 def resolve_reference_point(
@@ -168,7 +158,9 @@ def resolve_reference_point(
         elif direction == "maximize":
             out[metric] = 0.0
         else:
-            seen = [v for r in records if r.state == "COMPLETE" for v in [_value(r, metric)] if v]
+            seen = [
+                v for r in records if r.state == "COMPLETE" for v in [metric_value(r, metric)] if v
+            ]
             out[metric] = 2.0 * max(seen) if seen else 1.0
     return out
 
@@ -208,26 +200,28 @@ def compare_nights(
     lost_points = [r for r in previous_front if _key(r) not in tonight_keys]
     drift, drift_settings = _drift(records, previous_front, objectives)
 
-    def best(pool: Sequence[TrialRecord], bound: Sequence[Constraint]) -> tuple[int, float | None]:
-        meeting = [
-            r
-            for r in pool
-            if r.state == "COMPLETE" and _meets(r, bound) and _value(r, acc) is not None
-        ]
-        values = [v for r in meeting for v in [_value(r, acc)] if v is not None]
-        pick = max if objectives[acc] == "maximize" else min
-        return len(meeting), (pick(values) if values else None)
+    def best(
+        pool: Sequence[TrialRecord], bound: Sequence[Bound]
+    ) -> tuple[int, float | None, int | None]:
+        # Trials breaking another of the spec's constraints count for this one alone.
+        meeting = rank(
+            (r for r in pool if r.state == "COMPLETE" and within(r, bound)),
+            objectives,
+            target=acc,
+            direction=objectives[acc],
+        )
+        if not meeting:
+            return 0, None, None
+        return len(meeting), metric_value(meeting[0], acc), meeting[0].number
 
     checks = []
-    bounds: list[tuple[str, list[Constraint]]] = [
-        (_constraint_text(c), [c]) for c in spec.constraints
-    ]
+    bounds: list[tuple[str, list[Bound]]] = [(c.describe(), [c]) for c in spec.constraints]
     if len(spec.constraints) > 1:
         bounds.append(("all constraints together", list(spec.constraints)))
     for text, bound in bounds:
-        n, b = best(records, bound)
-        ln, lb = best(previous_records, bound) if previous_study else (None, None)
-        checks.append(ConstraintCheck(text, n, b, ln, lb))
+        n, b, trial = best(records, bound)
+        ln, lb, last_trial = best(previous_records, bound) if previous_study else (None, None, None)
+        checks.append(ConstraintCheck(text, n, b, ln, lb, trial, last_trial))
 
     reasons = []
     if prev_hv and hv < prev_hv * (1 - spec.nightly.regression_threshold):
@@ -302,11 +296,6 @@ def _drift(
 # --- rendering -----------------------------------------------------------------------
 
 
-def show(metric: str, value: Any) -> str:
-    """A metric value as people read it (KB, %, ms)."""
-    return show_metric(metric, value)
-
-
 def _params(r: TrialRecord) -> str:
     return ", ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r.params.items())
@@ -334,7 +323,7 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
             else f"{len(report.new_points)} new, {len(report.lost_points)} lost",
         ],
     ]
-    reference = ", ".join(f"{m} {show(m, v)}" for m, v in report.reference_point.items())
+    reference = ", ".join(f"{m} {show_metric(m, v)}" for m, v in report.reference_point.items())
     out = [
         (
             "Tonight against last night",
@@ -353,9 +342,9 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
                 [
                     [
                         c.text,
-                        show(acc, c.tonight_best),
+                        show_metric(acc, c.tonight_best),
                         str(c.tonight_meeting) + (" (REGRESSED)" if c.regressed else ""),
-                        show(acc, c.last_best),
+                        show_metric(acc, c.last_best),
                         "-" if c.last_meeting is None else str(c.last_meeting),
                     ]
                     for c in report.constraints
@@ -382,7 +371,7 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
             [
                 [
                     str(r.number),
-                    *(show(m, r.values.get(m)) for m in objectives),
+                    *(show_metric(m, r.values.get(m)) for m in objectives),
                     "" if report.previous_study is None else ("new" if id(r) in new else "kept"),
                     _params(r),
                 ]
@@ -397,7 +386,11 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
                 f"Lost from last night's front ({len(report.lost_points)} points)",
                 ["trial", *objectives, "params"],
                 [
-                    [str(r.number), *(show(m, r.values.get(m)) for m in objectives), _params(r)]
+                    [
+                        str(r.number),
+                        *(show_metric(m, r.values.get(m)) for m in objectives),
+                        _params(r),
+                    ]
                     for r in report.lost_points
                 ],
                 "Last night's values; tonight these settings were re-run first and are now "

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ._exceptions import SpecError
+from .storage import Bound
 
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid", "cmaes")
@@ -191,24 +192,6 @@ def _parse_when(path: str, raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]
     for other, values in when.items():
         out[str(other)] = tuple(values) if isinstance(values, (list, tuple)) else (values,)
     return out
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A bound on one metric: ``min <= metric <= max``."""
-
-    metric: str
-    max: float | None = None
-    min: float | None = None
-
-    def violation(self, value: float) -> float:
-        """How far ``value`` is outside the bound (0 or less when it holds)."""
-        worst = -math.inf
-        if self.max is not None:
-            worst = max(worst, value - self.max)
-        if self.min is not None:
-            worst = max(worst, self.min - value)
-        return worst
 
 
 @dataclass(frozen=True)
@@ -501,10 +484,10 @@ def _validate_into(spec: StudySpec) -> None:
     _set(spec, "objectives", {str(k): str(v) for k, v in objectives.items()})
 
     # constraints
-    constraints: list[Constraint] = []
+    constraints: list[Bound] = []
     raw_constraints = spec.constraints
     if isinstance(raw_constraints, (list, tuple)) and all(
-        isinstance(c, Constraint) for c in raw_constraints
+        isinstance(c, Bound) for c in raw_constraints
     ):
         constraints = list(raw_constraints)
     else:
@@ -529,7 +512,7 @@ def _validate_into(spec: StudySpec) -> None:
                 raise SpecError(
                     f"spec field '{path}': min={lo!r} > max={hi!r}; expected min <= max"
                 )
-            constraints.append(Constraint(metric=str(metric), max=hi, min=lo))
+            constraints.append(Bound(str(metric), min=lo, max=hi))
     _set(spec, "constraints", tuple(constraints))
 
     # sampler

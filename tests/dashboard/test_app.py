@@ -11,7 +11,7 @@ import sqlalchemy
 from streamlit.testing.v1 import AppTest
 
 from tuner.dashboard import _data
-from tuner.storage import open_storage, read_records
+from tuner.storage import open_storage, read_records, show_metric
 
 OBJ = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
 
@@ -86,7 +86,7 @@ def test_study_page_draws_the_front_and_the_best_trial(
     # Hover names every parameter and objective of the trial.
     assert "<i>lr</i>" in front["hovertemplate"] and "size_bytes" in front["hovertemplate"]
     first = next(r for r in records if r.number == front["customdata"][0][0])
-    assert _data.fmt("accuracy", first.values["accuracy"]) in front["customdata"][0]
+    assert show_metric("accuracy", first.values["accuracy"]) in front["customdata"][0]
     assert "breaks constraints" in traces  # the study has a trial over the sparsity cap
     assert f"trial {best.number}" in " ".join(m.value for m in at.markdown)
     assert at.code[0].value.startswith(f"tuner export tiny --trial {best.number} --format onnx")

@@ -88,7 +88,7 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     assert markdown.startswith(f"# Nightly tiny, 2025-03-02: {verdict}")
     assert second.report.drift_settings >= 1 and "Same settings, both nights" in markdown
     assert "Warm-started from `tiny-2025-03-01`" in markdown
-    assert "| hypervolume |" in markdown and "latency_ms <= 50" in markdown
+    assert "| hypervolume |" in markdown and "latency_ms ≤ 50.000 ms" in markdown
     assert "(tiny-2025-03-02.html)" in markdown
     page = (reports / "tiny-2025-03-02.html").read_text()
     assert "plotly" in page and "last night" in page
@@ -223,11 +223,11 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
     out = capsys.readouterr().out
     assert code == 3, out
     assert "REGRESSED" in out
-    assert "no trial meets latency_ms <= 0.001 any more" in out
+    assert "no trial meets latency_ms ≤ 0.001 ms any more" in out
     assert "hypervolume fell" in out
     markdown = (reports / "tiny-2025-04-02.md").read_text()
     assert markdown.startswith("# Nightly tiny, 2025-04-02: REGRESSED")
-    assert "no trial meets latency_ms <= 0.001 any more" in markdown
+    assert "no trial meets latency_ms ≤ 0.001 ms any more" in markdown
     assert len(_Hook.received) == 1
     posted = _Hook.received[0]
     assert posted["regressed"] is True and posted["study"] == "tiny-2025-04-02"

@@ -9,7 +9,8 @@ import pytest
 import tuner
 from tuner._cli import main
 from tuner._exceptions import SpecError
-from tuner._pick import Clause, parse_where
+from tuner._pick import parse_where
+from tuner.storage import Bound
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +124,14 @@ def test_pick_of_an_unknown_study_names_the_studies_there(
 
 def test_parse_where_reads_every_operator_and_number_form() -> None:
     assert parse_where(" latency_ms <= 2 , size_bytes<5e4,accuracy>=0.9, sparsity>0.5") == [
-        Clause("latency_ms", "<=", 2.0),
-        Clause("size_bytes", "<", 50000.0),
-        Clause("accuracy", ">=", 0.9),
-        Clause("sparsity", ">", 0.5),
+        Bound("latency_ms", max=2.0),
+        Bound("size_bytes", max=50000.0, strict=True),
+        Bound("accuracy", min=0.9),
+        Bound("sparsity", min=0.5, strict=True),
+    ]
+    assert [str(b) for b in parse_where("size_bytes<5e4, accuracy>=0.9")] == [
+        "size_bytes<50000",
+        "accuracy>=0.9",
     ]
     with pytest.raises(SpecError, match="not a number"):
         parse_where("latency_ms<=nan")

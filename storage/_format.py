@@ -1,0 +1,97 @@
+"""Metric values as people read them: sizes in KB, accuracies in %, latency in ms.
+
+The one formatter of tuner: the CLI, the nightly report, early stopping's messages
+and the dashboard all call :func:`show_metric`, so a metric reads the same wherever
+it is shown. :func:`metric_unit` is the unit a metric is drawn and typed in (axes,
+budget inputs, table columns), with the factor from the stored value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+def metric_unit(metric: str) -> tuple[str, float]:
+    """The unit ``metric`` is shown in, and the factor from the stored value to it.
+
+    ``size_bytes`` is shown in KB, accuracies and sparsity in %, latencies in ms;
+    other metrics as stored (``("", 1.0)``).
+    """
+    if metric == "size_bytes":
+        return "KB", 1 / 1024
+    if "accuracy" in metric or metric == "sparsity":
+        return "%", 100.0
+    if metric.startswith("latency_ms"):
+        return "ms", 1.0
+    return "", 1.0
+
+
+def _ms(value: float) -> str:
+    # Three decimals, or three significant digits below 0.1 ms (0.00432, not 0.004).
+    return f"{value:.3f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
+
+
+def show_metric(metric: str, value: Any, *, unit: bool = True) -> str:
+    """``value`` of ``metric`` as a person reads it.
+
+    ``14.3 KB``, ``94.2%``, ``0.250 ms`` (``0.00432 ms`` below 0.1 ms), ``12.3 s`` for
+    ``*_s`` metrics, ``3,466`` for whole numbers, ``yes``/``no``, ``-`` for no value.
+    ``unit=False`` drops the ``ms`` and ``s`` for a column whose header names them.
+
+    Example:
+        >>> show_metric("accuracy", 0.9415)
+        '94.2%'
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value) if value else "none"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if metric == "size_bytes":
+        return f"{value / 1024:.1f} KB"
+    if "accuracy" in metric or metric == "sparsity":
+        return f"{100 * value:.1f}%"
+    if metric.startswith("latency_ms"):
+        return _ms(value) + (" ms" if unit else "")
+    if metric.endswith("_s"):
+        return f"{value:.1f}" + (" s" if unit else "")
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def column_format(metric: str, values: Iterable[float | None] = ()) -> str | None:
+    """A printf format for a table column of ``metric`` in its unit (see :func:`metric_unit`).
+
+    Gives the digits :func:`show_metric` shows, so a sortable table of numbers reads as
+    the formatted values do: ``%.1f`` for KB and %, ``%.3f`` for ms (more decimals when
+    ``values``, in ms, go below 0.1 ms). None for other metrics.
+    """
+    unit = metric_unit(metric)[0]
+    if unit in ("KB", "%"):
+        return "%.1f"
+    if unit != "ms":
+        return None
+    small = [abs(v) for v in values if v is not None and math.isfinite(v) and 0 < abs(v) < 0.1]
+    if not small:
+        return "%.3f"
+    return f"%.{2 - math.floor(math.log10(min(small)))}f"
+
+
+def show_param(value: Any) -> str:
+    """A hyperparameter value: floats to 4 significant digits, ``not set`` when absent."""
+    if value is None:
+        return "not set"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def show_epochs(count: int) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{count} epoch" if count == 1 else f"{count} epochs"

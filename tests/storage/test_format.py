@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import math
+
+from tuner.storage import column_format, metric_unit, show_epochs, show_metric, show_param
+
+
+def test_metric_values_read_in_their_units() -> None:
+    assert show_metric("size_bytes", 14643) == "14.3 KB"
+    assert show_metric("accuracy", 0.9415) == "94.2%"
+    assert show_metric("sparsity", 0.5) == "50.0%"
+    assert show_metric("latency_ms", 0.00432) == "0.00432 ms"
+    assert show_metric("latency_ms", 0.25) == "0.250 ms"
+    assert show_metric("latency_ms_p90", 12.3456) == "12.346 ms"
+    assert show_metric("latency_ms", 0.25, unit=False) == "0.250"
+    assert show_metric("train_time_s", 12.34) == "12.3 s"
+    assert show_metric("param_count", 3466) == "3,466"
+    assert show_metric("feasible", True) == "yes"
+    assert show_metric("int8_layers", ["fc1", "fc2"]) == "fc1, fc2"
+    assert show_metric("accuracy", None) == "-"
+    assert show_metric("latency_ms", math.inf) == "inf"
+
+
+def test_units_and_table_formats_agree_with_the_text() -> None:
+    assert metric_unit("size_bytes") == ("KB", 1 / 1024)
+    assert metric_unit("test_accuracy") == ("%", 100.0)
+    assert metric_unit("epochs") == ("", 1.0)
+    assert column_format("accuracy") == "%.1f"
+    assert column_format("latency_ms", [0.25, 1.5]) == "%.3f"
+    # 0.00432 ms reads 0.00432, in the table as in the text.
+    assert column_format("latency_ms", [0.00432, 1.0]) % 0.00432 == "0.00432"
+    assert column_format("param_count") is None
+
+
+def test_params_and_epochs() -> None:
+    assert show_param(0.012345) == "0.01235"
+    assert show_param(None) == "not set"
+    assert show_param("adamw") == "adamw"
+    assert show_epochs(1) == "1 epoch" and show_epochs(3) == "3 epochs"
