@@ -12,6 +12,8 @@ import optuna
 import torch
 
 from ._artifacts import artifacts_root, keep_trial_model, storage_url
+from ._cv import REFIT, Folds
+from ._cv import summary as cv_summary
 from ._exceptions import WorkloadError
 from ._measure import accuracy
 from ._shipping import QAT_LR_SCALE, finetuner, measure, settings_from_params, ship, trial_model
@@ -87,21 +89,91 @@ class Objective:
         spec = self.spec
         params = suggest(trial, spec.params)
         device = trial_device(spec)
-        single = len(spec.objectives) == 1
-        ctx = TrialContext(
-            device=device,
-            max_epochs=spec.budget.max_epochs,
-            seed=trial_seed(spec, trial),
-            trial_number=trial.number,
-        )
+        seed = trial_seed(spec, trial)
+        k = spec.cv.folds
+        cv_seed = spec.sampler.seed or 0
+        # One training without cross-validation; with it, one per fold and the refit.
+        calls: list[Folds | None] = [None]
+        if k:
+            calls = [Folds(k, i, cv_seed) for i in range(k)]
+            calls.append(Folds(k, REFIT, cv_seed))
+        scores: list[float] = []
+        curves: list[list[float]] = []
+        train_time = 0.0
+        finetune_time = 0.0
+        kept: list[Any] = []
+        metrics: dict[str, Any] = {}
+        curve: list[float] = []
+        for fold in calls:
+            ctx = TrialContext(
+                device=device,
+                max_epochs=spec.budget.max_epochs,
+                seed=seed,
+                trial_number=trial.number,
+                folds=fold,
+            )
+            ctx.on_report = self._reporter(trial, ctx, fold)
+            started = time.perf_counter()
+            trained = self._train(trial, params, ctx)
+            train_time += time.perf_counter() - started
+            if fold is not None and not ctx.split_taken:
+                raise WorkloadError(
+                    f"cv: workload {spec.workload!r} never took its fold; call "
+                    "ctx.cv_split(train, val) before training (train_classifier does)"
+                )
+            shipping = fold is None or fold.refit
+            metrics = measure_trained(
+                spec,
+                params,
+                trained,
+                device=device,
+                seed=seed,
+                on_shipped=kept.append if shipping else None,
+            )
+            finetune_time += float(metrics.get("finetune_time_s", 0.0))
+            if not shipping:
+                scores.append(float(metrics["accuracy"]))
+                curves.append(list(ctx.curve))
+            else:
+                curve = list(ctx.curve)
+        if k:
+            # The shipped model trained on the validation rows too: only the folds score.
+            curve = _mean_curve(curves)
+            metrics.update(cv_summary(scores))
+            if self._log is not None:
+                for epoch, value in enumerate(curve):
+                    self._log.epoch(epoch, {"val_accuracy": value})
+            # Every training counts: the folds', the refit's, and their fine-tunes.
+            metrics["train_time_s"] = train_time + finetune_time
+        else:
+            # The fine-tune after compression is training too.
+            metrics["train_time_s"] = float(metrics.get("train_time_s", train_time)) + finetune_time
+        metrics["epochs"] = len(curve) or spec.budget.max_epochs
+        metrics[CURVE_ATTR] = curve
+        return self._record(trial, params, metrics, kept, device)
 
+    def _reporter(
+        self, trial: optuna.Trial, ctx: TrialContext, fold: Folds | None
+    ) -> Callable[[int, dict[str, float]], bool]:
+        """What ``ctx.report`` calls after each epoch: the live curve, TensorBoard,
+        Optuna's report (one objective) and early stopping (never under cross-validation)."""
+        single = len(self.spec.objectives) == 1
         last_write = [time.perf_counter()]
 
         def on_report(epoch: int, metrics: dict[str, float]) -> bool:
-            # The live curve is written at most every few seconds; the final one goes
-            # with the metrics in one transaction.
+            if fold is not None:
+                if self._log is not None:
+                    # The refit validates on rows it trains on: only its loss is worth a curve.
+                    name = "refit" if fold.refit else f"fold{fold.index}"
+                    shown = {
+                        k: v for k, v in metrics.items() if not (fold.refit and k == "val_accuracy")
+                    }
+                    self._log.epoch(epoch, {f"{name}/{k}": v for k, v in shown.items()})
+                return False
             if self._log is not None:
                 self._log.epoch(epoch, metrics)
+            # The live curve is written at most every few seconds; the final one goes
+            # with the metrics in one transaction.
             now = time.perf_counter()
             if now - last_write[0] >= CURVE_WRITE_S:
                 trial.set_user_attr(CURVE_ATTR, list(ctx.curve))
@@ -111,8 +183,12 @@ class Objective:
             # The rule may raise TrialStopped itself, with the reason it stopped the trial.
             return bool(self._should_stop and self._should_stop(trial, epoch, ctx))
 
-        ctx.on_report = on_report
-        started = time.perf_counter()
+        return on_report
+
+    def _train(
+        self, trial: optuna.Trial, params: dict[str, Any], ctx: TrialContext
+    ) -> TrainedModel:
+        """The workload's trained model; a trial stopped early ends here as PRUNED."""
         try:
             trained = self.workload.fn(params, ctx)
         except TrialStopped as stop:
@@ -128,21 +204,23 @@ class Objective:
                 last = {"accuracy": ctx.curve[-1]} if ctx.curve else {}
                 self._log.finish(params, {**last, "epochs": len(ctx.curve)}, "PRUNED")
             raise optuna.TrialPruned(str(stop)) from None
-        train_time = time.perf_counter() - started
         if not isinstance(trained, TrainedModel):
             raise WorkloadError(
-                f"workload {spec.workload!r} returned {type(trained).__name__}; expected tuner.TrainedModel"
+                f"workload {self.spec.workload!r} returned {type(trained).__name__}; "
+                "expected tuner.TrainedModel"
             )
-        kept: list[Any] = []
-        metrics = measure_trained(
-            spec, params, trained, device=device, seed=ctx.seed, on_shipped=kept.append
-        )
-        # The fine-tune after compression is training too.
-        metrics["train_time_s"] = float(metrics.get("train_time_s", train_time)) + float(
-            metrics.get("finetune_time_s", 0.0)
-        )
-        metrics["epochs"] = len(ctx.curve) or spec.budget.max_epochs
-        metrics[CURVE_ATTR] = list(ctx.curve)
+        return trained
+
+    def _record(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        metrics: dict[str, Any],
+        kept: list[Any],
+        device: torch.device,
+    ) -> list[float]:
+        """Constraints, the artifact, every metric in the store and TensorBoard; the values."""
+        spec = self.spec
         violations = [c.violation(float(metrics[c.metric])) for c in spec.constraints]
         if violations:
             metrics[VIOLATIONS_ATTR] = violations
@@ -165,6 +243,12 @@ class Objective:
         if self._log is not None:
             self._log.finish(params, metrics, "COMPLETE")
         return values
+
+
+def _mean_curve(curves: list[list[float]]) -> list[float]:
+    """Epoch by epoch, the mean validation accuracy over the folds."""
+    length = min((len(c) for c in curves), default=0)
+    return [sum(c[e] for c in curves) / len(curves) for e in range(length)]
 
 
 def record_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:

@@ -273,6 +273,15 @@ class NightlySpec:
     webhook: str | None = None
 
 
+@dataclass(frozen=True)
+class CVSpec:
+    """Cross-validated trial scores (see ``tuner._cv``): ``folds`` models per trial, each
+    scored on its held-out fold; ``accuracy`` is their mean. 0 turns it off."""
+
+    folds: int = 0
+
+
+MAX_FOLDS = 20
 _TOP_KEYS = (
     "name",
     "workload",
@@ -287,6 +296,7 @@ _TOP_KEYS = (
     "measure",
     "nightly",
     "artifacts",
+    "cv",
 )
 
 
@@ -330,6 +340,7 @@ class StudySpec:
     measure: Any = field(default_factory=MeasureSpec)
     nightly: Any = field(default_factory=NightlySpec)
     artifacts: Any = field(default_factory=ArtifactsSpec)
+    cv: Any = field(default_factory=CVSpec)
 
     def __post_init__(self) -> None:
         _validate_into(self)
@@ -404,6 +415,7 @@ class StudySpec:
                 **({"path": self.artifacts.path} if self.artifacts.path else {}),
                 "tensorboard": self.artifacts.tensorboard,
             },
+            **({"cv": {"folds": self.cv.folds}} if self.cv.folds else {}),
             "nightly": {
                 "reference_point": dict(self.nightly.reference_point),
                 "regression_threshold": self.nightly.regression_threshold,
@@ -643,6 +655,7 @@ def _validate_into(spec: StudySpec) -> None:
     _check_qat_device(spec)
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
+    _set(spec, "cv", _parse_cv(spec.cv, spec.early_stopping))
 
 
 def _as_raw(value: Any, section: type) -> Any:
@@ -723,6 +736,24 @@ def _runtime(value: Any) -> str:
                 f"torch, or install {' and '.join(missing)}: pip install 'tuner[export]'",
             )
     return str(value)
+
+
+def _parse_cv(raw: Any, early_stopping: EarlyStoppingSpec) -> CVSpec:
+    raw = _mapping("cv", _as_raw(raw, CVSpec) if raw is not None else {})
+    _check_keys("cv", raw, ("folds",))
+    folds = raw.get("folds", 0)
+    if folds == 0:
+        return CVSpec()
+    folds = int(_number("cv.folds", folds, minimum=2, integer=True))
+    if folds > MAX_FOLDS:
+        raise _field("cv.folds", folds, f"an integer from 2 to {MAX_FOLDS}")
+    if early_stopping.name != "none":
+        raise SpecError(
+            f"spec field 'cv': early stopping ({early_stopping.name!r}) judges one learning "
+            "curve per trial and cross-validation trains one per fold; set "
+            "early_stopping: none with cv (see the README's cross-validation section)"
+        )
+    return CVSpec(folds=folds)
 
 
 def _parse_artifacts(raw: Any) -> ArtifactsSpec:
@@ -839,6 +870,7 @@ def spec_from_dict(data: Any, *, source: str = "spec") -> StudySpec:
         "constraints",
         "nightly",
         "artifacts",
+        "cv",
     ):
         if key in kwargs and kwargs[key] is None:
             del kwargs[key]

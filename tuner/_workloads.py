@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._cv import Folds
 from ._exceptions import WorkloadError
 
 
@@ -38,12 +39,16 @@ class TrialContext:
         max_epochs: the spec's ``budget.max_epochs``.
         seed: a seed for this trial; built-in workloads seed torch with it.
         trial_number: the Optuna trial number.
+        folds: with ``cv: {folds: k}`` in the spec, which fold this call trains (see
+            :meth:`cv_split`); ``None`` without cross-validation.
     """
 
     device: torch.device
     max_epochs: int
     seed: int
     trial_number: int = 0
+    folds: Folds | None = None
+    split_taken: bool = False
     on_report: Callable[[int, dict[str, float]], bool] | None = None
     curve: list[float] = field(default_factory=list)
     watched_model: nn.Module | None = None
@@ -83,6 +88,22 @@ class TrialContext:
         self.watched_inputs = inputs
         self.watched_val = val_data
         self.watched_train = train_data
+
+    def cv_split(
+        self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The (train, val) splits this call trains and validates on.
+
+        Without cross-validation, ``train`` and ``val`` as given. With ``cv: {folds: k}``
+        they are pooled and this call gets its fold: the other folds to train on and the
+        fold to validate on, or all of the pooled data for the model that ships.
+        ``train_classifier`` calls it; a workload that trains its own way calls it once
+        with its splits before training. The test split never goes in.
+        """
+        self.split_taken = True
+        if self.folds is None:
+            return train, val
+        return self.folds.split(train, val)
 
     def report(self, epoch: int, **metrics: float) -> None:
         """Report validation metrics after ``epoch`` (0-based); ``val_accuracy`` is required.
@@ -255,6 +276,7 @@ def train_classifier(
 
     The helper built-in workloads use; user workloads may call it too.
     """
+    train, val = ctx.cv_split(train, val)
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
     ctx.watch(model, train[0][:512], val_data=val, train_data=train)
