@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -318,12 +318,15 @@ class StudySpec:
         )
 
     Nested fields take mappings or the dataclasses themselves. Every field is checked
-    at construction; a problem raises :class:`tuner.SpecError` naming the field.
+    at construction; a problem raises :class:`tuner.SpecError` naming the field. Once
+    built, each field holds its checked form: ``search_space`` maps names to
+    :class:`ParamSpec`, ``constraints`` is a tuple of :class:`tuner.storage.Bound`, and
+    each section is its dataclass.
     """
 
     name: str
     workload: str
-    search_space: Mapping[str, Any]
+    search_space: Mapping[str, ParamSpec]
     objectives: Mapping[str, str] = field(
         default_factory=lambda: {
             "accuracy": "maximize",
@@ -332,22 +335,43 @@ class StudySpec:
         }
     )
     storage: str | None = None
-    constraints: Any = field(default_factory=dict)
-    sampler: Any = field(default_factory=SamplerSpec)
-    early_stopping: Any = field(default_factory=EarlyStoppingSpec)
-    budget: Any = field(default_factory=Budget)
-    resources: Any = field(default_factory=Resources)
-    measure: Any = field(default_factory=MeasureSpec)
-    nightly: Any = field(default_factory=NightlySpec)
-    artifacts: Any = field(default_factory=ArtifactsSpec)
-    cv: Any = field(default_factory=CVSpec)
+    constraints: tuple[Bound, ...] = ()
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    early_stopping: EarlyStoppingSpec = field(default_factory=EarlyStoppingSpec)
+    budget: Budget = field(default_factory=Budget)
+    resources: Resources = field(default_factory=Resources)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    nightly: NightlySpec = field(default_factory=NightlySpec)
+    artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
+    cv: CVSpec = field(default_factory=CVSpec)
+
+    if TYPE_CHECKING:
+        # What construction accepts: each field in its checked form, or the plain data
+        # (mappings, a sampler name) that __post_init__ checks and converts.
+        def __init__(
+            self,
+            name: str,
+            workload: str,
+            search_space: Mapping[str, ParamSpec | Mapping[str, Any] | Any],
+            objectives: Mapping[str, str] = ...,
+            storage: str | None = ...,
+            constraints: tuple[Bound, ...] | Mapping[str, Mapping[str, float]] | None = ...,
+            sampler: SamplerSpec | Mapping[str, Any] | str = ...,
+            early_stopping: EarlyStoppingSpec | Mapping[str, Any] | str | None = ...,
+            budget: Budget | Mapping[str, Any] = ...,
+            resources: Resources | Mapping[str, Any] = ...,
+            measure: MeasureSpec | Mapping[str, Any] = ...,
+            nightly: NightlySpec | Mapping[str, Any] = ...,
+            artifacts: ArtifactsSpec | Mapping[str, Any] = ...,
+            cv: CVSpec | Mapping[str, Any] = ...,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         _validate_into(self)
 
     @property
     def params(self) -> dict[str, ParamSpec]:
-        return dict(self.search_space)  # type: ignore[arg-type]
+        return dict(self.search_space)
 
     @property
     def directions(self) -> list[str]:
@@ -497,7 +521,7 @@ def _validate_into(spec: StudySpec) -> None:
 
     # constraints
     constraints: list[Bound] = []
-    raw_constraints = spec.constraints
+    raw_constraints: Any = spec.constraints
     if isinstance(raw_constraints, (list, tuple)) and all(
         isinstance(c, Bound) for c in raw_constraints
     ):
@@ -554,7 +578,7 @@ def _validate_into(spec: StudySpec) -> None:
     _set(spec, "sampler", sampler)
 
     # early stopping
-    es = spec.early_stopping
+    es: Any = spec.early_stopping
     if es is None or isinstance(es, str):
         es = {"name": es or "none"}
     if isinstance(es, EarlyStoppingSpec):
