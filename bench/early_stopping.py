@@ -75,7 +75,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
 
     import tuner
     from tuner._artifacts import artifact_status
-    from tuner.storage import load_records, open_storage, pareto_front
+    from tuner.storage import open_storage, pareto_front, read_records
 
     torch.set_num_threads(1)
     base = tuner.load_spec("mnist1d_cnn")
@@ -93,7 +93,7 @@ def _run_one(job: tuple[str, int, int, int, int, int, int, str]) -> dict[str, An
     started = time.perf_counter()
     tuner.run(spec, storage=url)
     wall = time.perf_counter() - started
-    records = load_records(open_storage(url), name)
+    records = read_records(open_storage(url), name)
     finished = [r for r in records if r.state in ("COMPLETE", "PRUNED")]
     objectives = dict(spec.objectives)
     front = pareto_front(records, objectives)

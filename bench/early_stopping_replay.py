@@ -54,7 +54,7 @@ def _train(job: tuple[str, int, int, int, str]) -> list[dict[str, Any]]:
 
     import tuner
     from tuner._artifacts import artifact_status
-    from tuner.storage import load_records, open_storage
+    from tuner.storage import open_storage, read_records
 
     torch.set_num_threads(1)
     name = f"pool-{sampler}-s{seed}"
@@ -66,7 +66,7 @@ def _train(job: tuple[str, int, int, int, str]) -> list[dict[str, Any]]:
     tuner.run(spec, storage=url)
     study = optuna.load_study(study_name=name, storage=open_storage(url))
     out = []
-    for r in _complete_trials(load_records(open_storage(url), name), OBJECTIVES):
+    for r in _complete_trials(read_records(open_storage(url), name), OBJECTIVES):
         rungs = r.metrics.get("rungs") or {}
         if any(str(k) not in rungs for k in POOL_RUNGS):
             continue

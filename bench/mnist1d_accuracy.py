@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import tuner
-from tuner.storage import load_records, open_storage, pareto_front
+from tuner.storage import open_storage, pareto_front, read_records
 
 PAPER = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94}
 
@@ -34,7 +34,7 @@ def main() -> None:
     )
     wall = time.perf_counter() - started
     records = [
-        r for r in load_records(open_storage(url), result.study_name) if r.state == "COMPLETE"
+        r for r in read_records(open_storage(url), result.study_name) if r.state == "COMPLETE"
     ]
 
     def best(rows: list) -> str:
@@ -72,7 +72,7 @@ def main() -> None:
     )
     narrow_records = [
         r
-        for r in load_records(open_storage(url), narrow_result.study_name)
+        for r in read_records(open_storage(url), narrow_result.study_name)
         if r.state == "COMPLETE"
     ]
     print(f"{'tuner: spec narrowed to 90%+ & int8':<34} {best(narrow_records)}")

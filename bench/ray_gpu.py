@@ -27,7 +27,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import tuner  # noqa: E402
 from tuner._spec import load_spec  # noqa: E402
-from tuner.storage import load_records, open_storage  # noqa: E402
+from tuner.storage import open_storage, read_records  # noqa: E402
 
 
 class GpuSampler:
@@ -107,7 +107,7 @@ def sweep(spec_path: str, gpus: float, trials: int, url: str) -> dict[str, Any]:
     wall = time.time() - started
     records = [
         r
-        for r in load_records(open_storage(url, heartbeat=False), spec["name"])
+        for r in read_records(open_storage(url, heartbeat=False), spec["name"])
         if r.state in ("COMPLETE", "PRUNED")
     ]
     complete = [r for r in records if r.state == "COMPLETE"]

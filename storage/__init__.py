@@ -20,20 +20,22 @@ from ._bounds import (
 )
 from ._budget import budget_lock
 from ._errors import StoreError
-from ._fast import read_best_values, read_records, read_studies
 from ._format import column_format, metric_unit, show_epochs, show_metric, show_param
 from ._locks import LockHeld, LockHolder, StoreLock, acquire_lock, read_lock
 from ._nights import NightSummary, night_studies, nights, previous_night
 from ._outage import StoreUnavailable, add_listener, retry_window_s, ride_out
 from ._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, set_trial_user_attrs
+from ._readers import (
+    count_states,
+    read_best_values,
+    read_records,
+    read_studies,
+    read_trial_attr,
+)
 from ._records import (
     StudySummary,
     TrialRecord,
-    count_states,
-    count_states_by_id,
     hypervolume,
-    list_studies,
-    load_records,
     load_study_readonly,
     pareto_front,
     pareto_mask,
@@ -73,10 +75,7 @@ __all__ = [
     "add_listener",
     "check_url",
     "count_states",
-    "count_states_by_id",
     "hypervolume",
-    "list_studies",
-    "load_records",
     "load_study_readonly",
     "mask_url",
     "night_studies",
@@ -89,6 +88,7 @@ __all__ = [
     "read_lock",
     "read_records",
     "read_studies",
+    "read_trial_attr",
     "resolve_url",
     "retry_window_s",
     "ride_out",

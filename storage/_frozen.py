@@ -24,7 +24,7 @@ from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-from ._fast import _local
+from ._fast import BulkReads, _local
 from ._outage import ride_out
 
 _trials = models.TrialModel.__table__
@@ -99,11 +99,12 @@ def _guarded(method: Callable[..., _T]) -> Callable[..., _T]:
     return run
 
 
-class FastRDBStorage(optuna.storages.RDBStorage):
+class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
     """``RDBStorage`` whose trial reads, param writes, heartbeats and finishing writes skip
-    the ORM.
+    the ORM, with tuner's bulk reads (:class:`BulkReads`) as methods.
 
-    Same tables, same rows, same results and errors as Optuna's own methods.
+    Same tables, same rows, same results and errors as Optuna's own methods. This class
+    (with the mixin it owns) is the only code that runs SQL on Optuna's tables.
     """
 
     _distribution_cache: dict[str, distributions.BaseDistribution]
@@ -391,6 +392,12 @@ _RIDDEN = [
     "_get_stale_trial_ids",
     "_get_trials",
     "_set_trial_param",
+    # tuner's bulk reads (BulkReads); _count_states runs on a caller's connection.
+    "read_records",
+    "read_studies",
+    "read_best_values",
+    "count_states",
+    "read_trial_attr",
 ]
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import optuna
 
-from ._records import TrialRecord, hypervolume, load_records, pareto_front, study_objectives
+from ._readers import read_records
+from ._records import TrialRecord, hypervolume, pareto_front, study_objectives
 from .keys import NIGHTLY_ATTR, SPEC_NAME_ATTR
 
 
@@ -96,7 +97,7 @@ def nights(
     out = []
     for date, name, night, study in loaded:
         objectives = study_objectives(study)
-        records = load_records(storage, name)
+        records = read_records(storage, name)
         front = pareto_front(records, objectives)
         hv = None
         if reference is not None and set(objectives) <= set(reference):

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
 from ._errors import StoreError
-from ._outage import ride_out
 from .keys import FINISHED
 
 
@@ -100,52 +98,6 @@ def to_record(trial: optuna.trial.FrozenTrial, objective_names: Sequence[str]) -
     )
 
 
-def load_records(storage: optuna.storages.BaseStorage, name: str) -> list[TrialRecord]:
-    """Every trial of study ``name`` as a plain record."""
-    study = load_study_readonly(storage, name)
-    names = list(study_objectives(study))
-    return [to_record(t, names) for t in study.get_trials(deepcopy=False)]
-
-
-def count_states(storage: optuna.storages.BaseStorage, name: str) -> dict[str, int]:
-    """Trials of study ``name`` by state, counted in the database."""
-    return count_states_by_id(storage, storage.get_study_id_from_name(name))
-
-
-def count_states_by_id(
-    storage: optuna.storages.BaseStorage, study_id: int, connection: Any = None
-) -> dict[str, int]:
-    """Trials of a study by state; ``connection`` reuses an open database connection."""
-    engine = getattr(storage, "engine", None)
-    if engine is None:
-        counts: dict[str, int] = {}
-        for t in storage.get_all_trials(study_id, deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return counts
-    import sqlalchemy
-
-    query = sqlalchemy.text(
-        "SELECT state, COUNT(*) FROM trials WHERE study_id = :sid GROUP BY state"
-    )
-    if connection is not None:
-        rows = connection.execute(query, {"sid": study_id}).all()
-    else:
-
-        def read() -> list[Any]:
-            with engine.connect() as conn:
-                return list(conn.execute(query, {"sid": study_id}).all())
-
-        rows = ride_out(read, storage)
-    return {_state_name(state): int(n) for state, n in rows}
-
-
-def _state_name(state: Any) -> str:
-    if isinstance(state, TrialState):
-        return state.name
-    text = str(state)
-    return text.split(".")[-1].upper()
-
-
 def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Boolean mask of the non-dominated rows of ``values`` (n trials x k objectives)."""
     n = values.shape[0]
@@ -204,28 +156,3 @@ def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequen
     if not inside.any():
         return 0.0
     return float(compute_hypervolume(v[inside], ref, assume_pareto=False))
-
-
-def list_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
-    """Every study in the store with its counts and last update."""
-    out = []
-    for s in storage.get_all_studies():
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        counts: dict[str, int] = {}
-        last: datetime | None = None
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-            stamp = t.datetime_complete or t.datetime_start
-            if stamp is not None and (last is None or stamp > last):
-                last = stamp
-        out.append(
-            StudySummary(
-                name=s.study_name,
-                objectives=study_objectives(study),
-                counts=counts,
-                user_attrs=dict(s.user_attrs),
-                last_update=last,
-            )
-        )
-    return out

@@ -52,9 +52,9 @@ INTERRUPTED = "interrupted: the run was stopped while this trial was running; it
 
 
 def _finished_and_running(storage: Any, study_id: int, connection: Any = None) -> tuple[int, int]:
-    from .storage import count_states_by_id
+    from .storage import count_states
 
-    counts = count_states_by_id(storage, study_id, connection)
+    counts = count_states(storage, study_id, connection)
     return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
 
 

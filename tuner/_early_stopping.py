@@ -48,7 +48,6 @@ decisions themselves are pure functions of those records (:func:`rank_at_rung`,
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from ._space import fixed_params
 from ._spec import EarlyStoppingSpec, StudySpec
 from ._units import show_epochs
 from ._workloads import TrialContext, TrialStopped
+from .storage import read_trial_attr
 from .storage.keys import CURVE_ATTR, RUNGS_ATTR
 
 # Objectives that validation accuracy so far stands in for while a trial trains.
@@ -519,33 +519,7 @@ class EarlyStopping:
 
     def _read(self, key: str, exclude: int) -> list[tuple[int, Any]]:
         """``(trial number, value)`` of user attribute ``key`` for the study's other trials."""
-        backend = getattr(self._storage, "_backend", self._storage)
-        engine = getattr(backend, "engine", None)
-        if engine is None:
-            return [
-                (t.number, t.user_attrs[key])
-                for t in self._storage.get_all_trials(self._study_id, deepcopy=False)
-                if key in t.user_attrs and t.number != exclude
-            ]
-        import sqlalchemy
-
-        from .storage import ride_out
-
-        def read() -> list[Any]:
-            with engine.connect() as conn:
-                return list(
-                    conn.execute(
-                        sqlalchemy.text(
-                            "SELECT t.number, a.value_json FROM trial_user_attributes a "
-                            "JOIN trials t ON t.trial_id = a.trial_id "
-                            "WHERE t.study_id = :sid AND a.key = :key AND t.number <> :num"
-                        ),
-                        {"sid": self._study_id, "key": key, "num": exclude},
-                    ).all()
-                )
-
-        rows = ride_out(read, backend)
-        return [(int(number), json.loads(value)) for number, value in rows]
+        return read_trial_attr(self._storage, self._study_id, key, exclude=exclude)
 
 
 def _same_bracket(es: EarlyStoppingSpec, max_epochs: int, a: int, b: int) -> bool:

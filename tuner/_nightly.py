@@ -38,8 +38,8 @@ from .storage import (
     StoreError,
     acquire_lock,
     count_states,
-    load_records,
     pareto_front,
+    read_records,
     resolve_url,
     ride_out,
 )
@@ -97,7 +97,7 @@ def _warm_start(
     study: optuna.Study, spec: StudySpec, store: Any, previous: str, budget: int
 ) -> int:
     """Enqueue last night's Pareto settings that still fit tonight's search space."""
-    records = load_records(store, previous)
+    records = read_records(store, previous)
     front = pareto_front(records, spec.objectives)
     params = spec.params
     queued = 0
@@ -211,8 +211,8 @@ def nightly(
             progress=progress,
             **backend_options,
         )
-        records = load_records(store, name)
-        previous_records = load_records(store, previous) if previous else []
+        records = read_records(store, name)
+        previous_records = read_records(store, previous) if previous else []
         previous_attrs = (
             optuna.load_study(study_name=previous, storage=store).user_attrs.get(NIGHTLY_ATTR)
             if previous

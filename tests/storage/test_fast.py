@@ -11,12 +11,12 @@ from optuna.trial import TrialState, create_trial
 
 from tuner.storage import (
     StoreError,
-    list_studies,
-    load_records,
+    count_states,
     open_storage,
     read_best_values,
     read_records,
     read_studies,
+    read_trial_attr,
 )
 
 OBJECTIVES = ["accuracy", "size_bytes", "latency_ms"]
@@ -97,11 +97,18 @@ def filled_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
     return url
 
 
-def test_read_records_equals_load_records(filled_url: str) -> None:
+def _plain(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's own RDBStorage: the readers take their fallback through Optuna's objects."""
+    return optuna.storages.RDBStorage(url, skip_table_creation=True, skip_compatibility_check=True)
+
+
+def test_read_records_equals_optunas_objects(filled_url: str) -> None:
     storage = open_storage(filled_url, read_only=True, heartbeat=False)
+    plain = _plain(filled_url)
     for name in ("mixed", "single", "empty"):
         fast = read_records(storage, name)
-        assert fast == load_records(storage, name)
+        assert fast == read_records(plain, name)
+        assert fast == read_records(optuna.storages._CachedStorage(storage), name)
     records = read_records(storage, "mixed")
     assert [r.state for r in records] == [
         "COMPLETE",
@@ -122,10 +129,10 @@ def test_read_records_equals_load_records(filled_url: str) -> None:
     storage.engine.dispose()
 
 
-def test_read_studies_equals_list_studies(filled_url: str) -> None:
+def test_read_studies_equals_optunas_objects(filled_url: str) -> None:
     storage = open_storage(filled_url, read_only=True, heartbeat=False)
     fast = {s.name: s for s in read_studies(storage)}
-    slow = {s.name: s for s in list_studies(storage)}
+    slow = {s.name: s for s in read_studies(_plain(filled_url))}
     assert fast.keys() == slow.keys() == {"mixed", "single", "empty"}
     for name in fast:
         assert fast[name].objectives == slow[name].objectives
@@ -143,6 +150,24 @@ def test_best_values_skip_infeasible_and_unfinished(filled_url: str) -> None:
     assert best["mixed"] == {"accuracy": 0.95, "size_bytes": 4096.0, "latency_ms": 0.12}
     assert best["single"] == {"objective_0": 3.0}
     assert best["empty"] == {}
+    assert read_best_values(_plain(filled_url)) == best
+    storage.engine.dispose()
+
+
+def test_counts_and_attrs_equal_optunas_objects(filled_url: str) -> None:
+    storage = open_storage(filled_url, read_only=True, heartbeat=False)
+    plain = _plain(filled_url)
+    sid = storage.get_study_id_from_name("mixed")
+    counts = {"COMPLETE": 3, "PRUNED": 1, "FAIL": 2, "RUNNING": 1}
+    assert count_states(storage, "mixed") == count_states(storage, sid) == counts
+    assert count_states(plain, "mixed") == counts
+    with storage.engine.connect() as conn:
+        assert count_states(storage, sid, conn) == counts
+    fast = read_trial_attr(storage, sid, "curve", exclude=0)
+    assert sorted(fast) == [(2, [0.1]), (6, [0.7, 0.95])]
+    assert sorted(read_trial_attr(plain, sid, "curve", exclude=0)) == sorted(fast)
+    cached = optuna.storages._CachedStorage(storage)
+    assert sorted(read_trial_attr(cached, sid, "curve", exclude=0)) == sorted(fast)
     storage.engine.dispose()
 
 

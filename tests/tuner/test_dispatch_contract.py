@@ -18,7 +18,7 @@ from fake_dispatch import ThreadDispatcher
 
 import tuner
 import tuner._run
-from tuner.storage import count_states, load_records, open_storage
+from tuner.storage import count_states, open_storage, read_records
 
 BACKENDS = ["fake", "inline", "local", "ray"]
 
@@ -117,4 +117,4 @@ def test_two_drivers_on_one_study_meet_the_budget_exactly(
 
 
 def _records(url: str) -> list[Any]:
-    return load_records(open_storage(url, heartbeat=False), "tiny")
+    return read_records(open_storage(url, heartbeat=False), "tiny")

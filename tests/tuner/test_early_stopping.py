@@ -25,7 +25,7 @@ from tuner._early_stopping import (
 from tuner._measure import size_bytes
 from tuner._spec import EarlyStoppingSpec
 from tuner._workloads import TrialContext, TrialStopped
-from tuner.storage import load_records, open_storage
+from tuner.storage import open_storage, read_records
 
 ACC_SIZE = ("maximize", "minimize")
 
@@ -439,7 +439,7 @@ def _asha_spec(tiny_spec: Any) -> dict[str, Any]:
 
 
 def _check_stopped_trials(url: str, name: str = "tiny") -> list[Any]:
-    records = load_records(open_storage(url), name)
+    records = read_records(open_storage(url), name)
     states = [r.state for r in records]
     assert "FAIL" not in states and states.count("COMPLETE") + states.count("PRUNED") == 8
     stopped = [r for r in records if r.state == "PRUNED"]

@@ -13,14 +13,14 @@ import optuna
 import pytest
 
 import tuner
-from tuner.storage import load_records, open_storage
+from tuner.storage import open_storage, read_records
 
 pytestmark = pytest.mark.slow
 
 
 def _complete(url: str) -> list[Any]:
     return [
-        r for r in load_records(open_storage(url, heartbeat=False), "slow") if r.state == "COMPLETE"
+        r for r in read_records(open_storage(url, heartbeat=False), "slow") if r.state == "COMPLETE"
     ]
 
 

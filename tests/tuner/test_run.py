@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 import tuner
-from tuner.storage import count_states, load_records, open_storage
+from tuner.storage import count_states, open_storage, read_records
 
 
 def test_run_returns_pareto_front_with_measured_metrics(sqlite_url: str, tiny_spec: Any) -> None:
@@ -56,11 +56,11 @@ def test_rerun_resumes_to_the_total_and_never_reruns(sqlite_url: str, tiny_spec:
     more = tuner.run(spec, storage=sqlite_url, n_trials=4)
     assert more.trials_run == 2 and more.n_finished == 4
     store = open_storage(sqlite_url)
-    records = load_records(store, "tiny")
+    records = read_records(store, "tiny")
     assert [r.number for r in records] == [0, 1, 2, 3]
     # The first two trials are the same rows, untouched by the later runs.
     assert [r.datetime_complete for r in records[:2]] == [
-        r.datetime_complete for r in load_records(store, "tiny")[:2]
+        r.datetime_complete for r in read_records(store, "tiny")[:2]
     ]
 
 
@@ -83,7 +83,7 @@ def test_failing_trial_is_kept_with_its_error_and_the_study_goes_on(
     spec = tiny_spec(workload="flaky_workloads:flaky", budget={"n_trials": 3, "max_epochs": 1})
     result = tuner.run(spec, storage=sqlite_url)
     assert result.n_finished == 3
-    records = load_records(open_storage(sqlite_url), "tiny")
+    records = read_records(open_storage(sqlite_url), "tiny")
     failed = [r for r in records if r.state == "FAIL"]
     assert [r.number for r in failed] == [0, 2]
     assert all("out of memory" in (r.error or "") for r in failed)
@@ -104,7 +104,7 @@ def test_nan_loss_fails_the_trial_with_a_clear_reason(sqlite_url: str, tiny_spec
     )
     with pytest.raises(tuner.DispatchError, match="keep failing.*diverged"):
         tuner.run(spec, storage=sqlite_url, n_trials=1)
-    records = load_records(open_storage(sqlite_url), "tiny")
+    records = read_records(open_storage(sqlite_url), "tiny")
     assert "diverged" in (records[0].error or "")
     assert records[0].state == "FAIL"
 
@@ -119,7 +119,7 @@ def test_two_local_workers_on_sqlite_meet_the_budget_exactly(
     assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
     assert counts.get("RUNNING", 0) == 0
     assert "database is locked" not in " ".join(
-        r.error or "" for r in load_records(open_storage(sqlite_url), "tiny")
+        r.error or "" for r in read_records(open_storage(sqlite_url), "tiny")
     )
     assert result.n_finished == 4
 
