@@ -333,7 +333,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from streamlit.testing.v1 import AppTest
 
-    from tuner.dashboard import _data
+    from tuner.dashboard._views import page as pages
     from tuner.storage import open_storage, read_records
 
     path = Path(f"/tmp/tuner-bench-dashboard-{args.trials}.db")
@@ -354,10 +354,10 @@ def main() -> int:
         read_records(storage, STUDY)
 
     def first_view() -> None:
-        _data.study_page_data(STUDY, read_records(storage, STUDY), OBJECTIVES)
+        pages.study_page_data(STUDY, read_records(storage, STUDY), OBJECTIVES)
 
     def every_view() -> None:
-        page = _data.study_page_data(STUDY, read_records(storage, STUDY), OBJECTIVES)
+        page = pages.study_page_data(STUDY, read_records(storage, STUDY), OBJECTIVES)
         _ = page.hypervolume, page.histories, page.curves, page.table
 
     app = str(ROOT / "dashboard" / "app.py")

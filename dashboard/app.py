@@ -15,14 +15,16 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from tuner.dashboard import _data
+from tuner.dashboard import _figures
+from tuner.dashboard._views import front as _front
+from tuner.dashboard._views import importance as _importance_data
+from tuner.dashboard._views import overview as _overview
+from tuner.dashboard._views import trials as _trials
+from tuner.dashboard._views.page import StudyPage, study_page_data
 from tuner.storage import (
     StoreError,
     StoreUnavailable,
@@ -44,13 +46,6 @@ REFRESH_S = 5
 MAX_2D_POINTS = 3000
 MAX_3D_POINTS = 1500
 MAX_LINES = 1500
-
-FRONT = "#1f77b4"
-BEST = "#d62728"
-DOMINATED = "rgba(120,120,120,0.28)"
-OUTSIDE = "rgba(170,170,170,0.12)"
-BROKEN = "rgba(214,39,40,0.55)"
-STOPPED = "#ff7f0e"
 TABS = [
     "Pareto front",
     "3-D",
@@ -93,13 +88,13 @@ def _count(url: str, name: str) -> int:
     return sum(count_states(_store(url), name).values())
 
 
-def _build_page(url: str, name: str) -> _data.StudyPage:
+def _build_page(url: str, name: str) -> StudyPage:
     summary = _summary(url, name)
     if summary is None:
         raise StoreError(f"no study named {name!r} in this store")
     records = read_records(_store(url), name)
-    return _data.study_page_data(
-        name, records, summary.objectives, _data.study_constraints(summary.user_attrs)
+    return study_page_data(
+        name, records, summary.objectives, _front.study_constraints(summary.user_attrs)
     )
 
 
@@ -107,21 +102,21 @@ def _build_page(url: str, name: str) -> _data.StudyPage:
 # so it is cached as a resource (no copy per read). Larger studies are re-read less
 # often: reading 10,000 trials costs more than reading 100.
 @st.cache_resource(ttl=2, max_entries=32, show_spinner=False)
-def _page_small(url: str, name: str) -> _data.StudyPage:
+def _page_small(url: str, name: str) -> StudyPage:
     return _build_page(url, name)
 
 
 @st.cache_resource(ttl=10, max_entries=8, show_spinner=False)
-def _page_medium(url: str, name: str) -> _data.StudyPage:
+def _page_medium(url: str, name: str) -> StudyPage:
     return _build_page(url, name)
 
 
 @st.cache_resource(ttl=30, max_entries=4, show_spinner=False)
-def _page_large(url: str, name: str) -> _data.StudyPage:
+def _page_large(url: str, name: str) -> StudyPage:
     return _build_page(url, name)
 
 
-def _page(url: str, name: str) -> _data.StudyPage:
+def _page(url: str, name: str) -> StudyPage:
     n = _count(url, name)
     if n < 1000:
         return _page_small(url, name)
@@ -133,7 +128,7 @@ def _page(url: str, name: str) -> _data.StudyPage:
 @st.cache_data(ttl=600, max_entries=16, show_spinner=False)
 def _importance(url: str, name: str, n_complete: int) -> dict[str, dict[str, float]]:
     page = _page(url, name)
-    return _data.param_importance(page.records, page.objectives)
+    return _importance_data.param_importance(page.records, page.objectives)
 
 
 def _summary(url: str, name: str) -> StudySummary | None:
@@ -220,7 +215,7 @@ def overview(url: str) -> None:
         )
         return
     best = _best_values(url)
-    groups = _data.group_studies(summaries)
+    groups = _overview.group_studies(summaries)
     single = [g.studies[0] for g in groups if not g.nightly]
     nightly = [g for g in groups if g.nightly]
     if single:
@@ -239,7 +234,7 @@ def overview(url: str) -> None:
 def _studies_table(
     studies: list[StudySummary], best: dict[str, dict[str, float]], *, key: str
 ) -> None:
-    frame = pd.DataFrame(_data.overview_rows(studies, best))
+    frame = pd.DataFrame(_overview.overview_rows(studies, best))
     event = st.dataframe(
         frame,
         hide_index=True,
@@ -324,34 +319,29 @@ def _study_body(url: str, name: str) -> None:
             draw(url, page, info)
 
 
-def _budget_section(url: str, page: _data.StudyPage) -> _data.FrontInfo:
+def _budget_section(url: str, page: StudyPage) -> _front.FrontInfo:
     st.subheader("Deployment budget")
     st.caption(
         "Set the limits your deployment allows; leave a box empty for no limit. "
         "The best trial within them is shown below and the charts mark the front within them."
     )
     limits: dict[str, float | None] = {}
-    cols = st.columns(len(page.objectives))
-    for i, (col, (metric, direction)) in enumerate(zip(cols, page.objectives.items())):
-        unit, scale = _data.budget_unit(metric)
-        shown = page.info.values[:, i] * scale if len(page.info) else np.empty(0)
-        typical = float(np.median(shown)) if len(shown) else None
-        side = "min" if direction == "maximize" else "max"
-        key = f"{side}_{metric}"
+    fields = _front.budget_fields(page.info)
+    for col, field in zip(st.columns(len(fields)), fields):
         value = col.number_input(
-            f"{side} {metric} ({unit})" if unit else f"{side} {metric}",
+            field.label,
             value=None,
             min_value=0.0,
-            step=_data.budget_step(metric, typical),
-            format=_data.BUDGET_FORMAT,
+            step=field.step,
+            format=_front.BUDGET_FORMAT,
             placeholder="no limit",
-            key=key,
+            key=f"{field.side}_{field.metric}",
             bind="query-params",
         )
-        limits[metric] = None if value is None else float(value) / scale
-    bounds = _data.budget_bounds(page.objectives, limits)
-    info = _data.restrict(page.info, bounds)
-    result = _data.best_within_budget(info)
+        limits[field.metric] = None if value is None else float(value) / field.scale
+    bounds = _front.budget_bounds(page.objectives, limits)
+    info = _front.restrict(page.info, bounds)
+    result = _front.best_within_budget(info)
     if result.best is None:
         if bounds:
             st.warning(
@@ -372,11 +362,11 @@ def _budget_section(url: str, page: _data.StudyPage) -> _data.FrontInfo:
     left, right = st.columns([1, 4])
     if left.button(f"Open trial {best.number}", key=_nav_key("open-best"), type="primary"):
         _go(study=page.name, trial=best.number)
-    right.code(_data.export_command(page.name, best.number, url), language="bash")
+    right.code(_trials.export_command(page.name, best.number, url), language="bash")
     return info
 
 
-def _pair(page: _data.StudyPage) -> tuple[str, str]:
+def _pair(page: StudyPage) -> tuple[str, str]:
     names = list(page.objectives)
     if len(names) == 1:
         return names[0], names[0]
@@ -388,81 +378,16 @@ def _pair(page: _data.StudyPage) -> tuple[str, str]:
     return x, y
 
 
-def _pareto_2d(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
+def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     if len(info) == 0:
         st.info("No complete trial yet.")
         return
     x, y = _pair(page)
-    names = list(page.objectives)
-    xi, yi = names.index(x), names.index(y)
-    rows = _data.plot_sample(info, MAX_2D_POINTS)
-    budget = bool(info.bounds)
-    groups = _data.point_groups(info, rows)
-    tips = page.hover
-    fig = go.Figure()
-    style = {
-        "outside budget": dict(color=OUTSIDE, size=6),
-        "dominated": dict(color=DOMINATED, size=7),
-        "breaks constraints": dict(color=BROKEN, size=8, symbol="x"),
-        "Pareto front": dict(
-            color="rgba(31,119,180,0.35)" if budget else FRONT,
-            size=10,
-            line=dict(width=1, color="white"),
-        ),
-        "front within budget": dict(color=FRONT, size=11, line=dict(width=1, color="white")),
-    }
-    for label, idx in groups.items():
-        if len(idx) == 0:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=info.values[idx, xi] * _data.display_scale(x),
-                y=info.values[idx, yi] * _data.display_scale(y),
-                mode="markers",
-                name=f"{label} ({len(idx)})",
-                marker=style[label],
-                customdata=tips.rows[idx],
-                hovertemplate=tips.template,
-            )
-        )
-    line = _data.front_2d(info, xi, yi)
-    if len(line):
-        fig.add_trace(
-            go.Scatter(
-                x=info.values[line, xi] * _data.display_scale(x),
-                y=info.values[line, yi] * _data.display_scale(y),
-                mode="lines",
-                line=dict(color=FRONT, width=1.5, shape="hv"),
-                name=f"trade-off {y} vs {x}",
-                hoverinfo="skip",
-            )
-        )
-    result = _data.best_within_budget(info)
-    if result.best is not None:
-        b = result.best
-        fig.add_trace(
-            go.Scatter(
-                x=[b.values[x] * _data.display_scale(x)],
-                y=[b.values[y] * _data.display_scale(y)],
-                mode="markers",
-                name=f"best {'within budget' if budget else 'overall'}: trial {b.number}",
-                marker=dict(color=BEST, size=16, symbol="star", line=dict(width=1, color="white")),
-                customdata=tips.rows[info.numbers == b.number][:1],
-                hovertemplate=tips.template,
-            )
-        )
-    fig.update_layout(
-        xaxis_title=_data.axis_title(x, page.objectives[x]),
-        yaxis_title=_data.axis_title(y, page.objectives[y]),
-        height=520,
-        margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
-        clickmode="event+select",
-    )
-    shown = len(rows)
+    rows = _front.plot_sample(info, MAX_2D_POINTS)
+    fig = _figures.pareto_2d(info, page.hover, rows, x, y)
     note = (
-        f"; showing {shown:,} of {len(info):,} trials (every front trial)"
-        if shown < len(info)
+        f"; showing {len(rows):,} of {len(info):,} trials (every front trial)"
+        if len(rows) < len(info)
         else ""
     )
     st.caption(
@@ -482,163 +407,47 @@ def _pareto_2d(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
         _go(study=page.name, trial=number)
 
 
-def _pareto_3d(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
-    names = list(page.objectives)
-    if len(names) < 3:
+def _pareto_3d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
+    if len(page.objectives) < 3:
         st.info("The 3-D view needs three objectives; this study has fewer.")
         return
     if len(info) == 0:
         st.info("No complete trial yet.")
         return
-    rows = _data.plot_sample(info, MAX_3D_POINTS)
-    groups = _data.point_groups(info, rows)
-    tips = page.hover
-    fig = go.Figure()
-    style = {
-        "outside budget": dict(color="rgba(170,170,170,0.3)", size=3),
-        "dominated": dict(color="rgba(120,120,120,0.55)", size=3),
-        "breaks constraints": dict(color=BROKEN, size=3, symbol="x"),
-        "Pareto front": dict(color=FRONT, size=5, opacity=0.5 if info.bounds else 1.0),
-        "front within budget": dict(color=FRONT, size=6),
-    }
-    x, y, z = names[:3]
-    for label, idx in groups.items():
-        if len(idx) == 0:
-            continue
-        fig.add_trace(
-            go.Scatter3d(
-                x=info.values[idx, 0] * _data.display_scale(x),
-                y=info.values[idx, 1] * _data.display_scale(y),
-                z=info.values[idx, 2] * _data.display_scale(z),
-                mode="markers",
-                name=f"{label} ({len(idx)})",
-                marker=style[label],
-                customdata=tips.rows[idx],
-                hovertemplate=tips.template,
-            )
-        )
-    fig.update_layout(
-        height=600,
-        margin=dict(l=0, r=0, t=30, b=0),
-        scene=dict(
-            xaxis_title=_data.axis_title(x),
-            yaxis_title=_data.axis_title(y),
-            zaxis_title=_data.axis_title(z),
-        ),
-        legend=dict(orientation="h", y=1.02, x=0),
-    )
+    rows = _front.plot_sample(info, MAX_3D_POINTS)
     st.caption(
         "Drag to rotate. Blue: the Pareto front; grey: dominated; red x: breaks a constraint."
     )
-    st.plotly_chart(fig, key="pareto3d", config={"displaylogo": False})
+    st.plotly_chart(
+        _figures.pareto_3d(info, page.hover, rows), key="pareto3d", config={"displaylogo": False}
+    )
 
 
-def _parallel(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
+def _parallel(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     if len(info) == 0:
         st.info("No complete trial yet.")
         return
-    rows = _data.plot_sample(info, MAX_LINES)
-    dims = _data.parallel_dimensions([info.records[i] for i in rows], page.objectives)
+    rows = _front.plot_sample(info, MAX_LINES)
     first = next(iter(page.objectives))
-    color = info.values[rows, 0] * _data.display_scale(first)
-    fig = go.Figure(
-        go.Parcoords(
-            line=dict(
-                color=color, colorscale="Viridis", showscale=True, colorbar=dict(title=first)
-            ),
-            dimensions=[
-                dict(
-                    label=d.label,
-                    values=d.values,
-                    **({"tickvals": d.tickvals, "ticktext": d.ticktext} if d.ticktext else {}),
-                )
-                for d in dims
-            ],
-        )
-    )
-    fig.update_layout(height=480, margin=dict(l=60, r=60, t=60, b=20))
     st.caption(
         f"Parameters (left) to objectives (right), one line per complete trial, colored by {first}. "
         "Drag along an axis to filter."
         + (f" Showing {len(rows):,} of {len(info):,} trials." if len(rows) < len(info) else "")
     )
-    st.plotly_chart(fig, key="parallel", config={"displaylogo": False})
+    st.plotly_chart(_figures.parallel(info, rows), key="parallel", config={"displaylogo": False})
 
 
-def _history(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
-    names = list(page.objectives)
-    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.04)
-    for i, name in enumerate(names, start=1):
-        h = page.histories[name]
-        scale = _data.display_scale(name)
-        keep = _data.even_sample(len(h.numbers), MAX_2D_POINTS)
-        nums = np.asarray(h.numbers)[keep]
-        vals = np.asarray(h.values)[keep] * scale
-        ok = np.asarray(h.feasible, dtype=bool)[keep] if len(keep) else np.array([], dtype=bool)
-        fig.add_trace(
-            go.Scatter(
-                x=nums[ok],
-                y=vals[ok],
-                mode="markers",
-                marker=dict(color=DOMINATED, size=5),
-                name="trial",
-                legendgroup="trial",
-                showlegend=i == 1,
-                hovertemplate="trial %{x}: %{y}<extra></extra>",
-            ),
-            row=i,
-            col=1,
-        )
-        if (~ok).any():
-            fig.add_trace(
-                go.Scatter(
-                    x=nums[~ok],
-                    y=vals[~ok],
-                    mode="markers",
-                    marker=dict(color=BROKEN, size=5, symbol="x"),
-                    name="breaks constraints",
-                    legendgroup="broken",
-                    showlegend=i == 1,
-                    hovertemplate="trial %{x}: %{y}<extra></extra>",
-                ),
-                row=i,
-                col=1,
-            )
-        bx, by = _data.step_points(h.best_numbers, h.best_so_far)
-        fig.add_trace(
-            go.Scatter(
-                x=bx,
-                y=np.asarray(by) * scale,
-                mode="lines",
-                line=dict(color=FRONT, shape="hv"),
-                name="best so far",
-                legendgroup="best",
-                showlegend=i == 1,
-            ),
-            row=i,
-            col=1,
-        )
-        fig.update_yaxes(title_text=_data.axis_title(name, page.objectives[name]), row=i, col=1)
-    fig.update_xaxes(title_text="trial", row=len(names), col=1)
-    fig.update_layout(height=260 * len(names), margin=dict(l=10, r=10, t=30, b=10))
+def _history(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
+    fig = _figures.histories(page.histories, page.objectives, MAX_2D_POINTS)
     st.caption("Each objective by trial number, with the best feasible value so far.")
     st.plotly_chart(fig, key="history", config={"displaylogo": False})
 
 
-def _hypervolume(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
+def _hypervolume(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     hv = page.hypervolume
     if not hv.numbers:
         st.info("No feasible complete trial yet.")
         return
-    x, y = _data.step_points(hv.numbers, hv.hypervolume)
-    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", line=dict(color=FRONT, shape="hv")))
-    fig.update_layout(
-        xaxis_title="trial",
-        yaxis_title="hypervolume (share of the box)",
-        height=380,
-        margin=dict(l=10, r=10, t=30, b=10),
-        yaxis=dict(range=[0, 1.02]),
-    )
     ref = ", ".join(f"{n} {show_metric(n, v)}" for n, v in hv.reference.items())
     ideal = ", ".join(f"{n} {show_metric(n, v)}" for n, v in hv.ideal.items())
     st.caption(
@@ -646,122 +455,50 @@ def _hypervolume(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None
         f"feasible front dominates; it rises when a trial improves the front. Reference (worst "
         f"feasible values): {ref}. Ideal: {ideal}."
     )
-    st.plotly_chart(fig, key="hypervolume", config={"displaylogo": False})
+    st.plotly_chart(_figures.hypervolume(hv), key="hypervolume", config={"displaylogo": False})
 
 
-def _importance_tab(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
+def _importance_tab(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     with st.spinner("Fitting a random forest per objective..."):
         scores = _importance(url, page.name, len(info))
     if not scores:
         st.info("Parameter importance needs at least 4 complete trials with varied parameters.")
         return
-    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=list(scores), shared_yaxes=True)
-    params = list(next(iter(scores.values())))
-    for i, (objective, by_param) in enumerate(scores.items(), start=1):
-        fig.add_trace(
-            go.Bar(
-                x=[by_param.get(p, 0.0) for p in params][::-1],
-                y=params[::-1],
-                orientation="h",
-                marker_color=FRONT,
-                showlegend=False,
-                hovertemplate="%{y}: %{x:.2f}<extra>" + objective + "</extra>",
-            ),
-            row=1,
-            col=i,
-        )
-    fig.update_layout(height=max(300, 40 * len(params)), margin=dict(l=10, r=10, t=40, b=10))
     st.caption(
         "Share of each objective's variation explained by each parameter (random forest, mean "
         "decrease in impurity, as Optuna's MeanDecreaseImpurity evaluator), over complete trials."
     )
-    st.plotly_chart(fig, key="importance", config={"displaylogo": False})
+    st.plotly_chart(_figures.importance(scores), key="importance", config={"displaylogo": False})
 
 
-def _curves(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
+def _curves(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     c = page.curves
     if not c.numbers:
         st.info("No learning curves recorded yet.")
         return
-    front = set(info.front_numbers)
-    fig = go.Figure()
-    for label, color, width, pick in (
-        ("complete", DOMINATED, 1, lambda n, s: s == "COMPLETE" and n not in front),
-        ("stopped early", STOPPED, 1.2, lambda n, s: s == "PRUNED"),
-        ("running", "#2ca02c", 2, lambda n, s: s == "RUNNING"),
-        ("Pareto front", FRONT, 2, lambda n, s: n in front),
-    ):
-        xs: list[float | None] = []
-        ys: list[float | None] = []
-        texts: list[str | None] = []
-        ends_x, ends_y = [], []
-        for number, state, curve in zip(c.numbers, c.states, c.curves):
-            if not pick(number, state):
-                continue
-            xs += list(range(1, len(curve) + 1)) + [None]
-            ys += list(curve) + [None]
-            texts += [f"trial {number}"] * len(curve) + [None]
-            ends_x.append(len(curve))
-            ends_y.append(curve[-1])
-        if not ends_x:
-            continue
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines",
-                line=dict(color=color, width=width),
-                name=label,
-                text=texts,
-                hovertemplate="%{text} epoch %{x}: %{y:.3f}<extra></extra>",
-                legendgroup=label,
-            )
-        )
-        if label == "stopped early":
-            fig.add_trace(
-                go.Scatter(
-                    x=ends_x,
-                    y=ends_y,
-                    mode="markers",
-                    marker=dict(color=STOPPED, symbol="x"),
-                    name="stopped here",
-                    legendgroup=label,
-                    hoverinfo="skip",
-                )
-            )
-    fig.update_layout(
-        xaxis_title="epoch",
-        yaxis_title="validation accuracy",
-        height=440,
-        margin=dict(l=10, r=10, t=30, b=10),
-    )
     st.caption(
         f"{c.n_with_curve:,} trials recorded a curve, {c.n_stopped:,} were stopped early "
         "(orange, ending at the x)."
         + (f" Showing {len(c.numbers):,} of them." if len(c.numbers) < c.n_with_curve else "")
     )
+    fig = _figures.learning_curves(c, info.front_numbers)
     st.plotly_chart(fig, key="curves", config={"displaylogo": False})
 
 
-def _trials_table(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> None:
-    frame = pd.DataFrame(page.table)
+def _trials_table(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     left, mid, right = st.columns([3, 1, 1])
-    states = sorted(frame["state"].unique()) if len(frame) else []
+    states = sorted({row["state"] for row in page.table})
     chosen = left.multiselect("state", states, default=states, key="table-states")
     front_only = mid.checkbox("front only", key="table-front")
     ok_only = right.checkbox("meets constraints", key="table-ok")
-    if len(frame):
-        keep = frame["state"].isin(chosen)
-        if front_only:
-            keep &= frame["front"]
-        if ok_only:
-            keep &= frame["meets constraints"].fillna(False).astype(bool)
-        if info.bounds:
-            inside = set(int(n) for n in info.numbers[info.in_budget])
-            keep &= ~frame["trial"].isin(set(int(n) for n in info.numbers)) | frame["trial"].isin(
-                inside
-            )
-        frame = frame[keep]
+    rows = _trials.filter_rows(
+        page.table,
+        states=chosen,
+        front_only=front_only,
+        feasible_only=ok_only,
+        outside_budget=info.numbers[~info.in_budget] if info.bounds else (),
+    )
+    frame = pd.DataFrame(rows, columns=list(page.table[0]) if page.table else None)
     st.caption(
         f"{len(frame):,} trials. Click a column to sort, use the search icon to filter rows, "
         "select a row to open the trial."
@@ -775,15 +512,12 @@ def _trials_table(url: str, page: _data.StudyPage, info: _data.FrontInfo) -> Non
         key=_nav_key("trials"),
         column_config={
             column: st.column_config.NumberColumn(format=form)
-            for column, form in _data.table_formats(page.records, page.objectives).items()
+            for column, form in _trials.table_formats(page.records, page.objectives).items()
         },
     )
-    rows = event.selection.rows if event is not None else []
-    if rows:
-        _go(study=page.name, trial=int(frame.iloc[rows[0]]["trial"]))
-
-
-# --- the trial page ----------------------------------------------------------------
+    selected = event.selection.rows if event is not None else []
+    if selected:
+        _go(study=page.name, trial=int(frame.iloc[selected[0]]["trial"]))
 
 
 def trial_page(url: str, name: str, number_text: str) -> None:
@@ -805,21 +539,9 @@ def trial_page(url: str, name: str, number_text: str) -> None:
     _trial_body(url, page, record)
 
 
-def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
-    on_front = record.number in set(page.info.front_numbers)
+def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
     st.title(f"Trial {record.number} of {page.name}")
-    status = {
-        "COMPLETE": "complete",
-        "PRUNED": "stopped early",
-        "FAIL": "failed",
-        "RUNNING": "running",
-        "WAITING": "waiting",
-    }.get(record.state, record.state.lower())
-    tags = [status]
-    if record.state == "COMPLETE":
-        tags.append("on the Pareto front" if on_front else "dominated")
-        tags.append("meets the constraints" if record.feasible else "breaks a constraint")
-    st.caption(" · ".join(tags))
+    st.caption(" · ".join(_trials.trial_tags(record, page.info.front_numbers)))
     if record.state == "FAIL":
         st.error("This trial failed. The error it recorded:")
         st.code(record.error or "no error recorded", language="text")
@@ -829,15 +551,9 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
             f"Stopped early after {show_epochs(len(record.curve))}"
             + (f": {reason}" if reason else ".")
         )
-    violations = record.metrics.get("constraint_violations")
-    if violations and not record.feasible:
-        broken = [
-            f"{b.describe()} (off by {show_metric(b.metric, v)})"
-            for b, v in zip(page.constraints, violations)
-            if v > 0
-        ]
-        if broken:
-            st.warning("Breaks: " + "; ".join(broken))
+    broken = _trials.broken_constraints(record, page.constraints)
+    if broken:
+        st.warning("Breaks: " + "; ".join(broken))
     if record.values:
         cols = st.columns(len(record.values))
         for col, (metric, value) in zip(cols, record.values.items()):
@@ -853,7 +569,7 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
         )
     with right:
         st.subheader("Metrics")
-        rows = _data.trial_metrics(record)
+        rows = _trials.trial_metrics(record)
         st.dataframe(
             pd.DataFrame(
                 [{"metric": m, "what": label, "value": value} for m, label, value in rows]
@@ -863,27 +579,15 @@ def _trial_body(url: str, page: _data.StudyPage, record: TrialRecord) -> None:
         )
     st.subheader("Learning curve")
     if record.curve:
-        fig = go.Figure(
-            go.Scatter(
-                x=list(range(1, len(record.curve) + 1)),
-                y=record.curve,
-                mode="lines+markers",
-                line=dict(color=STOPPED if record.state == "PRUNED" else FRONT),
-            )
+        st.plotly_chart(
+            _figures.trial_curve(record), key="trial-curve", config={"displaylogo": False}
         )
-        fig.update_layout(
-            xaxis_title="epoch",
-            yaxis_title="validation accuracy",
-            height=320,
-            margin=dict(l=10, r=10, t=20, b=10),
-        )
-        st.plotly_chart(fig, key="trial-curve", config={"displaylogo": False})
     else:
         st.caption("No learning curve recorded.")
     if record.state == "COMPLETE":
         st.subheader("Export")
         st.caption("Export this trial's model as it would ship (sparsified and quantized):")
-        st.code(_data.export_command(page.name, record.number, url), language="bash")
+        st.code(_trials.export_command(page.name, record.number, url), language="bash")
 
 
 # --- entry point -------------------------------------------------------------------

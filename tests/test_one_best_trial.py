@@ -12,7 +12,8 @@ from optuna.distributions import FloatDistribution
 import tuner
 from tuner._cli import main
 from tuner._report import compare_nights
-from tuner.dashboard import _data
+from tuner.dashboard._views import front as fronts
+from tuner.dashboard._views import page as pages
 from tuner.storage import open_storage, read_records
 
 # (accuracy, size_bytes, latency_ms, sparsity); the spec caps sparsity at 0.5.
@@ -74,9 +75,9 @@ def test_pick_dashboard_and_report_take_the_same_trial(
     storage = open_storage(store, read_only=True, heartbeat=False)
     records = read_records(storage, order)
     storage.engine.dispose()
-    budget = _data.budget_bounds(objectives, {"latency_ms": 2.0, "size_bytes": 51200.0})
-    page = _data.study_page_data(order, records, objectives)
-    shown = _data.best_within_budget(_data.restrict(page.info, budget)).best
+    budget = fronts.budget_bounds(objectives, {"latency_ms": 2.0, "size_bytes": 51200.0})
+    page = pages.study_page_data(order, records, objectives)
+    shown = fronts.best_within_budget(fronts.restrict(page.info, budget)).best
 
     constraints: dict[str, Any] = {
         "latency_ms": {"max": 2.0},
@@ -105,8 +106,8 @@ def test_the_objective_order_does_not_change_the_pick(store: str) -> None:
         picks = set()
         for order, names in ORDERS.items():
             objectives = {n: DIRECTION[n] for n in names}
-            info = _data.front_info(read_records(storage, order), objectives)
-            best = _data.best_within_budget(info).best
+            info = fronts.front_info(read_records(storage, order), objectives)
+            best = fronts.best_within_budget(info).best
             assert best is not None
             picks.add(best.number)
     finally:

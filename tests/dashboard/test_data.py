@@ -6,7 +6,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tuner.dashboard import _data
+from tuner.dashboard._views import front as fronts
+from tuner.dashboard._views import history as histories
+from tuner.dashboard._views import importance as importances
+from tuner.dashboard._views import overview as overviews
+from tuner.dashboard._views import trials as trial_views
 from tuner.storage import (
     Bound,
     StudySummary,
@@ -48,28 +52,28 @@ TRIALS = [
 
 
 def test_front_flags_dominated_and_constraint_breaking_trials() -> None:
-    info = _data.front_info(TRIALS, OBJ)
+    info = fronts.front_info(TRIALS, OBJ)
     assert list(info.numbers) == [0, 1, 2, 3, 4, 5]  # complete trials only
     assert sorted(info.front_numbers) == [0, 1, 2, 5]
     assert list(info.numbers[info.dominated]) == [3, 4]
     assert list(info.numbers[~info.feasible]) == [4]
     rows = np.arange(len(info))
-    groups = _data.point_groups(info, rows)
+    groups = fronts.point_groups(info, rows)
     assert list(info.numbers[groups["breaks constraints"]]) == [4]
     assert list(info.numbers[groups["dominated"]]) == [3]
     assert sorted(info.numbers[groups["Pareto front"]]) == [0, 1, 2, 5]
 
 
 def test_budget_filter_picks_the_most_accurate_trial_within_it() -> None:
-    bounds = _data.budget_bounds(OBJ, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
-    result = _data.best_within_budget(_data.front_info(TRIALS, OBJ, bounds))
+    bounds = fronts.budget_bounds(OBJ, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
+    result = fronts.best_within_budget(fronts.front_info(TRIALS, OBJ, bounds))
     assert result.best is not None and result.best.number == 1
     # Trial 4 is within the budget and better, but breaks a constraint.
     assert [r.number for r in result.front] == [1, 2, 5]
     assert result.n_within == 4  # 1, 2, 3, 5
-    tight = _data.budget_bounds(OBJ, {"accuracy": 0.94, "latency_ms": 1.0})
-    assert _data.best_within_budget(_data.front_info(TRIALS, OBJ, tight)).best is None
-    none = _data.best_within_budget(_data.front_info(TRIALS, OBJ))
+    tight = fronts.budget_bounds(OBJ, {"accuracy": 0.94, "latency_ms": 1.0})
+    assert fronts.best_within_budget(fronts.front_info(TRIALS, OBJ, tight)).best is None
+    none = fronts.best_within_budget(fronts.front_info(TRIALS, OBJ))
     assert none.best is not None and none.best.number == 0
 
 
@@ -77,8 +81,8 @@ def test_the_dashboard_and_tuner_pick_take_the_same_trial_whatever_the_objective
     from tuner._pick import parse_where, pick
 
     size_first = {"size_bytes": "minimize", "latency_ms": "minimize", "accuracy": "maximize"}
-    bounds = _data.budget_bounds(size_first, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
-    best = _data.best_within_budget(_data.front_info(TRIALS, size_first, bounds)).best
+    bounds = fronts.budget_bounds(size_first, {"latency_ms": 2.0, "size_bytes": 50 * 1024.0})
+    best = fronts.best_within_budget(fronts.front_info(TRIALS, size_first, bounds)).best
     # The most accurate trial within the budget, as tuner pick says, not the smallest one.
     clauses = parse_where("latency_ms<=2, size_bytes<=51200")
     picked = pick(TRIALS, size_first, clauses).trial
@@ -91,19 +95,19 @@ def test_budget_on_a_metric_that_is_not_an_objective() -> None:
         _trial(1, 0.8, 100, 1.0, metrics={"latency_ms_p90": 1.5}),
     ]
     bounds = [Bound("latency_ms_p90", max=2.0)]
-    result = _data.best_within_budget(_data.front_info(trials, OBJ, bounds))
+    result = fronts.best_within_budget(fronts.front_info(trials, OBJ, bounds))
     assert result.best is not None and result.best.number == 1
 
 
 def test_front_matches_tuner_best_on_a_real_study(dashboard_store: str) -> None:
     storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
     records = read_records(storage, "tiny")
-    info = _data.front_info(records, OBJ)
+    info = fronts.front_info(records, OBJ)
     assert sorted(info.front_numbers) == sorted(r.number for r in pareto_front(records, OBJ))
     assert not info.on_front[~info.feasible].any()
     budget = {"latency_ms": float(np.median(info.values[:, 2]))}
-    result = _data.best_within_budget(
-        _data.front_info(records, OBJ, _data.budget_bounds(OBJ, budget))
+    result = fronts.best_within_budget(
+        fronts.front_info(records, OBJ, fronts.budget_bounds(OBJ, budget))
     )
     fitting = [
         r
@@ -124,7 +128,7 @@ def test_hypervolume_history_rises_and_ends_at_the_front_hypervolume() -> None:
         )
     ]
     ref = {"accuracy": 0.4, "size_bytes": 2e5, "latency_ms": 4.0}
-    history = _data.hypervolume_history(trials, OBJ, reference=ref)
+    history = histories.hypervolume_history(trials, OBJ, reference=ref)
     assert history.numbers == list(range(60))
     assert all(b >= a for a, b in zip(history.hypervolume, history.hypervolume[1:]))
     # Scaled to the box between the ideal point and the reference, the last value is
@@ -140,14 +144,14 @@ def test_learning_curves_keep_stopped_trials() -> None:
     trials = [
         TrialRecord(i, "COMPLETE", {}, {}, {}, None, None, curve=[0.5, 0.6, 0.7]) for i in range(50)
     ] + [TrialRecord(50 + i, "PRUNED", {}, {}, {}, None, None, curve=[0.1]) for i in range(5)]
-    curves = _data.learning_curves(trials, limit=10)
+    curves = histories.learning_curves(trials, limit=10)
     assert curves.n_stopped == 5 and curves.n_with_curve == 55
     assert [s for s in curves.states].count("PRUNED") == 5
     assert len(curves.numbers) == 10
 
 
 def test_table_rows_sortable_numbers_and_errors() -> None:
-    rows = _data.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
+    rows = trial_views.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
     by_number = {r["trial"]: r for r in rows}
     assert by_number[1]["size_bytes (KB)"] == pytest.approx(40_000 / 1024)
     assert by_number[1]["accuracy (%)"] == pytest.approx(95.0)
@@ -159,17 +163,17 @@ def test_table_rows_sortable_numbers_and_errors() -> None:
 
 def test_export_command_never_shows_a_password() -> None:
     url = "postgresql+psycopg://tuner:s3cret@db:5432/studies"
-    command = _data.export_command("digits-mlp", 7, url)
+    command = trial_views.export_command("digits-mlp", 7, url)
     assert "s3cret" not in command
     assert command.startswith("tuner export digits-mlp --trial 7 --format onnx --out model.onnx")
-    assert _data.export_command("x", 1, "sqlite:///tuner.db").endswith("model.onnx")
+    assert trial_views.export_command("x", 1, "sqlite:///tuner.db").endswith("model.onnx")
 
 
 def test_nightly_studies_grouped_under_their_spec() -> None:
     def summary(name: str, day: int, **attrs: Any) -> StudySummary:
         return StudySummary(name, OBJ, {"COMPLETE": 1}, attrs, dt.datetime(2026, 1, day, 12))
 
-    groups = _data.group_studies(
+    groups = overviews.group_studies(
         [
             summary("digits-2026-01-01", 1, **{"tuner.spec_name": "digits"}),
             summary("adhoc", 2),
@@ -194,7 +198,7 @@ def test_importance_finds_the_parameter_that_drives_the_objective() -> None:
                 params={"prune_threshold": sparsity, "lr": lr},
             )
         )
-    scores = _data.param_importance(trials, OBJ)
+    scores = importances.param_importance(trials, OBJ)
     assert next(iter(scores["accuracy"])) == "prune_threshold"
     assert sum(scores["accuracy"].values()) == pytest.approx(1.0)
     assert "latency_ms" not in scores  # constant: nothing to explain
@@ -202,17 +206,17 @@ def test_importance_finds_the_parameter_that_drives_the_objective() -> None:
 
 def test_overview_rows_from_the_store(dashboard_store: str) -> None:
     storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
-    rows = _data.overview_rows(read_studies(storage), {})
+    rows = overviews.overview_rows(read_studies(storage), {})
     assert rows[0]["study"] == "tiny" and rows[0]["state"] == "finished"
     assert rows[0]["complete"] >= 1 and rows[0]["failed"] == 1
     storage.engine.dispose()
 
 
 def test_budget_steps_follow_the_size_of_the_numbers() -> None:
-    assert _data.budget_step("latency_ms") == 0.01
-    assert _data.budget_step("latency_ms", 0.0045) == 0.0001
-    assert _data.budget_step("latency_ms", 0.25) == 0.01
-    assert _data.budget_step("latency_ms", 3.2) == 0.01  # never coarser than the default
-    assert _data.budget_step("size_bytes", 4.3) == 0.1  # KB
-    assert _data.budget_step("accuracy", 94.0) == 1.0
-    assert _data.budget_step("latency_ms", float("nan")) == 0.01
+    assert fronts.budget_step("latency_ms") == 0.01
+    assert fronts.budget_step("latency_ms", 0.0045) == 0.0001
+    assert fronts.budget_step("latency_ms", 0.25) == 0.01
+    assert fronts.budget_step("latency_ms", 3.2) == 0.01  # never coarser than the default
+    assert fronts.budget_step("size_bytes", 4.3) == 0.1  # KB
+    assert fronts.budget_step("accuracy", 94.0) == 1.0
+    assert fronts.budget_step("latency_ms", float("nan")) == 0.01

@@ -1,0 +1,350 @@
+"""The dashboard's charts: plain records in, ``plotly.graph_objects.Figure`` out.
+
+Every function takes what ``tuner.dashboard._views`` computed and draws it; nothing
+here reads the store or knows about Streamlit, so tests check the figures directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tuner.storage import TrialRecord
+
+from ._views.front import (
+    FrontInfo,
+    Hover,
+    axis_title,
+    best_within_budget,
+    display_scale,
+    front_2d,
+    parallel_dimensions,
+    point_groups,
+)
+from ._views.history import (
+    Curves,
+    HypervolumeHistory,
+    ObjectiveHistory,
+    even_sample,
+    step_points,
+)
+
+FRONT = "#1f77b4"
+BEST = "#d62728"
+DOMINATED = "rgba(120,120,120,0.28)"
+OUTSIDE = "rgba(170,170,170,0.12)"
+BROKEN = "rgba(214,39,40,0.55)"
+STOPPED = "#ff7f0e"
+RUNNING = "#2ca02c"
+
+
+def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) -> go.Figure:
+    """Objective ``y`` against ``x``: the drawn ``rows`` by kind, the trade-off, the best trial.
+
+    ``rows`` are the rows of ``info`` to draw (:func:`~._views.front.plot_sample`);
+    ``tips.rows[i]`` belongs to ``info.records[i]``, its first cell the trial number.
+    """
+    names = list(info.objectives)
+    xi, yi = names.index(x), names.index(y)
+    sx, sy = display_scale(x), display_scale(y)
+    budget = bool(info.bounds)
+    style = {
+        "outside budget": dict(color=OUTSIDE, size=6),
+        "dominated": dict(color=DOMINATED, size=7),
+        "breaks constraints": dict(color=BROKEN, size=8, symbol="x"),
+        "Pareto front": dict(
+            color="rgba(31,119,180,0.35)" if budget else FRONT,
+            size=10,
+            line=dict(width=1, color="white"),
+        ),
+        "front within budget": dict(color=FRONT, size=11, line=dict(width=1, color="white")),
+    }
+    fig = go.Figure()
+    for label, idx in point_groups(info, rows).items():
+        if len(idx) == 0:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=info.values[idx, xi] * sx,
+                y=info.values[idx, yi] * sy,
+                mode="markers",
+                name=f"{label} ({len(idx)})",
+                marker=style[label],
+                customdata=tips.rows[idx],
+                hovertemplate=tips.template,
+            )
+        )
+    line = front_2d(info, xi, yi)
+    if len(line):
+        fig.add_trace(
+            go.Scatter(
+                x=info.values[line, xi] * sx,
+                y=info.values[line, yi] * sy,
+                mode="lines",
+                line=dict(color=FRONT, width=1.5, shape="hv"),
+                name=f"trade-off {y} vs {x}",
+                hoverinfo="skip",
+            )
+        )
+    best = best_within_budget(info).best
+    if best is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[best.values[x] * sx],
+                y=[best.values[y] * sy],
+                mode="markers",
+                name=f"best {'within budget' if budget else 'overall'}: trial {best.number}",
+                marker=dict(color=BEST, size=16, symbol="star", line=dict(width=1, color="white")),
+                customdata=tips.rows[info.numbers == best.number][:1],
+                hovertemplate=tips.template,
+            )
+        )
+    fig.update_layout(
+        xaxis_title=axis_title(x, info.objectives[x]),
+        yaxis_title=axis_title(y, info.objectives[y]),
+        height=520,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+        clickmode="event+select",
+    )
+    return fig
+
+
+def pareto_3d(info: FrontInfo, tips: Hover, rows: np.ndarray) -> go.Figure:
+    """The first three objectives in 3-D, the drawn ``rows`` by kind."""
+    names = list(info.objectives)[:3]
+    style = {
+        "outside budget": dict(color="rgba(170,170,170,0.3)", size=3),
+        "dominated": dict(color="rgba(120,120,120,0.55)", size=3),
+        "breaks constraints": dict(color=BROKEN, size=3, symbol="x"),
+        "Pareto front": dict(color=FRONT, size=5, opacity=0.5 if info.bounds else 1.0),
+        "front within budget": dict(color=FRONT, size=6),
+    }
+    scales = [display_scale(n) for n in names]
+    fig = go.Figure()
+    for label, idx in point_groups(info, rows).items():
+        if len(idx) == 0:
+            continue
+        fig.add_trace(
+            go.Scatter3d(
+                x=info.values[idx, 0] * scales[0],
+                y=info.values[idx, 1] * scales[1],
+                z=info.values[idx, 2] * scales[2],
+                mode="markers",
+                name=f"{label} ({len(idx)})",
+                marker=style[label],
+                customdata=tips.rows[idx],
+                hovertemplate=tips.template,
+            )
+        )
+    fig.update_layout(
+        height=600,
+        margin=dict(l=0, r=0, t=30, b=0),
+        scene=dict(
+            xaxis_title=axis_title(names[0]),
+            yaxis_title=axis_title(names[1]),
+            zaxis_title=axis_title(names[2]),
+        ),
+        legend=dict(orientation="h", y=1.02, x=0),
+    )
+    return fig
+
+
+def parallel(info: FrontInfo, rows: np.ndarray) -> go.Figure:
+    """Parallel coordinates of the drawn ``rows``: parameters, then objectives."""
+    dims = parallel_dimensions([info.records[i] for i in rows], info.objectives)
+    first = next(iter(info.objectives))
+    color = info.values[rows, 0] * display_scale(first)
+    fig = go.Figure(
+        go.Parcoords(
+            line=dict(
+                color=color, colorscale="Viridis", showscale=True, colorbar=dict(title=first)
+            ),
+            dimensions=[
+                dict(
+                    label=d.label,
+                    values=d.values,
+                    **({"tickvals": d.tickvals, "ticktext": d.ticktext} if d.ticktext else {}),
+                )
+                for d in dims
+            ],
+        )
+    )
+    fig.update_layout(height=480, margin=dict(l=60, r=60, t=60, b=20))
+    return fig
+
+
+def histories(
+    by_objective: Mapping[str, ObjectiveHistory], objectives: Mapping[str, str], limit: int
+) -> go.Figure:
+    """Each objective by trial number (at most ``limit`` points each), with the best so far."""
+    names = list(objectives)
+    fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.04)
+    for i, name in enumerate(names, start=1):
+        h = by_objective[name]
+        scale = display_scale(name)
+        keep = even_sample(len(h.numbers), limit)
+        nums = np.asarray(h.numbers)[keep]
+        vals = np.asarray(h.values)[keep] * scale
+        ok = np.asarray(h.feasible, dtype=bool)[keep] if len(keep) else np.array([], dtype=bool)
+        fig.add_trace(
+            go.Scatter(
+                x=nums[ok],
+                y=vals[ok],
+                mode="markers",
+                marker=dict(color=DOMINATED, size=5),
+                name="trial",
+                legendgroup="trial",
+                showlegend=i == 1,
+                hovertemplate="trial %{x}: %{y}<extra></extra>",
+            ),
+            row=i,
+            col=1,
+        )
+        if (~ok).any():
+            fig.add_trace(
+                go.Scatter(
+                    x=nums[~ok],
+                    y=vals[~ok],
+                    mode="markers",
+                    marker=dict(color=BROKEN, size=5, symbol="x"),
+                    name="breaks constraints",
+                    legendgroup="broken",
+                    showlegend=i == 1,
+                    hovertemplate="trial %{x}: %{y}<extra></extra>",
+                ),
+                row=i,
+                col=1,
+            )
+        bx, by = step_points(h.best_numbers, h.best_so_far)
+        fig.add_trace(
+            go.Scatter(
+                x=bx,
+                y=np.asarray(by) * scale,
+                mode="lines",
+                line=dict(color=FRONT, shape="hv"),
+                name="best so far",
+                legendgroup="best",
+                showlegend=i == 1,
+            ),
+            row=i,
+            col=1,
+        )
+        fig.update_yaxes(title_text=axis_title(name, objectives[name]), row=i, col=1)
+    fig.update_xaxes(title_text="trial", row=len(names), col=1)
+    fig.update_layout(height=260 * len(names), margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def hypervolume(hv: HypervolumeHistory) -> go.Figure:
+    """The hypervolume after each trial, as a step line."""
+    x, y = step_points(hv.numbers, hv.hypervolume)
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", line=dict(color=FRONT, shape="hv")))
+    fig.update_layout(
+        xaxis_title="trial",
+        yaxis_title="hypervolume (share of the box)",
+        height=380,
+        margin=dict(l=10, r=10, t=30, b=10),
+        yaxis=dict(range=[0, 1.02]),
+    )
+    return fig
+
+
+def importance(scores: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """One bar chart per objective: each parameter's share of its variation."""
+    fig = make_subplots(rows=1, cols=len(scores), subplot_titles=list(scores), shared_yaxes=True)
+    params = list(next(iter(scores.values())))
+    for i, (objective, by_param) in enumerate(scores.items(), start=1):
+        fig.add_trace(
+            go.Bar(
+                x=[by_param.get(p, 0.0) for p in params][::-1],
+                y=params[::-1],
+                orientation="h",
+                marker_color=FRONT,
+                showlegend=False,
+                hovertemplate="%{y}: %{x:.2f}<extra>" + objective + "</extra>",
+            ),
+            row=1,
+            col=i,
+        )
+    fig.update_layout(height=max(300, 40 * len(params)), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def learning_curves(c: Curves, front: Iterable[int]) -> go.Figure:
+    """Validation accuracy by epoch: complete, stopped (ending at an x), running, front."""
+    on_front = set(front)
+    fig = go.Figure()
+    for label, color, width, pick in (
+        ("complete", DOMINATED, 1, lambda n, s: s == "COMPLETE" and n not in on_front),
+        ("stopped early", STOPPED, 1.2, lambda n, s: s == "PRUNED"),
+        ("running", RUNNING, 2, lambda n, s: s == "RUNNING"),
+        ("Pareto front", FRONT, 2, lambda n, s: n in on_front),
+    ):
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        texts: list[str | None] = []
+        ends_x, ends_y = [], []
+        for number, state, curve in zip(c.numbers, c.states, c.curves):
+            if not pick(number, state):
+                continue
+            xs += list(range(1, len(curve) + 1)) + [None]
+            ys += list(curve) + [None]
+            texts += [f"trial {number}"] * len(curve) + [None]
+            ends_x.append(len(curve))
+            ends_y.append(curve[-1])
+        if not ends_x:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color=color, width=width),
+                name=label,
+                text=texts,
+                hovertemplate="%{text} epoch %{x}: %{y:.3f}<extra></extra>",
+                legendgroup=label,
+            )
+        )
+        if label == "stopped early":
+            fig.add_trace(
+                go.Scatter(
+                    x=ends_x,
+                    y=ends_y,
+                    mode="markers",
+                    marker=dict(color=STOPPED, symbol="x"),
+                    name="stopped here",
+                    legendgroup=label,
+                    hoverinfo="skip",
+                )
+            )
+    fig.update_layout(
+        xaxis_title="epoch",
+        yaxis_title="validation accuracy",
+        height=440,
+        margin=dict(l=10, r=10, t=30, b=10),
+    )
+    return fig
+
+
+def trial_curve(record: TrialRecord) -> go.Figure:
+    """One trial's validation accuracy by epoch (orange when it was stopped early)."""
+    fig = go.Figure(
+        go.Scatter(
+            x=list(range(1, len(record.curve) + 1)),
+            y=record.curve,
+            mode="lines+markers",
+            line=dict(color=STOPPED if record.state == "PRUNED" else FRONT),
+        )
+    )
+    fig.update_layout(
+        xaxis_title="epoch",
+        yaxis_title="validation accuracy",
+        height=320,
+        margin=dict(l=10, r=10, t=20, b=10),
+    )
+    return fig

@@ -1,0 +1,170 @@
+"""The trial table and one trial's details."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tuner.storage import (
+    DEFAULT_URL,
+    Bound,
+    TrialRecord,
+    column_format,
+    commands,
+    metric_value,
+    show_metric,
+)
+from tuner.storage.keys import VIOLATIONS_ATTR
+
+from .front import budget_unit, display_scale
+
+# Metrics in the order a person reads a trial, with how to show them.
+METRICS: dict[str, str] = {
+    "accuracy": "validation accuracy",
+    "test_accuracy": "test accuracy",
+    "accuracy_float": "validation accuracy before compression",
+    "size_bytes": "size",
+    "latency_ms": "latency p50 (batch 1)",
+    "latency_ms_p90": "latency p90 (batch 1)",
+    "latency_ms_batch": "latency p50 (batch)",
+    "latency_ms_batch_p90": "latency p90 (batch)",
+    "latency_batch_size": "latency batch size",
+    "sparsity": "sparsity",
+    "param_count": "parameters",
+    "int8_layers": "int8 layers",
+    "prune_structure": "sparsity structure",
+    "removed_units": "removed units",
+    "train_time_s": "training time",
+    "epochs": "epochs trained",
+    "latency_device": "measured on",
+    "latency_threads": "threads",
+    "device": "trained on",
+    "feasible": "meets constraints",
+    "stopped_reason": "why it stopped early",
+}
+
+
+def table_rows(
+    records: Sequence[TrialRecord],
+    objectives: Mapping[str, str],
+    front: Iterable[int] = (),
+) -> list[dict[str, Any]]:
+    """One row per trial: number, state, front, constraints, objectives, metrics, params.
+
+    Values stay numbers (sizes in KB, accuracies in %) so the table sorts them.
+    """
+    on_front = set(front)
+    param_names = sorted({p for r in records for p in r.params})
+    extra = [m for m in _table_metrics(objectives) if m not in objectives]
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {
+            "trial": r.number,
+            "state": r.state,
+            "front": r.number in on_front,
+            "meets constraints": r.feasible if r.state == "COMPLETE" else None,
+        }
+        for name in objectives:
+            v = r.values.get(name)
+            row[_column(name)] = None if v is None else v * display_scale(name)
+        for name in extra:
+            v = metric_value(r, name)
+            row[_column(name)] = None if v is None else v * display_scale(name)
+        row["int8 layers"] = len(r.metrics.get("int8_layers") or [])
+        row["epochs"] = len(r.curve) or r.metrics.get("epochs")
+        for name in param_names:
+            v = r.params.get(name)
+            row[name] = v if isinstance(v, (int, float)) or v is None else str(v)
+        row["duration (s)"] = r.duration_s
+        row["error"] = (r.error or "").splitlines()[0] if r.error else None
+        rows.append(row)
+    return rows
+
+
+def _table_metrics(objectives: Mapping[str, str]) -> list[str]:
+    return [*objectives] + [
+        m
+        for m in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count", "train_time_s")
+        if m not in objectives
+    ]
+
+
+def table_formats(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> dict[str, str]:
+    """A printf format per metric column of :func:`table_rows`, with the digits the text has."""
+    out = {}
+    for name in _table_metrics(objectives):
+        scale = display_scale(name)
+        values = [v * scale for r in records if (v := metric_value(r, name)) is not None]
+        form = column_format(name, values)
+        if form is not None:
+            out[_column(name)] = form
+    return out
+
+
+def _column(metric: str) -> str:
+    unit = budget_unit(metric)[0]
+    return f"{metric} ({unit})" if unit in ("KB", "%") else metric
+
+
+def trial_metrics(record: TrialRecord) -> list[tuple[str, str, str]]:
+    """Every recorded metric of a trial as (metric, what it is, value), known ones first."""
+    merged: dict[str, Any] = {**record.metrics, **record.values}
+    merged.pop("constraint_violations", None)
+    rows = [(m, label, show_metric(m, merged[m])) for m, label in METRICS.items() if m in merged]
+    rows += [(m, m, show_metric(m, merged[m])) for m in sorted(merged) if m not in METRICS]
+    return rows
+
+
+def export_command(study: str, number: int, url: str) -> str:
+    """The shell command that exports trial ``number`` of ``study`` to ONNX."""
+    return commands.export_command(study, number, storage=None if url == DEFAULT_URL else url)
+
+
+STATUS = {
+    "COMPLETE": "complete",
+    "PRUNED": "stopped early",
+    "FAIL": "failed",
+    "RUNNING": "running",
+    "WAITING": "waiting",
+}
+
+
+def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
+    """What a trial is, in words: its state, then front and constraints when complete."""
+    tags = [STATUS.get(record.state, record.state.lower())]
+    if record.state == "COMPLETE":
+        tags.append("on the Pareto front" if record.number in set(front) else "dominated")
+        tags.append("meets the constraints" if record.feasible else "breaks a constraint")
+    return tags
+
+
+def broken_constraints(record: TrialRecord, constraints: Sequence[Bound]) -> list[str]:
+    """Each constraint ``record`` breaks, with how far off it is (from what it recorded)."""
+    violations = record.metrics.get(VIOLATIONS_ATTR)
+    if not violations or record.feasible:
+        return []
+    return [
+        f"{b.describe()} (off by {show_metric(b.metric, v)})"
+        for b, v in zip(constraints, violations)
+        if v > 0
+    ]
+
+
+def filter_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    states: Iterable[str],
+    front_only: bool = False,
+    feasible_only: bool = False,
+    outside_budget: Iterable[int] = (),
+) -> list[Mapping[str, Any]]:
+    """The rows of :func:`table_rows` the viewer asked for; trials in ``outside_budget`` go."""
+    chosen, hidden = set(states), set(outside_budget)
+    return [
+        row
+        for row in rows
+        if row["state"] in chosen
+        and (row["front"] or not front_only)
+        and (bool(row["meets constraints"]) or not feasible_only)
+        and row["trial"] not in hidden
+    ]

@@ -1,0 +1,134 @@
+"""The dashboard's figures, checked on the figure objects (no Streamlit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tuner.dashboard import _figures
+from tuner.dashboard._views import front as fronts
+from tuner.dashboard._views import page as pages
+from tuner.dashboard._views import trials as trial_views
+from tuner.storage import Bound, TrialRecord, open_storage, read_records, show_metric
+
+OBJ = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+
+
+def _trial(number: int, acc: float, size: float, lat: float, **kw: Any) -> TrialRecord:
+    return TrialRecord(
+        number=number,
+        state=kw.pop("state", "COMPLETE"),
+        params={"lr": 0.01 * (number + 1)},
+        values={"accuracy": acc, "size_bytes": size, "latency_ms": lat},
+        metrics=kw.pop("metrics", {}),
+        datetime_start=None,
+        datetime_complete=None,
+        curve=kw.pop("curve", [0.5, acc]),
+        **kw,
+    )
+
+
+TRIALS = [
+    _trial(0, 0.97, 90_000, 3.0),
+    _trial(1, 0.95, 40_000, 1.5),
+    _trial(2, 0.93, 30_000, 1.2),
+    _trial(3, 0.92, 45_000, 1.9),
+    _trial(4, 0.99, 10_000, 0.5, feasible=False),
+    _trial(5, 0.80, 5_000, 0.3),
+    TrialRecord(6, "PRUNED", {"lr": 0.5}, {}, {}, None, None, curve=[0.2]),
+]
+
+
+def _traces(fig: Any) -> dict[str, Any]:
+    return {t.name.split(" (")[0]: t for t in fig.data}
+
+
+def _page(records: list[TrialRecord] = TRIALS) -> pages.StudyPage:
+    return pages.study_page_data("s", records, OBJ)
+
+
+def test_the_front_figure_marks_exactly_the_front_trials_with_units_on_the_axes() -> None:
+    page = _page()
+    rows = fronts.plot_sample(page.info)
+    fig = _figures.pareto_2d(page.info, page.hover, rows, "size_bytes", "accuracy")
+    traces = _traces(fig)
+    front = traces["Pareto front"]
+    assert sorted(int(c[0]) for c in front.customdata) == [0, 1, 2, 5]
+    assert [int(c[0]) for c in traces["breaks constraints"].customdata] == [4]
+    assert [int(c[0]) for c in traces["dominated"].customdata] == [3]
+    assert fig.layout.xaxis.title.text == "size_bytes (KB) ↓ better"
+    assert fig.layout.yaxis.title.text == "accuracy (%) ↑ better"
+    # Drawn in the unit of the axis, hover text as the CLI shows the value.
+    first = next(r for r in TRIALS if r.number == int(front.customdata[0][0]))
+    assert front.x[0] == pytest.approx(first.values["size_bytes"] / 1024)
+    assert show_metric("accuracy", first.values["accuracy"]) in list(front.customdata[0])
+    assert any(t.name == "best overall: trial 0" for t in fig.data)
+
+
+def test_the_budget_restricts_the_points_and_moves_the_best_trial() -> None:
+    page = _page()
+    budget = [Bound("latency_ms", max=2.0), Bound("size_bytes", max=50 * 1024)]
+    info = fronts.restrict(page.info, budget)
+    fig = _figures.pareto_2d(info, page.hover, fronts.plot_sample(info), "latency_ms", "accuracy")
+    traces = _traces(fig)
+    assert sorted(int(c[0]) for c in traces["front within budget"].customdata) == [1, 2, 5]
+    # Trial 0 is on the front but over the budget: drawn faded, apart from the budget's front.
+    assert [int(c[0]) for c in traces["Pareto front"].customdata] == [0]
+    assert "outside budget" not in traces  # the one dominated trial (3) fits the budget
+    assert any(t.name == "best within budget: trial 1" for t in fig.data)
+
+
+def test_3d_parallel_history_hypervolume_importance_and_curves_draw() -> None:
+    page = _page()
+    rows = fronts.plot_sample(page.info)
+    scene = _figures.pareto_3d(page.info, page.hover, rows).layout.scene
+    assert scene.zaxis.title.text == "latency_ms (ms)"
+    parallel = _figures.parallel(page.info, rows)
+    assert [d.label for d in parallel.data[0].dimensions][-3:] == [
+        "accuracy (%)",
+        "size_bytes (KB)",
+        "latency_ms (ms)",
+    ]
+    history = _figures.histories(page.histories, OBJ, limit=100)
+    assert {t.name for t in history.data} >= {"trial", "best so far", "breaks constraints"}
+    hv = _figures.hypervolume(page.hypervolume)
+    assert list(hv.data[0].y)[-1] == pytest.approx(page.hypervolume.hypervolume[-1])
+    bars = _figures.importance({"accuracy": {"lr": 0.7, "batch_size": 0.3}})
+    assert list(bars.data[0].y) == ["batch_size", "lr"]
+    curves = _figures.learning_curves(page.curves, page.info.front_numbers)
+    names = [t.name for t in curves.data]
+    assert "stopped early" in names and "stopped here" in names and "Pareto front" in names
+    assert list(_figures.trial_curve(TRIALS[1]).data[0].y) == [0.5, 0.95]
+
+
+def test_trial_details_and_table_filter() -> None:
+    broken = _trial(7, 0.9, 1.0, 1.0, feasible=False, metrics={"constraint_violations": [0.2]})
+    constraints = [Bound("sparsity", max=0.5)]
+    assert trial_views.broken_constraints(broken, constraints) == [
+        "sparsity ≤ 50.0% (off by 20.0%)"
+    ]
+    assert trial_views.trial_tags(TRIALS[3], [0, 1]) == [
+        "complete",
+        "dominated",
+        "meets the constraints",
+    ]
+    rows = trial_views.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
+    kept = trial_views.filter_rows(rows, states=["COMPLETE"], front_only=True, outside_budget=[0])
+    assert [r["trial"] for r in kept] == [1, 2, 5]
+    formats = trial_views.table_formats(TRIALS, OBJ)
+    assert formats["accuracy (%)"] == "%.1f" and formats["latency_ms"] == "%.3f"
+
+
+def test_figures_from_a_real_study(dashboard_store: str) -> None:
+    storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
+    records = read_records(storage, "tiny")
+    storage.engine.dispose()
+    page = pages.study_page_data("tiny", records, OBJ)
+    fig = _figures.pareto_2d(
+        page.info, page.hover, np.arange(len(page.info)), "latency_ms", "accuracy"
+    )
+    front = _traces(fig)["Pareto front"]
+    assert sorted(int(c[0]) for c in front.customdata) == sorted(page.info.front_numbers)
+    assert "<i>lr</i>" in front.hovertemplate and "size_bytes" in front.hovertemplate
