@@ -298,6 +298,22 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
             return False
         return True
 
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Many user attributes of one trial in one upsert (SQLite and PostgreSQL)."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        rows = [
+            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()
+        ]
+        insert: Any = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
+        stmt = insert(_user).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_user.c.trial_id, _user.c.key],
+            set_={"value_json": stmt.excluded.value_json},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
     @_guarded
     def _set_trial_param(
         self,
@@ -398,6 +414,7 @@ _RIDDEN = [
     "read_best_values",
     "count_states",
     "read_trial_attr",
+    "set_trial_user_attrs",
 ]
 
 

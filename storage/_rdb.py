@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from ._errors import StoreError
 from ._frozen import FastRDBStorage
-from ._outage import StoreUnavailable, is_outage, ride_out, ride_url
+from ._outage import StoreUnavailable, is_outage, ride_url
 from ._url import check_url, mask_url
 
 HEARTBEAT_INTERVAL_S = 10
@@ -256,31 +256,12 @@ def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> 
 
     Optuna writes one transaction (two queries) per attribute; a trial records about
     twenty metrics, so batching them is most of tuner's per-trial cost on the store.
-    Rows are the ones Optuna itself writes, so Optuna reads them back as usual.
+    Rows are the ones Optuna itself writes, so Optuna reads them back as usual. Other
+    storages (and other databases) get one ``set_trial_user_attr`` per attribute.
     """
     backend = getattr(storage, "_backend", storage)
-    dialect = backend.engine.dialect.name if isinstance(backend, optuna.storages.RDBStorage) else ""
-    if dialect not in ("sqlite", "postgresql") or not attrs:
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
+    if isinstance(backend, FastRDBStorage) and backend._fast() and attrs:
+        backend.set_trial_user_attrs(trial_id, attrs)
         return
-    import json
-
-    from optuna.storages._rdb import models
-
-    table = models.TrialUserAttributeModel.__table__
-    rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
-    stmt = insert(table).values(rows)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.trial_id, table.c.key],
-        set_={"value_json": stmt.excluded.value_json},
-    )
-
-    def write() -> None:
-        with backend.engine.begin() as conn:
-            conn.execute(stmt)
-
-    ride_out(write, backend)
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, value)

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.storage import open_storage
+from tuner.storage import open_storage, set_trial_user_attrs
 
 
 def _fill(storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -246,3 +246,30 @@ def test_heartbeats_mark_a_silent_trial_stale(
         rows = conn.execute(sqlalchemy.text("SELECT COUNT(*) FROM trial_heartbeats")).scalar()
     assert rows == 2
     assert storage._get_stale_trial_ids(sid) == [silent._trial_id]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "in-memory"])
+def test_batched_user_attrs_read_back_in_plain_optuna(
+    store: str, sqlite_url: str, request: pytest.FixtureRequest
+) -> None:
+    if store == "in-memory":
+        storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
+    else:
+        url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+        storage = open_storage(url, heartbeat=False)
+    study = optuna.create_study(study_name="attrs", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("accuracy", 0.1)
+    # Through the cached wrapper a loaded study uses, as the objective writes them.
+    set_trial_user_attrs(
+        study._storage, trial._trial_id, {"accuracy": 0.9, "curve": [0.5, 0.9], "note": None}
+    )
+    study.tell(trial, 1.0)
+    reader = storage
+    if store != "in-memory":
+        reader = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
+    assert reader.get_trial(trial._trial_id).user_attrs == {
+        "accuracy": 0.9,
+        "curve": [0.5, 0.9],
+        "note": None,
+    }
