@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_pick)
 
     p = sub.add_parser(
-        "export", help="write a trial's compressed model (ONNX, TorchScript, state_dict)"
+        "export", help="write a trial's compressed model (ONNX, torch.export pt2, state_dict)"
     )
     p.add_argument("study", help="study name")
     p.add_argument("--trial", type=int, required=True, help="trial number (see tuner pick)")

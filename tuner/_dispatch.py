@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError
+from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError, RankDied
 from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
 from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
 from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
@@ -105,6 +105,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
         beat = threading.Thread(target=heartbeat, name="tuner-heartbeat", daemon=True)
         beat.start()
     values = None
+    retry = False
     try:
         values = objective(trial)
         state = TrialState.COMPLETE
@@ -114,6 +115,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
         # The store is gone: nothing can be recorded. The trial stays RUNNING until a
         # rerun (or another worker's heartbeat check) fails it and queues it again.
         raise
+    except RankDied:
+        # A dead rank is what a dead worker is: the trial is queued again, same parameters.
+        state = TrialState.FAIL
+        retry = True
     except Exception:
         state = TrialState.FAIL
     finally:
@@ -126,6 +131,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
         trial.set_user_attr(ERROR_ATTR, f"invalid objective values {values!r}: {exc}")
         study.tell(trial, state=TrialState.FAIL)
         state = TrialState.FAIL
+    if retry:
+        again = storage.get_heartbeat_stale_trial_callback()
+        if again is not None:
+            again(study, storage.get_trial(trial_id(trial)))
     return state
 
 

@@ -5,6 +5,7 @@ TunerError                      1  a runtime failure
  ├── StorageError               2  the study store cannot be opened or used as given
  │    └── StoreUnavailableError 5  the store stayed unreachable for the whole retry window
  ├── WorkloadError              1  a workload cannot be found or broke its contract
+ │    └── RankDied              1  a rank of a data-parallel trial died (the trial is retried)
  ├── CompressionError           1  a model cannot be sparsified or quantized as asked
  ├── ExportError                1  a model cannot be exported, or the file does not run
  │    └── ArtifactMissing       1  a trial has no model file to export
@@ -57,6 +58,11 @@ class StoreUnavailableError(StorageError):
 
 class WorkloadError(TunerError):
     """A workload cannot be found or broke its contract."""
+
+
+class RankDied(WorkloadError):
+    """A rank of a data-parallel trial died (killed, out of memory): the trial fails and
+    is queued again with the same parameters."""
 
 
 class CompressionError(TunerError):

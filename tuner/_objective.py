@@ -190,7 +190,10 @@ class Objective:
     ) -> TrainedModel:
         """The workload's trained model; a trial stopped early ends here as PRUNED."""
         try:
-            trained = self.workload.fn(params, ctx)
+            if self.spec.resources.workers_per_trial > 1:
+                trained = self._train_data_parallel(params, ctx)
+            else:
+                trained = self.workload.fn(params, ctx)
         except TrialStopped as stop:
             record_user_attrs(
                 trial,
@@ -210,6 +213,27 @@ class Objective:
                 "expected tuner.TrainedModel"
             )
         return trained
+
+    def _train_data_parallel(self, params: dict[str, Any], ctx: TrialContext) -> TrainedModel:
+        """Train on ``workers_per_trial`` ranks: Ray Train inside a Ray worker, torch's
+        launcher otherwise. ``ctx`` gets rank 0's reports, as from a one-process run."""
+        from ._ddp import RankJob, train_local
+
+        job = RankJob(
+            fn=self.workload.fn,
+            params=dict(params),
+            world_size=self.spec.resources.workers_per_trial,
+            use_cuda=ctx.device.type == "cuda",
+            max_epochs=ctx.max_epochs,
+            seed=ctx.seed,
+            trial_number=ctx.trial_number,
+            folds=ctx.folds,
+        )
+        if _inside_ray_actor():
+            from ._ray_train import train_on_ray
+
+            return train_on_ray(job, ctx, self.spec.resources)
+        return train_local(job, ctx)
 
     def _record(
         self,
@@ -243,6 +267,16 @@ class Objective:
         if self._log is not None:
             self._log.finish(params, metrics, "COMPLETE")
         return values
+
+
+def _inside_ray_actor() -> bool:
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return bool(ray.is_initialized() and ray.get_runtime_context().get_actor_id())
 
 
 def _mean_curve(curves: list[list[float]]) -> list[float]:

@@ -224,8 +224,12 @@ class Budget:
 
 @dataclass(frozen=True)
 class Resources:
+    """What one trial needs. With ``workers_per_trial`` N > 1 the trial trains
+    data-parallel in N processes (``tuner._ddp``), each with ``cpus`` and ``gpus``."""
+
     cpus: float = 1
     gpus: float = 0
+    workers_per_trial: int = 1
 
 
 @dataclass(frozen=True)
@@ -425,7 +429,15 @@ class StudySpec:
                 "max_epochs": self.budget.max_epochs,
                 "timeout_s": self.budget.timeout_s,
             },
-            "resources": {"cpus": self.resources.cpus, "gpus": self.resources.gpus},
+            "resources": {
+                "cpus": self.resources.cpus,
+                "gpus": self.resources.gpus,
+                **(
+                    {"workers_per_trial": self.resources.workers_per_trial}
+                    if self.resources.workers_per_trial > 1
+                    else {}
+                ),
+            },
             "measure": {
                 "batch_size": self.measure.batch_size,
                 "warmup": self.measure.warmup,
@@ -643,12 +655,24 @@ def _validate_into(spec: StudySpec) -> None:
     # resources
     res = _as_raw(spec.resources, Resources)
     res = _mapping("resources", res)
-    _check_keys("resources", res, ("cpus", "gpus"))
+    _check_keys("resources", res, ("cpus", "gpus", "workers_per_trial"))
     cpus = _number("resources.cpus", res.get("cpus", 1), minimum=0, strict_min=True)
     gpus = _number("resources.gpus", res.get("gpus", 0), minimum=0)
     if gpus > 1 and gpus != int(gpus):
         raise _field("resources.gpus", gpus, "a fraction below 1 (e.g. 0.25) or a whole number")
-    res = Resources(cpus=cpus, gpus=gpus)
+    ranks = int(
+        _number(
+            "resources.workers_per_trial", res.get("workers_per_trial", 1), minimum=1, integer=True
+        )
+    )
+    if ranks > 1 and 0 < gpus < 1:
+        raise _field(
+            "resources.gpus",
+            gpus,
+            "a whole number with workers_per_trial > 1 (each rank gets its own GPUs; NCCL "
+            "does not share one device between ranks)",
+        )
+    res = Resources(cpus=cpus, gpus=gpus, workers_per_trial=ranks)
     _set(spec, "resources", res)
 
     # measurement

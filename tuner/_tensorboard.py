@@ -1,11 +1,11 @@
 """TensorBoard event files for every trial: its curve, its final metrics and its
 hyperparameters in TensorBoard's HParams format.
 
-Layout, next to the study's artifacts (``<artifacts root>/<study>/tensorboard``)::
+Layout, next to the studies' artifacts (``<artifacts root>/tensorboard/<study>``)::
 
-    tensorboard/                 the experiment: every parameter of the search space
+    <study>/                     the experiment: every parameter of the search space
                                  and every metric, so the HParams view has its columns
-    tensorboard/trial-00007/     trial 7: curve/val_accuracy (and curve/<loss> where the
+    <study>/trial-00007/         trial 7: curve/val_accuracy (and curve/<loss> where the
                                  workload reports one) per epoch, the final metrics, and
                                  its HParams session (parameters and outcome)
 
@@ -42,8 +42,9 @@ _EVENTS = "events.out.tfevents"
 
 
 def log_folder(artifacts_root: Path, study_name: str) -> Path:
-    """Where a study's TensorBoard runs live."""
-    return artifacts_root / study_name / FOLDER
+    """Where a study's TensorBoard runs live: beside the studies' model folders, so
+    ``tensorboard --logdir <artifacts root>/tensorboard`` shows every study at once."""
+    return artifacts_root / FOLDER / study_name
 
 
 def run_name(trial_number: int) -> str:

@@ -41,6 +41,9 @@ class TrialContext:
         trial_number: the Optuna trial number.
         folds: with ``cv: {folds: k}`` in the spec, which fold this call trains (see
             :meth:`cv_split`); ``None`` without cross-validation.
+        rank, world_size: with ``resources: {workers_per_trial: N}`` the trial trains
+            data-parallel in N processes; this one is ``rank`` (0 reports). See
+            :meth:`wrap` and :meth:`shard`.
     """
 
     device: torch.device
@@ -49,6 +52,9 @@ class TrialContext:
     trial_number: int = 0
     folds: Folds | None = None
     split_taken: bool = False
+    rank: int = 0
+    world_size: int = 1
+    stop_reason: str | None = None
     on_report: Callable[[int, dict[str, float]], bool] | None = None
     curve: list[float] = field(default_factory=list)
     watched_model: nn.Module | None = None
@@ -105,12 +111,34 @@ class TrialContext:
             return train, val
         return self.folds.split(train, val)
 
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` on this rank's device, wrapped for data-parallel training when the
+        trial has several ranks (``DistributedDataParallel``), else just moved."""
+        model = model.to(self.device)
+        if self.world_size == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def shard(self, rows: int) -> slice:
+        """The rows of a split this rank trains on: every ``world_size``-th, from ``rank``."""
+        return slice(self.rank, rows, self.world_size)
+
     def report(self, epoch: int, **metrics: float) -> None:
         """Report validation metrics after ``epoch`` (0-based); ``val_accuracy`` is required.
+
+        In a data-parallel trial every rank calls it after each epoch: rank 0's numbers
+        are recorded, and a stop (decided on rank 0's) ends every rank at this epoch.
 
         Raises:
             TrialStopped: early stopping decided this trial will not reach the front.
         """
+        if self.world_size > 1:
+            self._report_together(epoch, metrics)
+        else:
+            self._report_one(epoch, metrics)
+
+    def _report_one(self, epoch: int, metrics: dict[str, float]) -> None:
         if "val_accuracy" not in metrics:
             raise WorkloadError("ctx.report needs val_accuracy=<float in [0, 1]>")
         acc = float(metrics["val_accuracy"])
@@ -121,6 +149,21 @@ class TrialContext:
             epoch, {k: float(v) for k, v in metrics.items()}
         ):
             raise TrialStopped(f"stopped early after epoch {epoch + 1}")
+
+    def _report_together(self, epoch: int, metrics: dict[str, float]) -> None:
+        import torch.distributed as dist
+
+        stop = False
+        if self.rank == 0:
+            try:
+                self._report_one(epoch, metrics)
+            except TrialStopped:
+                stop = True
+        flag = torch.tensor([1 if stop else 0], device=self.device)
+        dist.broadcast(flag, src=0)
+        if int(flag.item()):
+            reason = self.stop_reason or f"stopped early after epoch {epoch + 1}"
+            raise TrialStopped(reason if self.rank == 0 else f"{reason} (rank 0's decision)")
 
 
 Split = tuple[torch.Tensor, torch.Tensor]
@@ -219,12 +262,18 @@ def fit(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     alpha: float = 0.5,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> None:
     """Train ``model`` on ``train`` with the sampled optimizer settings and batch size.
 
     With a ``teacher``, the loss is :func:`distillation_loss` against the teacher's outputs
     (the teacher stays in eval mode and is not trained). ``on_epoch(epoch, train_loss)``
     runs after each epoch with the epoch's mean training loss.
+
+    Data-parallel (``world_size`` > 1, ``model`` wrapped by :meth:`TrialContext.wrap`):
+    every rank draws the same shuffled order and trains on its ``rank``-th share of each
+    batch of ``batch_size`` rows, so the ranks together take the steps one process would.
     """
     model.to(device)
     optimizer = make_optimizer(model, params)
@@ -241,6 +290,13 @@ def fit(
         batches = 0
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
+            if world_size > 1:
+                # Every rank takes as many rows as the others (the same decision on every
+                # rank), so no rank waits on a step the others never take.
+                even = len(idx) // world_size * world_size
+                if even == 0:
+                    continue
+                idx = idx[:even][rank::world_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
@@ -280,20 +336,23 @@ def train_classifier(
     torch.manual_seed(ctx.seed)
     started = time.perf_counter()
     ctx.watch(model, train[0][:512], val_data=val, train_data=train)
+    wrapped = ctx.wrap(model)
 
     def after_epoch(epoch: int, train_loss: float) -> None:
-        ctx.report(
-            epoch, val_accuracy=evaluate_accuracy(model, val, ctx.device), train_loss=train_loss
-        )
+        # Rank 0 validates; the other ranks only join in the report (and its stop).
+        acc = evaluate_accuracy(model, val, ctx.device) if ctx.rank == 0 else 0.0
+        ctx.report(epoch, val_accuracy=acc, train_loss=train_loss)
 
     fit(
-        model,
+        wrapped,
         train,
         params,
         epochs=ctx.max_epochs,
         device=ctx.device,
         seed=ctx.seed,
         on_epoch=after_epoch,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
     )
     return TrainedModel(
         model=model,

@@ -78,9 +78,8 @@ def test_keep_none_stores_no_file_and_export_says_why(
     url = f"sqlite:///{tmp_path / 'study.db'}"
     spec = tiny_spec("bare", budget={"n_trials": 1, "max_epochs": 1}, artifacts={"keep": "none"})
     tuner.run(spec, storage=url)
-    assert not (tmp_path / "tuner-artifacts").exists() or not any(
-        (tmp_path / "tuner-artifacts").rglob("*")
-    )
+    models = tmp_path / "tuner-artifacts" / "bare"
+    assert not models.exists() or not any(models.rglob("*"))
     store = open_storage(url, read_only=True, heartbeat=False)
     assert artifact_path(store, "bare", 0) is None
     code = main(

@@ -44,7 +44,7 @@ def test_every_trial_has_its_curve_metrics_and_hparams(
     )
     tuner.run(spec, storage=sqlite_url)
     records = read_records(open_storage(sqlite_url, heartbeat=False), "tiny")
-    folder = tmp_path / "art" / "tiny" / "tensorboard"
+    folder = tmp_path / "art" / "tensorboard" / "tiny"
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(folder))
     multiplexer.Reload()
     hparams = _hparams(multiplexer)
@@ -93,7 +93,7 @@ def test_a_failed_trial_is_logged_as_failed(
     )
     with pytest.raises(tuner.TrialsKeepFailing):
         tuner.run(spec, storage=sqlite_url, n_trials=1)
-    folder = tmp_path / "art" / "tiny" / "tensorboard"
+    folder = tmp_path / "art" / "tensorboard" / "tiny"
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(folder))
     multiplexer.Reload()
     end = _hparams(multiplexer)["trial-00000"]["session_end_info"]
@@ -105,8 +105,8 @@ def test_an_unwritable_folder_costs_the_files_not_the_trial(
     tmp_path: Path, sqlite_url: str, tiny_spec: Any
 ) -> None:
     art = tmp_path / "art"
-    (art / "tiny").mkdir(parents=True)
-    (art / "tiny" / "tensorboard").write_text("a file where the folder would go")
+    (art / "tensorboard").mkdir(parents=True)
+    (art / "tensorboard" / "tiny").write_text("a file where the folder would go")
     spec = tiny_spec(budget={"n_trials": 1, "max_epochs": 1}, artifacts={"path": str(art)})
     with pytest.warns(RuntimeWarning, match="TensorBoard files not written"):
         result = tuner.run(spec, storage=sqlite_url)
@@ -123,7 +123,7 @@ def test_turned_off_writes_nothing_and_the_cli_says_why(
         artifacts={"path": str(tmp_path / "art"), "tensorboard": False},
     )
     tuner.run(spec, storage=sqlite_url)
-    assert not (tmp_path / "art" / "tiny" / "tensorboard").exists()
+    assert not (tmp_path / "art" / "tensorboard" / "tiny").exists()
     out = subprocess.run(
         [*TUNER, "tensorboard", "tiny", "--storage", sqlite_url],
         capture_output=True,
@@ -148,7 +148,7 @@ def test_cli_prints_the_folder_last_and_serves_it(
         budget={"n_trials": 2, "max_epochs": 1}, artifacts={"path": str(tmp_path / "art")}
     )
     tuner.run(spec, storage=sqlite_url)
-    folder = tmp_path / "art" / "tiny" / "tensorboard"
+    folder = tmp_path / "art" / "tensorboard" / "tiny"
     out = subprocess.run(
         [*TUNER, "tensorboard", "tiny", "--storage", sqlite_url],
         capture_output=True,

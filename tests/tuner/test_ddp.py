@@ -1,0 +1,147 @@
+"""Data-parallel trials (``workers_per_trial: 2``) on CPU with gloo: locally and on Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+import tuner
+from tuner._ddp import RankJob, train_local
+from tuner._workloads import TrialContext, TrialStopped
+from tuner.storage import open_storage, read_records
+
+RANK_WORKLOADS = """
+import json, os, signal
+from tuner._builtin_workloads import digits_mlp
+
+def logged(params, ctx):
+    # Every rank notes each epoch it reported, so a test sees where each one stopped.
+    report = ctx.report
+
+    def noting(epoch, **metrics):
+        with open(os.path.join(os.environ["RANK_LOG"], f"rank{ctx.rank}"), "a") as f:
+            f.write(json.dumps(epoch) + "\\n")
+        report(epoch, **metrics)
+
+    ctx.report = noting
+    return digits_mlp(params, ctx)
+
+def killed(params, ctx):
+    # Rank 1 of the first attempt dies in its second epoch, as a rank killed by the OOM
+    # killer would; the retry (same parameters) trains normally.
+    marker = os.path.join(os.environ["RANK_LOG"], "killed-once")
+    report = ctx.report
+
+    def dying(epoch, **metrics):
+        if ctx.rank == 1 and epoch == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        report(epoch, **metrics)
+
+    ctx.report = dying
+    return digits_mlp(params, ctx)
+"""
+
+
+@pytest.fixture
+def rank_workloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "rank_workloads.py").write_text(RANK_WORKLOADS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # Spawned ranks (and Ray workers) import the workload by its path too.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    )
+    log = tmp_path / "ranks"
+    log.mkdir()
+    monkeypatch.setenv("RANK_LOG", str(log))
+    return log
+
+
+def _spec(tiny_spec: Any, name: str, ranks: int, **extra: Any) -> dict[str, Any]:
+    return tiny_spec(
+        name=name,
+        budget={"n_trials": 1, "max_epochs": 3},
+        resources={"cpus": 1, "workers_per_trial": ranks},
+        sampler={"name": "random", "seed": 5},
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_two_ranks_train_as_well_as_one(
+    backend: str, request: pytest.FixtureRequest, sqlite_url: str, tiny_spec: Any
+) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_local")
+    workers = {"workers": 1, "backend": backend} if backend == "ray" else {}
+    tuner.run(_spec(tiny_spec, "one", 1), storage=sqlite_url, **workers)
+    tuner.run(_spec(tiny_spec, "two", 2), storage=sqlite_url, **workers)
+    store = open_storage(sqlite_url, heartbeat=False)
+    (one,) = read_records(store, "one")
+    (two,) = read_records(store, "two")
+    assert one.state == two.state == "COMPLETE", (one.error, two.error)
+    assert one.params == two.params
+    # The same steps on the same data: the curves agree within the noise of the
+    # ranks' different reduction order (and the trained model is compressed and measured
+    # once, in the trial's worker).
+    assert len(two.curve) == 3
+    for a, b in zip(one.curve, two.curve):
+        assert abs(a - b) <= 0.03, (one.curve, two.curve)
+    assert two.metrics["test_accuracy"] > 0.5 and two.values["size_bytes"] > 0
+
+
+def test_a_stop_on_rank_0_ends_every_rank(rank_workloads: Path) -> None:
+    stops: list[int] = []
+
+    def on_report(epoch: int, _metrics: dict[str, float]) -> bool:
+        stops.append(epoch)
+        return epoch == 1  # early stopping's answer after the second epoch
+
+    ctx = TrialContext(device=torch.device("cpu"), max_epochs=5, seed=0, trial_number=0)
+    ctx.on_report = on_report
+    import rank_workloads as workloads
+
+    job = RankJob(
+        fn=workloads.logged,
+        params={"lr": 0.05, "batch_size": 64, "hidden_units": 16},
+        world_size=2,
+        use_cuda=False,
+        max_epochs=5,
+        seed=0,
+        trial_number=0,
+    )
+    with pytest.raises(TrialStopped):
+        train_local(job, ctx)
+    assert stops == [0, 1]
+    for rank in (0, 1):
+        epochs = [int(line) for line in (rank_workloads / f"rank{rank}").read_text().split()]
+        assert epochs == [0, 1], (rank, epochs)
+    assert len(ctx.curve) == 2
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_killed_rank_fails_the_trial_and_it_is_retried(
+    backend: str,
+    request: pytest.FixtureRequest,
+    rank_workloads: Path,
+    sqlite_url: str,
+    tiny_spec: Any,
+) -> None:
+    if backend == "ray":
+        request.getfixturevalue("ray_local")
+    spec = _spec(tiny_spec, "killed", 2, workload="rank_workloads:killed")
+    result = tuner.run(spec, storage=sqlite_url, backend=backend, workers=1)
+    assert result.n_finished == 1
+    records = sorted(
+        read_records(open_storage(sqlite_url, heartbeat=False), "killed"), key=lambda r: r.number
+    )
+    failed, retried = records
+    assert failed.state == "FAIL" and "rank" in (failed.error or "") and "retried" in failed.error
+    assert retried.state == "COMPLETE" and retried.params == failed.params
+    study = optuna.load_study(study_name="killed", storage=sqlite_url)
+    assert study.trials[1].system_attrs.get("failed_trial") == study.trials[0].number
