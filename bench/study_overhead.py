@@ -25,7 +25,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tuner  # noqa: E402
-from tuner.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S  # noqa: E402
+from tuner.storage._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S
 
 SPACE = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]},

@@ -19,7 +19,7 @@ import optuna
 import pandas as pd
 import streamlit as st
 
-from tuner.dashboard import _figures
+from tuner.dashboard import PASSWORD_ENV, _figures
 from tuner.dashboard._views import front as _front
 from tuner.dashboard._views import importance as _importance_data
 from tuner.dashboard._views import overview as _overview
@@ -41,7 +41,6 @@ from tuner.storage import (
     show_metric,
 )
 
-PASSWORD_ENV = "TUNER_DASHBOARD_PASSWORD"
 REFRESH_S = 5
 MAX_2D_POINTS = 3000
 MAX_3D_POINTS = 1500

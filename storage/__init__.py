@@ -8,30 +8,12 @@ the dashboard. This package imports neither ``tuner`` nor the dashboard.
 
 from __future__ import annotations
 
-from ._bounds import (
-    Bound,
-    best_within,
-    bounds_from_spec,
-    default_target,
-    feasible_complete,
-    metric_value,
-    rank,
-    within,
-)
-from ._budget import budget_lock
+from ._bounds import Bound, best_within, bounds_from_spec, metric_value, rank
 from ._errors import StoreError
 from ._format import column_format, metric_unit, show_epochs, show_metric, show_param
-from ._locks import LockHeld, LockHolder, StoreLock, acquire_lock, read_lock
-from ._nights import NightSummary, night_studies, nights, previous_night
-from ._outage import StoreUnavailable, add_listener, retry_window_s, ride_out
-from ._rdb import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, open_storage, set_trial_user_attrs
-from ._readers import (
-    count_states,
-    read_best_values,
-    read_records,
-    read_studies,
-    read_trial_attr,
-)
+from ._outage import StoreUnavailable
+from ._rdb import open_storage
+from ._readers import count_states, read_best_values, read_records, read_studies
 from ._records import (
     StudySummary,
     TrialRecord,
@@ -40,59 +22,39 @@ from ._records import (
     pareto_front,
     pareto_mask,
     study_objectives,
-    to_record,
 )
-from ._url import DEFAULT_URL, ENV_VAR, check_url, mask_url, resolve_url
+from ._url import DEFAULT_URL, ENV_VAR, mask_url, resolve_url
 
+# What reading a store takes (the CLI, the dashboard, a notebook). The study manager's
+# own plumbing (locks, outage riding, nights, batched writes) is imported from the
+# private modules by tuner itself.
 __all__ = [
-    "Bound",
-    "best_within",
-    "bounds_from_spec",
-    "column_format",
-    "default_target",
-    "feasible_complete",
-    "metric_unit",
-    "metric_value",
-    "rank",
-    "show_epochs",
-    "show_metric",
-    "show_param",
-    "within",
-    "budget_lock",
     "DEFAULT_URL",
     "ENV_VAR",
-    "GRACE_PERIOD_S",
-    "HEARTBEAT_INTERVAL_S",
-    "LockHeld",
-    "LockHolder",
-    "NightSummary",
+    "Bound",
     "StoreError",
-    "StoreLock",
     "StoreUnavailable",
     "StudySummary",
     "TrialRecord",
-    "acquire_lock",
-    "add_listener",
-    "check_url",
+    "best_within",
+    "bounds_from_spec",
+    "column_format",
     "count_states",
     "hypervolume",
     "load_study_readonly",
     "mask_url",
-    "night_studies",
-    "nights",
+    "metric_unit",
+    "metric_value",
     "open_storage",
     "pareto_front",
     "pareto_mask",
-    "previous_night",
+    "rank",
     "read_best_values",
-    "read_lock",
     "read_records",
     "read_studies",
-    "read_trial_attr",
     "resolve_url",
-    "retry_window_s",
-    "ride_out",
-    "set_trial_user_attrs",
+    "show_epochs",
+    "show_metric",
+    "show_param",
     "study_objectives",
-    "to_record",
 ]

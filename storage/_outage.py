@@ -14,7 +14,6 @@ INFO, which prints nothing unless asked, so workers stay quiet and the driver sp
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy.exc
 
+from ._env import seconds_from_env
 from ._errors import StoreError
 from ._url import mask_url
 
@@ -58,16 +58,7 @@ class StoreUnavailable(StoreError):
 
 def retry_window_s() -> float:
     """The retry window in seconds (``$TUNER_STORE_RETRY_S``, else 60; 0 turns retries off)."""
-    text = os.environ.get(WINDOW_VAR, "").strip()
-    if not text:
-        return WINDOW_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise StoreError(f"{WINDOW_VAR}: got {text!r}; expected seconds >= 0")
-    return value
+    return seconds_from_env(WINDOW_VAR, WINDOW_S, minimum=0)
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -11,6 +11,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy import event
 
+from ._env import seconds_from_env
 from ._errors import StoreError
 from ._frozen import FastRDBStorage
 from ._outage import StoreUnavailable, is_outage, ride_url
@@ -26,18 +27,7 @@ GRACE_PERIOD_VAR = "TUNER_GRACE_PERIOD_S"
 
 
 def _seconds_from_env(name: str, default: int) -> int:
-    import os
-
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise StoreError(f"{name}: got {text!r}; expected a whole number of seconds >= 1")
-    return value
+    return int(seconds_from_env(name, default, minimum=1, whole=True))
 
 
 def heartbeat_settings() -> tuple[int, int]:

@@ -232,6 +232,27 @@ def _print_front(
 # --- status / best -----------------------------------------------------------------
 
 
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise SpecError(f"--port: got {port}; expected a port number from 1 to 65535")
+
+
+def serve(command: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a server until it exits or Ctrl+C stops it (then it is stopped, exit 0)."""
+    import subprocess
+
+    proc = subprocess.Popen(command, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return EXIT_OK
+
+
 def _open_readonly(url_arg: str | None) -> Any:
     from .storage import StoreError, open_storage, resolve_url
 

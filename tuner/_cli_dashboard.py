@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from ._cli import check_port, serve
 from ._exceptions import SpecError, StorageError, storage_error
-
-PASSWORD_ENV = "TUNER_DASHBOARD_PASSWORD"
+from .dashboard import PASSWORD_ENV
 
 
 def add_parser(sub: Any) -> None:
@@ -70,8 +69,7 @@ def dashboard_command(host: str, port: int) -> list[str]:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from .storage import ENV_VAR, StoreError, StoreUnavailable, mask_url, open_storage, resolve_url
 
-    if not 0 < args.port < 65536:
-        raise SpecError(f"--port: got {args.port}; expected a port number from 1 to 65535")
+    check_port(args.port)
     env = dict(os.environ)
     if args.password_env:
         password = os.environ.get(args.password_env)
@@ -117,13 +115,4 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
             "or use --password-env",
             file=sys.stderr,
         )
-    proc = subprocess.Popen(dashboard_command(args.host, args.port), env=env)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0
+    return serve(dashboard_command(args.host, args.port), env)

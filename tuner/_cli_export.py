@@ -62,7 +62,8 @@ def _export_command(args: argparse.Namespace, number: int, fmt: str = "onnx") ->
 def _cmd_pick(args: argparse.Namespace) -> int:
     from ._artifacts import artifact_status
     from ._pick import parse_where, pick, pick_as_dict
-    from .storage import StoreError, load_study_readonly, study_objectives, to_record
+    from .storage import StoreError, load_study_readonly, study_objectives
+    from .storage._records import to_record
 
     clauses = parse_where(args.where) if args.where.strip() else []
     store = _open_readonly(args.storage)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from ._cli import _open_readonly, _storage_arg
-from ._exceptions import EXIT_OK, SpecError, StorageError, storage_error
+from ._cli import _open_readonly, _storage_arg, check_port, serve
+from ._exceptions import EXIT_OK, StorageError, storage_error
 from .storage.keys import TENSORBOARD_ATTR
 
 
@@ -61,8 +60,7 @@ def tensorboard_command(folder: Path, port: int) -> list[str]:
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
     from .storage import StoreError, read_records
 
-    if not 0 < args.port < 65536:
-        raise SpecError(f"--port: got {args.port}; expected a port number from 1 to 65535")
+    check_port(args.port)
     store = _open_readonly(args.storage)
     try:
         records = read_records(store, args.study)
@@ -91,13 +89,4 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    proc = subprocess.Popen(tensorboard_command(folder, args.port))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return EXIT_OK
+    return serve(tensorboard_command(folder, args.port))

@@ -19,8 +19,9 @@ from typing import Any
 import optuna
 
 from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError, RankDied
-from .storage import StoreError, StoreUnavailable, mask_url, retry_window_s, ride_out
+from .storage import StoreError, StoreUnavailable, mask_url
 from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
+from .storage._outage import retry_window_s, ride_out
 from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
 
 POLL_S = 1.0
@@ -144,7 +145,7 @@ _BUDGET_MET = object()
 def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> Any:
     """Under the budget lock: a new trial, None when the budget is taken by trials in
     flight, or ``_BUDGET_MET``."""
-    from .storage import budget_lock
+    from .storage._budget import budget_lock
 
     with budget_lock(storage, study_id) as conn:
         finished, running = _finished_and_running(storage, study_id, conn)
@@ -473,7 +474,7 @@ def retire_retries(storage: Any, study_name: str, budget: int) -> list[int]:
     """
     from optuna.trial import TrialState
 
-    from .storage import budget_lock
+    from .storage._budget import budget_lock
 
     def retire() -> list[int]:
         study_id = storage.get_study_id_from_name(study_name)

@@ -58,9 +58,9 @@ import numpy as np
 
 from ._space import fixed_params
 from ._spec import EarlyStoppingSpec, StudySpec
-from ._units import show_epochs
 from ._workloads import TrialContext, TrialStopped
-from .storage import read_trial_attr
+from .storage import show_epochs
+from .storage._readers import read_trial_attr
 from .storage.keys import CURVE_ATTR, RUNGS_ATTR
 
 # Objectives that validation accuracy so far stands in for while a trial trains.
@@ -425,7 +425,7 @@ class EarlyStopping:
         return known
 
     def _known_text(self, known: Mapping[str, float], ctx: TrialContext) -> str:
-        from ._units import show_metric
+        from .storage import show_metric
 
         parts = []
         for name, value in known.items():

@@ -33,17 +33,10 @@ from ._report import (
 )
 from ._run import RunResult, open_store, prepare_study, run
 from ._spec import ParamSpec, StudySpec, load_spec
-from .storage import (
-    LockHeld,
-    StoreError,
-    acquire_lock,
-    count_states,
-    pareto_front,
-    read_records,
-    resolve_url,
-    ride_out,
-)
+from .storage import StoreError, count_states, pareto_front, read_records, resolve_url
+from .storage._locks import LockHeld, acquire_lock
 from .storage._nights import previous_night
+from .storage._outage import ride_out
 from .storage.keys import NIGHTLY_ATTR, SPEC_NAME_ATTR, WARM_START_ATTR
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

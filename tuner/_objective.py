@@ -21,8 +21,9 @@ from ._space import suggest
 from ._spec import StudySpec
 from ._tensorboard import TrialLog, log_folder
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
-from .storage import StoreError, set_trial_user_attrs
+from .storage import StoreError
 from .storage._optuna import study_storage, trial_id
+from .storage._rdb import set_trial_user_attrs
 from .storage.keys import CURVE_ATTR, ERROR_ATTR, TENSORBOARD_ATTR, VIOLATIONS_ATTR
 
 if TYPE_CHECKING:

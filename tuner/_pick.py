@@ -10,15 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._exceptions import SpecError
-from .storage import (
-    Bound,
-    TrialRecord,
-    default_target,
-    feasible_complete,
-    metric_value,
-    rank,
-    within,
-)
+from .storage import Bound, TrialRecord, metric_value, rank
+from .storage._bounds import default_target, feasible_complete, within
 
 _CLAUSE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*$")
 _EXAMPLE = 'e.g. --where "latency_ms<=2, size_bytes<=50000"'

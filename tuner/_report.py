@@ -16,16 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ._spec import StudySpec
-from .storage import (
-    Bound,
-    TrialRecord,
-    default_target,
-    metric_value,
-    pareto_front,
-    rank,
-    show_metric,
-    within,
-)
+from .storage import Bound, TrialRecord, metric_value, pareto_front, rank, show_metric
+from .storage._bounds import default_target, within
 from .storage._nights import night_hypervolume
 
 

@@ -37,15 +37,14 @@ from .storage import (
     StoreError,
     StoreUnavailable,
     TrialRecord,
-    add_listener,
     count_states,
     mask_url,
     open_storage,
     pareto_front,
     read_records,
     resolve_url,
-    ride_out,
 )
+from .storage._outage import add_listener, ride_out
 from .storage.keys import SPEC_ATTR
 
 

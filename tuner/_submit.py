@@ -160,7 +160,8 @@ def submit(
         DispatchError: the cluster cannot be reached, or the study already runs there.
     """
     from ._spec import load_spec
-    from .storage import check_url, mask_url, resolve_url
+    from .storage import mask_url, resolve_url
+    from .storage._url import check_url
 
     folder = Path(working_dir).resolve()
     if not folder.is_dir():

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from tuner.storage import Bound, TrialRecord, best_within, default_target, metric_value, rank
+from tuner.storage import Bound, TrialRecord, best_within, metric_value, rank
+from tuner.storage._bounds import default_target
 
 
 def _trial(number: int, acc: float, size: float, lat: float, **kw: object) -> TrialRecord:

@@ -16,8 +16,8 @@ from tuner.storage import (
     read_best_values,
     read_records,
     read_studies,
-    read_trial_attr,
 )
+from tuner.storage._readers import read_trial_attr
 
 OBJECTIVES = ["accuracy", "size_bytes", "latency_ms"]
 

@@ -10,7 +10,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.storage import open_storage, set_trial_user_attrs
+from tuner.storage import open_storage
+from tuner.storage._rdb import set_trial_user_attrs
 
 
 def _fill(storage: optuna.storages.BaseStorage) -> optuna.Study:

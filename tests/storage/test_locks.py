@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy
 
-from tuner.storage import LockHeld, acquire_lock, read_lock
+from tuner.storage._locks import LockHeld, acquire_lock, read_lock
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -13,13 +13,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from tuner.storage import (
-    StoreError,
-    StoreUnavailable,
-    add_listener,
-    open_storage,
-    read_records,
-)
+from tuner.storage import StoreError, StoreUnavailable, open_storage, read_records
+from tuner.storage._outage import add_listener
 
 
 def _with_password(url: str) -> str:

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.storage import DEFAULT_URL, StoreError, check_url, mask_url, open_storage, resolve_url
+from tuner.storage import DEFAULT_URL, StoreError, mask_url, open_storage, resolve_url
+from tuner.storage._url import check_url
 
 
 def test_mask_hides_the_password() -> None:

@@ -21,7 +21,9 @@ from optuna.trial import create_trial
 
 from tuner._cli import main
 from tuner._nightly import nightly
-from tuner.storage import acquire_lock, nights, open_storage
+from tuner.storage import open_storage
+from tuner.storage._locks import acquire_lock
+from tuner.storage._nights import nights
 
 TUNER = [sys.executable, "-m", "tuner._cli"]
 
