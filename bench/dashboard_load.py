@@ -132,7 +132,10 @@ def build(path: Path, n_trials: int) -> str:
     trial here (15 minutes for 10,000). ``main`` checks that Optuna reads them back.
     """
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
+
+    from tuner.storage._optuna import rdb_models
+
+    models = rdb_models()
 
     url = f"sqlite:///{path}"
     if path.exists():

@@ -22,14 +22,16 @@ from typing import Any
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
-from optuna.storages._rdb import models
 from optuna.trial import TrialState
 from sqlalchemy import String, func, select, type_coerce
 
 from ._errors import StoreError
+from ._optuna import rdb_models
 from ._outage import StoreUnavailable, is_outage
 from ._records import StudySummary, TrialRecord
 from ._url import mask_url
+
+models = rdb_models()
 
 _studies = models.StudyModel.__table__
 _directions = models.StudyDirectionModel.__table__

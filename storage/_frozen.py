@@ -21,11 +21,13 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna import distributions
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from ._fast import BulkReads, _local
+from ._optuna import rdb_models
 from ._outage import ride_out
+
+models = rdb_models()
 
 _trials = models.TrialModel.__table__
 _params = models.TrialParamModel.__table__

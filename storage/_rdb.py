@@ -14,6 +14,7 @@ from sqlalchemy import event
 from ._env import seconds_from_env
 from ._errors import StoreError
 from ._frozen import FastRDBStorage
+from ._optuna import rdb_backend
 from ._outage import StoreUnavailable, is_outage, ride_url
 from ._url import check_url, mask_url
 
@@ -249,7 +250,7 @@ def set_trial_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> 
     Rows are the ones Optuna itself writes, so Optuna reads them back as usual. Other
     storages (and other databases) get one ``set_trial_user_attr`` per attribute.
     """
-    backend = getattr(storage, "_backend", storage)
+    backend = rdb_backend(storage)
     if isinstance(backend, FastRDBStorage) and backend._fast() and attrs:
         backend.set_trial_user_attrs(trial_id, attrs)
         return

@@ -15,11 +15,12 @@ from typing import Any
 import optuna
 
 from ._fast import BulkReads
+from ._optuna import rdb_backend
 from ._records import StudySummary, TrialRecord, load_study_readonly, study_objectives, to_record
 
 
 def _store(storage: Any) -> BulkReads | None:
-    backend = getattr(storage, "_backend", storage)
+    backend = rdb_backend(storage)
     return backend if isinstance(backend, BulkReads) else None
 
 

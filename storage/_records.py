@@ -145,7 +145,7 @@ def pareto_front(
 
 def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
     """Hypervolume dominated by ``points`` up to ``reference`` (Optuna's exact algorithm)."""
-    from optuna._hypervolume import compute_hypervolume
+    from ._optuna import compute_hypervolume
 
     if len(points) == 0:
         return 0.0

@@ -33,7 +33,7 @@ from torch import nn
 
 from ._cv import Folds
 from ._exceptions import RankDied, WorkloadError
-from ._workloads import TrainedModel, TrialContext, TrialStopped, WorkloadFn
+from ._workloads import TrainedModel, TrialContext, TrialStopped
 
 POLL_S = 0.2
 JOIN_S = 30.0
@@ -44,7 +44,7 @@ DEAD_RANK_WAIT_S = 3.0
 class RankJob:
     """What every rank needs to train its share of one trial (plain, picklable data)."""
 
-    fn: WorkloadFn
+    workload: str  # the spec's workload, found again in each rank (not pickled)
     params: dict[str, Any]
     world_size: int
     use_cuda: bool
@@ -114,7 +114,9 @@ def run_rank(job: RankJob, rank: int, up: Any, down: Any) -> None:
     if rank == 0:
         ctx.on_report = _asker(ctx, up, down)
     try:
-        trained = job.fn(job.params, ctx)
+        from ._builtin_workloads import resolve_workload
+
+        trained = resolve_workload(job.workload).fn(job.params, ctx)
         if rank == 0:
             if not isinstance(trained, TrainedModel):
                 raise WorkloadError(

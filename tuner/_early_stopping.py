@@ -158,7 +158,7 @@ def front_priority(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     in NSGA-II's crowding distance); the others get the hypervolume only they add, with
     metrics scaled to [0, 1] over the rows so no metric outweighs another by its unit.
     """
-    from optuna._hypervolume import compute_hypervolume
+    from .storage._optuna import compute_hypervolume
 
     v = _minimized(points, directions)
     n, k = v.shape

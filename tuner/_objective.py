@@ -221,7 +221,7 @@ class Objective:
         from ._ddp import RankJob, train_local
 
         job = RankJob(
-            fn=self.workload.fn,
+            workload=self.spec.workload,
             params=dict(params),
             world_size=self.spec.resources.workers_per_trial,
             use_cuda=ctx.device.type == "cuda",
