@@ -89,8 +89,9 @@ def test_two_ranks_train_as_well_as_one(
 ) -> None:
     if backend == "ray":
         request.getfixturevalue("ray_local")
+    # The one-process reference trains in this process; the two ranks on ``backend``.
+    tuner.run(_spec(tiny_spec, "one", 1), storage=sqlite_url)
     workers = {"workers": 1, "backend": backend} if backend == "ray" else {}
-    tuner.run(_spec(tiny_spec, "one", 1), storage=sqlite_url, **workers)
     tuner.run(_spec(tiny_spec, "two", 2), storage=sqlite_url, **workers)
     store = open_storage(sqlite_url, heartbeat=False)
     (one,) = read_records(store, "one")
@@ -152,6 +153,7 @@ def test_a_killed_rank_fails_the_trial_and_it_is_retried(
     if backend == "ray":
         request.getfixturevalue("ray_local")
     spec = _spec(tiny_spec, "killed", 2, workload=f"{rank_workloads[1]}:killed")
+    spec["budget"] = {"n_trials": 1, "max_epochs": 2}
     result = tuner.run(spec, storage=sqlite_url, backend=backend, workers=1)
     assert result.n_finished == 1
     records = sorted(

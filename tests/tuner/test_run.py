@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 import tuner
-from tuner.storage import count_states, open_storage, read_records
+from tuner.storage import open_storage, read_records
 
 
 def test_run_returns_pareto_front_with_measured_metrics(sqlite_url: str, tiny_spec: Any) -> None:
@@ -107,21 +107,6 @@ def test_nan_loss_fails_the_trial_with_a_clear_reason(sqlite_url: str, tiny_spec
     records = read_records(open_storage(sqlite_url), "tiny")
     assert "diverged" in (records[0].error or "")
     assert records[0].state == "FAIL"
-
-
-def test_two_local_workers_on_sqlite_meet_the_budget_exactly(
-    sqlite_url: str, tiny_spec: Any
-) -> None:
-    result = tuner.run(
-        tiny_spec(budget={"n_trials": 4, "max_epochs": 1}), storage=sqlite_url, workers=2
-    )
-    counts = count_states(open_storage(sqlite_url), "tiny")
-    assert counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) == 4
-    assert counts.get("RUNNING", 0) == 0
-    assert "database is locked" not in " ".join(
-        r.error or "" for r in read_records(open_storage(sqlite_url), "tiny")
-    )
-    assert result.n_finished == 4
 
 
 def test_constraints_mark_infeasible_trials(sqlite_url: str, tiny_spec: Any) -> None:

@@ -44,9 +44,10 @@ def _pids_with(marker: str) -> list[int]:
     return pids
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    """A Ray head on 127.0.0.1 with its own temp folder; every process of it ends afterwards."""
+    """A Ray head on 127.0.0.1 with its own temp folder, shared by this module's tests;
+    every process of it ends afterwards."""
     bin_dir = Path(sys.executable).parent
     temp_dir = tempfile.mkdtemp(prefix="tuner-rh-", dir="/tmp")  # short: Ray's socket paths
     port, dashboard = _free_port(), _free_port()
@@ -94,7 +95,7 @@ def ray_head() -> Iterator[str]:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
             try:
-                head.wait(timeout=10)
+                head.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
         for pid in _pids_with(temp_dir):
