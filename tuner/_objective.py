@@ -66,7 +66,7 @@ class Objective:
         except (optuna.TrialPruned, StoreError):
             raise  # a stop, or a store that cannot take the error anyway
         except Exception as exc:
-            trial.set_user_attr(ERROR_ATTR, _short_error(exc))
+            record_user_attrs(trial, {ERROR_ATTR: _short_error(exc), **self._log_attr()})
             if self._log is not None:
                 self._log.finish(
                     trial.params, {"epochs": len(trial.user_attrs.get(CURVE_ATTR) or ())}, "FAIL"
@@ -82,9 +82,11 @@ class Objective:
         if not self.spec.artifacts.tensorboard:
             return None
         root = artifacts_root(self.spec.artifacts.path, storage_url(study_storage(trial.study)))
-        log = TrialLog(log_folder(root, trial.study.study_name), self.spec, trial.number)
-        trial.set_user_attr(TENSORBOARD_ATTR, str(log.folder))
-        return log
+        return TrialLog(log_folder(root, trial.study.study_name), self.spec, trial.number)
+
+    def _log_attr(self) -> dict[str, str]:
+        """Where the trial's TensorBoard files are, written with its other attributes."""
+        return {TENSORBOARD_ATTR: str(self._log.folder)} if self._log is not None else {}
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
@@ -202,6 +204,7 @@ class Objective:
                     CURVE_ATTR: list(ctx.curve),
                     "epochs": len(ctx.curve),
                     "stopped_reason": str(stop),
+                    **self._log_attr(),
                 },
             )
             if self._log is not None:
@@ -261,6 +264,7 @@ class Objective:
                     trial, kept[0], spec=spec, values=values, feasible=metrics["feasible"]
                 )
             )
+        metrics.update(self._log_attr())
         record_user_attrs(trial, metrics)
         for name, value in zip(spec.objectives, values):
             if not math.isfinite(value):
