@@ -60,7 +60,13 @@ def _wait_for(condition: Any, what: str, timeout: float = 180) -> Any:
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # Say what the run was doing when it stopped moving.
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"the run did not end in {timeout:.0f} s:\n{out[-3000:]}") from None
     assert proc.returncode == 0, out[-3000:]
     return out
 
