@@ -42,6 +42,7 @@ _params = models.TrialParamModel.__table__
 _values = models.TrialValueModel.__table__
 _user_attrs = models.TrialUserAttributeModel.__table__
 _system_attrs = models.TrialSystemAttributeModel.__table__
+_steps = models.TrialIntermediateValueModel.__table__
 _FINITE = models.TrialValueModel.TrialValueType.FINITE
 
 

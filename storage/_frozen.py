@@ -23,19 +23,20 @@ import sqlalchemy.exc
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
-from ._fast import BulkReads, _local
-from ._optuna import rdb_models
+from ._fast import (
+    BulkReads,
+    _local,
+    _params,
+    _steps,
+    _studies,
+    _trials,
+    _values,
+    models,
+)
+from ._fast import _system_attrs as _system
+from ._fast import _user_attrs as _user
 from ._outage import ride_out
 
-models = rdb_models()
-
-_trials = models.TrialModel.__table__
-_params = models.TrialParamModel.__table__
-_values = models.TrialValueModel.__table__
-_user = models.TrialUserAttributeModel.__table__
-_system = models.TrialSystemAttributeModel.__table__
-_steps = models.TrialIntermediateValueModel.__table__
-_studies = models.StudyModel.__table__
 _heartbeats = models.TrialHeartbeatModel.__table__
 
 _value_repr = models.TrialValueModel.stored_repr_to_value

@@ -21,6 +21,15 @@ from tuner.storage import open_storage, read_records
 TUNER = [sys.executable, "-m", "tuner._cli"]
 
 
+def _tensorboard_cli(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TUNER, "tensorboard", "tiny", "--storage", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _hparams(multiplexer: EventMultiplexer) -> dict[str, dict[str, Any]]:
     """Per run: the HParams plugin's records (experiment, session start and end)."""
     out: dict[str, dict[str, Any]] = {}
@@ -124,12 +133,7 @@ def test_turned_off_writes_nothing_and_the_cli_says_why(
     )
     tuner.run(spec, storage=sqlite_url)
     assert not (tmp_path / "art" / "tensorboard" / "tiny").exists()
-    out = subprocess.run(
-        [*TUNER, "tensorboard", "tiny", "--storage", sqlite_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _tensorboard_cli(sqlite_url)
     assert out.returncode == 2
     assert "artifacts.tensorboard: false" in out.stderr
     assert "Traceback" not in out.stderr
@@ -149,12 +153,7 @@ def test_cli_prints_the_folder_last_and_serves_it(
     )
     tuner.run(spec, storage=sqlite_url)
     folder = tmp_path / "art" / "tensorboard" / "tiny"
-    out = subprocess.run(
-        [*TUNER, "tensorboard", "tiny", "--storage", sqlite_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _tensorboard_cli(sqlite_url)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == str(folder)
