@@ -9,6 +9,8 @@ uses) is read through the store it wraps, which it writes through to.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -55,13 +57,10 @@ def read_studies(storage: optuna.storages.BaseStorage) -> list[StudySummary]:
     out = []
     for s in storage.get_all_studies():
         study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts: dict[str, int] = {}
-        last: datetime | None = None
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-            stamp = t.datetime_complete or t.datetime_start
-            if stamp is not None and (last is None or stamp > last):
-                last = stamp
+        trials = study.get_trials(deepcopy=False)
+        counts = _by_state(trials)
+        stamps = [t.datetime_complete or t.datetime_start for t in trials]
+        last: datetime | None = max((x for x in stamps if x is not None), default=None)
         out.append(
             StudySummary(
                 name=s.study_name,
@@ -90,6 +89,10 @@ def read_best_values(storage: optuna.storages.BaseStorage) -> dict[str, dict[str
         s.name: _best_from_records(read_records(storage, s.name), s.objectives)
         for s in read_studies(storage)
     }
+
+
+def _by_state(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    return dict(Counter(t.state.name for t in trials))
 
 
 def _best_from_records(records: list[TrialRecord], objectives: dict[str, str]) -> dict[str, float]:
@@ -121,10 +124,7 @@ def count_states(
     study_id = storage.get_study_id_from_name(study) if isinstance(study, str) else study
     store = _store(storage)
     if store is None:
-        counts: dict[str, int] = {}
-        for t in storage.get_all_trials(study_id, deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return counts
+        return _by_state(storage.get_all_trials(study_id, deepcopy=False))
     if connection is not None:
         return store._count_states(study_id, connection)
     return store.count_states(study_id)
