@@ -44,6 +44,7 @@ It prints one table and writes ``peers.png``: hypervolume against epochs, one li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -53,6 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,22 +87,30 @@ ARMS = (
 
 def _tuner(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     """tuner.run as a user runs it; its trials, in the order they ended."""
-    import optuna
-
     import tuner
-    from tuner._artifacts import artifact_status
-    from tuner.storage import open_storage, read_records
 
     name = f"tuner-s{seed}"
     spec = spec.with_overrides(
         name=name, sampler={"name": spec.sampler.name, "seed": seed}, early_stopping="asha"
     )
+    tuner.run(spec, storage=f"sqlite:///{folder / 'study.db'}")
+    return _tuner_events(spec, seed, folder)
+
+
+def _tuner_events(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
+    """tuner's trials from its study, in the order they ended."""
+    import optuna
+
+    from tuner._artifacts import artifact_status
+    from tuner.storage import open_storage, read_records
+
+    name = f"tuner-s{seed}"
     url = f"sqlite:///{folder / 'study.db'}"
-    tuner.run(spec, storage=url)
-    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     ended = {t.number: t.datetime_complete for t in study.trials}
     events = []
-    for r in sorted(read_records(open_storage(url), name), key=lambda r: ended[r.number]):
+    records = read_records(open_storage(url, heartbeat=False), name)
+    for r in sorted(records, key=lambda r: ended[r.number] or datetime.max):
         if r.state not in ("COMPLETE", "PRUNED"):
             continue
         rungs = (r.metrics.get("rungs") or {}).values()
@@ -362,7 +372,15 @@ def _run_one(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
     spec = bench_spec(trials, epochs, folder)
     started = time.perf_counter()
     events = RUNNERS[arm](spec, seed, folder)
-    wall = time.perf_counter() - started
+    row = _row(arm, seed, spec, events, time.perf_counter() - started)
+    (folder / "row.json").write_text(json.dumps(row))
+    return row
+
+
+def _row(
+    arm: str, seed: int, spec: Any, events: list[dict[str, Any]], wall: float
+) -> dict[str, Any]:
+    """One run's figures: the trials it completed, each with the epochs spent by then."""
     spent = 0.0
     done = []
     for event in events:
@@ -378,6 +396,34 @@ def _run_one(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
         "trials": done,
         "objectives": dict(spec.objectives),
     }
+
+
+def _kept_row(job: tuple[str, int, int, int, str]) -> dict[str, Any] | None:
+    """A run of an earlier ``--keep`` folder, read back (None if it is not there)."""
+    arm, seed, trials, epochs, scratch = job
+    folder = Path(scratch) / f"{arm}-s{seed}"
+    if (folder / "row.json").exists():
+        return dict(json.loads((folder / "row.json").read_text()))
+    spec = bench_spec(trials, epochs, folder)
+    if arm == "tuner":
+        if not (folder / "study.db").exists():
+            return None
+        import optuna
+
+        from tuner.storage import open_storage
+
+        url = f"sqlite:///{folder / 'study.db'}"
+        storage = open_storage(url, heartbeat=False)
+        trials_ = optuna.load_study(study_name=f"tuner-s{seed}", storage=storage).trials
+        if any(t.datetime_complete is None for t in trials_) or len(trials_) < trials:
+            return None  # cut short
+        first = min(t.datetime_start for t in trials_ if t.datetime_start)
+        last = max(t.datetime_complete for t in trials_ if t.datetime_complete)
+        return _row(arm, seed, spec, _tuner_events(spec, seed, folder), (last - first).seconds)
+    log = read_log(folder)
+    if sum("start" in e for e in log) < trials:
+        return None  # cut short (a trial its scheduler killed leaves no last line)
+    return _row(arm, seed, spec, _events_from_log(folder), log[-1]["t"] - log[0]["t"])
 
 
 def _curve(row: dict[str, Any]) -> list[tuple[float, float]]:
@@ -446,9 +492,16 @@ def main() -> None:
         metavar="DIR",
         help="keep every run (its trial log, models, tuner's study file) and rows.json in DIR",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="train nothing: re-time and tabulate the runs a --keep DIR already holds",
+    )
     args = parser.parse_args()
     if "tuner" not in args.arms:
         parser.error("--arms must include tuner: the table compares every arm with it")
+    if args.report and not args.keep:
+        parser.error("--report reads the runs of --keep DIR; give the folder")
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuner-bench-peers-") as scratch:
@@ -456,17 +509,33 @@ def main() -> None:
             scratch = str(Path(args.keep).resolve())
             Path(scratch).mkdir(parents=True, exist_ok=True)
         jobs = [(a, s, args.trials, args.epochs, scratch) for s in args.seeds for a in args.arms]
+        if args.report:
+            kept = {(j[0], j[1]): _kept_row(j) for j in jobs}
+            whole = [s for s in args.seeds if all(kept[a, s] for a in args.arms)]
+            if not whole:
+                parser.error(f"{args.keep} holds no seed with every arm's run complete")
+            args.seeds = whole
+            jobs = [j for j in jobs if j[1] in whole]
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         pinned = args.parallel <= len(os.sched_getaffinity(0))
-        with ctx.Pool(
-            args.parallel,
-            initializer=_pin_to_a_core if pinned else None,
-            initargs=(counter,) if pinned else (),
-            maxtasksperchild=1,
+        with (
+            contextlib.nullcontext(None)
+            if args.report
+            else ctx.Pool(
+                args.parallel,
+                initializer=_pin_to_a_core if pinned else None,
+                initargs=(counter,) if pinned else (),
+                maxtasksperchild=1,
+            )
         ) as pool:
             rows = []
-            for row in pool.imap_unordered(_run_one, jobs, chunksize=1):
+            done = (
+                (kept[j[0], j[1]] for j in jobs)
+                if pool is None
+                else pool.imap_unordered(_run_one, jobs, chunksize=1)
+            )
+            for row in done:
                 rows.append(row)
                 print(
                     f"[{len(rows)}/{len(jobs)}] {row['arm']} seed {row['seed']}: "
