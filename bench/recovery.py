@@ -2,11 +2,11 @@
 
 Trains the built-in ``mnist1d-cnn`` and ``mnist1d-transformer`` workloads once each (one
 seed), then compresses each trained model through tuner's shipping path (the one trials
-use) and recovers it with the same epoch budget per method:
+use) and recovers it with the same epoch budget per method (3 and 6 epochs by default):
 
 * structured sparsity 0.5 / 0.7 / 0.9: no recovery, plain fine-tune (labels), and
   distillation from the trained float model (two temperature/weight settings), and both
-  at three times the training learning rate (``finetune_lr``);
+  at three times and at a quarter of the training learning rate (``finetune_lr``);
 * int8 (PT2E, the torch runtime): calibrated after training (PTQ), PTQ with the first and
   last layer kept float, and quantization-aware training (plain and distilled).
 
@@ -14,7 +14,7 @@ Prints test accuracy before compression, after it, and after recovery, with the 
 size, and checks the targets on mnist1d-cnn: 70% structured at least 90% test accuracy,
 int8 within 1 point of the float model.
 
-    python bench/recovery.py [--epochs 30] [--recovery-epochs 3] [--channels 64]
+    python bench/recovery.py [--epochs 30] [--recovery-epochs 3 6] [--channels 64] [--seed 0]
 
 "structured 70%" is ``prune_threshold`` 0.7: 70% of the channels of each coupled group
 removed; the size column shows what that leaves (about 12% of the parameters).
@@ -35,7 +35,15 @@ from tuner._spec import MeasureSpec
 from tuner._workloads import TrainedModel, TrialContext
 
 PARAMS = {
-    "mnist1d-cnn": {"optimizer": "adamw", "lr": 3e-3, "batch_size": 64, "weight_decay": 1e-4},
+    # The most accurate setting TPE found in the shipped spec's space (SGD with momentum;
+    # 94.5% test accuracy at 64 channels, where AdamW at 3e-3 reached 91.3%).
+    "mnist1d-cnn": {
+        "optimizer": "sgd",
+        "lr": 0.023,
+        "momentum": 0.96,
+        "batch_size": 64,
+        "weight_decay": 4e-5,
+    },
     "mnist1d-transformer": {
         "optimizer": "adamw",
         "lr": 2e-3,
@@ -52,6 +60,8 @@ SPARSITY_METHODS = [
     ("distill T=4 a=0.9", "kd", 4.0, 0.9, 1.0),
     ("fine-tune, lr x3", "none", 4.0, 0.5, 3.0),
     ("distill T=1, lr x3", "kd", 1.0, 1.0, 3.0),
+    ("fine-tune, lr x0.25", "none", 4.0, 0.5, 0.25),
+    ("distill T=1, lr x0.25", "kd", 1.0, 1.0, 0.25),
 ]
 # (label, keep_float, qat, distill)
 INT8_METHODS = [
@@ -117,14 +127,16 @@ def _shipped_accuracy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=30, help="training epochs")
-    parser.add_argument("--recovery-epochs", type=int, default=3, help="budget per method")
+    parser.add_argument(
+        "--recovery-epochs", type=int, nargs="+", default=[3, 6], help="budgets per method"
+    )
     parser.add_argument("--channels", type=int, default=64, help="mnist1d-cnn channels")
+    parser.add_argument("--seed", type=int, default=0, help="training and fine-tune seed")
     parser.add_argument("--workloads", default="mnist1d-cnn,mnist1d-transformer")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    budget = args.recovery_epochs
     headers = ["workload", "compression", "recovery", "float acc", "after", "recovered", "size B"]
-    widths = [20, 16, 20, 9, 7, 9, 9]
+    widths = [20, 16, 28, 9, 7, 9, 9]
     lines = [_row(headers, widths)]
     verdicts: list[str] = []
     for name in args.workloads.split(","):
@@ -133,7 +145,9 @@ def main() -> None:
         if name == "mnist1d-cnn":
             params["channels"] = args.channels
         started = time.perf_counter()
-        trained = fn(params, TrialContext(torch.device("cpu"), max_epochs=args.epochs, seed=0))
+        trained = fn(
+            params, TrialContext(torch.device("cpu"), max_epochs=args.epochs, seed=args.seed)
+        )
         float_acc, float_size = _shipped_accuracy(
             trained, params, Settings(0.0, "unstructured", "none", 0), recover=False, seed=0
         )
@@ -142,15 +156,19 @@ def main() -> None:
             f"test accuracy {float_acc:.3f}, {float_size:,} B",
             flush=True,
         )
-        for sparsity in (0.5, 0.7, 0.9):
+        for sparsity, budget in ((s, b) for s in (0.5, 0.7, 0.9) for b in args.recovery_epochs):
             base = Settings(sparsity, "structured", "none", budget)
-            after, size = _shipped_accuracy(trained, params, base, recover=False, seed=0)
-            for label, distill, temperature, alpha, lr_scale in SPARSITY_METHODS:
+            after, size = _shipped_accuracy(trained, params, base, recover=False, seed=args.seed)
+            for method in SPARSITY_METHODS:
+                label, distill, temperature, alpha, lr_scale = method
+                label = f"{label}, {budget} ep"
                 settings = Settings(
                     sparsity, "structured", "none", budget, distill, temperature, alpha
                 )
                 tuned = {**params, "finetune_lr": params["lr"] * lr_scale}
-                recovered, size = _shipped_accuracy(trained, tuned, settings, recover=True, seed=0)
+                recovered, size = _shipped_accuracy(
+                    trained, tuned, settings, recover=True, seed=args.seed
+                )
                 lines.append(
                     _row(
                         [
@@ -170,16 +188,19 @@ def main() -> None:
                     verdicts.append(
                         f"{name} / structured 70% / {label}: {recovered:.3f} (target 0.90): {met}"
                     )
-            print(f"  structured {sparsity:.0%}: done", flush=True)
+            print(f"  structured {sparsity:.0%}, {budget} epochs: done", flush=True)
         after, _ = _shipped_accuracy(
             trained, params, Settings(0.0, "unstructured", "int8", 0), recover=False, seed=0
         )
+        budget = args.recovery_epochs[0]
         for label, keep_float, qat, distill in INT8_METHODS:
             settings = Settings(
                 0.0, "unstructured", "int8", 0, distill, 1.0, 1.0, keep_float,
                 budget if qat else 0,
             )  # fmt: skip
-            recovered, size = _shipped_accuracy(trained, params, settings, recover=True, seed=0)
+            recovered, size = _shipped_accuracy(
+                trained, params, settings, recover=True, seed=args.seed
+            )
             lines.append(
                 _row(
                     [
