@@ -216,6 +216,7 @@ def _syne(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     import numpy as np
 
     os.environ["SYNETUNE_FOLDER"] = str(folder / "syne-tune")
+    os.chdir(folder)  # its backend leaves a std.out in the working folder
     logging.getLogger("syne_tune").setLevel(logging.WARNING)
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend import PythonBackend
