@@ -583,22 +583,25 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                 f"{r['curve'][-1][1]:>7.4f} {reach:>7.0f} {r['test_accuracy']:>8.3f} "
                 f"{r['wall_s']:>7.0f}"
             )
-    print(
-        f"\n{'mean over seeds':<15} {'epochs':>7} {'HV':>7} {'test acc':>8} {'wall s':>7} "
-        f"{'tuner to this HV':>16} {'tuner/arm epochs':>16}"
-    )
     tuner_curves = [by["tuner", s]["curve"] for s in seeds]
+    grid = sorted({at for c in tuner_curves for at, _ in c})
+    mean_tuner = list(zip(grid, _mean_curve(tuner_curves, grid)))
+    tuner_epochs = statistics.fmean(by["tuner", s]["epochs"] for s in seeds)
+    print(
+        f"\n{'mean over seeds':<15} {'epochs':>7} {'HV':>7} {'HV at tuner epochs':>18} "
+        f"{'test acc':>8} {'wall s':>7} {'tuner to this HV':>16} {'tuner/arm epochs':>16}"
+    )
     for a in arms:
         mine = [by[a, s] for s in seeds]
         epochs = statistics.fmean(r["epochs"] for r in mine)
         hv = statistics.fmean(r["curve"][-1][1] for r in mine)
+        # The front each arm held once it had spent what tuner spent in all.
+        same = _mean_curve([r["curve"] for r in mine], [tuner_epochs])[0]
         # Where the mean tuner curve first holds this arm's mean final hypervolume.
-        grid = sorted({at for c in tuner_curves for at, _ in c})
-        mean_tuner = list(zip(grid, _mean_curve(tuner_curves, grid)))
         needed = _reach(mean_tuner, hv)
         ratio = needed / epochs if math.isfinite(needed) else math.inf
         print(
-            f"{a:<15} {epochs:>7.0f} {hv:>7.4f} "
+            f"{a:<15} {epochs:>7.0f} {hv:>7.4f} {same:>18.4f} "
             f"{statistics.fmean(r['test_accuracy'] for r in mine):>8.3f} "
             f"{statistics.fmean(r['wall_s'] for r in mine):>7.0f} "
             f"{needed:>16.0f} {ratio:>16.2f}"
@@ -611,8 +614,6 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for s in seeds:
             need = _reach(by["tuner", s]["curve"], by[a, s]["curve"][-1][1])
             per_seed.append(need / by[a, s]["epochs"])
-        grid = sorted({at for c in tuner_curves for at, _ in c})
-        mean_tuner = list(zip(grid, _mean_curve(tuner_curves, grid)))
         hv = statistics.fmean(by[a, s]["curve"][-1][1] for s in seeds)
         ratio = _reach(mean_tuner, hv) / statistics.fmean(by[a, s]["epochs"] for s in seeds)
         verdict = "met" if ratio <= 0.5 else "missed"
