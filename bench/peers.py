@@ -155,19 +155,22 @@ def _optuna(kind: str) -> Callable[[Any, int, Path], list[dict[str, Any]]]:
     return run
 
 
-def _syne_space(spec: Any) -> dict[str, Any]:
-    from syne_tune.config_space import choice, lograndint, loguniform, randint, uniform
-
+def _space(spec: Any, lib: Any, *, int_upper: int = 0) -> dict[str, Any]:
+    """The spec's search space in a peer's terms: ``lib`` has ``choice``, ``randint``,
+    ``lograndint``, ``uniform`` and ``loguniform`` (Syne Tune's and Ray Tune's do);
+    ``int_upper`` is added to integer ranges' upper ends (Ray's exclude theirs)."""
     space: dict[str, Any] = {}
     for name, p in spec.params.items():
         if p.type == "fixed":
             space[name] = p.value
         elif p.type == "categorical":
-            space[name] = choice(list(p.choices))
+            space[name] = lib.choice(list(p.choices))
         elif p.type == "int":
-            space[name] = (lograndint if p.log else randint)(int(p.low), int(p.high))
+            sample = lib.lograndint if p.log else lib.randint
+            space[name] = sample(int(p.low), int(p.high) + int_upper)
         else:
-            space[name] = (loguniform if p.log else uniform)(float(p.low), float(p.high))
+            sample = lib.loguniform if p.log else lib.uniform
+            space[name] = sample(float(p.low), float(p.high))
     return space
 
 
@@ -218,13 +221,14 @@ def _syne(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     os.environ["SYNETUNE_FOLDER"] = str(folder / "syne-tune")
     os.chdir(folder)  # its backend leaves a std.out in the working folder
     logging.getLogger("syne_tune").setLevel(logging.WARNING)
+    import syne_tune.config_space
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend import PythonBackend
     from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 
     np.random.seed(seed)  # MOASHA draws its configurations from numpy's global generator
     # The bench's own settings ride along as constants, which MOASHA passes on unchanged.
-    space = _syne_space(spec) | {
+    space = _space(spec, syne_tune.config_space) | {
         "bench_dir": str(BENCH),
         "folder": str(folder),
         "seed": seed,
@@ -271,22 +275,6 @@ def _ray_trial(config: dict[str, Any]) -> None:
     tune.report({m: float(got[m]) for m in ("accuracy", "size_bytes", "latency_ms")})
 
 
-def _ray_space(spec: Any) -> dict[str, Any]:
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    for name, p in spec.params.items():
-        if p.type == "fixed":
-            space[name] = p.value
-        elif p.type == "categorical":
-            space[name] = tune.choice(list(p.choices))
-        elif p.type == "int":  # Ray's upper bounds are exclusive
-            space[name] = (tune.lograndint if p.log else tune.randint)(int(p.low), int(p.high) + 1)
-        else:
-            space[name] = (tune.loguniform if p.log else tune.uniform)(float(p.low), float(p.high))
-    return space
-
-
 def _ray(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     import ray
     from ray import tune
@@ -306,7 +294,7 @@ def _ray(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
     try:
-        space = _ray_space(spec)
+        space = _space(spec, tune, int_upper=1)
         space["bench"] = {
             "folder": str(folder),
             "seed": seed,
