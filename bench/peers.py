@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -357,7 +359,8 @@ def _run_one(job: tuple[str, int, int, int, str]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     folder = Path(scratch) / f"{arm}-s{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # what a run cut short left
+    folder.mkdir(parents=True)
     spec = bench_spec(trials, epochs, folder)
     started = time.perf_counter()
     events = RUNNERS[arm](spec, seed, folder)
@@ -479,7 +482,8 @@ def main() -> None:
     parser.add_argument(
         "--keep",
         metavar="DIR",
-        help="keep every run (its trial log, models, tuner's study file) and rows.json in DIR",
+        help="keep every run (its trial log, models, tuner's study file) and rows.json in DIR; "
+        "runs DIR already holds whole are read back, not run again",
     )
     parser.add_argument(
         "--report",
@@ -498,8 +502,9 @@ def main() -> None:
             scratch = str(Path(args.keep).resolve())
             Path(scratch).mkdir(parents=True, exist_ok=True)
         jobs = [(a, s, args.trials, args.epochs, scratch) for s in args.seeds for a in args.arms]
+        # With --keep, a run the folder already holds whole is read back, not run again.
+        kept = {(j[0], j[1]): _kept_row(j) for j in jobs} if args.keep else {}
         if args.report:
-            kept = {(j[0], j[1]): _kept_row(j) for j in jobs}
             whole = [s for s in args.seeds if all(kept[a, s] for a in args.arms)]
             if not whole:
                 parser.error(f"{args.keep} holds no seed with every arm's run complete")
@@ -519,10 +524,11 @@ def main() -> None:
             )
         ) as pool:
             rows = []
-            done = (
-                (kept[j[0], j[1]] for j in jobs)
-                if pool is None
-                else pool.imap_unordered(_run_one, jobs, chunksize=1)
+            again = [j for j in jobs if kept.get((j[0], j[1])) is not None]
+            todo = [j for j in jobs if j not in again]
+            done = itertools.chain(
+                (kept[j[0], j[1]] for j in again),
+                () if pool is None else pool.imap_unordered(_run_one, todo, chunksize=1),
             )
             for row in done:
                 rows.append(row)
