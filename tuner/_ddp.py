@@ -258,7 +258,11 @@ def train_local(job: RankJob, ctx: TrialContext) -> TrainedModel:
         # the dead rank is the cause, so it is what the trial says.
         for p in procs.processes:
             p.join(JOIN_S if talk.error is None else DEAD_RANK_WAIT_S)
-        _check_alive(procs.processes, finished=talk.error is None)
+        # Once rank 0 has handed over the trained model or the agreed stop, every rank has
+        # trained to the end (each step waits on all of them): a rank that then dies while
+        # tearing down (gloo can abort at exit) changes nothing, so only earlier deaths count.
+        if talk.error is not None or (talk.result is None and talk.stopped is None):
+            _check_alive(procs.processes, finished=talk.error is None)
     finally:
         for p in procs.processes:
             if p.is_alive():
