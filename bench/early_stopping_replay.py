@@ -135,7 +135,12 @@ def _rules() -> dict[str, Rule]:
     directions = list(OBJECTIVES.values())
     ties = rung_tolerance(list(OBJECTIVES))
 
-    def rule(min_trials: int, front_from: int | None, tolerance: list[float] | None) -> Rule:
+    def rule(
+        min_trials: int,
+        front_from: int | None,
+        tolerance: list[float] | None,
+        anchors: list[bool] | None = None,
+    ) -> Rule:
         # The best 1/reduction_factor go on; from rung ``front_from`` (0 = the first) on,
         # so does a trial no other dominates; ``None`` keeps no front (MO-ASHA as published).
         def decide(level: int, mine: list[float], others: list[list[float]]) -> bool:
@@ -148,6 +153,7 @@ def _rules() -> dict[str, Rule]:
                 min_trials=min_trials,
                 keep_front=keep_front,
                 tolerance=tolerance,
+                anchors=anchors,
             ).promote
 
         return decide
@@ -156,7 +162,8 @@ def _rules() -> dict[str, Rule]:
         "MO-ASHA quota, min_trials 8": rule(8, None, None),
         "front kept at every rung": rule(3, 0, None),
         "front kept from rung 2": rule(3, 1, None),
-        "...and latency ties (asha)": rule(3, 1, ties),
+        "...and latency ties": rule(3, 1, ties),
+        "...and accuracy's best first (asha)": rule(3, 1, ties, [True, False, False]),
     }
 
 

@@ -147,6 +147,28 @@ def test_within_a_dominated_front_its_ends_then_the_larger_hypervolume_contribut
     assert (decision.promote, decision.position, decision.keep) == (False, 5, 4)
 
 
+def test_the_smallest_model_at_chance_accuracy_is_not_kept_for_being_smallest() -> None:
+    # First rung (the front is not kept), four trials, best 2 go on. The newcomer is the
+    # smallest yet, at chance accuracy: on the front, but it adds little hypervolume.
+    others = [[0.90, 50_000.0], [0.60, 20_000.0], [0.85, 30_000.0]]
+    tiny = [0.10, 15_000.0]
+    assert non_dominated_ranks(np.array([tiny, *others]), ACC_SIZE).tolist() == [0] * 4
+    every_end = rank_at_rung(tiny, others, ACC_SIZE, reduction_factor=3, keep_front=False)
+    assert every_end.promote and every_end.position == 1
+    decision = rank_at_rung(
+        tiny, others, ACC_SIZE, reduction_factor=3, keep_front=False, anchors=[True, False]
+    )
+    assert not decision.promote and decision.position > decision.keep == 2
+    # From the second rung on, it goes on all the same: nothing at the rung dominates it.
+    assert rank_at_rung(tiny, others, ACC_SIZE, reduction_factor=3, anchors=[True, False]).promote
+    # The most accurate trial is an end and always ranks first in its front.
+    top = [0.95, 90_000.0]
+    decision = rank_at_rung(
+        top, others, ACC_SIZE, reduction_factor=3, keep_front=False, anchors=[True, False]
+    )
+    assert decision.promote and decision.position == 1
+
+
 def test_early_arrivals_and_the_grace_of_min_trials() -> None:
     assert rank_at_rung([0.1, 9e9], [], ACC_SIZE, reduction_factor=3).promote
     worse = [0.1, 9e9]
@@ -292,13 +314,16 @@ def test_the_front_is_kept_from_the_second_rung_on(sqlite_url: str, tiny_spec: A
 
     assert reach(16, [0.50, 0.50]) == "went on"  # the smallest
     assert reach(256, [0.95, 0.95]) == "went on"  # the most accurate
-    # In between on both: nothing dominates it, but at the first rung the quota decides.
-    said = reach(64, [0.80, 0.80])
+    # In between on both, it adds more hypervolume than the smallest: 2nd of 3, best 2 go on.
+    assert reach(64, [0.80, 0.80]) == "went on"
+    # In between too, nothing dominates it, but it adds the least: at the first rung the
+    # quota decides.
+    said = reach(32, [0.60, 0.60])
     assert said.startswith("asha rung at 1 epoch (") and said.endswith("(best 2 go on); stopped")
     # The most accurate at the first rung, in between at the second, where the front goes on.
     assert reach(64, [0.99, 0.80]) == "went on"
     rungs = [sorted(t.user_attrs["rungs"]) for t in study.get_trials()]
-    assert rungs == [["1", "2"], ["1", "2"], ["1"], ["1", "2"]]
+    assert rungs == [["1", "2"], ["1", "2"], ["1", "2"], ["1"], ["1", "2"]]
 
 
 @pytest.fixture(scope="module")
