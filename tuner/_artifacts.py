@@ -51,6 +51,17 @@ STATUS_ATTR = keys.ARTIFACT_STATUS_ATTR
 DROPPED_PREFIX = "tuner.artifact_dropped."
 
 
+def load_program(source: Any) -> nn.Module:
+    """The module of a ``torch.export`` program saved to ``source`` (a path or a file object).
+
+    An int8 graph calls the quantize and dequantize ops that torchao registers on import; a
+    process that never quantized anything has not imported it, and loading fails there.
+    """
+    import torchao  # noqa: F401  (registers the ops an int8 graph calls)
+
+    return torch.export.load(source).module()
+
+
 @dataclass
 class TrialModel:
     """What a trial keeps: enough to rebuild and re-measure the model it shipped.
@@ -91,7 +102,7 @@ class TrialModel:
         if self.qat_program is not None:
             import io
 
-            return torch.export.load(io.BytesIO(self.qat_program)).module()
+            return load_program(io.BytesIO(self.qat_program))
         shipped = quantize(
             self.model,
             mode=self.quantize,

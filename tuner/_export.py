@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
+from ._artifacts import (
+    ArtifactMissing,
+    TrialModel,
+    artifact_status,
+    load_program,
+    load_trial_model,
+)
 from ._builtin_workloads import resolve_workload
 from ._compression import int8_layer_names, weight_sparsity
 from ._exceptions import ExportError, SpecError, storage_error
@@ -125,7 +131,7 @@ def remeasure(
 
     if fmt == "pt2":
         try:
-            program: nn.Module = torch.export.load(str(path)).module()
+            program: nn.Module = load_program(str(path))
         except Exception as exc:
             raise ExportError(f"{path} cannot be loaded by torch.export.load: {exc}") from exc
         compile_mode = str(measure.get("compile", "auto"))

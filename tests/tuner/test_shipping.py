@@ -3,6 +3,9 @@ setting in both runtimes, trained for real on MNIST-1D."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +281,22 @@ def test_quantization_aware_training_ships_its_learned_int8_in_the_onnx_file(
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     test = mnist1d().test
     assert OnnxRunner(out).accuracy(*test) == pytest.approx(learned["test_accuracy"], abs=0.01)
+    # A fresh process, as a user runs the CLI, has imported nothing that quantizes: the
+    # learned int8 graph still loads, exports to pt2, and that file runs.
+    pt2 = tmp_path / "qat.pt2"
+    fresh = [sys.executable, "-m", "tuner._cli", "export", "qat", "--trial", str(trials[1].number)]
+    done = subprocess.run(
+        [*fresh, "--format", "pt2", "--out", str(pt2), "--storage", sqlite_url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # the workload's module
+    )
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
+    assert "Traceback" not in done.stderr
+    from tuner._artifacts import load_program
+
+    program = load_program(str(pt2))
+    x, y = test
+    shipped = float((program(x).argmax(dim=1) == y).float().mean())
+    assert shipped == pytest.approx(learned["test_accuracy"], abs=0.01)
