@@ -163,7 +163,7 @@ def _rules() -> dict[str, Rule]:
         "front kept at every rung": rule(3, 0, None),
         "front kept from rung 2": rule(3, 1, None),
         "...and latency ties": rule(3, 1, ties),
-        "...and accuracy's best first (asha)": rule(3, 1, ties, [True, False, False]),
+        "...and accuracy first (asha)": rule(3, 1, ties, [True, False, False]),
     }
 
 
