@@ -522,13 +522,26 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
 
 
 def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
-    """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`)."""
+    """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`).
+
+    Raises:
+        ExportError: the model could not be rebuilt or written as ``fmt``, in one line.
+    """
     check_format(fmt)
-    if fmt == "onnx":
-        return onnx_bytes(tm)
-    buffer = io.BytesIO()
-    if fmt == "state_dict":
-        torch.save(tm.shipped_torch().state_dict(), buffer)
+    try:
+        if fmt == "onnx":
+            return onnx_bytes(tm)
+        buffer = io.BytesIO()
+        if fmt == "state_dict":
+            torch.save(tm.shipped_torch().state_dict(), buffer)
+            return buffer.getvalue()
+        torch.export.save(exported_program(tm.shipped_torch(), tm.example), buffer)
         return buffer.getvalue()
-    torch.export.save(exported_program(tm.shipped_torch(), tm.example), buffer)
-    return buffer.getvalue()
+    except (ExportError, SpecError):
+        raise
+    except Exception as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        raise ExportError(
+            f"the trial's model cannot be written as {fmt}: {type(exc).__name__}: {first}"
+        ) from exc

@@ -147,6 +147,29 @@ def test_pt2_and_state_dict_exports_load_back(shipped: dict[str, Any], tmp_path:
     assert accuracy == pytest.approx(shipped["float"].user_attrs["test_accuracy"], abs=1e-6)
 
 
+def test_a_model_that_cannot_be_rebuilt_is_one_export_error_line() -> None:
+    from tuner._artifacts import TrialModel
+    from tuner._exceptions import ExportError
+    from tuner._formats import export_trial_model
+
+    x, y = digits().test
+    broken = TrialModel(
+        model=nn.Linear(64, 10),
+        quantize="int8",
+        prune_threshold=0.0,
+        prune_structure="unstructured",
+        calibration=None,
+        test_data=(x, y),
+        qat_program=b"not a torch.export program",  # a damaged model file
+    )
+    for fmt in ("pt2", "state_dict", "onnx"):
+        with pytest.raises(ExportError) as caught:
+            export_trial_model(broken, fmt)
+        message = str(caught.value)
+        assert message.startswith(f"the trial's model cannot be written as {fmt}: ")
+        assert "\n" not in message
+
+
 def test_export_of_an_unknown_trial_is_bad_input(
     shipped: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
