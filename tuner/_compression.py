@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import prune
 
-from tuner._exceptions import CompressionError
+from tuner._exceptions import CompressionError, first_line
 from tuner._spec import KEEP_FLOAT_MODES, QUANTIZE_MODES
 from tuner._tracing import tracing
 
@@ -425,7 +425,7 @@ def _prune_structured(
             with torch.no_grad():
                 pruned(example)
     except Exception as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        message = first_line(error)
         where = f"layer {layer!r} of " if layer else ""
         raise CompressionError(
             f"cannot prune {where}{type(model).__name__} structurally: {message}; "
@@ -641,10 +641,6 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
     return KeepFloat()
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
 def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:
     """``model`` as a ``torch.export`` graph with a dynamic batch, for PT2E quantization."""
     try:
@@ -654,8 +650,7 @@ def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module
             ).module()
     except Exception as error:
         raise CompressionError(
-            f"torch.export cannot capture {type(model).__name__} for {purpose}: "
-            f"{_first_line(error)}"
+            f"torch.export cannot capture {type(model).__name__} for {purpose}: {first_line(error)}"
         ) from error
 
 

@@ -19,25 +19,25 @@ study), so tuner has its own rules, and uses them for one objective and for many
   pruning) first gets an eighth of an epoch of the trial's own fine-tune, when the
   workload passed its training data. Within a front, the trial with the best accuracy
   ranks first, then a larger hypervolume contribution (each metric scaled to the front's
-  range, the reference at 1.1 on each). The smallest or fastest trial is ranked by what it
-  adds like the rest, which for the front's least accurate member is a thin slab. Ranking
-  it first, as for accuracy, kept models at chance accuracy training to the end: where a
-  search drives sizes down, nearly every new trial is the smallest yet. Now such a trial
-  goes on at the first rung only by the quota, and past it by being on the front. On
-  ``bench/peers.py`` (TPE, 30 trials x 15 epochs, seeds 0-5) the change raised the mean
-  hypervolume from 0.840 to 0.854, for 297 epochs instead of 289, and was ahead on 5 seeds.
-  This is MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas, C. Archambeau,
-  "Multi-objective Asynchronous Successive Halving" (2021, arXiv:2106.12639), as in Syne
-  Tune's ``MOASHA`` scheduler, with one more change: past the first rung, a trial on the
-  rung's front goes on. Successive
-  halving's quota comes from one metric, where the best ``1/reduction_factor`` hold all
-  there is to keep; with several, each non-dominated trial holds a trade-off no other
-  trial at the rung covers, and the final front is lost mostly where such trials are
-  stopped. At the first rung (``min_epochs``) the front is not kept: replayed, carrying
-  its members on cost far more epochs than it kept front (below). Latencies within 10%
-  count as a tie in that test (each is one short timing), so a trial is not kept for
-  being faster only by noise. Replayed on trials trained to the end
-  (``bench/early_stopping_replay.py``, with every metric's best ranked first), the rule lost 0.9% of the hypervolume for 2.8x
+  range, the reference at 1.1 on each). The smallest or fastest trial is ranked by what
+  it adds like the rest, which for the front's least accurate member is a thin slab.
+  Ranking it first, as for accuracy, kept models at chance accuracy training to the end:
+  where a search drives sizes down, nearly every new trial is the smallest yet. Now such
+  a trial goes on at the first rung only by the quota, and past it by being on the
+  front. On ``bench/peers.py`` (TPE, 30 trials x 15 epochs, seeds 0-5) the change raised
+  the mean hypervolume from 0.840 to 0.854, for 297 epochs instead of 289, and was ahead
+  on 5 seeds. This is MO-ASHA: R. Schmucker, M. Donini, M. B. Zafar, D. Salinas, C.
+  Archambeau, "Multi-objective Asynchronous Successive Halving" (2021,
+  arXiv:2106.12639), as in Syne Tune's ``MOASHA`` scheduler, with one more change: past
+  the first rung, a trial on the rung's front goes on. Successive halving's quota comes
+  from one metric, where the best ``1/reduction_factor`` hold all there is to keep; with
+  several, each non-dominated trial holds a trade-off no other trial at the rung covers,
+  and the final front is lost mostly where such trials are stopped. At the first rung
+  (``min_epochs``) the front is not kept: replayed, carrying its members on cost far
+  more epochs than it kept front (below). Latencies within 10% count as a tie in that
+  test (each is one short timing), so a trial is not kept for being faster only by
+  noise. Replayed on trials trained to the end (``bench/early_stopping_replay.py``, with
+  every metric's best ranked first), the rule lost 0.9% of the hypervolume for 2.8x
   fewer epochs on 180 random mnist1d-cnn trials, where the quota alone lost 1.5% for
   2.65x, and 0.9% for 2.2x on six TPE runs, where the quota alone lost 1.7% for 2.25x;
   keeping the front at the first rung too lost 0.6% for 2.3x and 1.8x.

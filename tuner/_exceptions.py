@@ -99,3 +99,10 @@ def storage_error(exc: Exception) -> StorageError:
 
     kind = StoreUnavailableError if isinstance(exc, StoreUnavailable) else StorageError
     return kind(str(exc))
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type's name when it says nothing:
+    third-party errors run to many lines, and tuner reports one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

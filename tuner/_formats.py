@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._artifacts import TrialModel
-from ._exceptions import ExportError, SpecError
+from ._exceptions import ExportError, SpecError, first_line
 from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
@@ -117,7 +117,7 @@ def _float_onnx(model: nn.Module, example: torch.Tensor) -> Any:
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from exc
     if program is None:  # pragma: no cover - only when a file target is given
         raise ExportError(f"torch.onnx.export returned no program for {type(model).__name__}")
@@ -517,7 +517,7 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
                 model, (_two_rows(example),), dynamic_shapes=({0: torch.export.Dim("batch")},)
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
 
 
@@ -540,8 +540,6 @@ def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
     except (ExportError, SpecError):
         raise
     except Exception as exc:
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
         raise ExportError(
-            f"the trial's model cannot be written as {fmt}: {type(exc).__name__}: {first}"
+            f"the trial's model cannot be written as {fmt}: {type(exc).__name__}: {first_line(exc)}"
         ) from exc

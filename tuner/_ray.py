@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, work
-from ._exceptions import DispatchError
+from ._exceptions import DispatchError, first_line
 from .storage import StoreUnavailable
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
@@ -146,7 +146,7 @@ class RayDispatcher(Dispatcher):
             ray.init(**options)
         except Exception as exc:
             where = self._address or "a local Ray"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             hint = ""
             if "auth" in reason.lower() or "token" in reason.lower():
                 hint = f" ({AUTH_MODE_VAR} is {mode!r}; it must match the cluster's)"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import DispatchError, SpecError
+from ._exceptions import DispatchError, SpecError, first_line
 
 STORAGE_VAR = "TUNER_SUBMIT_STORAGE"
 STUDY_KEY = "tuner_study"
@@ -83,14 +83,9 @@ def client(address: str | None) -> Any:
         return JobSubmissionClient(address)
     except Exception as exc:
         raise DispatchError(
-            f"cannot reach Ray's job server at {address}: {_first_line(exc)} "
+            f"cannot reach Ray's job server at {address}: {first_line(exc)} "
             f"(RAY_AUTH_MODE is {mode!r}; it must match the cluster's)"
         ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _job_info(details: Any) -> JobInfo:
@@ -115,7 +110,7 @@ def list_jobs(jobs_client: Any) -> list[JobInfo]:
     try:
         found = jobs_client.list_jobs()
     except Exception as exc:
-        raise DispatchError(f"cannot list Ray jobs: {_first_line(exc)}") from exc
+        raise DispatchError(f"cannot list Ray jobs: {first_line(exc)}") from exc
     mine = [_job_info(d) for d in found if (d.metadata or {}).get(STUDY_KEY)]
     return sorted(mine, key=lambda j: j.start_time or 0, reverse=True)
 
@@ -124,7 +119,7 @@ def job_info(jobs_client: Any, submission_id: str) -> JobInfo:
     try:
         return _job_info(jobs_client.get_job_info(submission_id))
     except Exception as exc:
-        raise DispatchError(f"no Ray job {submission_id!r}: {_first_line(exc)}") from exc
+        raise DispatchError(f"no Ray job {submission_id!r}: {first_line(exc)}") from exc
 
 
 def _storage_for_cluster(url: str) -> str:
@@ -214,7 +209,7 @@ def submit(
             )
             break
         except Exception as exc:
-            message = _first_line(exc).replace(url, mask_url(url))
+            message = first_line(exc).replace(url, mask_url(url))
             # A head that has just started answers before its job agent is up.
             if "No available agent" in message and time.time() < deadline:
                 time.sleep(2)
@@ -260,9 +255,7 @@ def follow(jobs_client: Any, submission_id: str, out: Any = None) -> JobInfo:
     try:
         asyncio.run(tail())
     except Exception as exc:
-        raise DispatchError(
-            f"cannot follow the log of {submission_id}: {_first_line(exc)}"
-        ) from exc
+        raise DispatchError(f"cannot follow the log of {submission_id}: {first_line(exc)}") from exc
     return wait(jobs_client, submission_id, poll_s=0.5)
 
 
@@ -270,14 +263,14 @@ def logs(jobs_client: Any, submission_id: str) -> str:
     try:
         return str(jobs_client.get_job_logs(submission_id))
     except Exception as exc:
-        raise DispatchError(f"no log for Ray job {submission_id!r}: {_first_line(exc)}") from exc
+        raise DispatchError(f"no log for Ray job {submission_id!r}: {first_line(exc)}") from exc
 
 
 def stop(jobs_client: Any, submission_id: str) -> bool:
     try:
         return bool(jobs_client.stop_job(submission_id))
     except Exception as exc:
-        raise DispatchError(f"cannot stop Ray job {submission_id!r}: {_first_line(exc)}") from exc
+        raise DispatchError(f"cannot stop Ray job {submission_id!r}: {first_line(exc)}") from exc
 
 
 def _job_main(argv: list[str]) -> int:
