@@ -6,7 +6,8 @@ use) and recovers it with the same epoch budget per method (3 and 6 epochs by de
 
 * structured sparsity 0.5 / 0.7 / 0.9: no recovery, plain fine-tune (labels), and
   distillation from the trained float model (two temperature/weight settings), and both
-  at three times and at a quarter of the training learning rate (``finetune_lr``);
+  at three times and at a quarter of the training learning rate (``finetune_lr``); and
+  the plain fine-tune with the sparsity reached gradually, in 3 steps (``prune_steps``);
 * int8 (PT2E, the torch runtime): calibrated after training (PTQ), PTQ with the first and
   last layer kept float, and quantization-aware training (plain and distilled).
 
@@ -53,15 +54,18 @@ PARAMS = {
         "heads": 4,
     },
 }
-# (label, distill, temperature, alpha, fine-tune lr as a multiple of the training lr)
+# (label, distill, temperature, alpha, fine-tune lr as a multiple of the training lr,
+#  prune_steps: the sparsity reached in this many steps, the budget shared between them)
 SPARSITY_METHODS = [
-    ("fine-tune", "none", 4.0, 0.5, 1.0),
-    ("distill T=1 a=1", "kd", 1.0, 1.0, 1.0),
-    ("distill T=4 a=0.9", "kd", 4.0, 0.9, 1.0),
-    ("fine-tune, lr x3", "none", 4.0, 0.5, 3.0),
-    ("distill T=1, lr x3", "kd", 1.0, 1.0, 3.0),
-    ("fine-tune, lr x0.25", "none", 4.0, 0.5, 0.25),
-    ("distill T=1, lr x0.25", "kd", 1.0, 1.0, 0.25),
+    ("fine-tune", "none", 4.0, 0.5, 1.0, 1),
+    ("distill T=1 a=1", "kd", 1.0, 1.0, 1.0, 1),
+    ("distill T=4 a=0.9", "kd", 4.0, 0.9, 1.0, 1),
+    ("fine-tune, lr x3", "none", 4.0, 0.5, 3.0, 1),
+    ("distill T=1, lr x3", "kd", 1.0, 1.0, 3.0, 1),
+    ("fine-tune, lr x0.25", "none", 4.0, 0.5, 0.25, 1),
+    ("distill T=1, lr x0.25", "kd", 1.0, 1.0, 0.25, 1),
+    ("fine-tune, lr x3, 3 steps", "none", 4.0, 0.5, 3.0, 3),
+    ("fine-tune, lr x0.25, 3 steps", "none", 4.0, 0.5, 0.25, 3),
 ]
 # (label, keep_float, qat, distill)
 INT8_METHODS = [
@@ -136,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     headers = ["workload", "compression", "recovery", "float acc", "after", "recovered", "size B"]
-    widths = [20, 16, 28, 9, 7, 9, 9]
+    widths = [20, 16, 36, 9, 7, 9, 9]
     lines = [_row(headers, widths)]
     verdicts: list[str] = []
     for name in args.workloads.split(","):
@@ -160,11 +164,12 @@ def main() -> None:
             base = Settings(sparsity, "structured", "none", budget)
             after, size = _shipped_accuracy(trained, params, base, recover=False, seed=args.seed)
             for method in SPARSITY_METHODS:
-                label, distill, temperature, alpha, lr_scale = method
+                label, distill, temperature, alpha, lr_scale, steps = method
                 label = f"{label}, {budget} ep"
                 settings = Settings(
-                    sparsity, "structured", "none", budget, distill, temperature, alpha
-                )
+                    sparsity, "structured", "none", budget, distill, temperature, alpha,
+                    prune_steps=steps,
+                )  # fmt: skip
                 tuned = {**params, "finetune_lr": params["lr"] * lr_scale}
                 recovered, size = _shipped_accuracy(
                     trained, tuned, settings, recover=True, seed=args.seed

@@ -17,6 +17,10 @@ Compression has two knobs, applied in this order by :func:`compress`:
     keeps its head count and each head gets narrower, so a group that includes attention keeps
     a multiple of the head count. The layer whose output is the model's output keeps its
     units (the classes).
+  - ``steps > 1`` reaches the threshold gradually: each step removes more (on the cubic
+    schedule of Zhu & Gupta, 2017: most at the first step, while the model has most to
+    spare, less as it nears the target) and the fine-tune's budget is shared out between the
+    steps, so what is left is re-ranked after it has adapted. Same budget, same final size.
 
 * **Quantization** (:func:`quantize`), ``mode="int8"``, on the trial's device:
 
@@ -41,7 +45,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -55,6 +59,7 @@ from tuner._tracing import tracing
 __all__ = [
     "KEEP_FLOAT_MODES",
     "CompressionReport",
+    "Finetune",
     "compress",
     "count_parameters",
     "float_layer_choice",
@@ -71,6 +76,21 @@ _log = logging.getLogger(__name__)
 STRUCTURES = ("unstructured", "structured")
 
 _WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+
+
+class Finetune(Protocol):
+    """Trains a pruned model in place.
+
+    ``part=(k, n)``: train on the k-th of n equal shares of the budget (gradual sparsity
+    fine-tunes between its steps). A one-argument callable serves when ``steps`` is 1.
+    """
+
+    def __call__(self, model: nn.Module, part: tuple[int, int] = (0, 1)) -> None: ...
+
+
+def gradual_schedule(threshold: float, steps: int) -> list[float]:
+    """The fraction pruned after each of ``steps`` steps (cubic; the first entry is 0)."""
+    return [threshold * (1.0 - (1.0 - i / steps) ** 3) for i in range(steps + 1)]
 
 
 @dataclass(frozen=True)
@@ -160,6 +180,11 @@ def _check_structure(structure: str) -> None:
         )
 
 
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise CompressionError(f"prune steps must be an integer >= 1; got {steps!r}")
+
+
 def _check_mode(mode: str) -> None:
     if mode not in QUANTIZE_MODES:
         raise CompressionError(
@@ -183,8 +208,9 @@ def sparsify(
     *,
     threshold: float,
     structure: str = "unstructured",
-    finetune: Callable[[nn.Module], None] | None = None,
+    finetune: Finetune | Callable[[nn.Module], None] | None = None,
     example_inputs: torch.Tensor | None = None,
+    steps: int = 1,
 ) -> nn.Module:
     """Prune a copy of ``model``; the caller's model is never changed.
 
@@ -199,13 +225,15 @@ def sparsify(
             attached, so pruned weights stay zero while it trains. Structured: it gets the
             smaller model.
         example_inputs: A batch of typical inputs; structured pruning traces the model on it.
+        steps: Reach ``threshold`` in this many steps (see the module docstring), calling
+            ``finetune`` after each with its share of the budget (``part=(k, steps)``).
 
     Returns:
         The pruned copy.
 
     Raises:
-        CompressionError: The threshold or structure is invalid, or the model cannot be
-            pruned that way (the message names the layer).
+        CompressionError: The threshold, structure or steps are invalid, or the model cannot
+            be pruned that way (the message names the layer).
     """
     return _sparsify(
         model,
@@ -213,7 +241,22 @@ def sparsify(
         structure=structure,
         finetune=finetune,
         example_inputs=example_inputs,
+        steps=steps,
     )[0]
+
+
+def _recover(
+    finetune: Finetune | Callable[[nn.Module], None] | None,
+    model: nn.Module,
+    step: int,
+    steps: int,
+) -> None:
+    if finetune is None:
+        return
+    if steps == 1:
+        cast(Callable[[nn.Module], None], finetune)(model)
+    else:
+        cast(Finetune, finetune)(model, (step, steps))
 
 
 def _sparsify(
@@ -221,21 +264,25 @@ def _sparsify(
     *,
     threshold: float,
     structure: str,
-    finetune: Callable[[nn.Module], None] | None,
+    finetune: Finetune | Callable[[nn.Module], None] | None,
     example_inputs: torch.Tensor | None,
+    steps: int = 1,
 ) -> tuple[nn.Module, int]:
     _check_threshold(threshold)
     _check_structure(structure)
+    _check_steps(steps)
+    if threshold == 0:
+        steps = 1
     if structure == "structured":
-        pruned, removed = _prune_structured(model, float(threshold), example_inputs)
-        if finetune is not None:
-            finetune(pruned)
-        return pruned, removed
-    return _prune_unstructured(model, float(threshold), finetune), 0
+        return _prune_structured(model, float(threshold), example_inputs, steps, finetune)
+    return _prune_unstructured(model, float(threshold), finetune, steps), 0
 
 
 def _prune_unstructured(
-    model: nn.Module, threshold: float, finetune: Callable[[nn.Module], None] | None
+    model: nn.Module,
+    threshold: float,
+    finetune: Finetune | Callable[[nn.Module], None] | None,
+    steps: int = 1,
 ) -> nn.Module:
     pruned = copy.deepcopy(model)
     targets = [(module, name) for module, name, _ in _weights(pruned)]
@@ -244,13 +291,18 @@ def _prune_unstructured(
             raise CompressionError(
                 f"{type(model).__name__} has no Linear, Conv1d, Conv2d or Embedding layer to prune"
             )
-        if finetune is not None:
-            finetune(pruned)
+        _recover(finetune, pruned, 0, 1)
         return pruned
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=threshold)
-    handles = _mask_attention_output(pruned)
-    if finetune is not None:
-        finetune(pruned)
+    schedule = gradual_schedule(threshold, steps)
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    for step in range(steps):
+        # A repeated global_unstructured prunes among the weights still unpruned, so each
+        # step asks for the share of those that brings the total to the schedule's fraction.
+        amount = 1.0 - (1.0 - schedule[step + 1]) / (1.0 - schedule[step])
+        prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=amount)
+        if step == 0:
+            handles = _mask_attention_output(pruned)
+        _recover(finetune, pruned, step, steps)
     for handle in handles:
         handle.remove()
     for module, name in targets:
@@ -363,7 +415,11 @@ def _group_layer(group: object) -> str:
 
 
 def _prune_structured(
-    model: nn.Module, threshold: float, example_inputs: torch.Tensor | None
+    model: nn.Module,
+    threshold: float,
+    example_inputs: torch.Tensor | None,
+    steps: int = 1,
+    finetune: Finetune | Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, int]:
     import torch_pruning as tp
 
@@ -381,6 +437,7 @@ def _prune_structured(
         )
     if threshold == 0:
         pruned.train(training)
+        _recover(finetune, pruned, 0, 1)
         return pruned, 0
     with torch.no_grad():
         reference = pruned(example)
@@ -405,6 +462,8 @@ def _prune_structured(
                 ],
                 round_to=multiple,
                 global_pruning=False,
+                iterative_steps=steps,
+                iterative_pruning_ratio_scheduler=gradual_schedule,
             )
     except CompressionError:
         raise
@@ -413,6 +472,28 @@ def _prune_structured(
             f"cannot trace {type(model).__name__} for structured sparsity ({error}); "
             "use prune_structure: unstructured"
         ) from error
+    removed = 0
+    for step in range(steps):
+        pruned.eval()
+        removed += _structured_step(pruner, pruned, example, type(model).__name__)
+        _recover(finetune, pruned, step, steps)
+    pruned.eval()
+    with torch.no_grad():
+        after = pruned(example)
+    if isinstance(reference, torch.Tensor) and (
+        not isinstance(after, torch.Tensor) or after.shape != reference.shape
+    ):
+        raise CompressionError(
+            f"structured sparsity changed the output of {type(model).__name__} from "
+            f"{tuple(reference.shape)} to {tuple(getattr(after, 'shape', ()))}; "
+            "use prune_structure: unstructured"
+        )
+    pruned.train(training)
+    return pruned, removed
+
+
+def _structured_step(pruner: Any, pruned: nn.Module, example: torch.Tensor, name: str) -> int:
+    """One step of ``pruner`` on ``pruned``; the channels it removed."""
     removed = 0
     layer = ""
     try:
@@ -428,21 +509,9 @@ def _prune_structured(
         message = first_line(error)
         where = f"layer {layer!r} of " if layer else ""
         raise CompressionError(
-            f"cannot prune {where}{type(model).__name__} structurally: {message}; "
-            "use prune_structure: unstructured"
+            f"cannot prune {where}{name} structurally: {message}; use prune_structure: unstructured"
         ) from error
-    with torch.no_grad():
-        after = pruned(example)
-    if isinstance(reference, torch.Tensor) and (
-        not isinstance(after, torch.Tensor) or after.shape != reference.shape
-    ):
-        raise CompressionError(
-            f"structured sparsity changed the output of {type(model).__name__} from "
-            f"{tuple(reference.shape)} to {tuple(getattr(after, 'shape', ()))}; "
-            "use prune_structure: unstructured"
-        )
-    pruned.train(training)
-    return pruned, removed
+    return removed
 
 
 # --- int8 ----------------------------------------------------------------------------------
@@ -787,11 +856,12 @@ def compress(
     structure: str,
     quantize: str,
     calibration_inputs: torch.Tensor | None,
-    finetune: Callable[[nn.Module], None] | None = None,
+    finetune: Finetune | Callable[[nn.Module], None] | None = None,
     device: str | torch.device = "cpu",
     keep_float: str = "none",
     torch_int8: bool = True,
     qat: Callable[[nn.Module], None] | None = None,
+    steps: int = 1,
 ) -> tuple[nn.Module, nn.Module, CompressionReport]:
     """Sparsify, then quantize, a copy of ``model``.
 
@@ -809,6 +879,8 @@ def compress(
         qat: With ``quantize="int8"``, trains the fake-quantized model
             (:func:`quantize_aware`) instead of calibrating int8 after the fact; the
             shipped model is then that int8 graph, whatever the runtime.
+        steps: Reach the sparsity in this many steps, fine-tuning between them (see
+            :func:`sparsify`).
 
     Returns:
         The float model after sparsity, the shipped model (the same object when not
@@ -827,6 +899,7 @@ def compress(
         structure=structure,
         finetune=finetune,
         example_inputs=calibration_inputs,
+        steps=steps,
     )
     pruned = pruned.eval()
     float_layers = (

@@ -325,9 +325,9 @@ def measure_trained(
             settings, params, trained.train_data, teacher=model, device=device, seed=seed
         )
 
-        def finetune(m: torch.nn.Module) -> None:
+        def finetune(m: torch.nn.Module, part: tuple[int, int] = (0, 1)) -> None:
             started = time.perf_counter()
-            recover(m)
+            recover(m, part)
             fine_tune_s[0] += time.perf_counter() - started
 
     qat = None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ._artifacts import TrialModel
-from ._compression import CompressionReport, compress, count_parameters
+from ._compression import CompressionReport, Finetune, compress, count_parameters
 from ._formats import OnnxRunner, exported_program, onnx_int8_nodes, onnx_shipped
 from ._measure import accuracy, measure_latency, size_bytes
 from ._workloads import fit
@@ -48,6 +48,7 @@ class Settings:
     distill_alpha: float = 0.5
     keep_float: str = "none"
     qat_epochs: int = 0
+    prune_steps: int = 1
 
     @property
     def compressed(self) -> bool:
@@ -70,6 +71,7 @@ def settings_from_params(params: Mapping[str, Any]) -> Settings:
         distill_alpha=float(params.get("distill_alpha", 0.5)),
         keep_float=str(params.get("keep_float", "none")),
         qat_epochs=int(params.get("qat_epochs", 0)),
+        prune_steps=int(params.get("prune_steps", 1)),
     )
 
 
@@ -88,11 +90,12 @@ def finetuner(
     seed: int,
     epochs: float | None = None,
     lr_scale: float = 1.0,
-) -> Callable[[nn.Module], None]:
+) -> Finetune:
     """The fine-tune that recovers a pruned copy: ``settings.finetune_epochs`` epochs on
     ``train`` (or ``epochs``; a fraction trains on that fraction of the rows once), at
     ``finetune_lr`` when the trial samples one, else at the training ``lr``, times
-    ``lr_scale``.
+    ``lr_scale``. Called with ``part=(k, n)`` it trains the k-th of n shares of that budget
+    (gradual sparsity fine-tunes between its steps).
 
     With ``distill: kd`` the trained float ``teacher`` guides it (temperature-scaled KL to
     its outputs, mixed with the label loss by ``distill_alpha``). Zeros stay zero (the
@@ -106,10 +109,7 @@ def finetuner(
     if lr_scale != 1.0:
         params = {**params, "lr": float(params.get("lr", 1e-3)) * lr_scale}
     x, y = train
-    if count < 1:
-        rows = max(1, int(len(x) * count))
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        x, y = x[order[:rows]], y[order[:rows]]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     guide = None
     if settings.distill == "kd":
         if teacher is None:
@@ -118,14 +118,27 @@ def finetuner(
         for parameter in guide.parameters():
             parameter.requires_grad_(False)
 
-    def finetune(model: nn.Module) -> None:
+    def finetune(model: nn.Module, part: tuple[int, int] = (0, 1)) -> None:
+        step, steps = part
+        rows: tuple[torch.Tensor, torch.Tensor] = (x, y)
+        if float(count).is_integer() and count >= steps:
+            # Whole epochs, shared out so the parts add up to the budget.
+            whole = int(count)
+            passes = whole * (step + 1) // steps - whole * step // steps
+        elif count / steps >= 1:
+            passes = int(count / steps)
+        else:
+            # Less than a pass each: every part trains once on its own slice of the rows.
+            size = max(1, int(len(x) * count / steps))
+            chosen = order[(torch.arange(size) + step * size) % len(x)]
+            rows, passes = (x[chosen], y[chosen]), 1
         fit(
             model,
-            (x, y),
+            rows,
             params,
-            epochs=max(1, int(count)),
+            epochs=max(1, passes),
             device=device,
-            seed=seed + 1,
+            seed=seed + 1 + step,
             teacher=guide,
             temperature=settings.distill_temperature,
             alpha=settings.distill_alpha,
@@ -189,7 +202,7 @@ def ship(
     *,
     calibration: torch.Tensor | None,
     device: torch.device,
-    finetune: Callable[[nn.Module], None] | None = None,
+    finetune: Finetune | Callable[[nn.Module], None] | None = None,
     runtime: str = "torch",
     qat: Callable[[nn.Module], None] | None = None,
 ) -> Shipped:
@@ -220,6 +233,7 @@ def ship(
         keep_float=settings.keep_float,
         torch_int8=runtime != "onnxruntime",
         qat=qat if settings.qat else None,
+        steps=settings.prune_steps,
     )
     return Shipped(
         pruned=pruned,

@@ -875,7 +875,12 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
             for v in values_of(p):
                 if v not in allowed:
                     raise _field(f"search_space.{name}", v, f"one of {', '.join(allowed)}")
-    for name, minimum in (("batch_size", 1), ("finetune_epochs", 0), ("qat_epochs", 0)):
+    for name, minimum in (
+        ("batch_size", 1),
+        ("finetune_epochs", 0),
+        ("qat_epochs", 0),
+        ("prune_steps", 1),
+    ):
         if name in params:
             p = params[name]
             vals = values_of(p) if p.type in ("categorical", "fixed") else (p.low,)

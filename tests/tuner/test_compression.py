@@ -260,6 +260,55 @@ def test_structured_calls_finetune_on_the_smaller_model(
     assert seen == [32]
 
 
+def test_gradual_structured_narrows_step_by_step_to_the_one_shot_size(
+    trained_mlp: nn.Sequential, digits: Digits
+) -> None:
+    widths: list[tuple[int, tuple[int, int]]] = []
+
+    def finetune(model: nn.Module, part: tuple[int, int] = (0, 1)) -> None:
+        widths.append((model[0].out_features, part))
+
+    one_shot = sparsify(
+        trained_mlp, threshold=0.75, structure="structured", example_inputs=digits[0][:8]
+    )
+    gradual = sparsify(
+        trained_mlp,
+        threshold=0.75,
+        structure="structured",
+        finetune=finetune,
+        example_inputs=digits[0][:8],
+        steps=3,
+    )
+    # Most is removed at the first step (cubic schedule), and each step fine-tunes its share.
+    assert [part for _, part in widths] == [(0, 3), (1, 3), (2, 3)]
+    assert [width for width, _ in widths] == sorted((w for w, _ in widths), reverse=True)
+    assert 64 > widths[0][0] > widths[-1][0] == 16
+    assert count_parameters(gradual) == count_parameters(one_shot)
+    assert [type(m) for m in gradual] == [type(m) for m in one_shot]
+
+
+def test_gradual_unstructured_reaches_the_threshold_with_zeros_kept_between_steps(
+    trained_mlp: nn.Sequential, digits: Digits
+) -> None:
+    zeros: list[float] = []
+
+    def finetune(model: nn.Module, part: tuple[int, int] = (0, 1)) -> None:
+        _train(model, digits[0], digits[1], steps=5)
+        zeros.append(weight_sparsity(model))
+
+    pruned = sparsify(trained_mlp, threshold=0.9, finetune=finetune, steps=4)
+    assert len(zeros) == 4
+    assert zeros == sorted(zeros) and zeros[0] < 0.9
+    assert weight_sparsity(pruned) == pytest.approx(0.9, abs=0.01)
+    assert not any(hasattr(module, "weight_mask") for module in pruned.modules())
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True])
+def test_prune_steps_below_one_or_not_whole_is_rejected(steps: object) -> None:
+    with pytest.raises(CompressionError, match=f"got {steps!r}"):
+        sparsify(_mlp(), threshold=0.5, steps=steps)  # type: ignore[arg-type]
+
+
 def test_a_model_structured_sparsity_cannot_handle_fails_with_one_line() -> None:
     class Mixer(nn.Module):
         def __init__(self) -> None:

@@ -172,6 +172,58 @@ def test_distillation_brings_a_pruned_student_closer_to_its_teacher_than_plain_f
         assert agreement["kd"] > agreement["none"] + 0.03, (seed, agreement)
 
 
+def test_gradual_sparsity_shares_the_fine_tune_budget_between_its_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch import nn
+
+    import tuner._shipping as shipping
+    from tuner._datasets import digits
+
+    data = digits()
+    trained: list[tuple[int, frozenset[tuple[float, ...]]]] = []
+    real_fit = shipping.fit
+
+    def fit(model: nn.Module, rows: Any, params: Any, **kwargs: Any) -> None:
+        # The real fit, noting how many passes over which rows each step got.
+        trained.append((kwargs["epochs"], frozenset(map(tuple, rows[0].tolist()))))
+        real_fit(model, rows, params, **kwargs)
+
+    monkeypatch.setattr(shipping, "fit", fit)
+    params = {"optimizer": "adamw", "lr": 3e-3, "batch_size": 32}
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    settings = Settings(0.5, "structured", "none", 10, prune_steps=3)
+    cpu = torch.device("cpu")
+    shipped = ship(
+        model,
+        settings,
+        calibration=data.train[0][:64],
+        device=cpu,
+        finetune=shipping.finetuner(settings, params, data.train, teacher=None, device=cpu, seed=0),
+    )
+    assert shipped.model[0].out_features == 16
+    # Ten epochs over three steps: 3 + 3 + 4, each over all the training rows.
+    assert [epochs for epochs, _ in trained] == [3, 3, 4]
+    everything = frozenset(map(tuple, data.train[0].tolist()))
+    assert all(rows == everything for _, rows in trained)
+    # Early stopping's rung check fine-tunes on an eighth of the rows: the steps share it,
+    # one pass each over their own slice.
+    trained.clear()
+    ship(
+        model,
+        settings,
+        calibration=data.train[0][:64],
+        device=cpu,
+        finetune=shipping.finetuner(
+            settings, params, data.train, teacher=None, device=cpu, seed=0, epochs=0.125
+        ),
+    )
+    assert [epochs for epochs, _ in trained] == [1, 1, 1]
+    slices = [rows for _, rows in trained]
+    assert all(len(rows) >= len(data.train[0]) // 24 - 5 for rows in slices)
+    assert not (slices[0] & slices[1]) and not (slices[1] & slices[2])
+
+
 def test_a_study_searches_distillation_and_counts_the_fine_tune_as_training(
     sqlite_url: str,
 ) -> None:
@@ -185,6 +237,7 @@ def test_a_study_searches_distillation_and_counts_the_fine_tune_as_training(
             "prune_threshold": 0.6,
             "prune_structure": "structured",
             "finetune_epochs": 2,
+            "prune_steps": 3,
             "distill": {"type": "categorical", "choices": ["none", "kd"]},
             "distill_temperature": {"type": "float", "low": 1.0, "high": 6.0},
             "distill_alpha": {"type": "float", "low": 0.3, "high": 1.0},

@@ -113,6 +113,11 @@ RULES = [
         ["search_space.qat_epochs", "1.5", "integer >= 0"],
     ),
     (
+        "search_space.prune_steps",
+        {"type": "categorical", "choices": [1, 0]},
+        ["search_space.prune_steps", "0", "integer >= 1"],
+    ),
+    (
         "search_space.keep_float",
         {"type": "categorical", "choices": ["none", "first"]},
         ["search_space.keep_float", "'first'", "none, ends, sensitive"],
