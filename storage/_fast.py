@@ -43,6 +43,7 @@ _values = models.TrialValueModel.__table__
 _user_attrs = models.TrialUserAttributeModel.__table__
 _system_attrs = models.TrialSystemAttributeModel.__table__
 _steps = models.TrialIntermediateValueModel.__table__
+_heartbeats = models.TrialHeartbeatModel.__table__
 _FINITE = models.TrialValueModel.TrialValueType.FINITE
 
 
@@ -374,6 +375,20 @@ class BulkReads:
             .group_by(_trials.c.state)
         ).all()
         return {_state(state): int(n) for state, n in rows}
+
+    def beatless_running(self, study_id: int, started_before: dt.datetime) -> list[int]:
+        """Ids of the study's RUNNING trials that started before ``started_before`` and
+        never recorded a heartbeat."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(_trials.c.trial_id).where(
+                    _trials.c.study_id == study_id,
+                    _trials.c.state == TrialState.RUNNING,
+                    _trials.c.datetime_start < started_before,
+                    _trials.c.trial_id.not_in(select(_heartbeats.c.trial_id)),
+                )
+            ).all()
+        return [int(trial_id) for (trial_id,) in rows]
 
     def read_trial_attr(self, study_id: int, key: str, exclude: int) -> list[tuple[int, Any]]:
         """``(trial number, value)`` of user attribute ``key`` for every trial of the study

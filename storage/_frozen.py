@@ -417,6 +417,7 @@ _RIDDEN = [
     "read_best_values",
     "count_states",
     "read_trial_attr",
+    "beatless_running",
     "set_trial_user_attrs",
 ]
 

@@ -143,3 +143,12 @@ def read_trial_attr(
             if key in t.user_attrs and t.number != exclude
         ]
     return store.read_trial_attr(study_id, key, exclude)
+
+
+def beatless_running(
+    storage: optuna.storages.BaseStorage, study_id: int, started_before: datetime
+) -> list[int]:
+    """Ids of the study's RUNNING trials that started before ``started_before`` and never
+    recorded a heartbeat (empty for stores without heartbeats)."""
+    store = _store(storage)
+    return [] if store is None else store.beatless_running(study_id, started_before)

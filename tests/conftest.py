@@ -40,7 +40,9 @@ def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
         },
         "sampler": {"name": "random", "seed": 1},
         "budget": {"n_trials": 3, "max_epochs": 2},
-        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5},
+        # int8 runs uncompiled: torch.compile costs seconds per trial, and the compiled path
+        # has its own tests (test_shipping, test_measure).
+        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5, "compile": "never"},
     }
     spec.update(overrides)
     return spec

@@ -162,6 +162,43 @@ def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> 
         return trial
 
 
+BEATLESS = "its worker lost the study store before the trial's first heartbeat; it is retried"
+
+
+def fail_stale(study: optuna.Study, storage: Any, study_id: int) -> None:
+    """Fail the trials whose workers died, and queue each one again.
+
+    Optuna finds a dead worker's trial by its last heartbeat. A trial created just
+    before its worker lost the store has none, and Optuna never calls it stale: it
+    would hold a place in the budget for good, and a rerun would wait on it forever.
+    Such a trial is failed too once it is older than the grace period, which no live
+    worker takes to send a trial's first heartbeat.
+    """
+    import datetime as dt
+
+    from optuna.trial import TrialState
+
+    from .storage._readers import beatless_running
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    grace = getattr(storage, "grace_period", None) or 2 * (_heartbeat_interval(storage) or 0)
+    if not grace:
+        return
+    # datetime_start is the creating worker's local time, as Optuna writes it.
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for tid in beatless_running(storage, study_id, cutoff):
+        try:
+            storage.set_trial_user_attr(tid, ERROR_ATTR, BEATLESS)
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker was alive after all, and finished it
+        if retry is not None:
+            retry(study, storage.get_trial(tid))
+
+
 def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> int:
     """Run trials of ``job`` until the budget is met or the deadline passes; return trials run.
 
@@ -198,9 +235,7 @@ def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> i
         # goes stale only after a grace period longer than the heartbeat interval, so
         # looking once per interval finds it as soon as looking before every trial would.
         if interval and time.monotonic() - last_stale_check >= interval:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_stale(study, storage, study_id)
             last_stale_check = time.monotonic()
         # Counting and creating a trial is one call for riding out an outage: if the
         # connection holding the budget lock is lost, the whole claim starts again.

@@ -347,3 +347,30 @@ def test_an_outage_past_the_window_stops_the_run_cleanly_and_a_rerun_resumes(
     counts = count_states(open_storage(pg_proxy.direct_url, heartbeat=False), "slow")
     assert counts.get("COMPLETE", 0) == 4 and counts.get("RUNNING", 0) == 0, counts
     assert counts.get("WAITING", 0) == 0, counts
+
+
+def test_a_trial_that_never_sent_a_heartbeat_is_failed_and_retried(
+    tmp_path: Path, slow_spec: Any
+) -> None:
+    # A worker that loses the store between creating a trial and its first heartbeat
+    # leaves a RUNNING trial with no heartbeat. Optuna never calls it stale; it must not
+    # hold a place in the budget for good.
+    spec = slow_spec(n_trials=2, epochs=1, epoch_s=0.1)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _finish(_driver(path, url, "--n-trials", "1", cwd=tmp_path), timeout=120)
+    study = optuna.load_study(study_name="slow", storage=open_storage(url, heartbeat=False))
+    ghost = study.ask(fixed_distributions={"lr": optuna.distributions.FloatDistribution(0.01, 0.1)})
+    time.sleep(3.5)  # past the 3 s grace period
+    rerun = _driver(path, url, cwd=tmp_path)
+    try:
+        _finish(rerun, timeout=60)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+    counts = count_states(open_storage(url, heartbeat=False), "slow")
+    assert counts.get("COMPLETE", 0) == 2 and counts.get("RUNNING", 0) == 0, counts
+    failed = optuna.load_study(study_name="slow", storage=url).trials[ghost.number]
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert "first heartbeat" in failed.user_attrs["error"]

@@ -30,7 +30,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         },
         "sampler": {"name": "grid"},
         "budget": {"n_trials": 4, "max_epochs": 2},
-        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5},
+        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5, "compile": "never"},
         "artifacts": {"keep": "none"},
     }
     tuner.run(spec, storage=url)
