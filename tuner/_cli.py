@@ -67,9 +67,12 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run(sub: Any) -> None:
+    from ._spec import shipped_specs
+
     p = sub.add_parser("run", help="run (or resume) a study until its budget is met")
     p.add_argument(
-        "spec", help="YAML spec file, or the name of a shipped spec (digits_mlp, mnist1d_cnn)"
+        "spec",
+        help=f"YAML spec file, or the name of a shipped spec ({', '.join(shipped_specs())})",
     )
     _storage_arg(p)
     p.add_argument(
