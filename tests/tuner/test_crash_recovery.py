@@ -167,13 +167,19 @@ def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
                 if n in running and _alive(pid) and _parent(pid) == local.pid
             ]
 
-        candidates = set(_wait_for(local_trials, "trials of the local driver"))
+        _wait_for(local_trials, "trials of the local driver")
         time.sleep(0.3)
-        candidates.update(local_trials())
         os.killpg(local.pid, signal.SIGKILL)
         local.wait(timeout=30)
-        # A trial that ended just before the kill is kept, not failed.
-        killed.update(candidates & set(_running(postgres_url)))
+        # The killed trials are those still running that no live worker holds: one the
+        # killed driver had asked for but not begun has no start file yet, and one that
+        # ended just before the kill is kept, not failed. Ray's trials in flight have
+        # written their start file within the pause.
+        running = _running(postgres_url)
+        time.sleep(1.0)
+        held = {n for n, pid in _started(run_dir) if _alive(pid)}
+        killed.update(running - held)
+        assert killed, "the kill caught no trial of the local driver"
 
         # Kill one Ray worker in the middle of its trial.
         def ray_trial() -> list[tuple[int, int]]:
@@ -204,7 +210,7 @@ def test_two_drivers_a_killed_worker_and_a_killed_driver_on_postgres(
         (t.user_attrs.get("error") or "").startswith("not run")
         for t in study.trials
         if t.number in failed - killed
-    )
+    ), f"killed {sorted(killed)}: {_describe(study)}"
     _assert_recovered(postgres_url, "slow", budget, killed)
 
 
