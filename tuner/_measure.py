@@ -1,6 +1,6 @@
 """Measure the model tuner would ship: its file size, its latency and its accuracy.
 
-Shipping encoding (format version 1)
+Shipping encoding (format version 2)
 ------------------------------------
 
 The size tuner reports is the length of a real file, written by :func:`serialize_model` and
@@ -8,10 +8,13 @@ read back by :func:`deserialize_model_state`. It holds the model's state (its we
 buffers; the architecture is code and is not stored)::
 
     magic     4 bytes   b"TUNR"
-    version   2 bytes   unsigned little-endian, 1
+    version   2 bytes   unsigned little-endian, 2
     length    4 bytes   unsigned little-endian, size of the index in bytes
-    index     JSON (UTF-8, sorted keys, no spaces): {"tensors": [entry, ...]}
+    index     zlib-compressed JSON (UTF-8, sorted keys, no spaces): {"tensors": [entry, ...]}
     payload   the tensor blocks, one after the other, in index order
+
+Version 1 stored the same index uncompressed; on a small model it was a fifth of the file
+(1.7 KB of 8 KB for the int8 MNIST-1D CNN, 0.3 KB compressed). Both versions are read.
 
 Each index entry has ``name`` (the state-dict key), ``dtype`` (the stored element type, e.g.
 ``float32``, ``int64``, ``int8``), ``shape``, ``encoding`` (``dense`` or ``sparse``),
@@ -46,6 +49,7 @@ import json
 import math
 import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -67,7 +71,8 @@ __all__ = [
 ]
 
 MAGIC = b"TUNR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<4sHI")
 # Stored element type -> little-endian numpy type; bfloat16 travels as its raw 16 bits.
 _NUMPY_TYPES = {
@@ -226,6 +231,7 @@ def serialize_model(model: nn.Module) -> bytes:
         entries.append(entry)
         blocks.append(block)
     index = json.dumps({"tensors": entries}, sort_keys=True, separators=(",", ":")).encode()
+    index = zlib.compress(index, 9)
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(index)) + index + b"".join(blocks)
 
 
@@ -273,10 +279,14 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
     magic, version, index_length = _PREAMBLE.unpack_from(data)
     if magic != MAGIC:
         raise ValueError(f"not a tuner model file: magic {magic!r}, expected {MAGIC!r}")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ValueError(f"tuner model file version {version} is not supported")
     start = _PREAMBLE.size + index_length
-    index = json.loads(data[_PREAMBLE.size : start].decode())
+    raw_index = data[_PREAMBLE.size : start]
+    try:
+        index = json.loads((zlib.decompress(raw_index) if version >= 2 else raw_index).decode())
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a readable tuner model file: its index is damaged ({exc})") from None
     state: dict[str, torch.Tensor] = {}
     for entry in index["tensors"]:
         block = data[start + entry["offset"] : start + entry["offset"] + entry["length"]]

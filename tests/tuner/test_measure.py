@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import struct
+import zlib
 
 import pytest
 import torch
@@ -104,6 +106,33 @@ def test_serialization_is_deterministic() -> None:
     assert serialize_model(copy.deepcopy(model)) == data
     assert size_bytes(model) == len(data)
     assert data.startswith(b"TUNR")
+
+
+def test_the_index_is_a_small_share_of_a_small_model() -> None:
+    model = _int8(sparsify(_cnn(), threshold=0.5), torch.randn(16, 1, 64))
+    data = serialize_model(model)
+    _, version, index_length = struct.unpack_from("<4sHI", data)
+    assert version == 2
+    # Uncompressed, the JSON index alone is several times larger than this.
+    assert index_length < 0.06 * len(data), (index_length, len(data))
+
+
+def test_a_version_1_file_is_still_read() -> None:
+    model = _int8(sparsify(_cnn(), threshold=0.5), torch.randn(16, 1, 64))
+    data = serialize_model(model)
+    _, _, index_length = struct.unpack_from("<4sHI", data)
+    index = zlib.decompress(data[10 : 10 + index_length])
+    old = struct.pack("<4sHI", b"TUNR", 1, len(index)) + index + data[10 + index_length :]
+    new_state, old_state = deserialize_model_state(data), deserialize_model_state(old)
+    assert list(new_state) == list(old_state)
+    assert all(torch.equal(new_state[k], old_state[k]) for k in new_state)
+
+
+def test_a_damaged_index_is_one_clear_error() -> None:
+    data = bytearray(serialize_model(_cnn()))
+    data[12:16] = b"\xff\xff\xff\xff"
+    with pytest.raises(ValueError, match="index is damaged"):
+        deserialize_model_state(bytes(data))
 
 
 def test_a_file_that_is_not_ours_is_rejected() -> None:
