@@ -34,7 +34,7 @@ def _spec(name: str, **overrides: Any) -> dict[str, Any]:
         "search_space": dict(SPARSE_INT8_SPACE),
         "sampler": {"name": "grid"},
         "budget": {"n_trials": 2, "max_epochs": 3},
-        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5},
+        "measure": {"batch_size": 8, "warmup": 2, "repeats": 5, "compile": "never"},
     }
     spec.update(overrides)
     return spec

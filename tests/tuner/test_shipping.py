@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 WORKLOADS = {"residual-cnn": "user_models:residual_cnn", "transformer": "user_models:transformer"}
 
 
-def _grid_spec(name: str, workload: str, runtime: str) -> dict[str, Any]:
+def _grid_spec(name: str, workload: str, runtime: str, compile: str = "never") -> dict[str, Any]:
+    # Compiling int8 costs 10-20 s a model on a cold cache; one study below compiles.
     return {
         "name": name,
         "workload": workload,
@@ -40,7 +41,13 @@ def _grid_spec(name: str, workload: str, runtime: str) -> dict[str, Any]:
         },
         "sampler": {"name": "grid", "seed": 0},
         "budget": {"n_trials": 4, "max_epochs": 2},
-        "measure": {"batch_size": 8, "warmup": 1, "repeats": 3, "runtime": runtime},
+        "measure": {
+            "batch_size": 8,
+            "warmup": 1,
+            "repeats": 3,
+            "runtime": runtime,
+            "compile": compile,
+        },
         "artifacts": {"keep": "all"},
     }
 
@@ -50,7 +57,10 @@ def _grid_spec(name: str, workload: str, runtime: str) -> dict[str, Any]:
 def test_every_compression_setting_completes(
     model: str, runtime: str, sqlite_url: str, tmp_path: Path
 ) -> None:
-    spec = _grid_spec(f"{model}-{runtime}", WORKLOADS[model], runtime)
+    compiled = model == "residual-cnn" and runtime == "torch"
+    spec = _grid_spec(
+        f"{model}-{runtime}", WORKLOADS[model], runtime, compile="auto" if compiled else "never"
+    )
     spec["artifacts"]["path"] = str(tmp_path / "artifacts")
     tuner.run(spec, storage=sqlite_url)
     study = optuna.load_study(study_name=spec["name"], storage=sqlite_url)
@@ -71,8 +81,9 @@ def test_every_compression_setting_completes(
             assert attrs["sparsity"] > 0.5
         if quantize == "int8":
             if runtime == "torch":
-                assert attrs["int8_layers"] and attrs["compiled"]
-                assert attrs["compile_time_s"] > 0
+                assert attrs["int8_layers"]
+                assert attrs["compiled"] == compiled
+                assert (attrs["compile_time_s"] > 0) == compiled
             else:
                 assert attrs["onnx_int8_nodes"]
         else:
@@ -244,7 +255,7 @@ def test_a_study_searches_distillation_and_counts_the_fine_tune_as_training(
         },
         "sampler": {"name": "random", "seed": 3},
         "budget": {"n_trials": 4, "max_epochs": 3},
-        "measure": {"batch_size": 8, "warmup": 1, "repeats": 3},
+        "measure": {"batch_size": 8, "warmup": 1, "repeats": 3, "compile": "never"},
         "artifacts": {"keep": "none"},
     }
     tuner.run(spec, storage=sqlite_url)
