@@ -5,6 +5,11 @@ workers and drivers on one study stop at exactly the budget and never start a
 trial that would exceed it. SQLite stores are files on one machine: an advisory
 file lock next to the database serializes local processes. PostgreSQL and MySQL
 use the server's advisory locks, which the server drops if the holder dies.
+
+A worker waits for the lock at most ``TUNER_BUDGET_LOCK_S`` seconds (60 by default):
+a holder cut off from the server can keep its session, and so the lock, until the
+server's TCP keepalives notice, which can take hours. A wait past it is one clear
+:class:`StoreError`, not a hang.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ._env import seconds_from_env
+from ._errors import StoreError
+from ._url import mask_url
+
+WAIT_VAR = "TUNER_BUDGET_LOCK_S"
+WAIT_S = 60.0
 
 
 def _key(study_id: int) -> int:
@@ -53,12 +65,25 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
     import sqlalchemy
 
     key = _key(study_id)
+    wait = seconds_from_env(WAIT_VAR, WAIT_S, minimum=0.001)
     with engine.connect() as conn:
         if dialect == "postgresql":
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            # SET LOCAL ends with this transaction; the session's advisory lock does not.
+            conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = {int(wait * 1000)}"))
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            except sqlalchemy.exc.OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                raise _held_too_long(engine, study_id, wait) from None
             unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
         elif dialect in ("mysql", "mariadb"):
-            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 60)"), {"k": str(key)})
+            got = conn.execute(
+                sqlalchemy.text("SELECT GET_LOCK(:k, :s)"),
+                {"k": str(key), "s": max(1, round(wait))},
+            ).scalar()
+            if got != 1:
+                raise _held_too_long(engine, study_id, wait)
             unlock = sqlalchemy.text("SELECT RELEASE_LOCK(:k)")
         else:
             unlock = None
@@ -69,3 +94,11 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
             if unlock is not None:
                 conn.execute(unlock, {"k": key if dialect == "postgresql" else str(key)})
                 conn.commit()
+
+
+def _held_too_long(engine: Any, study_id: int, wait: float) -> StoreError:
+    url = mask_url(engine.url.render_as_string(hide_password=False))
+    return StoreError(
+        f"study {study_id} on {url}: its budget lock was held by another worker for more "
+        f"than {wait:g} s ({WAIT_VAR}); that worker may be cut off from the database"
+    )
