@@ -70,12 +70,15 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
         if dialect == "postgresql":
             # SET LOCAL ends with this transaction; the session's advisory lock does not.
             conn.execute(sqlalchemy.text(f"SET LOCAL lock_timeout = {int(wait * 1000)}"))
+            timed_out = False
             try:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             except sqlalchemy.exc.OperationalError as exc:
                 if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
                     raise
-                raise _held_too_long(engine, study_id, wait) from None
+                timed_out = True
+            if timed_out:  # raised here, so no database error rides along as its context
+                raise _held_too_long(engine, study_id, wait)
             unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
         elif dialect in ("mysql", "mariadb"):
             got = conn.execute(

@@ -420,6 +420,10 @@ def _process_main() -> None:
     except StoreUnavailable:
         # The driver meets the same outage and says so, once.
         raise SystemExit(STORE_DOWN_EXIT) from None
+    except StoreError as exc:
+        # One line (the driver adds which workers ended), not a traceback.
+        print(f"tuner worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 class LocalProcessDispatcher(Dispatcher):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
+import yaml
 
 from tuner.storage import StoreError, open_storage
 from tuner.storage._budget import _key, budget_lock
@@ -54,3 +59,43 @@ def test_a_wait_that_is_not_seconds_is_named(
         budget_lock(storage, study_id),
     ):
         pass
+
+
+@pytest.mark.parametrize("backend", ["inline", "local"])
+def test_a_run_that_cannot_get_the_lock_stops_with_one_line_and_starts_no_trial(
+    backend: str, postgres_url: str, tmp_path: Path
+) -> None:
+    spec = {
+        "name": "held-run",
+        "workload": "digits-mlp",
+        "objectives": {"accuracy": "maximize"},
+        "search_space": {"lr": 0.01, "hidden_units": 16},
+        "budget": {"n_trials": 2, "max_epochs": 1},
+        "measure": {"batch_size": 8, "warmup": 1, "repeats": 3, "compile": "never"},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study = optuna.create_study(study_name="held-run", storage=postgres_url)
+    holder = sqlalchemy.create_engine(postgres_url)
+    try:
+        with holder.connect() as conn:
+            conn.execute(
+                sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key(study._study_id)}
+            )
+            conn.commit()
+            workers = ["--workers", "2", "--backend", "local"] if backend == "local" else []
+            done = subprocess.run(
+                [sys.executable, "-m", "tuner._cli", "run", str(path), "--storage", postgres_url]
+                + workers,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "TUNER_BUDGET_LOCK_S": "1"},
+            )
+    finally:
+        holder.dispose()
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    assert "Traceback" not in out
+    assert "budget lock was held by another worker for more than 1 s" in out
+    assert optuna.load_study(study_name="held-run", storage=postgres_url).trials == []
