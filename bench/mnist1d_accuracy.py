@@ -9,6 +9,7 @@ same spec narrowed to 90%+ unstructured sparsity with int8 runs after it
 MLP 68%, CNN 94% test accuracy.
 Run: .venv/bin/python bench/mnist1d_accuracy.py [--seeds 0 1 2] [--n-trials 40]
      [--workers 2] [--size-kb 8] [--sparse-trials 12] [--storage URL]
+     [--compressions K]  (budget.compressions_per_training; the shipped spec's by default)
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--storage", default=None)
     parser.add_argument("--size-kb", type=float, default=8.0)
     parser.add_argument("--sparse-trials", type=int, default=12)
+    parser.add_argument("--compressions", type=int, default=None)
     args = parser.parse_args()
     url = args.storage or f"sqlite:///{tempfile.mkdtemp()}/mnist1d.db"
     limit = args.size_kb * 1024
@@ -64,6 +66,8 @@ def main() -> None:
     for seed in args.seeds:
         spec = {**shipped, "name": f"mnist1d-cnn-seed{seed}"}
         spec["sampler"] = {**shipped["sampler"], "seed": seed}
+        if args.compressions is not None:
+            spec["budget"] = {**shipped["budget"], "compressions_per_training": args.compressions}
         started = time.perf_counter()
         result = tuner.run(
             spec, storage=url, n_trials=args.n_trials, workers=args.workers, progress=True
@@ -73,7 +77,7 @@ def main() -> None:
     print(f"\nMNIST-1D, shipped spec, {args.workers} workers, sampler seeds {args.seeds}")
     small_label = f"best at {args.size_kb:g} KB or less"
     print(
-        f"{'seed':>4} {'trials':>6} {'min':>5} {'best test':>9} "
+        f"{'seed':>4} {'trials':>6} {'trained':>7} {'epochs':>6} {'min':>5} {'best test':>9} "
         f"{small_label + ' (test)':<28} {'its size':>8}  settings"
     )
     hits = []
@@ -82,8 +86,10 @@ def main() -> None:
         small = [r for r in records if r.values["size_bytes"] <= limit]
         best_small = max(small, key=lambda r: r.metrics["test_accuracy"]) if small else None
         hits.append(best_small.metrics["test_accuracy"] if best_small else 0.0)
+        trained = [r for r in records if r.metrics.get("trained_by") is None]
+        epochs = sum(int(r.metrics.get("epochs", 0)) for r in records)
         print(
-            f"{seed:>4} {len(records):>6} {wall / 60:>5.1f} "
+            f"{seed:>4} {len(records):>6} {len(trained):>7} {epochs:>6} {wall / 60:>5.1f} "
             f"{100 * top.metrics['test_accuracy']:>8.1f}% "
             + (
                 f"{100 * best_small.metrics['test_accuracy']:>27.1f}% "

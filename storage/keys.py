@@ -16,6 +16,7 @@ ARTIFACT_STORE_ATTR = "artifact_store"
 ARTIFACT_KEEP_ATTR = "artifact_keep"
 ARTIFACT_STATUS_ATTR = "artifact"
 TENSORBOARD_ATTR = "tensorboard"  # the folder of the trial's TensorBoard event files
+TRAINED_BY_ATTR = "trained_by"  # the trial whose trained model this one compressed anew
 
 # Trial system attributes.
 RUN_ATTR = "tuner.run"  # the run whose worker runs the trial

@@ -8,6 +8,7 @@ study stop at exactly ``n_trials`` finished (COMPLETE + PRUNED) trials.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -22,7 +23,7 @@ from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError, RankDied
 from .storage import StoreError, StoreUnavailable, mask_url
 from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
 from .storage._outage import retry_window_s, ride_out
-from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
+from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR, TRAINED_BY_ATTR
 
 POLL_S = 1.0
 TICK_S = 0.5
@@ -142,9 +143,22 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
 _BUDGET_MET = object()
 
 
-def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> Any:
+def _claim(
+    storage: Any,
+    study: optuna.Study,
+    study_id: int,
+    job: WorkerJob,
+    again: tuple[dict[str, Any], int] | None = None,
+) -> Any:
     """Under the budget lock: a new trial, None when the budget is taken by trials in
-    flight, or ``_BUDGET_MET``."""
+    flight, or ``_BUDGET_MET``.
+
+    ``again`` (training parameters, trial number) asks for a trial that compresses that
+    trial's trained model anew: its training parameters are fixed and the sampler picks
+    the rest. Trials waiting to be retried go first.
+    """
+    from optuna.trial import TrialState
+
     from .storage._budget import budget_lock
 
     with budget_lock(storage, study_id) as conn:
@@ -156,6 +170,11 @@ def _claim(storage: Any, study: optuna.Study, study_id: int, job: WorkerJob) -> 
         with warnings.catch_warnings():
             # run_trial records the heartbeats that study.optimize would.
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            if again is not None and not storage.get_all_trials(
+                study_id, deepcopy=False, states=(TrialState.WAITING,)
+            ):
+                # Asked at once under the lock, so no other worker takes it.
+                study.enqueue_trial(again[0], user_attrs={TRAINED_BY_ATTR: again[1]})
             trial = study.ask()
         if job.run_id:
             storage.set_trial_system_attr(trial_id(trial), RUN_ATTR, job.run_id)
@@ -228,6 +247,7 @@ def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> i
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     interval = _heartbeat_interval(storage)
     last_stale_check = -math.inf
+    again = None
     while (job.deadline is None or time.time() < job.deadline) and not (
         stop is not None and stop.is_set()
     ):
@@ -239,7 +259,7 @@ def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> i
             last_stale_check = time.monotonic()
         # Counting and creating a trial is one call for riding out an outage: if the
         # connection holding the budget lock is lost, the whole claim starts again.
-        outcome = ride_out(lambda: _claim(storage, study, study_id, job), storage)
+        outcome = ride_out(functools.partial(_claim, storage, study, study_id, job, again), storage)
         if outcome is _BUDGET_MET:
             break
         trial = outcome
@@ -249,6 +269,9 @@ def work(job: WorkerJob, stop: Any = None, *, build: Any = build_objective) -> i
             continue
         state = run_trial(study, trial, objective, storage)
         ran += 1
+        again = None
+        if state == optuna.trial.TrialState.COMPLETE and hasattr(objective, "compress_again"):
+            again = objective.compress_again(study, trial.number)
         if stop_requested(study):
             break
         failures = failures + 1 if state == optuna.trial.TrialState.FAIL else 0

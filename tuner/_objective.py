@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
+import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -16,7 +19,15 @@ from ._cv import REFIT, Folds
 from ._cv import summary as cv_summary
 from ._exceptions import WorkloadError
 from ._measure import accuracy
-from ._shipping import QAT_LR_SCALE, finetuner, measure, settings_from_params, ship, trial_model
+from ._shipping import (
+    COMPRESSION_PARAMS,
+    QAT_LR_SCALE,
+    finetuner,
+    measure,
+    settings_from_params,
+    ship,
+    trial_model,
+)
 from ._space import suggest
 from ._spec import StudySpec
 from ._tensorboard import TrialLog, log_folder
@@ -24,7 +35,13 @@ from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
 from .storage import StoreError
 from .storage._optuna import study_storage, trial_id
 from .storage._rdb import set_trial_user_attrs
-from .storage.keys import CURVE_ATTR, ERROR_ATTR, TENSORBOARD_ATTR, VIOLATIONS_ATTR
+from .storage.keys import (
+    CURVE_ATTR,
+    ERROR_ATTR,
+    TENSORBOARD_ATTR,
+    TRAINED_BY_ATTR,
+    VIOLATIONS_ATTR,
+)
 
 if TYPE_CHECKING:
     from ._artifacts import TrialModel
@@ -44,6 +61,19 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
 
 
+@dataclasses.dataclass
+class _Kept:
+    """A trained model kept for more compressions (``budget.compressions_per_training``)."""
+
+    number: int  # the trial that trained it
+    training: dict[str, Any]  # its sampled training parameters
+    trained: TrainedModel  # an untouched copy
+    accuracy_float: float
+    left: int  # compressions still to offer
+    latest: int  # the last trial that used it
+    judged: bool = False
+
+
 class Objective:
     """The callable handed to ``study.optimize``; one instance per worker."""
 
@@ -58,6 +88,7 @@ class Objective:
         self.workload = workload
         self._should_stop = should_stop
         self._log: TrialLog | None = None
+        self._kept: _Kept | None = None
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._log = self._trial_log(trial)
@@ -88,11 +119,82 @@ class Objective:
         """Where the trial's TensorBoard files are, written with its other attributes."""
         return {TENSORBOARD_ATTR: str(self._log.folder)} if self._log is not None else {}
 
+    def compress_again(
+        self, study: optuna.Study, finished: int
+    ) -> tuple[dict[str, Any], int] | None:
+        """After trial ``finished`` completed: the training parameters and the number of the
+        trial whose trained model the next trial should compress anew, or None.
+
+        Only a model at least as accurate (float, on validation) as the median of the
+        models trained so far is compressed again; up to ``compressions_per_training - 1``
+        times, while each of those trials completes.
+        """
+        kept = self._kept
+        if kept is None or kept.latest != finished or kept.left <= 0:
+            return None
+        if not kept.judged:
+            kept.judged = True
+            trained = [
+                float(t.user_attrs["accuracy_float"])
+                for t in study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+                )
+                if t.user_attrs.get(TRAINED_BY_ATTR) is None and "accuracy_float" in t.user_attrs
+            ]
+            if trained and kept.accuracy_float < statistics.median(trained):
+                kept.left = 0
+                return None
+        kept.left -= 1
+        return dict(kept.training), kept.number
+
+    def _reusable(self, trial: optuna.Trial) -> _Kept | None:
+        """The kept model this trial was asked to compress anew, if this worker holds it."""
+        parent = trial.user_attrs.get(TRAINED_BY_ATTR)
+        if parent is None:
+            return None
+        kept = self._kept
+        if (
+            kept is None
+            or kept.number != parent
+            or any(trial.params.get(k) != v for k, v in kept.training.items())
+        ):
+            # Another worker's model, or one no longer here: this trial trains its own.
+            record_user_attrs(trial, {TRAINED_BY_ATTR: None})
+            return None
+        return kept
+
+    def _compress_again(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        kept: _Kept,
+        device: torch.device,
+        seed: int,
+    ) -> list[float]:
+        """Compress a copy of a model trained by an earlier trial; no epochs are trained."""
+        kept.latest = trial.number
+        trained = dataclasses.replace(kept.trained, model=copy.deepcopy(kept.trained.model))
+        shipped: list[Any] = []
+        metrics = measure_trained(
+            self.spec, params, trained, device=device, seed=seed, on_shipped=shipped.append
+        )
+        # Only the fine-tune after compression trained anything.
+        metrics["train_time_s"] = float(metrics.get("finetune_time_s", 0.0))
+        metrics["epochs"] = 0
+        metrics[CURVE_ATTR] = []
+        metrics[TRAINED_BY_ATTR] = kept.number
+        return self._record(trial, params, metrics, shipped, device)
+
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
         params = suggest(trial, spec.params)
         device = trial_device(spec)
         seed = trial_seed(spec, trial)
+        kept_model = self._reusable(trial)
+        if kept_model is not None:
+            return self._compress_again(trial, params, kept_model, device, seed)
+        reuse = spec.budget.compressions_per_training > 1
+        pristine: torch.nn.Module | None = None
         k = spec.cv.folds
         cv_seed = spec.sampler.seed or 0
         # One training without cross-validation; with it, one per fold and the refit.
@@ -125,6 +227,8 @@ class Objective:
                     "ctx.cv_split(train, val) before training (train_classifier does)"
                 )
             shipping = fold is None or fold.refit
+            if reuse and fold is None:
+                pristine = copy.deepcopy(trained.model)
             metrics = measure_trained(
                 spec,
                 params,
@@ -153,7 +257,17 @@ class Objective:
             metrics["train_time_s"] = float(metrics.get("train_time_s", train_time)) + finetune_time
         metrics["epochs"] = len(curve) or spec.budget.max_epochs
         metrics[CURVE_ATTR] = curve
-        return self._record(trial, params, metrics, kept, device)
+        values = self._record(trial, params, metrics, kept, device)
+        if pristine is not None:
+            self._kept = _Kept(
+                number=trial.number,
+                training={k: v for k, v in trial.params.items() if k not in COMPRESSION_PARAMS},
+                trained=dataclasses.replace(trained, model=pristine),
+                accuracy_float=float(metrics["accuracy_float"]),
+                left=spec.budget.compressions_per_training - 1,
+                latest=trial.number,
+            )
+        return values
 
     def _reporter(
         self, trial: optuna.Trial, ctx: TrialContext, fold: Folds | None

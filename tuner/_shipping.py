@@ -60,6 +60,25 @@ class Settings:
         return self.quantize == "int8" and self.qat_epochs > 0
 
 
+# The parameters that say how a trained model is compressed and recovered; every other
+# parameter shapes the training itself.
+COMPRESSION_PARAMS = frozenset(
+    {
+        "prune_threshold",
+        "prune_structure",
+        "prune_steps",
+        "quantize",
+        "keep_float",
+        "finetune_epochs",
+        "finetune_lr",
+        "distill",
+        "distill_temperature",
+        "distill_alpha",
+        "qat_epochs",
+    }
+)
+
+
 def settings_from_params(params: Mapping[str, Any]) -> Settings:
     return Settings(
         threshold=float(params.get("prune_threshold", 0.0)),

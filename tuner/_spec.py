@@ -47,6 +47,7 @@ MEASURED_METRICS = (
     "train_time_s",
     "epochs",
 )
+MAX_COMPRESSIONS_PER_TRAINING = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -217,9 +218,19 @@ class EarlyStoppingSpec:
 
 @dataclass(frozen=True)
 class Budget:
+    """How many trials, how long each trains, and how long the study may run.
+
+    ``compressions_per_training`` K > 1 reuses a trained model: after a trial whose float
+    model is at least as accurate as the median trained so far, the same worker runs up
+    to K - 1 more trials with the same training parameters and new compression settings
+    from the sampler, compressing a copy of the model it already trained (no epochs
+    spent but the fine-tune's). Every one is a trial of ``n_trials``.
+    """
+
     n_trials: int = 30
     max_epochs: int = 15
     timeout_s: float | None = None
+    compressions_per_training: int = 1
 
 
 @dataclass(frozen=True)
@@ -428,6 +439,11 @@ class StudySpec:
                 "n_trials": self.budget.n_trials,
                 "max_epochs": self.budget.max_epochs,
                 "timeout_s": self.budget.timeout_s,
+                **(
+                    {"compressions_per_training": self.budget.compressions_per_training}
+                    if self.budget.compressions_per_training > 1
+                    else {}
+                ),
             },
             "resources": {
                 "cpus": self.resources.cpus,
@@ -635,7 +651,9 @@ def _validate_into(spec: StudySpec) -> None:
     # budget
     budget = _as_raw(spec.budget, Budget)
     budget = _mapping("budget", budget)
-    _check_keys("budget", budget, ("n_trials", "max_epochs", "timeout_s"))
+    _check_keys(
+        "budget", budget, ("n_trials", "max_epochs", "timeout_s", "compressions_per_training")
+    )
     n_trials = int(_number("budget.n_trials", budget.get("n_trials", 30), minimum=1, integer=True))
     max_epochs = int(
         _number("budget.max_epochs", budget.get("max_epochs", 15), minimum=1, integer=True)
@@ -643,7 +661,26 @@ def _validate_into(spec: StudySpec) -> None:
     timeout = budget.get("timeout_s")
     if timeout is not None:
         timeout = float(_number("budget.timeout_s", timeout, minimum=0, strict_min=True))
-    budget = Budget(n_trials=n_trials, max_epochs=max_epochs, timeout_s=timeout)
+    compressions = int(
+        _number(
+            "budget.compressions_per_training",
+            budget.get("compressions_per_training", 1),
+            minimum=1,
+            integer=True,
+        )
+    )
+    if compressions > MAX_COMPRESSIONS_PER_TRAINING:
+        raise _field(
+            "budget.compressions_per_training",
+            compressions,
+            f"a whole number from 1 to {MAX_COMPRESSIONS_PER_TRAINING}",
+        )
+    budget = Budget(
+        n_trials=n_trials,
+        max_epochs=max_epochs,
+        timeout_s=timeout,
+        compressions_per_training=compressions,
+    )
     _set(spec, "budget", budget)
     if es.name != "none" and es.min_epochs >= budget.max_epochs:
         raise _field(
@@ -704,6 +741,20 @@ def _validate_into(spec: StudySpec) -> None:
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
     _set(spec, "cv", _parse_cv(spec.cv, spec.early_stopping))
+    _check_reuse(spec)
+
+
+def _check_reuse(spec: Any) -> None:
+    """A trained model is reused only where one model is trained, by one process."""
+    k = spec.budget.compressions_per_training
+    if k == 1:
+        return
+    if spec.cv.folds:
+        raise _field("budget.compressions_per_training", k, "1 with cv (each fold trains anew)")
+    if spec.resources.workers_per_trial > 1:
+        raise _field(
+            "budget.compressions_per_training", k, "1 with resources.workers_per_trial > 1"
+        )
 
 
 def _as_raw(value: Any, section: type) -> Any:

@@ -14,7 +14,7 @@ from tuner.storage import (
     metric_value,
     show_metric,
 )
-from tuner.storage.keys import VIOLATIONS_ATTR
+from tuner.storage.keys import TRAINED_BY_ATTR, VIOLATIONS_ATTR
 
 from .front import budget_unit, display_scale
 
@@ -36,6 +36,7 @@ METRICS: dict[str, str] = {
     "removed_units": "removed units",
     "train_time_s": "training time",
     "epochs": "epochs trained",
+    "trained_by": "model trained by trial",
     "latency_device": "measured on",
     "latency_threads": "threads",
     "device": "trained on",
@@ -135,6 +136,9 @@ def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
     if record.state == "COMPLETE":
         tags.append("on the Pareto front" if record.number in set(front) else "dominated")
         tags.append("meets the constraints" if record.feasible else "breaks a constraint")
+    parent = record.metrics.get(TRAINED_BY_ATTR)
+    if parent is not None:
+        tags.append(f"compressed anew from trial {parent}'s trained model")
     return tags
 
 

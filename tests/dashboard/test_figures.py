@@ -114,6 +114,9 @@ def test_trial_details_and_table_filter() -> None:
         "dominated",
         "meets the constraints",
     ]
+    again = _trial(8, 0.9, 1.0, 1.0, metrics={"trained_by": 3, "epochs": 0})
+    assert trial_views.trial_tags(again, [8])[-1] == "compressed anew from trial 3's trained model"
+    assert ("trained_by", "model trained by trial", "3") in trial_views.trial_metrics(again)
     rows = trial_views.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
     kept = trial_views.filter_rows(rows, states=["COMPLETE"], front_only=True, outside_budget=[0])
     assert [r["trial"] for r in kept] == [1, 2, 5]

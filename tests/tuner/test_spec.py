@@ -76,6 +76,9 @@ RULES = [
     ("budget.n_trails", 3, ["budget.n_trails", "did you mean 'n_trials'"]),
     ("budget.n_trials", "ten", ["budget.n_trials", "'ten'", "integer"]),
     ("budget.n_trials", 0, ["budget.n_trials", "0", ">= 1"]),
+    ("budget.compressions_per_training", 0, ["budget.compressions_per_training", ">= 1"]),
+    ("budget.compressions_per_training", 17, ["budget.compressions_per_training", "1 to 16"]),
+    ("budget.compressions_per_training", 2.5, ["budget.compressions_per_training", "integer"]),
     ("search_space.lr.low", 0.5, ["search_space.lr", "low=0.5 > high=0.1", "low <= high"]),
     (
         "search_space.lr",
@@ -261,3 +264,15 @@ def test_section_objects_are_checked_like_mappings(
     # From Python, a section passed as its dataclass is validated before anything runs.
     with pytest.raises(SpecError, match=f"spec field '{field_name}'"):
         StudySpec(name="s", workload="digits-mlp", search_space={"lr": 0.1}, **section)
+
+
+def test_reusing_a_trained_model_is_refused_where_several_are_trained(tiny_spec: Any) -> None:
+    reuse = {"n_trials": 3, "max_epochs": 2, "compressions_per_training": 3}
+    with pytest.raises(tuner.SpecError, match="compressions_per_training.*with cv"):
+        tuner.load_spec(tiny_spec(budget=reuse, cv={"folds": 3}))
+    with pytest.raises(tuner.SpecError, match="compressions_per_training.*workers_per_trial"):
+        tuner.load_spec(tiny_spec(budget=reuse, resources={"workers_per_trial": 2}))
+    spec = tuner.load_spec(tiny_spec(budget=reuse))
+    assert spec.to_dict()["budget"]["compressions_per_training"] == 3
+    assert tuner.load_spec(spec.to_dict()) == spec
+    assert "compressions_per_training" not in tuner.load_spec(tiny_spec()).to_dict()["budget"]

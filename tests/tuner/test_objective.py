@@ -1,0 +1,93 @@
+"""Reusing a trained model for more compressions (``budget.compressions_per_training``)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import optuna
+import pytest
+
+import tuner
+from tuner._builtin_workloads import resolve_workload
+from tuner._objective import Objective
+from tuner._shipping import COMPRESSION_PARAMS
+from tuner._spec import spec_from_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(tiny_spec: Any, name: str, n_trials: int) -> dict[str, Any]:
+    spec = tiny_spec(name)
+    spec["search_space"]["finetune_epochs"] = 1
+    spec["budget"] = {"n_trials": n_trials, "max_epochs": 2, "compressions_per_training": 3}
+    return spec
+
+
+def _check_reuse(
+    trials: list[optuna.trial.FrozenTrial], max_epochs: int, *, one_worker: bool
+) -> int:
+    """Checks every compression of a kept model against the trial that trained it;
+    returns how many there are."""
+    by_number = {t.number: t for t in trials}
+    trained = [t for t in trials if t.user_attrs.get("trained_by") is None]
+    again = [t for t in trials if t.user_attrs.get("trained_by") is not None]
+    for child in again:
+        parent = by_number[child.user_attrs["trained_by"]]
+        assert parent.user_attrs.get("trained_by") is None, "compressed from a trained model"
+        assert parent.number < child.number
+        training = {k: v for k, v in parent.params.items() if k not in COMPRESSION_PARAMS}
+        assert {k: child.params.get(k) for k in training} == training
+        compression = {k: v for k, v in parent.params.items() if k in COMPRESSION_PARAMS}
+        assert {k: child.params.get(k) for k in compression} != compression
+        # The same trained model, and no epochs spent on it again.
+        assert child.user_attrs["accuracy_float"] == parent.user_attrs["accuracy_float"]
+        assert child.user_attrs["epochs"] == 0 and child.user_attrs["curve"] == []
+        assert child.user_attrs["train_time_s"] < parent.user_attrs["train_time_s"]
+        if one_worker:
+            # Only a model at least as good as the median trained before it is reused.
+            earlier = [t.user_attrs["accuracy_float"] for t in trained if t.number <= parent.number]
+            assert parent.user_attrs["accuracy_float"] >= statistics.median(earlier)
+    children: dict[int, int] = {}
+    for child in again:
+        children[child.user_attrs["trained_by"]] = (
+            children.get(child.user_attrs["trained_by"], 0) + 1
+        )
+    assert all(n <= 2 for n in children.values()), children
+    epochs = sum(t.user_attrs["epochs"] for t in trials)
+    assert epochs == max_epochs * len(trained) < max_epochs * len(trials)
+    return len(again)
+
+
+def test_a_kept_model_is_compressed_again_with_new_settings_and_no_epochs(
+    tiny_spec: Any, sqlite_url: str
+) -> None:
+    spec = _spec(tiny_spec, "again", 8)
+    tuner.run(spec, storage=sqlite_url)
+    trials = optuna.load_study(study_name="again", storage=sqlite_url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 8
+    assert _check_reuse(trials, 2, one_worker=True) >= 2
+
+
+def test_two_workers_reusing_models_meet_the_budget_exactly(
+    tiny_spec: Any, sqlite_url: str
+) -> None:
+    spec = _spec(tiny_spec, "again-two", 9)
+    tuner.run(spec, storage=sqlite_url, workers=2)
+    trials = optuna.load_study(study_name="again-two", storage=sqlite_url).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 9
+    assert _check_reuse(trials, 2, one_worker=False) >= 1
+
+
+def test_a_trial_asked_to_reuse_a_model_this_worker_lacks_trains_its_own(
+    tiny_spec: Any,
+) -> None:
+    spec = spec_from_dict(_spec(tiny_spec, "lacks", 1))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.enqueue_trial({"optimizer": "adamw"}, user_attrs={"trained_by": 7})
+    trial = study.ask()
+    values = Objective(spec, resolve_workload(spec.workload))(trial)
+    study.tell(trial, values)
+    (done,) = study.trials
+    assert done.user_attrs["trained_by"] is None
+    assert done.user_attrs["epochs"] == 2 and len(done.user_attrs["curve"]) == 2
