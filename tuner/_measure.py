@@ -11,14 +11,18 @@ buffers; the architecture is code and is not stored)::
     version   2 bytes   unsigned little-endian, 2
     length    4 bytes   unsigned little-endian, size of the index in bytes
     index     zlib-compressed JSON (UTF-8, sorted keys, no spaces): {"tensors": [entry, ...]}
+    lengths   4 bytes per tensor, unsigned little-endian: each block's length, in index order
     payload   the tensor blocks, one after the other, in index order
 
-Version 1 stored the same index uncompressed; on a small model it was a fifth of the file
-(1.7 KB of 8 KB for the int8 MNIST-1D CNN, 0.3 KB compressed). Both versions are read.
+Version 1 stored the index uncompressed, with each tensor's non-zero count, offset and
+length in it; on a small model it was a fifth of the file (1.7 KB of 8 KB for the int8
+MNIST-1D CNN; 0.3 KB now). The compressed index holds only the tensors' layout, so models
+of one architecture and the same total of stored elements have files of the same size,
+however their zeros are spread over the layers. Both versions are read.
 
 Each index entry has ``name`` (the state-dict key), ``dtype`` (the stored element type, e.g.
 ``float32``, ``int64``, ``int8``), ``shape``, ``encoding`` (``dense`` or ``sparse``),
-``offset`` and ``length`` (the block's place in the payload), ``nnz`` (non-zero count) and,
+in version 1 ``offset`` and ``length`` (the block's place in the payload), and,
 for int8 tensors, ``quant``: ``{"dtype": "qint8", "scheme": "per_channel" | "per_tensor",
 "axis": a, "channels": c}``. A block is laid out as:
 
@@ -198,13 +202,12 @@ def _encode_tensor(name: str, tensor: torch.Tensor) -> tuple[dict[str, object], 
         )
         tensor = tensor.int_repr()
     dtype, values = _numpy_values(tensor)
-    encoding, nnz, block = _encode_values(values)
+    encoding, _, block = _encode_values(values)
     entry: dict[str, object] = {
         "name": name,
         "dtype": dtype,
         "shape": list(tensor.shape),
         "encoding": encoding,
-        "nnz": nnz,
     }
     if quant is not None:
         entry["quant"] = quant
@@ -222,17 +225,14 @@ def serialize_model(model: nn.Module) -> bytes:
     """
     entries: list[dict[str, object]] = []
     blocks: list[bytes] = []
-    offset = 0
     for name, tensor in _shipping_state(model).items():
         entry, block = _encode_tensor(name, tensor)
-        entry["offset"] = offset
-        entry["length"] = len(block)
-        offset += len(block)
         entries.append(entry)
         blocks.append(block)
     index = json.dumps({"tensors": entries}, sort_keys=True, separators=(",", ":")).encode()
     index = zlib.compress(index, 9)
-    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(index)) + index + b"".join(blocks)
+    lengths = np.array([len(b) for b in blocks], dtype="<u4").tobytes()
+    return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(index)) + index + lengths + b"".join(blocks)
 
 
 def size_bytes(model: nn.Module) -> int:
@@ -287,8 +287,16 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
         index = json.loads((zlib.decompress(raw_index) if version >= 2 else raw_index).decode())
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a readable tuner model file: its index is damaged ({exc})") from None
+    entries = index["tensors"]
+    if version >= 2:
+        # The blocks' lengths follow the index; each block starts where the last one ended.
+        count = len(entries)
+        lengths = np.frombuffer(data, dtype="<u4", count=count, offset=start).tolist()
+        start += 4 * count
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist() if count else []
+        entries = [{**e, "offset": o, "length": n} for e, o, n in zip(entries, offsets, lengths)]
     state: dict[str, torch.Tensor] = {}
-    for entry in index["tensors"]:
+    for entry in entries:
         block = data[start + entry["offset"] : start + entry["offset"] + entry["length"]]
         name = entry["name"]
         quant = entry.get("quant")

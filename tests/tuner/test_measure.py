@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import struct
 import zlib
 
@@ -117,12 +118,36 @@ def test_the_index_is_a_small_share_of_a_small_model() -> None:
     assert index_length < 0.06 * len(data), (index_length, len(data))
 
 
+def test_the_size_does_not_depend_on_how_the_zeros_are_spread_over_layers() -> None:
+    # Global magnitude pruning spreads a trial's zeros differently as it trains: the
+    # size known at an early-stopping rung is the size of the finished model.
+    def pruned(first: float) -> nn.Sequential:
+        model = _wide_mlp(64)
+        linears = [m for m in model if isinstance(m, nn.Linear)]
+        counts = [m.weight.numel() for m in linears]
+        zeros = [round(first * counts[0]), 0, 0]
+        zeros[1] = sum(counts) // 2 - zeros[0] - counts[2] // 2
+        zeros[2] = counts[2] // 2
+        with torch.no_grad():
+            for layer, n in zip(linears, zeros):
+                layer.weight.view(-1)[:n] = 0
+        return model
+
+    assert size_bytes(pruned(0.3)) == size_bytes(pruned(0.7))
+
+
 def test_a_version_1_file_is_still_read() -> None:
     model = _int8(sparsify(_cnn(), threshold=0.5), torch.randn(16, 1, 64))
     data = serialize_model(model)
     _, _, index_length = struct.unpack_from("<4sHI", data)
-    index = zlib.decompress(data[10 : 10 + index_length])
-    old = struct.pack("<4sHI", b"TUNR", 1, len(index)) + index + data[10 + index_length :]
+    entries = json.loads(zlib.decompress(data[10 : 10 + index_length]))["tensors"]
+    lengths = struct.unpack_from(f"<{len(entries)}I", data, 10 + index_length)
+    offsets = [sum(lengths[:i]) for i in range(len(entries))]
+    for entry, offset, length in zip(entries, offsets, lengths):
+        entry.update(offset=offset, length=length)
+    index = json.dumps({"tensors": entries}).encode()
+    payload = data[10 + index_length + 4 * len(entries) :]
+    old = struct.pack("<4sHI", b"TUNR", 1, len(index)) + index + payload
     new_state, old_state = deserialize_model_state(data), deserialize_model_state(old)
     assert list(new_state) == list(old_state)
     assert all(torch.equal(new_state[k], old_state[k]) for k in new_state)
