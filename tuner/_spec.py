@@ -755,6 +755,10 @@ def _check_reuse(spec: Any) -> None:
         raise _field(
             "budget.compressions_per_training", k, "1 with resources.workers_per_trial > 1"
         )
+    if spec.sampler.name == "grid":
+        raise _field(
+            "budget.compressions_per_training", k, "1 with sampler grid (it runs each point once)"
+        )
 
 
 def _as_raw(value: Any, section: type) -> Any:

@@ -272,6 +272,9 @@ def test_reusing_a_trained_model_is_refused_where_several_are_trained(tiny_spec:
         tuner.load_spec(tiny_spec(budget=reuse, cv={"folds": 3}))
     with pytest.raises(tuner.SpecError, match="compressions_per_training.*workers_per_trial"):
         tuner.load_spec(tiny_spec(budget=reuse, resources={"workers_per_trial": 2}))
+    with pytest.raises(tuner.SpecError, match="compressions_per_training.*sampler grid"):
+        grid = {"lr": {"type": "categorical", "choices": [0.01, 0.1]}, "prune_threshold": 0.5}
+        tuner.load_spec(tiny_spec(budget=reuse, sampler={"name": "grid"}, search_space=grid))
     spec = tuner.load_spec(tiny_spec(budget=reuse))
     assert spec.to_dict()["budget"]["compressions_per_training"] == 3
     assert tuner.load_spec(spec.to_dict()) == spec
