@@ -25,8 +25,13 @@ def bench_spec(trials: int, epochs: int, folder: str | Path) -> Any:
     """The shipped mnist1d-cnn spec as every arm runs it: one core, no GPU, models kept."""
     import tuner
 
-    return tuner.load_spec(SPEC).with_overrides(
-        budget={"n_trials": trials, "max_epochs": epochs},
+    shipped = tuner.load_spec(SPEC)
+    return shipped.with_overrides(
+        budget={
+            "n_trials": trials,
+            "max_epochs": epochs,
+            "compressions_per_training": shipped.budget.compressions_per_training,
+        },
         resources={"cpus": 1, "gpus": 0},
         measure={"batch_size": 32, "warmup": 5, "repeats": 20, "threads": 1},
         artifacts={"keep": "all", "path": str(Path(folder) / "models")},

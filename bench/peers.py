@@ -84,6 +84,8 @@ ARMS = (
 )
 
 
+_COMPRESSIONS_VAR = "TUNER_BENCH_COMPRESSIONS"
+
 # -- the arms ------------------------------------------------------------------------------
 
 
@@ -95,6 +97,10 @@ def _tuner(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     spec = spec.with_overrides(
         name=name, sampler={"name": spec.sampler.name, "seed": seed}, early_stopping="asha"
     )
+    reuse = os.environ.get(_COMPRESSIONS_VAR)
+    if reuse:
+        budget = {**spec.to_dict()["budget"], "compressions_per_training": int(reuse)}
+        spec = spec.with_overrides(budget=budget)
     tuner.run(spec, storage=f"sqlite:///{folder / 'study.db'}")
     return _tuner_events(spec, seed, folder)
 
@@ -478,6 +484,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--compressions",
+        type=int,
+        help="the tuner arm's budget.compressions_per_training (default: the shipped spec's)",
+    )
     parser.add_argument("--plot", default="peers.png", help="where the plot goes (PNG)")
     parser.add_argument(
         "--keep",
@@ -496,6 +507,8 @@ def main() -> None:
     if args.report and not args.keep:
         parser.error("--report reads the runs of --keep DIR; give the folder")
 
+    if args.compressions is not None:
+        os.environ[_COMPRESSIONS_VAR] = str(args.compressions)  # the spawned runs read it
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tuner-bench-peers-") as scratch:
         if args.keep:
