@@ -56,7 +56,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -231,7 +231,7 @@ def serialize_model(model: nn.Module) -> bytes:
         blocks.append(block)
     index = json.dumps({"tensors": entries}, sort_keys=True, separators=(",", ":")).encode()
     index = zlib.compress(index, 9)
-    lengths = np.array([len(b) for b in blocks], dtype="<u4").tobytes()
+    lengths = struct.pack(f"<{len(blocks)}I", *(len(b) for b in blocks))
     return _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(index)) + index + lengths + b"".join(blocks)
 
 
@@ -290,10 +290,9 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
     entries = index["tensors"]
     if version >= 2:
         # The blocks' lengths follow the index; each block starts where the last one ended.
-        count = len(entries)
-        lengths = np.frombuffer(data, dtype="<u4", count=count, offset=start).tolist()
-        start += 4 * count
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).tolist() if count else []
+        lengths = struct.unpack_from(f"<{len(entries)}I", data, start)
+        start += 4 * len(entries)
+        offsets = accumulate(lengths, initial=0)
         entries = [{**e, "offset": o, "length": n} for e, o, n in zip(entries, offsets, lengths)]
     state: dict[str, torch.Tensor] = {}
     for entry in entries:
