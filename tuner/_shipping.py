@@ -122,6 +122,8 @@ def finetuner(
     """
 
     count = settings.finetune_epochs if epochs is None else epochs
+    # A fine-tune of a few epochs runs at one rate, whatever schedule the training used.
+    params = {**params, "lr_schedule": "constant"}
     if "finetune_lr" in params:
         # A pruned copy recovers faster at a higher rate than the one it was trained at.
         params = {**params, "lr": float(params["finetune_lr"])}

@@ -29,6 +29,7 @@ QUANTIZE_MODES = ("none", "int8")
 DISTILL_MODES = ("none", "kd")
 KEEP_FLOAT_MODES = ("none", "ends", "sensitive")
 OPTIMIZERS = ("sgd", "adamw", "adam")
+LR_SCHEDULES = ("constant", "cosine")
 RUNTIMES = ("torch", "onnxruntime")
 COMPILE_MODES = ("auto", "always", "never")
 ARTIFACT_KEEP = ("pareto", "all", "none")
@@ -918,6 +919,7 @@ def _check_reserved(params: Mapping[str, ParamSpec]) -> None:
         ("prune_structure", PRUNE_STRUCTURES),
         ("quantize", QUANTIZE_MODES),
         ("optimizer", OPTIMIZERS),
+        ("lr_schedule", LR_SCHEDULES),
         ("distill", DISTILL_MODES),
         ("keep_float", KEEP_FLOAT_MODES),
     ):

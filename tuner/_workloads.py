@@ -214,6 +214,22 @@ def make_optimizer(model: nn.Module, params: Mapping[str, Any]) -> torch.optim.O
     raise WorkloadError(f"optimizer {kind!r} is not supported; expected sgd, adamw or adam")
 
 
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, params: Mapping[str, Any], *, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule the sampled ``lr_schedule`` asks for over ``steps`` steps.
+
+    ``constant`` (the default) keeps ``lr``; ``cosine`` decays it to zero along a half cosine
+    over the whole training, one step per batch, so the last epochs settle the weights.
+    """
+    kind = str(params.get("lr_schedule", "constant"))
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+    raise WorkloadError(f"lr_schedule {kind!r} is not supported; expected constant or cosine")
+
+
 def evaluate_accuracy(model: nn.Module, data: Split, device: torch.device) -> float:
     model.eval()
     x, y = data
@@ -280,6 +296,7 @@ def fit(
     loss_fn = nn.CrossEntropyLoss()
     x, y = train
     batch_size = int(params.get("batch_size", 64))
+    schedule = make_lr_schedule(optimizer, params, steps=epochs * math.ceil(len(x) / batch_size))
     gen = torch.Generator().manual_seed(seed)
     if teacher is not None:
         teacher.to(device).eval()
@@ -313,6 +330,8 @@ def fit(
                 )
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             total += loss.detach()
             batches += 1
         if on_epoch is not None:

@@ -121,6 +121,11 @@ RULES = [
         ["search_space.prune_steps", "0", "integer >= 1"],
     ),
     (
+        "search_space.lr_schedule",
+        {"type": "categorical", "choices": ["constant", "linear"]},
+        ["search_space.lr_schedule", "'linear'", "constant, cosine"],
+    ),
+    (
         "search_space.keep_float",
         {"type": "categorical", "choices": ["none", "first"]},
         ["search_space.keep_float", "'first'", "none, ends, sensitive"],
