@@ -281,7 +281,8 @@ def fit(
     rank: int = 0,
     world_size: int = 1,
 ) -> None:
-    """Train ``model`` on ``train`` with the sampled optimizer settings and batch size.
+    """Train ``model`` on ``train`` with the sampled optimizer settings, learning-rate schedule
+    (:func:`make_lr_schedule`) and batch size.
 
     With a ``teacher``, the loss is :func:`distillation_loss` against the teacher's outputs
     (the teacher stays in eval mode and is not trained). ``on_epoch(epoch, train_loss)``
@@ -348,6 +349,9 @@ def train_classifier(
     test: Split,
 ) -> TrainedModel:
     """Train a classifier for ``ctx.max_epochs`` epochs and report validation accuracy each epoch.
+
+    It reads the sampled ``optimizer``, ``lr``, ``lr_schedule``, ``momentum``,
+    ``weight_decay`` and ``batch_size`` (see :func:`fit`).
 
     The helper built-in workloads use; user workloads may call it too.
     """
