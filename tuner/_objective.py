@@ -8,7 +8,7 @@ import math
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -61,6 +61,15 @@ def _short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tail}"[:4000]
 
 
+# A compression of a kept model that lost more validation accuracy than this is followed
+# by the same compression at half the sparsity (see Objective._milder).
+MILDER_AFTER_DROP = 0.02
+
+
+def _compression(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k in COMPRESSION_PARAMS}
+
+
 @dataclasses.dataclass
 class _Kept:
     """A trained model kept for more compressions (``budget.compressions_per_training``)."""
@@ -71,6 +80,8 @@ class _Kept:
     accuracy_float: float
     left: int  # compressions still to offer
     latest: int  # the last trial that used it
+    compression: dict[str, Any]  # the compression parameters of that trial
+    accuracy: float  # and the validation accuracy of the model it shipped
     judged: bool = False
 
 
@@ -127,7 +138,8 @@ class Objective:
 
         Only a model at least as accurate (float, on validation) as the median of the
         models trained so far is compressed again; up to ``compressions_per_training - 1``
-        times, while each of those trials completes.
+        times, while each of those trials completes. The training parameters come with the
+        milder compression of :meth:`_milder` when the last one cost too much accuracy.
         """
         kept = self._kept
         if kept is None or kept.latest != finished or kept.left <= 0:
@@ -145,7 +157,26 @@ class Objective:
                 kept.left = 0
                 return None
         kept.left -= 1
-        return dict(kept.training), kept.number
+        return {**kept.training, **self._milder(kept)}, kept.number
+
+    def _milder(self, kept: _Kept) -> dict[str, Any]:
+        """The next compression of a kept model when the last one cost it more than
+        ``MILDER_AFTER_DROP`` of its validation accuracy: the same settings at half the
+        sparsity (within the spec's range). Otherwise nothing: the sampler chooses.
+
+        The most accurate trainings carry the front; a search that only ever compressed
+        them hard would leave the accurate end to weaker models.
+        """
+        if kept.accuracy_float - kept.accuracy <= MILDER_AFTER_DROP:
+            return {}
+        space = self.spec.params.get("prune_threshold")
+        last = kept.compression.get("prune_threshold")
+        if space is None or space.type != "float" or not isinstance(last, float):
+            return {}
+        threshold = max(float(space.low or 0.0), last / 2)
+        if threshold >= last:
+            return {}
+        return {**kept.compression, "prune_threshold": threshold}
 
     def _reusable(self, trial: optuna.Trial) -> _Kept | None:
         """The kept model this trial was asked to compress anew, if this worker holds it."""
@@ -183,7 +214,10 @@ class Objective:
         metrics["epochs"] = 0
         metrics[CURVE_ATTR] = []
         metrics[TRAINED_BY_ATTR] = kept.number
-        return self._record(trial, params, metrics, shipped, device)
+        values = self._record(trial, params, metrics, shipped, device)
+        kept.compression = _compression(trial.params)
+        kept.accuracy = float(metrics.get("accuracy", kept.accuracy_float))
+        return values
 
     def _run(self, trial: optuna.Trial) -> list[float]:
         spec = self.spec
@@ -266,6 +300,8 @@ class Objective:
                 accuracy_float=float(metrics["accuracy_float"]),
                 left=spec.budget.compressions_per_training - 1,
                 latest=trial.number,
+                compression=_compression(trial.params),
+                accuracy=float(metrics.get("accuracy", metrics["accuracy_float"])),
             )
         return values
 

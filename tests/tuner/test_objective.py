@@ -91,3 +91,50 @@ def test_a_trial_asked_to_reuse_a_model_this_worker_lacks_trains_its_own(
     (done,) = study.trials
     assert done.user_attrs["trained_by"] is None
     assert done.user_attrs["epochs"] == 2 and len(done.user_attrs["curve"]) == 2
+
+
+def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsity(
+    tiny_spec: Any,
+) -> None:
+    data = _spec(tiny_spec, "milder", 2)
+    data["search_space"]["prune_threshold"] = {"type": "float", "low": 0.0, "high": 0.99}
+    data["search_space"]["finetune_epochs"] = 0
+    spec = spec_from_dict(data)
+    objective = Objective(spec, resolve_workload(spec.workload))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    # 98% of the weights gone and no fine-tune: the shipped model loses most of its accuracy.
+    study.enqueue_trial({"optimizer": "adamw", "prune_threshold": 0.98, "quantize": "none"})
+    trial = study.ask()
+    study.tell(trial, objective(trial))
+    first = study.trials[0]
+    assert first.user_attrs["accuracy_float"] - first.user_attrs["accuracy"] > 0.2
+
+    again = objective.compress_again(study, first.number)
+    assert again is not None
+    params, parent = again
+    assert parent == first.number
+    assert params == {**first.params, "prune_threshold": pytest.approx(0.49)}
+    study.enqueue_trial(params, user_attrs={"trained_by": parent})
+    trial = study.ask()
+    study.tell(trial, objective(trial))
+    second = study.trials[1]
+    assert second.user_attrs["trained_by"] == first.number and second.user_attrs["epochs"] == 0
+    assert second.user_attrs["accuracy"] > first.user_attrs["accuracy"] + 0.2
+    assert second.user_attrs["size_bytes"] > first.user_attrs["size_bytes"]
+
+
+def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler(
+    tiny_spec: Any,
+) -> None:
+    spec = spec_from_dict(_spec(tiny_spec, "sampler-next", 2))
+    objective = Objective(spec, resolve_workload(spec.workload))
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.enqueue_trial({"optimizer": "adamw", "prune_threshold": 0.0, "quantize": "none"})
+    trial = study.ask()
+    study.tell(trial, objective(trial))
+    first = study.trials[0]
+    assert first.user_attrs["accuracy"] == first.user_attrs["accuracy_float"]
+    again = objective.compress_again(study, first.number)
+    assert again is not None
+    params, _ = again
+    assert params == {k: v for k, v in first.params.items() if k not in COMPRESSION_PARAMS}
