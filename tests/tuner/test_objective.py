@@ -24,6 +24,16 @@ def _spec(tiny_spec: Any, name: str, n_trials: int) -> dict[str, Any]:
     return spec
 
 
+def _run_one(
+    study: optuna.Study, objective: Objective, params: dict[str, Any], **user_attrs: Any
+) -> optuna.trial.FrozenTrial:
+    """Run the next trial of ``study`` with ``params`` fixed, as a worker would."""
+    study.enqueue_trial(params, user_attrs=user_attrs or None)
+    trial = study.ask()
+    study.tell(trial, objective(trial))
+    return study.trials[-1]
+
+
 def _check_reuse(
     trials: list[optuna.trial.FrozenTrial], max_epochs: int, *, one_worker: bool
 ) -> int:
@@ -103,10 +113,9 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
     objective = Objective(spec, resolve_workload(spec.workload))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     # 98% of the weights gone and no fine-tune: the shipped model loses most of its accuracy.
-    study.enqueue_trial({"optimizer": "adamw", "prune_threshold": 0.98, "quantize": "none"})
-    trial = study.ask()
-    study.tell(trial, objective(trial))
-    first = study.trials[0]
+    first = _run_one(
+        study, objective, {"optimizer": "adamw", "prune_threshold": 0.98, "quantize": "none"}
+    )
     assert first.user_attrs["accuracy_float"] - first.user_attrs["accuracy"] > 0.2
 
     again = objective.compress_again(study, first.number)
@@ -114,10 +123,7 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
     params, parent = again
     assert parent == first.number
     assert params == {**first.params, "prune_threshold": pytest.approx(0.49)}
-    study.enqueue_trial(params, user_attrs={"trained_by": parent})
-    trial = study.ask()
-    study.tell(trial, objective(trial))
-    second = study.trials[1]
+    second = _run_one(study, objective, params, trained_by=parent)
     assert second.user_attrs["trained_by"] == first.number and second.user_attrs["epochs"] == 0
     assert second.user_attrs["accuracy"] > first.user_attrs["accuracy"] + 0.2
     assert second.user_attrs["size_bytes"] > first.user_attrs["size_bytes"]
@@ -129,10 +135,9 @@ def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler(
     spec = spec_from_dict(_spec(tiny_spec, "sampler-next", 2))
     objective = Objective(spec, resolve_workload(spec.workload))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.enqueue_trial({"optimizer": "adamw", "prune_threshold": 0.0, "quantize": "none"})
-    trial = study.ask()
-    study.tell(trial, objective(trial))
-    first = study.trials[0]
+    first = _run_one(
+        study, objective, {"optimizer": "adamw", "prune_threshold": 0.0, "quantize": "none"}
+    )
     assert first.user_attrs["accuracy"] == first.user_attrs["accuracy_float"]
     again = objective.compress_again(study, first.number)
     assert again is not None

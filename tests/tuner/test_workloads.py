@@ -12,6 +12,11 @@ from tuner._datasets import digits
 from tuner._workloads import evaluate_accuracy, fit
 
 
+def _distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """How far apart two sets of weights are (L2 over all of them)."""
+    return float(sum((x - y).norm() ** 2 for x, y in zip(a, b, strict=True)) ** 0.5)
+
+
 def _steps_per_epoch_moves(schedule: str) -> tuple[float, float, float]:
     """How far the weights move in the first and in the last of 6 epochs, and the accuracy."""
     data = digits()
@@ -25,11 +30,8 @@ def _steps_per_epoch_moves(schedule: str) -> tuple[float, float, float]:
 
     fit(model, data.train, params, epochs=6, device=torch.device("cpu"), seed=0, on_epoch=keep)
 
-    def moved(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        return float(sum((x - y).norm() ** 2 for x, y in zip(a, b, strict=True)) ** 0.5)
-
-    first = moved(snapshots[0], snapshots[1])
-    last = moved(snapshots[-2], snapshots[-1])
+    first = _distance(snapshots[0], snapshots[1])
+    last = _distance(snapshots[-2], snapshots[-1])
     return first, last, evaluate_accuracy(model, data.val, torch.device("cpu"))
 
 
@@ -64,9 +66,7 @@ def test_the_fine_tune_after_sparsity_runs_at_a_constant_rate() -> None:
             seed=0,
         )
         tune(pruned)
-        return float(
-            sum((p.detach() - b).norm() ** 2 for p, b in zip(pruned.parameters(), before)) ** 0.5
-        )
+        return _distance([p.detach() for p in pruned.parameters()], before)
 
     moves = [fine_tune_moves("cosine"), fine_tune_moves("constant")]
     assert moves[0] == pytest.approx(moves[1])
