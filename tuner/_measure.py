@@ -290,7 +290,10 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
     entries = index["tensors"]
     if version >= 2:
         # The blocks' lengths follow the index; each block starts where the last one ended.
-        lengths = struct.unpack_from(f"<{len(entries)}I", data, start)
+        table = struct.Struct(f"<{len(entries)}I")
+        if len(data) < start + table.size:
+            raise ValueError("not a readable tuner model file: it ends inside its lengths table")
+        lengths = table.unpack_from(data, start)
         start += 4 * len(entries)
         offsets = accumulate(lengths, initial=0)
         entries = [{**e, "offset": o, "length": n} for e, o, n in zip(entries, offsets, lengths)]

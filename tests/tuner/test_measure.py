@@ -160,6 +160,14 @@ def test_a_damaged_index_is_one_clear_error() -> None:
         deserialize_model_state(bytes(data))
 
 
+def test_a_file_cut_short_is_one_clear_error() -> None:
+    data = serialize_model(_cnn())
+    _, _, index_length = struct.unpack_from("<4sHI", data)
+    in_lengths_table = 10 + index_length + 2
+    with pytest.raises(ValueError, match="ends inside its lengths table"):
+        deserialize_model_state(data[:in_lengths_table])
+
+
 def test_a_file_that_is_not_ours_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a tuner model file"):
         deserialize_model_state(b"PK\x03\x04" + bytes(20))
