@@ -113,10 +113,11 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
     objective = Objective(spec, resolve_workload(spec.workload))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     # 98% of the weights gone and no fine-tune: the shipped model loses most of its accuracy.
-    first = _run_one(
-        study, objective, {"optimizer": "adamw", "prune_threshold": 0.98, "quantize": "none"}
-    )
-    assert first.user_attrs["accuracy_float"] - first.user_attrs["accuracy"] > 0.2
+    # The training is fixed (a rate at which this model learns well in two epochs).
+    training = {"optimizer": "adamw", "lr": 0.02, "batch_size": 64}
+    first = _run_one(study, objective, {**training, "prune_threshold": 0.98, "quantize": "none"})
+    lost = first.user_attrs["accuracy_float"] - first.user_attrs["accuracy"]
+    assert lost > 0.2
 
     again = objective.compress_again(study, first.number)
     assert again is not None
@@ -125,7 +126,8 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
     assert params == {**first.params, "prune_threshold": pytest.approx(0.49)}
     second = _run_one(study, objective, params, trained_by=parent)
     assert second.user_attrs["trained_by"] == first.number and second.user_attrs["epochs"] == 0
-    assert second.user_attrs["accuracy"] > first.user_attrs["accuracy"] + 0.2
+    # Half the sparsity loses less than half as much.
+    assert second.user_attrs["accuracy_float"] - second.user_attrs["accuracy"] < lost / 2
     assert second.user_attrs["size_bytes"] > first.user_attrs["size_bytes"]
 
 
