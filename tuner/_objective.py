@@ -62,7 +62,7 @@ def _short_error(exc: BaseException) -> str:
 
 
 # A compression of a kept model that lost more validation accuracy than this is followed
-# by the same compression at half the sparsity (see Objective._next_compression).
+# by the same compression at half the sparsity (see Objective._milder).
 MILDER_AFTER_DROP = 0.02
 
 
@@ -139,7 +139,7 @@ class Objective:
         Only a model at least as accurate (float, on validation) as the median of the
         models trained so far is compressed again; up to ``compressions_per_training - 1``
         times, while each of those trials completes. The training parameters come with the
-        compression settings of :meth:`_next_compression` where it has them.
+        milder compression of :meth:`_milder` when the last one cost too much accuracy.
         """
         kept = self._kept
         if kept is None or kept.latest != finished or kept.left <= 0:
@@ -157,40 +157,26 @@ class Objective:
                 kept.left = 0
                 return None
         kept.left -= 1
-        return {**kept.training, **self._next_compression(kept)}, kept.number
+        return {**kept.training, **self._milder(kept)}, kept.number
 
-    def _next_compression(self, kept: _Kept) -> dict[str, Any]:
-        """The next compression of a kept model, from what its last one cost.
+    def _milder(self, kept: _Kept) -> dict[str, Any]:
+        """The next compression of a kept model when the last one cost it more than
+        ``MILDER_AFTER_DROP`` of its validation accuracy: the same settings at half the
+        sparsity (within the spec's range). Otherwise nothing: the sampler chooses.
 
-        More than ``MILDER_AFTER_DROP`` of its validation accuracy lost: the same settings
-        at half the sparsity. Less: the same settings one step harder, int8 if the last
-        was float and the space offers int8, else the sparsity halfway to the space's
-        highest. Each of the best trainings thus walks along the trade-off from where the
-        sampler first put it, towards the accurate end where compression hurt and towards
-        the small end where it did not. Nothing (the sampler chooses) where the space
-        offers no such step.
+        The most accurate trainings carry the front; a search that only ever compressed
+        them hard would leave the accurate end to weaker models.
         """
+        if kept.accuracy_float - kept.accuracy <= MILDER_AFTER_DROP:
+            return {}
         space = self.spec.params.get("prune_threshold")
         last = kept.compression.get("prune_threshold")
-        low = high = 0.0
-        if space is not None and space.type == "float" and isinstance(last, float):
-            low, high = float(space.low or 0.0), float(space.high or 0.0)
-        else:
-            last = None  # no sparsity step to take
-        if kept.accuracy_float - kept.accuracy > MILDER_AFTER_DROP:
-            if last is None or max(low, last / 2) >= last:
-                return {}
-            return {**kept.compression, "prune_threshold": max(low, last / 2)}
-        quantize = self.spec.params.get("quantize")
-        if (
-            quantize is not None
-            and "int8" in quantize.choices
-            and kept.compression.get("quantize") != "int8"
-        ):
-            return {**kept.compression, "quantize": "int8"}
-        if last is None or last + (high - last) / 2 <= last:
+        if space is None or space.type != "float" or not isinstance(last, float):
             return {}
-        return {**kept.compression, "prune_threshold": last + (high - last) / 2}
+        threshold = max(float(space.low or 0.0), last / 2)
+        if threshold >= last:
+            return {}
+        return {**kept.compression, "prune_threshold": threshold}
 
     def _reusable(self, trial: optuna.Trial) -> _Kept | None:
         """The kept model this trial was asked to compress anew, if this worker holds it."""

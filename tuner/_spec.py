@@ -223,11 +223,9 @@ class Budget:
 
     ``compressions_per_training`` K > 1 reuses a trained model: after a trial whose float
     model is at least as accurate as the median trained so far, the same worker runs up
-    to K - 1 more trials with the same training parameters and new compression settings,
-    compressing a copy of the model it already trained (no epochs spent but the
-    fine-tune's): one step milder after a compression that cost it accuracy, one step
-    harder after one that did not, the sampler's choice where the space has no such step.
-    Every one is a trial of ``n_trials``.
+    to K - 1 more trials with the same training parameters and new compression settings
+    from the sampler, compressing a copy of the model it already trained (no epochs
+    spent but the fine-tune's). Every one is a trial of ``n_trials``.
     """
 
     n_trials: int = 30
