@@ -162,12 +162,25 @@ class Objective:
     def _milder(self, kept: _Kept) -> dict[str, Any]:
         """The next compression of a kept model when the last one cost it more than
         ``MILDER_AFTER_DROP`` of its validation accuracy: the same settings at half the
-        sparsity (within the spec's range). Otherwise nothing: the sampler chooses.
+        sparsity (within the spec's range). When it cost less and this is the model's
+        last compression: the same settings in int8, if they were float and the space
+        offers int8. Otherwise nothing: the sampler chooses.
 
         The most accurate trainings carry the front; a search that only ever compressed
-        them hard would leave the accurate end to weaker models.
+        them hard would leave the accurate end to weaker models, and one that never
+        shipped them in int8 would leave the small end to weaker models. Only the last
+        compression goes to int8, since int8 can be slower than float (the torch runtime
+        on a CPU) and the front's fast end rests on the float ones.
         """
         if kept.accuracy_float - kept.accuracy <= MILDER_AFTER_DROP:
+            quantize = self.spec.params.get("quantize")
+            if (
+                kept.left == 0
+                and quantize is not None
+                and "int8" in quantize.choices
+                and kept.compression.get("quantize") != "int8"
+            ):
+                return {**kept.compression, "quantize": "int8"}
             return {}
         space = self.spec.params.get("prune_threshold")
         last = kept.compression.get("prune_threshold")

@@ -131,17 +131,29 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
     assert second.user_attrs["size_bytes"] > first.user_attrs["size_bytes"]
 
 
-def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler(
+def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler_and_the_last_is_int8(
     tiny_spec: Any,
 ) -> None:
-    spec = spec_from_dict(_spec(tiny_spec, "sampler-next", 2))
+    spec = spec_from_dict(_spec(tiny_spec, "sampler-next", 3))
     objective = Objective(spec, resolve_workload(spec.workload))
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    first = _run_one(
-        study, objective, {"optimizer": "adamw", "prune_threshold": 0.0, "quantize": "none"}
-    )
+    training = {"optimizer": "adamw", "lr": 0.02, "batch_size": 64}
+    float_dense = {"prune_threshold": 0.0, "quantize": "none"}
+    first = _run_one(study, objective, {**training, **float_dense})
     assert first.user_attrs["accuracy"] == first.user_attrs["accuracy_float"]
-    again = objective.compress_again(study, first.number)
-    assert again is not None
-    params, _ = again
+
+    # Not the last compression: the sampler chooses it.
+    params, parent = objective.compress_again(study, first.number) or ({}, None)
     assert params == {k: v for k, v in first.params.items() if k not in COMPRESSION_PARAMS}
+    second = _run_one(study, objective, {**params, **float_dense}, trained_by=parent)
+    assert second.user_attrs["trained_by"] == first.number
+    assert second.user_attrs["accuracy"] == second.user_attrs["accuracy_float"]
+
+    # The last one, after a float compression that cost nothing: the same settings in int8.
+    params, parent = objective.compress_again(study, second.number) or ({}, None)
+    assert params == {**second.params, "quantize": "int8"}
+    third = _run_one(study, objective, params, trained_by=parent)
+    assert third.user_attrs["int8_layers"]
+    assert third.user_attrs["accuracy_float"] - third.user_attrs["accuracy"] <= 0.02
+    assert third.user_attrs["size_bytes"] < second.user_attrs["size_bytes"] / 2
+    assert objective.compress_again(study, third.number) is None
