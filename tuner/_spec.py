@@ -224,8 +224,9 @@ class Budget:
     ``compressions_per_training`` K > 1 reuses a trained model: after a trial whose float
     model is at least as accurate as the median trained so far, the same worker runs up
     to K - 1 more trials with the same training parameters and new compression settings
-    from the sampler, compressing a copy of the model it already trained (no epochs
-    spent but the fine-tune's). Every one is a trial of ``n_trials``.
+    (the sampler's, or a milder or int8 step from the last one's cost), compressing a copy
+    of the model it already trained (no epochs spent but the fine-tune's). Every one is a
+    trial of ``n_trials``.
     """
 
     n_trials: int = 30
