@@ -62,7 +62,7 @@ def _short_error(exc: BaseException) -> str:
 
 
 # A compression of a kept model that lost more validation accuracy than this is followed
-# by the same compression at half the sparsity (see Objective._milder).
+# by the same compression at half the sparsity (see Objective._next_compression).
 MILDER_AFTER_DROP = 0.02
 
 
@@ -139,7 +139,7 @@ class Objective:
         Only a model at least as accurate (float, on validation) as the median of the
         models trained so far is compressed again; up to ``compressions_per_training - 1``
         times, while each of those trials completes. The training parameters come with the
-        milder compression of :meth:`_milder` when the last one cost too much accuracy.
+        next compression settings of :meth:`_next_compression`, where it has any.
         """
         kept = self._kept
         if kept is None or kept.latest != finished or kept.left <= 0:
@@ -157,9 +157,9 @@ class Objective:
                 kept.left = 0
                 return None
         kept.left -= 1
-        return {**kept.training, **self._milder(kept)}, kept.number
+        return {**kept.training, **self._next_compression(kept)}, kept.number
 
-    def _milder(self, kept: _Kept) -> dict[str, Any]:
+    def _next_compression(self, kept: _Kept) -> dict[str, Any]:
         """The next compression of a kept model when the last one cost it more than
         ``MILDER_AFTER_DROP`` of its validation accuracy: the same settings at half the
         sparsity (within the spec's range). When it cost less and this is the model's
