@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import warnings
@@ -723,11 +724,23 @@ def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module
         ) from error
 
 
+# Learned int8 weights use 7 bits (-64..63). The file ships as is to ONNX Runtime, whose
+# x86 kernels without VNNI multiply uint8 activations by int8 weights and add each pair of
+# products in 16 bits: 2 x 255 x 128 overflows, 2 x 255 x 64 does not. With full-range
+# weights the same file gave different answers on CPUs with and without VNNI.
+_QAT_WEIGHT_RANGE = (-64, 63)
+
+
 def _x86_quantizer(keep_float: tuple[str, ...], *, is_qat: bool) -> Any:
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
 
     quantizer = _keep_float_quantizer(x86, keep_float)
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    config = x86.get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if is_qat:
+        low, high = _QAT_WEIGHT_RANGE
+        weight = dataclasses.replace(config.weight, quant_min=low, quant_max=high)
+        config = dataclasses.replace(config, weight=weight)
+    quantizer.set_global(config)
     return quantizer
 
 

@@ -94,6 +94,42 @@ def test_every_compression_setting_completes(
         assert int8 < settings[(structure, "none")].user_attrs["size_bytes"]
 
 
+def _answers_the_same_on_every_x86_cpu(path: Path, inputs: torch.Tensor) -> None:
+    """The int8 file's weights fit -64..64, and its predictions do not depend on the kernels.
+
+    ONNX Runtime's default int8 kernels on x86 CPUs without VNNI add pairs of uint8 x int8
+    products in 16 bits; ``session.x64quantprecision`` switches to uint8 x uint8 kernels,
+    exact on every CPU. On a CPU with VNNI both are exact, so the weight range is what
+    keeps a file safe on the CPUs this machine may not have.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    weights = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights, "the file holds int8 weights"
+    assert all(w.size == 0 or (w.min() >= -64 and w.max() <= 64) for w in weights)
+
+    def predictions(exact: bool, batch: int) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        if exact:
+            options.add_session_config_entry("session.x64quantprecision", "1")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        out = [session.run(None, {name: x.numpy()})[0] for x in inputs.split(batch)]
+        return np.concatenate(out).argmax(axis=1)
+
+    exact = predictions(True, len(inputs))
+    for batch in (1, 512, len(inputs)):
+        assert (predictions(False, batch) == exact).mean() >= 0.995, batch
+
+
 def _trained_transformer() -> Any:
     from user_models import transformer
 
@@ -130,6 +166,7 @@ def test_structured_int8_transformer_exports_to_onnx_within_a_point_of_its_store
     exported = OnnxRunner(path).accuracy(*trained.test_data)
     assert abs(exported - stored["test_accuracy"]) <= 0.01
     assert stored["onnx_int8_nodes"], "the exported file computes in int8"
+    _answers_the_same_on_every_x86_cpu(path, trained.test_data[0])
     # And the torch runtime's int8 copy of the same model agrees with it.
     torch_figures = measure(
         shipped,
@@ -345,6 +382,7 @@ def test_quantization_aware_training_ships_its_learned_int8_in_the_onnx_file(
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
     test = mnist1d().test
     assert OnnxRunner(out).accuracy(*test) == pytest.approx(learned["test_accuracy"], abs=0.01)
+    _answers_the_same_on_every_x86_cpu(out, test[0])
     # A fresh process, as a user runs the CLI, has imported nothing that quantizes: the
     # learned int8 graph still loads, exports to pt2, and that file runs.
     pt2 = tmp_path / "qat.pt2"
