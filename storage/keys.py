@@ -17,6 +17,7 @@ ARTIFACT_KEEP_ATTR = "artifact_keep"
 ARTIFACT_STATUS_ATTR = "artifact"
 TENSORBOARD_ATTR = "tensorboard"  # the folder of the trial's TensorBoard event files
 TRAINED_BY_ATTR = "trained_by"  # the trial whose trained model this one compressed anew
+COMPRESSION_CHOICE_ATTR = "compression_choice"  # why a compressed-anew trial has its settings
 
 # Trial system attributes.
 RUN_ATTR = "tuner.run"  # the run whose worker runs the trial

@@ -23,7 +23,7 @@ from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError, RankDied
 from .storage import StoreError, StoreUnavailable, mask_url
 from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
 from .storage._outage import retry_window_s, ride_out
-from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR, TRAINED_BY_ATTR
+from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
 
 POLL_S = 1.0
 TICK_S = 0.5
@@ -148,14 +148,15 @@ def _claim(
     study: optuna.Study,
     study_id: int,
     job: WorkerJob,
-    again: tuple[dict[str, Any], int] | None = None,
+    again: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> Any:
     """Under the budget lock: a new trial, None when the budget is taken by trials in
     flight, or ``_BUDGET_MET``.
 
-    ``again`` (training parameters, trial number) asks for a trial that compresses that
-    trial's trained model anew: its training parameters are fixed and the sampler picks
-    the rest. Trials waiting to be retried go first.
+    ``again`` (parameters, user attributes; see ``Objective.compress_again``) asks for a
+    trial that compresses an earlier trial's trained model anew: its training parameters
+    are fixed, and the sampler picks what it leaves open. Trials waiting to be retried go
+    first.
     """
     from optuna.trial import TrialState
 
@@ -174,7 +175,7 @@ def _claim(
                 study_id, deepcopy=False, states=(TrialState.WAITING,)
             ):
                 # Asked at once under the lock, so no other worker takes it.
-                study.enqueue_trial(again[0], user_attrs={TRAINED_BY_ATTR: again[1]})
+                study.enqueue_trial(again[0], user_attrs=again[1])
             trial = study.ask()
         if job.run_id:
             storage.set_trial_system_attr(trial_id(trial), RUN_ATTR, job.run_id)

@@ -36,6 +36,7 @@ from .storage import StoreError
 from .storage._optuna import study_storage, trial_id
 from .storage._rdb import set_trial_user_attrs
 from .storage.keys import (
+    COMPRESSION_CHOICE_ATTR,
     CURVE_ATTR,
     ERROR_ATTR,
     TENSORBOARD_ATTR,
@@ -132,14 +133,16 @@ class Objective:
 
     def compress_again(
         self, study: optuna.Study, finished: int
-    ) -> tuple[dict[str, Any], int] | None:
-        """After trial ``finished`` completed: the training parameters and the number of the
-        trial whose trained model the next trial should compress anew, or None.
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """After trial ``finished`` completed: the parameters and the user attributes of a
+        next trial that compresses its trained model anew, or None.
 
         Only a model at least as accurate (float, on validation) as the median of the
         models trained so far is compressed again; up to ``compressions_per_training - 1``
         times, while each of those trials completes. The training parameters come with the
-        next compression settings of :meth:`_next_compression`, where it has any.
+        next compression settings of :meth:`_next_compression`, where it has any. The
+        attributes name the trial that trained the model and why the compression is what
+        it is.
         """
         kept = self._kept
         if kept is None or kept.latest != finished or kept.left <= 0:
@@ -157,9 +160,11 @@ class Objective:
                 kept.left = 0
                 return None
         kept.left -= 1
-        return {**kept.training, **self._next_compression(kept)}, kept.number
+        compression, choice = self._next_compression(kept)
+        attrs = {TRAINED_BY_ATTR: kept.number, COMPRESSION_CHOICE_ATTR: choice}
+        return {**kept.training, **compression}, attrs
 
-    def _next_compression(self, kept: _Kept) -> dict[str, Any]:
+    def _next_compression(self, kept: _Kept) -> tuple[dict[str, Any], str]:
         """The next compression of a kept model when the last one cost it more than
         ``MILDER_AFTER_DROP`` of its validation accuracy: the same settings at half the
         sparsity (within the spec's range). When it cost less and this is the model's
@@ -171,8 +176,14 @@ class Objective:
         shipped them in int8 would leave the small end to weaker models. Only the last
         compression goes to int8, since int8 can be slower than float (the torch runtime
         on a CPU) and the front's fast end rests on the float ones.
+
+        Returns:
+            The compression parameters to fix (empty: the sampler's), and why, in words.
         """
-        if kept.accuracy_float - kept.accuracy <= MILDER_AFTER_DROP:
+        drop = kept.accuracy_float - kept.accuracy
+        cost = f"trial {kept.latest}'s compression cost {100 * drop:.1f} points"
+        sampled: tuple[dict[str, Any], str] = ({}, "compression settings sampled")
+        if drop <= MILDER_AFTER_DROP:
             quantize = self.spec.params.get("quantize")
             if (
                 kept.left == 0
@@ -180,16 +191,19 @@ class Objective:
                 and "int8" in quantize.choices
                 and kept.compression.get("quantize") != "int8"
             ):
-                return {**kept.compression, "quantize": "int8"}
-            return {}
+                return {
+                    **kept.compression,
+                    "quantize": "int8",
+                }, f"last compression in int8, as {cost}"
+            return sampled
         space = self.spec.params.get("prune_threshold")
         last = kept.compression.get("prune_threshold")
         if space is None or space.type != "float" or not isinstance(last, float):
-            return {}
+            return sampled
         threshold = max(float(space.low or 0.0), last / 2)
         if threshold >= last:
-            return {}
-        return {**kept.compression, "prune_threshold": threshold}
+            return sampled
+        return {**kept.compression, "prune_threshold": threshold}, f"half the sparsity, as {cost}"
 
     def _reusable(self, trial: optuna.Trial) -> _Kept | None:
         """The kept model this trial was asked to compress anew, if this worker holds it."""
@@ -203,7 +217,7 @@ class Objective:
             or any(trial.params.get(k) != v for k, v in kept.training.items())
         ):
             # Another worker's model, or one no longer here: this trial trains its own.
-            record_user_attrs(trial, {TRAINED_BY_ATTR: None})
+            record_user_attrs(trial, {TRAINED_BY_ATTR: None, COMPRESSION_CHOICE_ATTR: None})
             return None
         return kept
 

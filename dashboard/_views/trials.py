@@ -14,7 +14,7 @@ from tuner.storage import (
     metric_value,
     show_metric,
 )
-from tuner.storage.keys import TRAINED_BY_ATTR, VIOLATIONS_ATTR
+from tuner.storage.keys import COMPRESSION_CHOICE_ATTR, TRAINED_BY_ATTR, VIOLATIONS_ATTR
 
 from .front import budget_unit, display_scale
 
@@ -37,6 +37,7 @@ METRICS: dict[str, str] = {
     "train_time_s": "training time",
     "epochs": "epochs trained",
     "trained_by": "model trained by trial",
+    "compression_choice": "why this compression",
     "latency_device": "measured on",
     "latency_threads": "threads",
     "device": "trained on",
@@ -138,7 +139,9 @@ def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
         tags.append("meets the constraints" if record.feasible else "breaks a constraint")
     parent = record.metrics.get(TRAINED_BY_ATTR)
     if parent is not None:
-        tags.append(f"compressed anew from trial {parent}'s trained model")
+        choice = record.metrics.get(COMPRESSION_CHOICE_ATTR)
+        why = f" ({choice})" if choice else ""
+        tags.append(f"compressed anew from trial {parent}'s trained model{why}")
     return tags
 
 

@@ -116,6 +116,11 @@ def test_trial_details_and_table_filter() -> None:
     ]
     again = _trial(8, 0.9, 1.0, 1.0, metrics={"trained_by": 3, "epochs": 0})
     assert trial_views.trial_tags(again, [8])[-1] == "compressed anew from trial 3's trained model"
+    why = "half the sparsity, as trial 5's compression cost 12.0 points"
+    milder = _trial(9, 0.9, 1.0, 1.0, metrics={"trained_by": 3, "compression_choice": why})
+    assert trial_views.trial_tags(milder, [8])[-1] == (
+        f"compressed anew from trial 3's trained model ({why})"
+    )
     assert ("trained_by", "model trained by trial", "3") in trial_views.trial_metrics(again)
     rows = trial_views.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
     kept = trial_views.filter_rows(rows, states=["COMPLETE"], front_only=True, outside_budget=[0])

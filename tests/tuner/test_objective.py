@@ -121,11 +121,16 @@ def test_a_compression_that_cost_much_accuracy_is_tried_again_at_half_the_sparsi
 
     again = objective.compress_again(study, first.number)
     assert again is not None
-    params, parent = again
-    assert parent == first.number
+    params, attrs = again
+    assert attrs["trained_by"] == first.number
     assert params == {**first.params, "prune_threshold": pytest.approx(0.49)}
-    second = _run_one(study, objective, params, trained_by=parent)
+    # The trial says why: the page shows it.
+    assert attrs["compression_choice"] == (
+        f"half the sparsity, as trial {first.number}'s compression cost {100 * lost:.1f} points"
+    )
+    second = _run_one(study, objective, params, **attrs)
     assert second.user_attrs["trained_by"] == first.number and second.user_attrs["epochs"] == 0
+    assert second.user_attrs["compression_choice"] == attrs["compression_choice"]
     # Half the sparsity loses less than half as much.
     assert second.user_attrs["accuracy_float"] - second.user_attrs["accuracy"] < lost / 2
     assert second.user_attrs["size_bytes"] > first.user_attrs["size_bytes"]
@@ -143,16 +148,18 @@ def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler_and
     assert first.user_attrs["accuracy"] == first.user_attrs["accuracy_float"]
 
     # Not the last compression: the sampler chooses it.
-    params, parent = objective.compress_again(study, first.number) or ({}, None)
+    params, attrs = objective.compress_again(study, first.number) or ({}, {})
     assert params == {k: v for k, v in first.params.items() if k not in COMPRESSION_PARAMS}
-    second = _run_one(study, objective, {**params, **float_dense}, trained_by=parent)
+    assert attrs["compression_choice"] == "compression settings sampled"
+    second = _run_one(study, objective, {**params, **float_dense}, **attrs)
     assert second.user_attrs["trained_by"] == first.number
     assert second.user_attrs["accuracy"] == second.user_attrs["accuracy_float"]
 
     # The last one, after a float compression that cost nothing: the same settings in int8.
-    params, parent = objective.compress_again(study, second.number) or ({}, None)
+    params, attrs = objective.compress_again(study, second.number) or ({}, {})
     assert params == {**second.params, "quantize": "int8"}
-    third = _run_one(study, objective, params, trained_by=parent)
+    assert attrs["compression_choice"].startswith("last compression in int8, as trial ")
+    third = _run_one(study, objective, params, **attrs)
     assert third.user_attrs["int8_layers"]
     assert third.user_attrs["accuracy_float"] - third.user_attrs["accuracy"] <= 0.02
     assert third.user_attrs["size_bytes"] < second.user_attrs["size_bytes"] / 2
