@@ -191,10 +191,8 @@ class Objective:
                 and "int8" in quantize.choices
                 and kept.compression.get("quantize") != "int8"
             ):
-                return {
-                    **kept.compression,
-                    "quantize": "int8",
-                }, f"last compression in int8, as {cost}"
+                int8 = {**kept.compression, "quantize": "int8"}
+                return int8, f"last compression in int8, as {cost}"
             return sampled
         space = self.spec.params.get("prune_threshold")
         last = kept.compression.get("prune_threshold")
