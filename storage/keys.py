@@ -18,6 +18,7 @@ ARTIFACT_STATUS_ATTR = "artifact"
 TENSORBOARD_ATTR = "tensorboard"  # the folder of the trial's TensorBoard event files
 TRAINED_BY_ATTR = "trained_by"  # the trial whose trained model this one compressed anew
 COMPRESSION_CHOICE_ATTR = "compression_choice"  # why a compressed-anew trial has its settings
+START_ATTR = "start"  # "center": the trial the study started with, the middle of the space
 
 # Trial system attributes.
 RUN_ATTR = "tuner.run"  # the run whose worker runs the trial

@@ -31,7 +31,7 @@ from ._report import (
     resolve_reference_point,
     write_report,
 )
-from ._run import RunResult, open_store, prepare_study, run
+from ._run import RunResult, open_store, prepare_study, queue_center, run
 from ._spec import ParamSpec, StudySpec, load_spec
 from .storage import StoreError, count_states, pareto_front, read_records, resolve_url
 from .storage._locks import LockHeld, acquire_lock
@@ -183,13 +183,16 @@ def nightly(
         raise storage_error(exc) from exc
     took_over = lock.taken_over.describe() if lock.taken_over else None
     try:
-        study = prepare_study(spec, store, name)
+        # A night warm-started from the one before starts from that night's front instead.
+        study = prepare_study(spec, store, name, start=False)
         before = sum(count_states(store, name).values())
         night = dict(study.user_attrs.get(NIGHTLY_ATTR) or {})
         if not night:
             night = {"date": date, "warm_started_from": previous_night(store, spec.name, date)}
             study.set_user_attr(SPEC_NAME_ATTR, spec.name)
             study.set_user_attr(NIGHTLY_ATTR, night)
+            if not night["warm_started_from"]:
+                queue_center(study, spec)
         previous = night.get("warm_started_from")
         if previous and "warm_start_trials" not in night:
             night["warm_start_trials"] = _warm_start(study, spec, store, previous, budget)

@@ -32,6 +32,7 @@ from ._exceptions import (
     TrialsKeepFailing,
     storage_error,
 )
+from ._space import center
 from ._spec import StudySpec, load_spec
 from .storage import (
     StoreError,
@@ -45,7 +46,7 @@ from .storage import (
     resolve_url,
 )
 from .storage._outage import add_listener, ride_out
-from .storage.keys import SPEC_ATTR
+from .storage.keys import SPEC_ATTR, START_ATTR
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,16 @@ def open_store(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 
 
 def prepare_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage, study_name: str
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    start: bool = True,
 ) -> optuna.Study:
-    """Create the study, or check that the existing one has the same objectives."""
+    """Create the study, or check that the existing one has the same objectives.
+
+    A new study whose spec starts at the ``center`` gets that trial queued first (unless
+    ``start`` is false: the caller queues its own first trials)."""
     directions = list(spec.objectives.values())
     names = list(spec.objectives)
     try:
@@ -118,7 +126,22 @@ def prepare_study(
         study.set_metric_names(names)
     study.set_user_attr(SPEC_ATTR, spec.to_dict())
     study.set_user_attr("tuner.workload", spec.workload)
+    if start:
+        queue_center(study, spec)
     return study
+
+
+def queue_center(study: optuna.Study, spec: StudySpec) -> None:
+    """Queue the middle of the search space as the next trial, if the spec starts there.
+
+    A sampler's first trials are random draws, and early stopping trains the first few to
+    the end: which draw comes first decides what the first epochs buy. The middle of
+    every range is a draw that is rarely extreme on any parameter."""
+    if spec.sampler.start != "center":
+        return
+    params = center(spec.params)
+    if params:
+        study.enqueue_trial(params, user_attrs={START_ATTR: "center"}, skip_if_exists=True)
 
 
 def run(

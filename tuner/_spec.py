@@ -23,6 +23,7 @@ from .storage import Bound
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid", "cmaes")
 EARLY_STOPPING = ("none", "asha", "hyperband", "median")
+STARTS = ("center", "sampled")
 PARAM_TYPES = ("float", "int", "categorical")
 PRUNE_STRUCTURES = ("unstructured", "structured")
 QUANTIZE_MODES = ("none", "int8")
@@ -198,8 +199,13 @@ def _parse_when(path: str, raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]
 
 @dataclass(frozen=True)
 class SamplerSpec:
+    """The sampler, its seed, and where a new study starts: ``center`` (the first trial at
+    the middle of the search space, then the sampler's) or ``sampled`` (the sampler from
+    the first trial on). ``center`` is the default but for ``random`` and ``grid``."""
+
     name: str = "tpe"
     seed: int | None = None
+    start: str = "center"
 
 
 @dataclass(frozen=True)
@@ -430,7 +436,11 @@ class StudySpec:
             "objectives": dict(self.objectives),
             "constraints": constraints,
             "search_space": space,
-            "sampler": {"name": self.sampler.name, "seed": self.sampler.seed},
+            "sampler": {
+                "name": self.sampler.name,
+                "seed": self.sampler.seed,
+                "start": self.sampler.start,
+            },
             "early_stopping": {
                 "name": self.early_stopping.name,
                 "min_epochs": self.early_stopping.min_epochs,
@@ -586,7 +596,7 @@ def _validate_into(spec: StudySpec) -> None:
     if isinstance(sampler, str):
         sampler = {"name": sampler}
     sampler = _mapping("sampler", sampler)
-    _check_keys("sampler", sampler, ("name", "seed"))
+    _check_keys("sampler", sampler, ("name", "seed", "start"))
     name = sampler.get("name", "tpe")
     if name not in SAMPLERS:
         close = difflib.get_close_matches(str(name), SAMPLERS, n=1)
@@ -595,7 +605,12 @@ def _validate_into(spec: StudySpec) -> None:
     seed = sampler.get("seed")
     if seed is not None:
         seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
-    sampler = SamplerSpec(name=name, seed=seed)
+    start = sampler.get("start", "sampled" if name in ("random", "grid") else "center")
+    if start not in STARTS:
+        raise _field("sampler.start", start, f"one of {', '.join(STARTS)}")
+    if start == "center" and name == "grid":
+        raise _field("sampler.start", start, "'sampled' for sampler 'grid' (it visits its grid)")
+    sampler = SamplerSpec(name=name, seed=seed, start=start)
     if sampler.name == "cmaes" and len(spec.objectives) > 1:
         raise _field(
             "sampler.name",

@@ -14,7 +14,12 @@ from tuner.storage import (
     metric_value,
     show_metric,
 )
-from tuner.storage.keys import COMPRESSION_CHOICE_ATTR, TRAINED_BY_ATTR, VIOLATIONS_ATTR
+from tuner.storage.keys import (
+    COMPRESSION_CHOICE_ATTR,
+    START_ATTR,
+    TRAINED_BY_ATTR,
+    VIOLATIONS_ATTR,
+)
 
 from .front import budget_unit, display_scale
 
@@ -142,6 +147,8 @@ def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
         choice = record.metrics.get(COMPRESSION_CHOICE_ATTR)
         why = f" ({choice})" if choice else ""
         tags.append(f"compressed anew from trial {parent}'s trained model{why}")
+    if record.metrics.get(START_ATTR) == "center":
+        tags.append("the study's first trial: the middle of the space")
     return tags
 
 

@@ -122,6 +122,10 @@ def test_trial_details_and_table_filter() -> None:
         f"compressed anew from trial 3's trained model ({why})"
     )
     assert ("trained_by", "model trained by trial", "3") in trial_views.trial_metrics(again)
+    first = _trial(0, 0.9, 1.0, 1.0, metrics={"start": "center"})
+    assert (
+        trial_views.trial_tags(first, [0])[-1] == "the study's first trial: the middle of the space"
+    )
     rows = trial_views.table_rows(TRIALS, OBJ, front=[0, 1, 2, 5])
     kept = trial_views.filter_rows(rows, states=["COMPLETE"], front_only=True, outside_budget=[0])
     assert [r["trial"] for r in kept] == [1, 2, 5]

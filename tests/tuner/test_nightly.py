@@ -42,7 +42,9 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     tmp_path: Path, tiny_spec: Any, sqlite_url: str
 ) -> None:
     spec = tiny_spec(
-        constraints={"latency_ms": {"max": 50.0}}, budget={"n_trials": 3, "max_epochs": 1}
+        constraints={"latency_ms": {"max": 50.0}},
+        budget={"n_trials": 3, "max_epochs": 1},
+        sampler={"name": "tpe", "seed": 1},
     )
     reports = tmp_path / "reports"
     first = nightly(spec, date="2025-03-01", storage=sqlite_url, report_dir=reports)
@@ -52,6 +54,9 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     assert night_one.user_attrs["tuner.spec_name"] == "tiny"
     assert night_one.user_attrs["tuner.nightly"]["date"] == "2025-03-01"
     assert night_one.user_attrs["tuner.nightly"]["warm_started_from"] is None
+    # With no night before, the first night starts at the middle of the search space.
+    starts = [t.user_attrs.get("start") for t in sorted(night_one.trials, key=lambda t: t.number)]
+    assert starts == ["center", None, None]
 
     again = nightly(spec, date="2025-03-01", storage=sqlite_url, report_dir=reports)
     assert again.trials_run == 0
@@ -69,6 +74,7 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     )
     assert second.report.warm_start_trials == len(front_one)
     assert second.trials_run == 3, "the warm-start trials count as run tonight"
+    assert not any("start" in t.user_attrs for t in night_two.trials), "the front is its start"
 
     nightly(spec, date="2025-03-02", storage=sqlite_url, report_dir=reports)
     assert len(optuna.load_study(study_name="tiny-2025-03-02", storage=sqlite_url).trials) == 3, (

@@ -64,6 +64,39 @@ def test_rerun_resumes_to_the_total_and_never_reruns(sqlite_url: str, tiny_spec:
     ]
 
 
+def test_a_new_study_starts_at_the_middle_of_its_search_space(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    spec = tiny_spec(sampler={"name": "tpe", "seed": 3}, budget={"n_trials": 2, "max_epochs": 1})
+    tuner.run(spec, storage=sqlite_url)
+    trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    assert trials[0].params == {
+        "optimizer": "sgd",
+        "lr": pytest.approx(0.01**0.5 * 0.1**0.5),
+        "momentum": pytest.approx(0.7),
+        "batch_size": 64,
+        "prune_threshold": pytest.approx(0.45),
+        "quantize": "none",
+    }
+    assert trials[0].user_attrs["start"] == "center"
+    assert "start" not in trials[1].user_attrs and trials[1].params != trials[0].params
+    # Resumed, the study goes on from the sampler: the middle is not queued again.
+    tuner.run(spec, storage=sqlite_url, n_trials=3)
+    trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    assert len(trials) == 3 and [t.user_attrs.get("start") for t in trials].count("center") == 1
+
+
+def test_a_study_may_start_from_the_sampler(sqlite_url: str, tiny_spec: Any) -> None:
+    spec = tiny_spec(
+        sampler={"name": "tpe", "seed": 3, "start": "sampled"},
+        budget={"n_trials": 1, "max_epochs": 1},
+    )
+    tuner.run(spec, storage=sqlite_url)
+    (trial,) = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    assert "start" not in trial.user_attrs
+    assert trial.params["prune_threshold"] != pytest.approx(0.45)
+
+
 FAILING_WORKLOAD = """
 import tuner
 from tuner._builtin_workloads import digits_mlp

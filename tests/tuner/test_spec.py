@@ -160,6 +160,8 @@ RULES = [
     ("sampler", {"name": "tpee"}, ["sampler.name", "'tpee'", "did you mean 'tpe'"]),
     ("sampler", {"name": "cmaes"}, ["sampler.name", "cmaes", "multi-objective"]),
     ("sampler", {"name": "grid"}, ["search_space.lr", "grid"]),
+    ("sampler", {"name": "tpe", "start": "middle"}, ["sampler.start", "'middle'", "center"]),
+    ("sampler", {"name": "grid", "start": "center"}, ["sampler.start", "'sampled'", "grid"]),
     (
         "objectives",
         {"acuracy": "maximize"},
