@@ -201,11 +201,11 @@ def _parse_when(path: str, raw: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]
 class SamplerSpec:
     """The sampler, its seed, and where a new study starts: ``center`` (the first trial at
     the middle of the search space, then the sampler's) or ``sampled`` (the sampler from
-    the first trial on). ``center`` is the default but for ``random`` and ``grid``."""
+    the first trial on). Left ``None``, it is ``center`` but for ``random`` and ``grid``."""
 
     name: str = "tpe"
     seed: int | None = None
-    start: str = "center"
+    start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -605,7 +605,9 @@ def _validate_into(spec: StudySpec) -> None:
     seed = sampler.get("seed")
     if seed is not None:
         seed = int(_number("sampler.seed", seed, minimum=0, integer=True))
-    start = sampler.get("start", "sampled" if name in ("random", "grid") else "center")
+    start = sampler.get("start")
+    if start is None:
+        start = "sampled" if name in ("random", "grid") else "center"
     if start not in STARTS:
         raise _field("sampler.start", start, f"one of {', '.join(STARTS)}")
     if start == "center" and name == "grid":

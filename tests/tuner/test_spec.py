@@ -286,3 +286,17 @@ def test_reusing_a_trained_model_is_refused_where_several_are_trained(tiny_spec:
     assert spec.to_dict()["budget"]["compressions_per_training"] == 3
     assert tuner.load_spec(spec.to_dict()) == spec
     assert "compressions_per_training" not in tuner.load_spec(tiny_spec()).to_dict()["budget"]
+
+
+def test_a_study_starts_at_the_center_unless_its_sampler_draws_at_random(tiny_spec: Any) -> None:
+    def start(sampler: Any) -> str | None:
+        return tuner.load_spec(tiny_spec(sampler=sampler)).sampler.start
+
+    assert start({"name": "tpe"}) == start("gp") == start(SamplerSpec(name="nsga2")) == "center"
+    assert start({"name": "random"}) == start(SamplerSpec(name="random")) == "sampled"
+    assert start({"name": "tpe", "start": "sampled"}) == "sampled"
+    assert start({"name": "random", "start": "center"}) == "center"
+    grid = {"x": {"type": "categorical", "choices": [1, 2]}}
+    spec = tuner.load_spec(tiny_spec(sampler=SamplerSpec(name="grid"), search_space=grid))
+    assert spec.sampler.start == "sampled"
+    assert tuner.load_spec(spec.to_dict()).sampler == spec.sampler
