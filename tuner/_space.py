@@ -57,22 +57,25 @@ def suggest(trial: optuna.Trial, params: Mapping[str, ParamSpec]) -> dict[str, A
 
 def center(params: Mapping[str, ParamSpec]) -> dict[str, Any]:
     """The middle of the search space, for the first trial: each range at its midpoint
-    (geometric on a log scale, on the step grid), each categorical at its first choice.
-    Parameters whose ``when`` condition the middle fails are left out; fixed ones too."""
+    (geometric on a log scale, on the step grid, halves rounded up), each categorical at
+    its first choice. Parameters whose ``when`` condition the middle fails are left out;
+    fixed ones too."""
     chosen: dict[str, Any] = {}
     for name in suggestion_order(params):
         p = params[name]
         if not _active(p, chosen):
             continue
-        if p.type in ("fixed", "categorical"):
-            chosen[name] = p.value if p.type == "fixed" else p.choices[0]
-            continue
-        low, high = float(p.low or 0), float(p.high or 0)
-        middle = math.sqrt(low * high) if p.log else (low + high) / 2
-        if p.step:
-            middle = low + round((middle - low) / p.step) * p.step
-        middle = min(max(middle, low), high)
-        chosen[name] = math.floor(middle + 0.5) if p.type == "int" else middle
+        if p.type == "fixed":
+            chosen[name] = p.value  # kept while walking: a condition may read it
+        elif p.type == "categorical":
+            chosen[name] = p.choices[0]
+        else:
+            low, high = float(p.low or 0), float(p.high or 0)
+            middle = math.sqrt(low * high) if p.log else (low + high) / 2
+            if p.step:
+                middle = low + math.floor((middle - low) / p.step + 0.5) * p.step
+            middle = min(max(middle, low), high)
+            chosen[name] = math.floor(middle + 0.5) if p.type == "int" else middle
     return {n: v for n, v in chosen.items() if not params[n].is_fixed}
 
 
