@@ -541,6 +541,9 @@ def trial_page(url: str, name: str, number_text: str) -> None:
 def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
     st.title(f"Trial {record.number} of {page.name}")
     st.caption(" · ".join(_trials.trial_tags(record, page.info.front_numbers)))
+    recovery = _trials.recovery_text(record)
+    if recovery:
+        st.markdown(recovery)
     if record.state == "FAIL":
         st.error("This trial failed. The error it recorded:")
         st.code(record.error or "no error recorded", language="text")

@@ -152,6 +152,53 @@ def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
     return tags
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
+def recovery_text(record: TrialRecord) -> str | None:
+    """How the trial's shipped model was compressed and won its accuracy back, in words;
+    None for a trial that recorded no model."""
+    if record.state != "COMPLETE":
+        return None
+    p = record.params
+    threshold = float(p.get("prune_threshold", 0.0))
+    int8 = p.get("quantize") == "int8"
+    if threshold <= 0 and not int8:
+        return "Shipped as trained: float, no sparsity."
+    parts = []
+    if threshold > 0:
+        steps = int(p.get("prune_steps", 1))
+        text = f"{100 * threshold:.0f}% {p.get('prune_structure', 'unstructured')} sparsity"
+        text += f" in {steps} steps" if steps > 1 else ""
+        epochs = int(p.get("finetune_epochs", 0))
+        if epochs > 0 and float(record.metrics.get("finetune_time_s", 0.0)) > 0:
+            text += f", then {_epochs(epochs)} of fine-tuning"
+            if p.get("distill") == "kd":
+                temperature = float(p.get("distill_temperature", 4.0))
+                alpha = float(p.get("distill_alpha", 0.5))
+                text += (
+                    f" distilled from the trained model (temperature {temperature:g}, "
+                    f"teacher weight {alpha:.2f})"
+                )
+            else:
+                text += " on the labels"
+        else:
+            text += ", not fine-tuned"
+        parts.append(text)
+    if int8:
+        qat = int(p.get("qat_epochs", 0))
+        parts.append(
+            f"int8 learned in {_epochs(qat)} of quantization-aware training"
+            if qat > 0
+            else "int8 calibrated after training"
+        )
+        kept = record.metrics.get("float_layers") or []
+        if kept:
+            parts.append("kept in float: " + ", ".join(str(n) for n in kept))
+    return "Compressed: " + "; ".join(parts) + "."
+
+
 def broken_constraints(record: TrialRecord, constraints: Sequence[Bound]) -> list[str]:
     """Each constraint ``record`` breaks, with how far off it is (from what it recorded)."""
     violations = record.metrics.get(VIOLATIONS_ATTR)

@@ -11,6 +11,7 @@ import sqlalchemy
 from streamlit.testing.v1 import AppTest
 
 from tuner.dashboard._views import front as fronts
+from tuner.dashboard._views import trials as trial_views
 from tuner.storage import open_storage, read_records
 
 OBJ = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
@@ -143,6 +144,8 @@ def test_trial_page_shows_params_metrics_curve_and_export(
     assert at.title[0].value == f"Trial {done.number} of tiny"
     params, metrics = at.dataframe[0].value, at.dataframe[1].value
     assert set(params["parameter"]) == set(done.params)
+    # How its shipped model was compressed and recovered, in words.
+    assert trial_views.recovery_text(done) in [m.value for m in at.markdown]
     shown = set(metrics["metric"])
     assert {"accuracy", "test_accuracy", "size_bytes", "latency_ms", "latency_ms_p90"} <= shown
     assert {"latency_ms_batch", "sparsity", "param_count", "train_time_s", "int8_layers"} <= shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,39 @@ def test_3d_parallel_history_hypervolume_importance_and_curves_draw() -> None:
     names = [t.name for t in curves.data]
     assert "stopped early" in names and "stopped here" in names and "Pareto front" in names
     assert list(_figures.trial_curve(TRIALS[1]).data[0].y) == [0.5, 0.95]
+
+
+def test_the_trial_page_says_how_a_trial_recovered() -> None:
+    params = {
+        "prune_threshold": 0.4,
+        "prune_structure": "structured",
+        "finetune_epochs": 2,
+        "distill": "kd",
+        "distill_temperature": 1.0,
+        "distill_alpha": 0.75,
+        "quantize": "int8",
+        "qat_epochs": 1,
+    }
+    metrics = {"finetune_time_s": 0.4, "float_layers": ["features.0", "head"]}
+    shipped = replace(_trial(3, 0.9, 1.0, 1.0, metrics=metrics), params=params)
+    assert trial_views.recovery_text(shipped) == (
+        "Compressed: 40% structured sparsity, then 2 epochs of fine-tuning distilled from the "
+        "trained model (temperature 1, teacher weight 0.75); int8 learned in 1 epoch of "
+        "quantization-aware training; kept in float: features.0, head."
+    )
+    labels = {**params, "distill": "none", "qat_epochs": 0, "prune_steps": 3}
+    plain = replace(shipped, params=labels, metrics={"finetune_time_s": 0.4})
+    assert trial_views.recovery_text(plain) == (
+        "Compressed: 40% structured sparsity in 3 steps, then 2 epochs of fine-tuning on the "
+        "labels; int8 calibrated after training."
+    )
+    # A workload without training data: the fine-tune it sampled never ran.
+    untuned = replace(shipped, params={**params, "quantize": "none"}, metrics={})
+    assert trial_views.recovery_text(untuned) == (
+        "Compressed: 40% structured sparsity, not fine-tuned."
+    )
+    assert trial_views.recovery_text(TRIALS[0]) == "Shipped as trained: float, no sparsity."
+    assert trial_views.recovery_text(TRIALS[6]) is None  # stopped early: nothing shipped
 
 
 def test_trial_details_and_table_filter() -> None:
