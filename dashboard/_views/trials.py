@@ -162,6 +162,8 @@ def recovery_text(record: TrialRecord) -> str | None:
     if record.state != "COMPLETE":
         return None
     p = record.params
+    # Both recoveries need the workload's training data; the time they took shows they ran.
+    trained = float(record.metrics.get("finetune_time_s", 0.0)) > 0
     threshold = float(p.get("prune_threshold", 0.0))
     int8 = p.get("quantize") == "int8"
     if threshold <= 0 and not int8:
@@ -172,7 +174,7 @@ def recovery_text(record: TrialRecord) -> str | None:
         text = f"{100 * threshold:.0f}% {p.get('prune_structure', 'unstructured')} sparsity"
         text += f" in {steps} steps" if steps > 1 else ""
         epochs = int(p.get("finetune_epochs", 0))
-        if epochs > 0 and float(record.metrics.get("finetune_time_s", 0.0)) > 0:
+        if epochs > 0 and trained:
             text += f", then {_epochs(epochs)} of fine-tuning"
             if p.get("distill") == "kd":
                 temperature = float(p.get("distill_temperature", 4.0))
@@ -190,7 +192,7 @@ def recovery_text(record: TrialRecord) -> str | None:
         qat = int(p.get("qat_epochs", 0))
         parts.append(
             f"int8 learned in {_epochs(qat)} of quantization-aware training"
-            if qat > 0
+            if qat > 0 and trained
             else "int8 calibrated after training"
         )
         kept = record.metrics.get("float_layers") or []

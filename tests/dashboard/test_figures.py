@@ -128,10 +128,10 @@ def test_the_trial_page_says_how_a_trial_recovered() -> None:
         "Compressed: 40% structured sparsity in 3 steps, then 2 epochs of fine-tuning on the "
         "labels; int8 calibrated after training."
     )
-    # A workload without training data: the fine-tune it sampled never ran.
-    untuned = replace(shipped, params={**params, "quantize": "none"}, metrics={})
+    # A workload without training data: the fine-tune and QAT it sampled never ran.
+    untuned = replace(shipped, metrics={})
     assert trial_views.recovery_text(untuned) == (
-        "Compressed: 40% structured sparsity, not fine-tuned."
+        "Compressed: 40% structured sparsity, not fine-tuned; int8 calibrated after training."
     )
     assert trial_views.recovery_text(TRIALS[0]) == "Shipped as trained: float, no sparsity."
     assert trial_views.recovery_text(TRIALS[6]) is None  # stopped early: nothing shipped
