@@ -543,7 +543,7 @@ def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
     st.caption(" · ".join(_trials.trial_tags(record, page.info.front_numbers)))
     recovery = _trials.recovery_text(record)
     if recovery:
-        st.markdown(recovery)
+        st.text(recovery)  # layer names are not Markdown
     if record.state == "FAIL":
         st.error("This trial failed. The error it recorded:")
         st.code(record.error or "no error recorded", language="text")

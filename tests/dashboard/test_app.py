@@ -145,7 +145,7 @@ def test_trial_page_shows_params_metrics_curve_and_export(
     params, metrics = at.dataframe[0].value, at.dataframe[1].value
     assert set(params["parameter"]) == set(done.params)
     # How its shipped model was compressed and recovered, in words.
-    assert trial_views.recovery_text(done) in [m.value for m in at.markdown]
+    assert trial_views.recovery_text(done) in [t.value for t in at.text]
     shown = set(metrics["metric"])
     assert {"accuracy", "test_accuracy", "size_bytes", "latency_ms", "latency_ms_p90"} <= shown
     assert {"latency_ms_batch", "sparsity", "param_count", "train_time_s", "int8_layers"} <= shown

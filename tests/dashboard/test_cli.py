@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tuner._cli_dashboard import app_path, dashboard_command
+from tuner.dashboard._views import trials as trial_views
+from tuner.storage import open_storage, read_records
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
@@ -155,5 +157,12 @@ def test_study_page_in_chromium(served: str, dashboard_store: str) -> None:
             body = page.inner_text("body")
             assert "Deployment budget" in body and "Best trial overall" in body
             assert "tuner export tiny --trial" in body
+            # A trial's page says how its shipped model was compressed and recovered.
+            records = read_records(open_storage(dashboard_store, heartbeat=False), "tiny")
+            done = next(r for r in records if r.state == "COMPLETE")
+            page.goto(f"{served}/?study=tiny&trial={done.number}", timeout=60_000)
+            line = trial_views.recovery_text(done) or ""
+            page.get_by_text(line.split(":")[0] + ":", exact=False).first.wait_for(timeout=60_000)
+            assert line in page.inner_text("body")
         finally:
             browser.close()
