@@ -19,15 +19,8 @@ from ._cv import REFIT, Folds
 from ._cv import summary as cv_summary
 from ._exceptions import WorkloadError
 from ._measure import accuracy
-from ._shipping import (
-    COMPRESSION_PARAMS,
-    QAT_LR_SCALE,
-    finetuner,
-    measure,
-    settings_from_params,
-    ship,
-    trial_model,
-)
+from ._settings import COMPRESSION_PARAMS, settings_from_params
+from ._shipping import QAT_LR_SCALE, finetuner, measure, ship, trial_model
 from ._space import suggest
 from ._spec import StudySpec
 from ._tensorboard import TrialLog, log_folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tuner._settings import settings_from_params
 from tuner.storage import (
     DEFAULT_URL,
     Bound,
@@ -161,38 +162,31 @@ def recovery_text(record: TrialRecord) -> str | None:
     None for a trial that recorded no model."""
     if record.state != "COMPLETE":
         return None
-    p = record.params
+    settings = settings_from_params(record.params)
+    if not settings.compressed:
+        return "Shipped as trained: float, no sparsity."
     # Both recoveries need the workload's training data; the time they took shows they ran.
     trained = float(record.metrics.get("finetune_time_s", 0.0)) > 0
-    threshold = float(p.get("prune_threshold", 0.0))
-    int8 = p.get("quantize") == "int8"
-    if threshold <= 0 and not int8:
-        return "Shipped as trained: float, no sparsity."
     parts = []
-    if threshold > 0:
-        steps = int(p.get("prune_steps", 1))
-        text = f"{100 * threshold:.0f}% {p.get('prune_structure', 'unstructured')} sparsity"
-        text += f" in {steps} steps" if steps > 1 else ""
-        epochs = int(p.get("finetune_epochs", 0))
-        if epochs > 0 and trained:
-            text += f", then {_epochs(epochs)} of fine-tuning"
-            if p.get("distill") == "kd":
-                temperature = float(p.get("distill_temperature", 4.0))
-                alpha = float(p.get("distill_alpha", 0.5))
+    if settings.threshold > 0:
+        text = f"{100 * settings.threshold:.0f}% {settings.structure} sparsity"
+        text += f" in {settings.prune_steps} steps" if settings.prune_steps > 1 else ""
+        if settings.finetune_epochs > 0 and trained:
+            text += f", then {_epochs(settings.finetune_epochs)} of fine-tuning"
+            if settings.distill == "kd":
                 text += (
-                    f" distilled from the trained model (temperature {temperature:g}, "
-                    f"teacher weight {alpha:.2f})"
+                    f" distilled from the trained model (temperature "
+                    f"{settings.distill_temperature:g}, teacher weight {settings.distill_alpha:.2f})"
                 )
             else:
                 text += " on the labels"
         else:
             text += ", not fine-tuned"
         parts.append(text)
-    if int8:
-        qat = int(p.get("qat_epochs", 0))
+    if settings.quantize == "int8":
         parts.append(
-            f"int8 learned in {_epochs(qat)} of quantization-aware training"
-            if qat > 0 and trained
+            f"int8 learned in {_epochs(settings.qat_epochs)} of quantization-aware training"
+            if settings.qat and trained
             else "int8 calibrated after training"
         )
         kept = record.metrics.get("float_layers") or []

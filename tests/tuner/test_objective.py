@@ -11,7 +11,7 @@ import pytest
 import tuner
 from tuner._builtin_workloads import resolve_workload
 from tuner._objective import Objective
-from tuner._shipping import COMPRESSION_PARAMS
+from tuner._settings import COMPRESSION_PARAMS
 from tuner._spec import spec_from_dict
 
 pytestmark = pytest.mark.slow
