@@ -85,6 +85,7 @@ ARMS = (
 
 
 _COMPRESSIONS_VAR = "TUNER_BENCH_COMPRESSIONS"
+_EARLY_STOPPING_VAR = "TUNER_BENCH_EARLY_STOPPING"
 
 # -- the arms ------------------------------------------------------------------------------
 
@@ -95,7 +96,9 @@ def _tuner(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
 
     name = f"tuner-s{seed}"
     spec = spec.with_overrides(
-        name=name, sampler={"name": spec.sampler.name, "seed": seed}, early_stopping="asha"
+        name=name,
+        sampler={"name": spec.sampler.name, "seed": seed},
+        early_stopping=json.loads(os.environ.get(_EARLY_STOPPING_VAR, '"asha"')),
     )
     reuse = os.environ.get(_COMPRESSIONS_VAR)
     if reuse:
@@ -489,6 +492,12 @@ def main() -> None:
         type=int,
         help="the tuner arm's budget.compressions_per_training (default: the shipped spec's)",
     )
+    parser.add_argument(
+        "--early-stopping",
+        metavar="RULE",
+        help="the tuner arm's early_stopping: a rule's name or JSON, e.g. "
+        '\'{"name": "asha", "min_epochs": 2}\' (default: asha with its defaults)',
+    )
     parser.add_argument("--plot", default="peers.png", help="where the plot goes (PNG)")
     parser.add_argument(
         "--keep",
@@ -507,6 +516,18 @@ def main() -> None:
     if args.report and not args.keep:
         parser.error("--report reads the runs of --keep DIR; give the folder")
 
+    if args.early_stopping is not None:
+        import tuner
+
+        try:
+            rule = json.loads(args.early_stopping)
+        except ValueError:
+            rule = args.early_stopping  # a bare name: asha, hyperband, median, none
+        try:
+            bench_spec(args.trials, args.epochs, ".").with_overrides(early_stopping=rule)
+        except (ValueError, tuner.TunerError) as exc:  # one line, not a traceback
+            parser.error(f"--early-stopping {args.early_stopping}: {exc}")
+        os.environ[_EARLY_STOPPING_VAR] = json.dumps(rule)
     if args.compressions is not None:
         os.environ[_COMPRESSIONS_VAR] = str(args.compressions)  # the spawned runs read it
     started = time.perf_counter()
