@@ -23,6 +23,14 @@ from tuner.storage import count_states, open_storage
 pytestmark = pytest.mark.slow
 
 TUNER = [sys.executable, "-m", "tuner._cli"]
+# tuner as started from a terminal, where Ctrl-C raises KeyboardInterrupt: a test run
+# started in the background of a script inherits SIGINT ignored, and so would the driver.
+TUNER_AT_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from tuner._cli import main; raise SystemExit(main())",
+]
 HEARTBEAT_ENV = {"TUNER_HEARTBEAT_INTERVAL_S": "1", "TUNER_GRACE_PERIOD_S": "3"}
 
 
@@ -253,7 +261,7 @@ def test_an_interrupted_run_fails_its_trials_in_flight_and_a_rerun_retries_them(
     env.pop("RAY_ADDRESS", None)
     env.pop("TUNER_GRACE_PERIOD_S", None)
     driver = subprocess.Popen(
-        [*TUNER, "run", str(path), "--storage", url, *args],
+        [*TUNER_AT_A_TERMINAL, "run", str(path), "--storage", url, *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
