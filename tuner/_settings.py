@@ -53,15 +53,17 @@ COMPRESSION_PARAMS = frozenset(
 
 
 def settings_from_params(params: Mapping[str, Any]) -> Settings:
+    """The settings ``params`` sample; what they leave out takes :class:`Settings`' defaults."""
+    d = Settings
     return Settings(
         threshold=float(params.get("prune_threshold", 0.0)),
         structure=str(params.get("prune_structure", "unstructured")),
         quantize=str(params.get("quantize", "none")),
         finetune_epochs=int(params.get("finetune_epochs", 0)),
-        distill=str(params.get("distill", "none")),
-        distill_temperature=float(params.get("distill_temperature", 4.0)),
-        distill_alpha=float(params.get("distill_alpha", 0.5)),
-        keep_float=str(params.get("keep_float", "none")),
-        qat_epochs=int(params.get("qat_epochs", 0)),
-        prune_steps=int(params.get("prune_steps", 1)),
+        distill=str(params.get("distill", d.distill)),
+        distill_temperature=float(params.get("distill_temperature", d.distill_temperature)),
+        distill_alpha=float(params.get("distill_alpha", d.distill_alpha)),
+        keep_float=str(params.get("keep_float", d.keep_float)),
+        qat_epochs=int(params.get("qat_epochs", d.qat_epochs)),
+        prune_steps=int(params.get("prune_steps", d.prune_steps)),
     )
