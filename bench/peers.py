@@ -86,6 +86,7 @@ ARMS = (
 
 _COMPRESSIONS_VAR = "TUNER_BENCH_COMPRESSIONS"
 _EARLY_STOPPING_VAR = "TUNER_BENCH_EARLY_STOPPING"
+_SAMPLER_VAR = "TUNER_BENCH_SAMPLER"
 
 # -- the arms ------------------------------------------------------------------------------
 
@@ -95,9 +96,10 @@ def _tuner(spec: Any, seed: int, folder: Path) -> list[dict[str, Any]]:
     import tuner
 
     name = f"tuner-s{seed}"
+    sampler = json.loads(os.environ.get(_SAMPLER_VAR, "{}"))
     spec = spec.with_overrides(
         name=name,
-        sampler={"name": spec.sampler.name, "seed": seed},
+        sampler={"name": spec.sampler.name, **sampler, "seed": seed},
         early_stopping=json.loads(os.environ.get(_EARLY_STOPPING_VAR, '"asha"')),
     )
     reuse = os.environ.get(_COMPRESSIONS_VAR)
@@ -498,6 +500,13 @@ def main() -> None:
         help="the tuner arm's early_stopping: a rule's name or JSON, e.g. "
         '\'{"name": "asha", "min_epochs": 2}\' (default: asha with its defaults)',
     )
+    parser.add_argument(
+        "--sampler",
+        metavar="SAMPLER",
+        help="the tuner arm's sampler: a name or JSON, e.g. gp or "
+        '\'{"name": "tpe", "start": "sampled"}\' (default: the shipped spec\'s); its seed '
+        "is the run's",
+    )
     parser.add_argument("--plot", default="peers.png", help="where the plot goes (PNG)")
     parser.add_argument(
         "--keep",
@@ -528,6 +537,20 @@ def main() -> None:
         except (ValueError, tuner.TunerError) as exc:  # one line, not a traceback
             parser.error(f"--early-stopping {args.early_stopping}: {exc}")
         os.environ[_EARLY_STOPPING_VAR] = json.dumps(rule)
+    if args.sampler is not None:
+        import tuner
+
+        try:
+            sampler = json.loads(args.sampler)
+        except ValueError:
+            sampler = {"name": args.sampler}  # a bare name: tpe, gp, nsga2, ...
+        try:
+            if not isinstance(sampler, dict):
+                raise ValueError(f"got {args.sampler!r}; expected a name or a JSON object")
+            bench_spec(args.trials, args.epochs, ".").with_overrides(sampler=sampler)
+        except (ValueError, tuner.TunerError) as exc:
+            parser.error(f"--sampler {args.sampler}: {exc}")
+        os.environ[_SAMPLER_VAR] = json.dumps(sampler)
     if args.compressions is not None:
         os.environ[_COMPRESSIONS_VAR] = str(args.compressions)  # the spawned runs read it
     started = time.perf_counter()
@@ -647,6 +670,20 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         verdict = "met" if ratio <= 0.5 else "missed"
         shown = ", ".join(f"{x:.2f}" if math.isfinite(x) else "never" for x in per_seed)
         print(f"  vs {a:<13}: {verdict} (mean {ratio:.2f} of its epochs; per seed {shown})")
+        gaps = [by["tuner", s]["curve"][-1][1] - by[a, s]["curve"][-1][1] for s in seeds]
+        print(f"  {'':<16} final hypervolume, tuner's minus {a}'s: {_interval(gaps)}")
+
+
+def _interval(gaps: list[float]) -> str:
+    """The mean of per-seed differences with a 90% Student's t interval: whether one arm is
+    ahead of another by more than the seeds spread (each seed is a paired comparison)."""
+    from scipy import stats
+
+    mean = statistics.fmean(gaps)
+    if len(gaps) < 2:
+        return f"{mean:+.4f} (one seed: no interval)"
+    half = stats.t.ppf(0.95, len(gaps) - 1) * statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return f"{mean:+.4f} (90% interval {mean - half:+.4f} to {mean + half:+.4f}, {len(gaps)} seeds)"
 
 
 if __name__ == "__main__":
