@@ -482,6 +482,25 @@ def _versions() -> str:
     return ", ".join(f"{n} {version(n)}" for n in names)
 
 
+def _arm_setting(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str, field: str
+) -> Any:
+    """The tuner arm's spec ``field`` from ``flag``: a bare name or JSON, checked against the
+    spec here, so a bad one ends the bench in one line before anything runs."""
+    import tuner
+
+    text = getattr(args, field)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text  # a bare name: asha, gp, ...
+    try:
+        bench_spec(args.trials, args.epochs, ".").with_overrides(**{field: value})
+    except (ValueError, tuner.TunerError) as exc:  # one line, not a traceback
+        parser.error(f"{flag} {text}: {exc}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40)
@@ -526,30 +545,11 @@ def main() -> None:
         parser.error("--report reads the runs of --keep DIR; give the folder")
 
     if args.early_stopping is not None:
-        import tuner
-
-        try:
-            rule = json.loads(args.early_stopping)
-        except ValueError:
-            rule = args.early_stopping  # a bare name: asha, hyperband, median, none
-        try:
-            bench_spec(args.trials, args.epochs, ".").with_overrides(early_stopping=rule)
-        except (ValueError, tuner.TunerError) as exc:  # one line, not a traceback
-            parser.error(f"--early-stopping {args.early_stopping}: {exc}")
+        rule = _arm_setting(parser, args, "--early-stopping", "early_stopping")
         os.environ[_EARLY_STOPPING_VAR] = json.dumps(rule)
     if args.sampler is not None:
-        import tuner
-
-        try:
-            sampler = json.loads(args.sampler)
-        except ValueError:
-            sampler = {"name": args.sampler}  # a bare name: tpe, gp, nsga2, ...
-        try:
-            if not isinstance(sampler, dict):
-                raise ValueError(f"got {args.sampler!r}; expected a name or a JSON object")
-            bench_spec(args.trials, args.epochs, ".").with_overrides(sampler=sampler)
-        except (ValueError, tuner.TunerError) as exc:
-            parser.error(f"--sampler {args.sampler}: {exc}")
+        sampler = _arm_setting(parser, args, "--sampler", "sampler")
+        sampler = {"name": sampler} if isinstance(sampler, str) else sampler
         os.environ[_SAMPLER_VAR] = json.dumps(sampler)
     if args.compressions is not None:
         os.environ[_COMPRESSIONS_VAR] = str(args.compressions)  # the spawned runs read it
