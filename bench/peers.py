@@ -482,13 +482,13 @@ def _versions() -> str:
     return ", ".join(f"{n} {version(n)}" for n in names)
 
 
-def _arm_setting(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str, field: str
-) -> Any:
-    """The tuner arm's spec ``field`` from ``flag``: a bare name or JSON, checked against the
-    spec here, so a bad one ends the bench in one line before anything runs."""
+def _arm_setting(parser: argparse.ArgumentParser, args: argparse.Namespace, field: str) -> Any:
+    """The tuner arm's spec ``field`` from its option (``--early-stopping`` for
+    ``early_stopping``): a bare name or JSON, checked against the spec here, so a bad one
+    ends the bench in one line before anything runs."""
     import tuner
 
+    flag = "--" + field.replace("_", "-")
     text = getattr(args, field)
     try:
         value = json.loads(text)
@@ -545,10 +545,10 @@ def main() -> None:
         parser.error("--report reads the runs of --keep DIR; give the folder")
 
     if args.early_stopping is not None:
-        rule = _arm_setting(parser, args, "--early-stopping", "early_stopping")
+        rule = _arm_setting(parser, args, "early_stopping")
         os.environ[_EARLY_STOPPING_VAR] = json.dumps(rule)
     if args.sampler is not None:
-        sampler = _arm_setting(parser, args, "--sampler", "sampler")
+        sampler = _arm_setting(parser, args, "sampler")
         sampler = {"name": sampler} if isinstance(sampler, str) else sampler
         os.environ[_SAMPLER_VAR] = json.dumps(sampler)
     if args.compressions is not None:
