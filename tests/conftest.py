@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -11,8 +13,11 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# Kept trial models go to a throwaway folder, never into the checkout.
-os.environ.setdefault("TUNER_ARTIFACTS", tempfile.mkdtemp(prefix="tuner-artifacts-"))
+# Kept trial models go to a throwaway folder, never into the checkout. The process that
+# makes it (pytest's controller, whose workers inherit the variable) removes it at exit.
+if "TUNER_ARTIFACTS" not in os.environ:
+    os.environ["TUNER_ARTIFACTS"] = tempfile.mkdtemp(prefix="tuner-artifacts-")
+    atexit.register(shutil.rmtree, os.environ["TUNER_ARTIFACTS"], ignore_errors=True)
 
 # User workloads with residual and attention models (``user_models:residual_cnn``, ...), as a
 # user's own module on the path; tests/tuner also holds the TCP proxy that plays outages.

@@ -6,11 +6,13 @@ worker's trial is failed and retried within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,21 +96,38 @@ def _parent(pid: int) -> int:
     return -1
 
 
-def _running(url: str) -> set[int]:
+@contextlib.contextmanager
+def _one_look(url: str) -> Iterator[Any]:
+    """The store, opened for one look and closed after it. The waits below look ten times
+    a second; an engine left to the garbage collector keeps its connections open until
+    it is collected, and PostgreSQL runs out of them."""
+    storage = open_storage(url, heartbeat=False)
     try:
-        study = optuna.load_study(study_name="slow", storage=url)
-    except KeyError:  # not created yet
-        return set()
-    return {t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))}
+        yield storage
+    finally:
+        storage.engine.dispose()
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial] | None:
+    """Every trial of the study "slow", or None while it is not created yet."""
+    with _one_look(url) as storage:
+        try:
+            study = optuna.load_study(study_name="slow", storage=storage)
+        except KeyError:
+            return None
+        return study.get_trials(deepcopy=False)
+
+
+def _running(url: str) -> set[int]:
+    trials = _trials(url) or []
+    return {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING}
 
 
 def _two_in_flight_early(url: str, budget: int) -> set[int]:
     """The two trials running, while at least two of the budget have not begun; else none."""
-    try:
-        study = optuna.load_study(study_name="slow", storage=url)
-    except KeyError:  # not created yet
+    trials = _trials(url)
+    if trials is None:
         return set()
-    trials = study.get_trials(deepcopy=False)
     running = {t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING}
     finished = sum(t.state.is_finished() for t in trials)
     return running if len(running) == 2 and finished <= budget - 4 else set()
@@ -316,11 +335,11 @@ def _outage_driver(path: Path, url: str, cwd: Path, **env_extra: str) -> subproc
 
 
 def _finished(url: str) -> int:
-    try:
-        counts = count_states(open_storage(url, heartbeat=False), "slow")
-    except Exception:  # not created yet
-        return 0
-    return counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    trials = _trials(url) or []
+    return sum(
+        t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in trials
+    )
 
 
 def test_a_database_outage_mid_sweep_is_ridden_out(
