@@ -11,6 +11,12 @@ over rounds of the median per round (this machine is noisy). Compile time (torch
 the PT2E int8 graphs, both batch sizes) is apart from latency.
 
     python bench/compression.py [--epochs 6] [--repeats 30] [--rounds 7] [--threads 1]
+                                [--device cuda] [--models "residual cnn,transformer"]
+
+With ``--device cuda`` the models train, ship and run on the GPU, as a GPU trial's do:
+int8 is torchao's CUDA int8 (dynamic activations, int8 weights), and only the torch runtime
+is measured (ONNX Runtime's CPU package would time the CPU). Each timed pass waits for the
+GPU to finish.
 
 Targets: at batch 32, 50% structured at least 1.6x faster on the residual CNN and on the
 Transformer; int8 in ONNX Runtime at least 1.5x faster on the Transformer.
@@ -104,14 +110,22 @@ def _row(cells: list[str], widths: list[int]) -> str:
 class _Timed:
     """One shipped model in one runtime, ready to run a batch."""
 
-    def __init__(self, shipped: Shipped, runtime: str, threads: int, example: torch.Tensor) -> None:
+    def __init__(
+        self,
+        shipped: Shipped,
+        runtime: str,
+        threads: int,
+        example: torch.Tensor,
+        compile: str = "auto",
+    ) -> None:
         self.threads = threads
+        self.device = shipped.device if runtime == "torch" else torch.device("cpu")
         if runtime == "onnxruntime":
             runner = OnnxRunner(onnx_bytes(trial_model_of(shipped, example)), threads=threads)
             self._run: Callable[[torch.Tensor], Any] = runner
         else:
             model = shipped.model
-            if compiles(shipped, "auto"):
+            if compiles(shipped, compile):
                 model = torch.compile(model, dynamic=False)
             self._run = model
 
@@ -119,14 +133,20 @@ class _Timed:
         """Median milliseconds of one pass over ``batch`` (after two untimed passes)."""
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        batch = batch.to(self.device)
+        cuda = self.device.type == "cuda"
         try:
             with torch.inference_mode():
                 for _ in range(2):
                     self._run(batch)
                 timings = []
                 for _ in range(repeats):
+                    if cuda:
+                        torch.cuda.synchronize(self.device)
                     started = time.perf_counter()
                     self._run(batch)
+                    if cuda:
+                        torch.cuda.synchronize(self.device)
                     timings.append((time.perf_counter() - started) * 1000.0)
         finally:
             torch.set_num_threads(previous)
@@ -160,14 +180,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of interleaved timing")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU path")
     args = parser.parse_args()
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        parser.error(f"--models: got {unknown[0]!r}; expected some of {', '.join(MODELS)}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device: got {args.device!r}; expected cpu or cuda")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device: got {args.device!r}; expected cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device: got 'cuda', but PyTorch sees no CUDA device here")
+        device = torch.device("cuda", device.index or 0)
+    runtimes = ("torch",) if device.type == "cuda" else RUNTIMES
     torch.set_num_threads(args.threads)
     data = mnist1d()
-    device = torch.device("cpu")
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     example = data.test[0][:1]
     headers = ["model", "runtime", "compression", "b1 ms", "b32 ms", "b32 speed-up",
                "size B", "smaller", "test acc", "compile s"]  # fmt: skip
-    widths = [12, 11, 21, 7, 7, 12, 10, 7, 8, 9]
+    widths = [12, 11, 31, 7, 7, 12, 10, 7, 8, 9]
     lines = [_row(headers, widths)]
     verdicts: list[str] = []
     for model_name in args.models.split(","):
@@ -196,7 +232,7 @@ def main() -> None:
                 device=device,
                 finetune=finetune if settings.finetune_epochs else None,
             )
-        for runtime in RUNTIMES:
+        for runtime in runtimes:
             figures = {
                 name: measure(
                     s,
@@ -209,6 +245,13 @@ def main() -> None:
                 for name, s in shipped.items()
             }
             timed = {name: _Timed(s, runtime, args.threads, example) for name, s in shipped.items()}
+            if device.type == "cuda":
+                # Whether torch.compile pays on the GPU too: the int8 models once more,
+                # compiled (the first pass of each compiles, untimed).
+                for name in [n for n in shipped if "int8" in n]:
+                    timed[f"{name}, compiled"] = _Timed(
+                        shipped[name], runtime, args.threads, example, compile="always"
+                    )
             # Sizes, and the compile time of the first torch.compile (later calls reuse it).
             sized = {
                 name: measure(
@@ -225,7 +268,8 @@ def main() -> None:
                 timed, example.expand(32, *example.shape[1:]).contiguous(), args.rounds,
                 args.repeats,
             )  # fmt: skip
-            for name in shipped:
+            for name in timed:
+                base = name.removesuffix(", compiled")
                 speed_up = b32["dense"] / b32[name]
                 lines.append(
                     _row(
@@ -236,11 +280,11 @@ def main() -> None:
                             f"{b1[name]:.3f}",
                             f"{b32[name]:.3f}",
                             f"{speed_up:.2f}x",
-                            f"{size[name]:,}",
-                            f"{size['dense'] / size[name]:.2f}x",
-                            f"{figures[name]['test_accuracy']:.3f}",
-                            f"{sized[name].get('compile_time_s', 0.0):.1f}"
-                            if runtime == "torch"
+                            f"{size[base]:,}",
+                            f"{size['dense'] / size[base]:.2f}x",
+                            f"{figures[base]['test_accuracy']:.3f}",
+                            f"{sized[base].get('compile_time_s', 0.0):.1f}"
+                            if runtime == "torch" and base == name
                             else "",
                         ],
                         widths,

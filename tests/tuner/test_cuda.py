@@ -1,0 +1,110 @@
+"""GPU trials: residual CNNs and Transformers trained, compressed and timed on CUDA.
+
+These run only where PyTorch sees a CUDA device (``bench/gpu_check.sh`` runs them there);
+elsewhere they are skipped. Fractional GPUs are covered without a GPU by
+``test_ray_gpus.py`` (Ray schedules logical GPUs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+
+import tuner
+from tuner._shipping import Settings, measure, ship
+from tuner._spec import MeasureSpec
+from tuner._workloads import TrialContext
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+WORKLOADS = {"residual-cnn": "user_models:residual_cnn", "transformer": "user_models:transformer"}
+CUDA = torch.device("cuda", 0)
+
+
+def _trained(name: str) -> Any:
+    import user_models
+
+    build = user_models.residual_cnn if name == "residual-cnn" else user_models.transformer
+    params = {"optimizer": "adamw", "lr": 0.003, "batch_size": 64}
+    return build(params, TrialContext(CUDA, max_epochs=3, seed=0))
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+@pytest.mark.parametrize("structure", ["unstructured", "structured"])
+def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
+    name: str, structure: str
+) -> None:
+    trained = _trained(name)
+    calibration = trained.train_data[0][:512]
+    figures = {}
+    for quantize in ("none", "int8"):
+        settings = Settings(
+            threshold=0.5, structure=structure, quantize=quantize, finetune_epochs=0
+        )
+        shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
+        figures[quantize] = measure(
+            shipped,
+            settings=MeasureSpec(batch_size=32, warmup=3, repeats=10),
+            threads=1,
+            example=trained.test_data[0][:1],
+            test_data=trained.test_data,
+        )
+        assert next(shipped.model.parameters()).device.type == "cuda"
+    int8, dense = figures["int8"], figures["none"]
+    assert int8["int8_layers"], "torchao made int8 layers"
+    assert not dense["int8_layers"]
+    for f in (int8, dense):
+        assert f["latency_device"].startswith("cuda"), f["latency_device"]
+        assert f["latency_ms"] > 0 and f["latency_ms_batch"] > 0
+    assert int8["size_bytes"] < dense["size_bytes"]
+    assert abs(int8["test_accuracy"] - dense["test_accuracy"]) <= 0.03, (int8, dense)
+    if structure == "structured":
+        assert dense["removed_units"] > 0
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("model", sorted(WORKLOADS))
+def test_a_gpu_study_completes_every_compression_setting(
+    model: str, runtime: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = {
+        "name": f"{model}-{runtime}-gpu",
+        "workload": WORKLOADS[model],
+        "objectives": {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"},
+        "search_space": {
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "batch_size": 64,
+            "prune_threshold": 0.5,
+            "finetune_epochs": 1,
+            "prune_structure": {"type": "categorical", "choices": ["unstructured", "structured"]},
+            "quantize": {"type": "categorical", "choices": ["none", "int8"]},
+        },
+        "sampler": {"name": "grid", "seed": 0},
+        "budget": {"n_trials": 4, "max_epochs": 2},
+        "measure": {"batch_size": 32, "warmup": 3, "repeats": 10, "runtime": runtime},
+        "resources": {"gpus": 1},
+        "artifacts": {"keep": "all", "path": str(tmp_path / "artifacts")},
+    }
+    tuner.run(spec, storage=sqlite_url, backend="inline")
+    study = optuna.load_study(study_name=spec["name"], storage=sqlite_url)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4, [
+        t.user_attrs.get("error") for t in trials
+    ]
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert attrs["device"].startswith("cuda"), "the trial trained on the GPU"
+        # ONNX Runtime's CPU package runs the exported file on the CPU, and says so.
+        where = "cuda" if runtime == "torch" else "cpu"
+        assert attrs["latency_device"].startswith(where), attrs["latency_device"]
+        assert attrs["accuracy"] > 0.2
+        if trial.params["quantize"] == "int8":
+            assert attrs["int8_layers"] or attrs.get("onnx_int8_nodes")
