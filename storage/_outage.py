@@ -89,6 +89,17 @@ def _lasting(orig: BaseException | None) -> bool:
     return any(words in text for words in _NOT_OUTAGE_WORDS)
 
 
+# A server that is up but has no connection left says so in these words (PostgreSQL's
+# max_connections and per-role or per-database limits; MySQL's max_connections). Waiting
+# can help, as other clients leave, but the cure is usually the number of workers.
+_FULL_WORDS = (
+    "too many clients",
+    "too many connections",
+    "remaining connection slots are reserved",
+)
+FULL_HINT = "the server takes no more connections: run fewer workers, or raise its connection limit"
+
+
 def _reason(exc: BaseException) -> str:
     current: BaseException | None = exc
     while current is not None:
@@ -99,8 +110,14 @@ def _reason(exc: BaseException) -> str:
         if current.__cause__ is None:
             break
         current = current.__cause__
-    lines = str(current).strip().splitlines() if current is not None else []
-    return lines[0] if lines else type(exc).__name__
+    text = str(current).strip() if current is not None else ""
+    # The server's own words are on the line that says FATAL or ERROR, when there is one.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = next((line for line in lines if "FATAL" in line or "ERROR" in line), None)
+    reason = said or (lines[0] if lines else type(exc).__name__)
+    if any(words in text.lower() for words in _FULL_WORDS):
+        reason = f"{reason} ({FULL_HINT})"
+    return reason
 
 
 def add_listener(listener: Callable[[str], None]) -> Callable[[], None]:

@@ -435,14 +435,18 @@ def _process_main() -> None:
     for entry in reversed(payload.pop("sys_path")):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    report = payload.pop("report")
     try:
         work(WorkerJob(**payload))
     except KeyboardInterrupt:
         pass
     except WorkerGaveUp:
         raise SystemExit(GAVE_UP_EXIT) from None
-    except StoreUnavailable:
-        # The driver meets the same outage and says so, once.
+    except StoreUnavailable as exc:
+        # Not printed: in an outage the driver says so once. The driver reads why from the
+        # report, for when only workers were refused (a server out of connections).
+        with open(report, "w", encoding="utf-8") as out:
+            out.write(str(exc))
         raise SystemExit(STORE_DOWN_EXIT) from None
     except StoreError as exc:
         # One line (the driver adds which workers ended), not a traceback.
@@ -463,16 +467,24 @@ class LocalProcessDispatcher(Dispatcher):
     def __init__(self) -> None:
         self._procs: list[Any] = []
         self._url = ""
+        self._reports = ""
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         import dataclasses
         import json
         import subprocess
         import sys
+        import tempfile
 
-        for job in jobs:
+        # Where a worker that gave up on the store writes why (one file each).
+        self._reports = tempfile.mkdtemp(prefix="tuner-workers-")
+        for index, job in enumerate(jobs):
             self._url = job.storage_url
-            payload = {**dataclasses.asdict(job), "sys_path": [p for p in sys.path if p]}
+            payload = {
+                **dataclasses.asdict(job),
+                "sys_path": [p for p in sys.path if p],
+                "report": os.path.join(self._reports, f"{index}.txt"),
+            }
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -491,6 +503,8 @@ class LocalProcessDispatcher(Dispatcher):
         return any(p.poll() is None for p in self._procs)
 
     def _stop(self) -> None:
+        import shutil
+
         for p in self._procs:
             if p.poll() is None:
                 p.terminate()
@@ -499,13 +513,40 @@ class LocalProcessDispatcher(Dispatcher):
                 p.wait(timeout=10)
             except Exception:
                 p.kill()
+        shutil.rmtree(self._reports, ignore_errors=True)
+
+    def _store_down_reason(self) -> str:
+        """What the first worker that gave up on the store said, if any wrote it."""
+        import shutil
+
+        said = ""
+        for index in range(len(self._procs)):
+            path = os.path.join(self._reports, f"{index}.txt")
+            if not said and os.path.exists(path):
+                with open(path, encoding="utf-8") as report:
+                    said = report.read().strip()
+        shutil.rmtree(self._reports, ignore_errors=True)
+        return said
 
     def _check(self) -> None:
+        import sys
+
         down = [p for p in self._procs if p.returncode == STORE_DOWN_EXIT]
+        said = self._store_down_reason()
         if down and len(down) == len(self._procs):
             raise StoreUnavailable(
-                f"study store {mask_url(self._url)!r} unreachable: every worker gave up "
+                f"every worker gave up: {said}"
+                if said
+                else f"study store {mask_url(self._url)!r} unreachable: every worker gave up "
                 f"waiting for it ({retry_window_s():g} s)"
+            )
+        if down:
+            # The others went on and the run may have met its budget; say what was lost.
+            print(
+                f"tuner: {len(down)} of {len(self._procs)} workers stopped early: "
+                f"{said or 'the study store was unreachable'}",
+                file=sys.stderr,
+                flush=True,
             )
         bad = [p for p in self._procs if p.returncode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:

@@ -134,3 +134,86 @@ def test_sweep_survives_lost_database_connections_or_resumes(
         assert again.returncode == 0, out[-3000:]
     # A trial whose connection was cut while it wrote its result failed; it was replaced.
     _assert_exact(postgres_url, "slow", budget, allowed=("not run", "StorageInternalError"))
+
+
+@pytest.fixture
+def refused_url(postgres_url: str) -> Any:
+    """The test database as a role the server lets in zero times: every connection is
+    refused with the server's own "too many connections" message, as when a server's
+    ``max_connections`` is used up."""
+    import uuid
+
+    role = f"tuner_full_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    try:
+        yield (
+            sqlalchemy.engine.make_url(postgres_url)
+            .set(username=role)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+        admin.dispose()
+
+
+def _jobs(tiny_spec: Any, study_url: str, urls: list[str], budget: int) -> list[Any]:
+    """The study "full" created at ``study_url``, and one worker job per URL in ``urls``."""
+    from tuner._dispatch import WorkerJob
+    from tuner._run import prepare_study
+    from tuner._spec import spec_from_dict
+
+    spec = spec_from_dict(tiny_spec("full", budget={"n_trials": budget, "max_epochs": 2}))
+    storage = open_storage(study_url)
+    prepare_study(spec, storage, "full")
+    storage.engine.dispose()
+    return [
+        WorkerJob(
+            spec=spec.to_dict(),
+            storage_url=url,
+            study_name="full",
+            n_trials=budget,
+            worker_index=index,
+        )  # fmt: skip
+        for index, url in enumerate(urls)
+    ]
+
+
+def test_workers_a_full_server_refuses_say_why_and_what_to_do(
+    postgres_url: str, refused_url: str, tiny_spec: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuner._dispatch import LocalProcessDispatcher
+    from tuner.storage import StoreUnavailable
+
+    monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
+    jobs = _jobs(tiny_spec, postgres_url, [refused_url, refused_url], budget=2)
+    with pytest.raises(StoreUnavailable) as raised:
+        LocalProcessDispatcher().run(jobs)
+    message = str(raised.value)
+    assert message.startswith("every worker gave up: study store"), message
+    assert "unreachable for 2 s" in message
+    assert "too many connections for role" in message, "the server's own words"
+    assert "run fewer workers, or raise its connection limit" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_worker_the_server_refuses_is_reported_and_the_rest_meet_the_budget(
+    postgres_url: str,
+    refused_url: str,
+    tiny_spec: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from tuner._dispatch import LocalProcessDispatcher
+
+    monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
+    LocalProcessDispatcher().run(
+        _jobs(tiny_spec, postgres_url, [postgres_url, refused_url], budget=3)
+    )
+    said = [line for line in capfd.readouterr().err.splitlines() if "stopped early" in line]
+    assert len(said) == 1, said
+    assert said[0].startswith("tuner: 1 of 2 workers stopped early: study store"), said[0]
+    assert "too many connections for role" in said[0]
+    _assert_exact(postgres_url, "full", 3)
