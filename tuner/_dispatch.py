@@ -316,6 +316,19 @@ def fail_in_flight(job: WorkerJob) -> list[int]:
         storage.engine.dispose()
 
 
+def say_stopped_early(stopped: int, workers: int, said: str) -> None:
+    """One line for workers that gave up on the store while others went on (the run may
+    still meet its budget, with less parallelism than asked for)."""
+    import sys
+
+    print(
+        f"tuner: {stopped} of {workers} workers stopped early: "
+        f"{said or 'the study store was unreachable'}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class WorkerGaveUp(Exception):
     """A worker stopped because its trials keep failing."""
 
@@ -529,8 +542,6 @@ class LocalProcessDispatcher(Dispatcher):
         return said
 
     def _check(self) -> None:
-        import sys
-
         down = [p for p in self._procs if p.returncode == STORE_DOWN_EXIT]
         said = self._store_down_reason()
         if down and len(down) == len(self._procs):
@@ -541,13 +552,7 @@ class LocalProcessDispatcher(Dispatcher):
                 f"waiting for it ({retry_window_s():g} s)"
             )
         if down:
-            # The others went on and the run may have met its budget; say what was lost.
-            print(
-                f"tuner: {len(down)} of {len(self._procs)} workers stopped early: "
-                f"{said or 'the study store was unreachable'}",
-                file=sys.stderr,
-                flush=True,
-            )
+            say_stopped_early(len(down), len(self._procs), said)
         bad = [p for p in self._procs if p.returncode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:
             raise DispatchError(

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, work
+from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, say_stopped_early, work
 from ._exceptions import DispatchError, first_line
 from .storage import StoreUnavailable
 
@@ -27,7 +27,12 @@ AUTH_MODES = ("token", "disabled")
 # tuner says so explicitly, so the driver, its workers and `tuner submit` agree.
 DEFAULT_AUTH_MODE = "token"
 # Settings a worker must share with its driver, wherever the worker runs.
-FORWARDED_ENV = ("TUNER_HEARTBEAT_INTERVAL_S", "TUNER_GRACE_PERIOD_S")
+FORWARDED_ENV = (
+    "TUNER_HEARTBEAT_INTERVAL_S",
+    "TUNER_GRACE_PERIOD_S",
+    "TUNER_STORE_RETRY_S",
+    "TUNER_BUDGET_LOCK_S",
+)
 
 _OK = "ok"
 _GAVE_UP = "gave up"
@@ -209,6 +214,10 @@ class RayDispatcher(Dispatcher):
         down = [r for r in self._results if isinstance(r, str) and r.startswith(_STORE_DOWN)]
         if down and not ok:
             raise StoreUnavailable(down[0][len(_STORE_DOWN) :])
+        if down:
+            say_stopped_early(
+                len(down), len(self._results) + self._died, down[0][len(_STORE_DOWN) :]
+            )
         if errors and not ok:
             first = str(errors[0]).strip().splitlines()
             raise DispatchError(

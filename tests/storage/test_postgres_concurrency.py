@@ -199,19 +199,24 @@ def test_workers_a_full_server_refuses_say_why_and_what_to_do(
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.parametrize("backend", ["local", "ray"])
 def test_a_worker_the_server_refuses_is_reported_and_the_rest_meet_the_budget(
+    backend: str,
     postgres_url: str,
     refused_url: str,
     tiny_spec: Any,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
-    from tuner._dispatch import LocalProcessDispatcher
+    from tuner._run import make_dispatcher
 
+    if backend == "ray":
+        request.getfixturevalue("ray_local")
+    # The window reaches Ray's workers too: tuner forwards it with the run.
     monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
-    LocalProcessDispatcher().run(
-        _jobs(tiny_spec, postgres_url, [postgres_url, refused_url], budget=3)
-    )
+    jobs = _jobs(tiny_spec, postgres_url, [postgres_url, refused_url], budget=3)
+    make_dispatcher(backend).run(jobs)
     said = [line for line in capfd.readouterr().err.splitlines() if "stopped early" in line]
     assert len(said) == 1, said
     assert said[0].startswith("tuner: 1 of 2 workers stopped early: study store"), said[0]
