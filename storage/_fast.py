@@ -27,7 +27,7 @@ from sqlalchemy import String, func, select, type_coerce
 
 from ._errors import StoreError
 from ._optuna import rdb_models
-from ._outage import StoreUnavailable, is_outage
+from ._outage import StoreUnavailable, is_outage, reason_of
 from ._records import StudySummary, TrialRecord
 from ._url import mask_url
 
@@ -73,8 +73,7 @@ def _snapshot(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Co
             with conn.begin():
                 yield conn
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        first = reason[0] if reason else type(exc).__name__
+        first = reason_of(exc, engine.url)
         if engine.dialect.name != "sqlite" and is_outage(exc):
             raise StoreUnavailable(
                 f"study store {mask_url(str(engine.url))!r} unreachable: {first}"

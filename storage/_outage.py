@@ -100,7 +100,13 @@ _FULL_WORDS = (
 FULL_HINT = "the server takes no more connections: run fewer workers, or raise its connection limit"
 
 
-def _reason(exc: BaseException) -> str:
+def reason_of(exc: BaseException, url: Any = None) -> str:
+    """The database's own words on why ``exc`` happened, in one line.
+
+    The line that says FATAL or ERROR when the driver gives several; with what to do when
+    the server is out of connections; with the password of ``url`` (a URL string or
+    object), if any, masked.
+    """
     current: BaseException | None = exc
     while current is not None:
         orig = getattr(current, "orig", None)
@@ -111,12 +117,14 @@ def _reason(exc: BaseException) -> str:
             break
         current = current.__cause__
     text = str(current).strip() if current is not None else ""
-    # The server's own words are on the line that says FATAL or ERROR, when there is one.
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     said = next((line for line in lines if "FATAL" in line or "ERROR" in line), None)
     reason = said or (lines[0] if lines else type(exc).__name__)
     if any(words in text.lower() for words in _FULL_WORDS):
         reason = f"{reason} ({FULL_HINT})"
+    password = sqlalchemy.engine.make_url(url).password if url is not None else None
+    if password:
+        reason = reason.replace(str(password), "***")
     return reason
 
 
@@ -142,12 +150,12 @@ def _tell(message: str) -> None:
         listener(message)
 
 
-def _went_away(url: str, exc: BaseException, window: float) -> None:
+def _went_away(url: str, exc: BaseException, window: float, reason: str) -> None:
     with _lock:
         if url in _down_since:
             return
         _down_since[url] = time.monotonic()
-    _tell(f"study store {url!r} unreachable ({_reason(exc)}); retrying for up to {window:g} s")
+    _tell(f"study store {url!r} unreachable ({reason}); retrying for up to {window:g} s")
 
 
 def _came_back(url: str) -> None:
@@ -207,15 +215,15 @@ def ride_url(call: Callable[[], _T], url: str, window: float | None = None) -> _
                     if isinstance(exc, StoreUnavailable):
                         raise
                     raise StoreUnavailable(
-                        f"study store {masked!r} unreachable: {_reason(exc)}"
+                        f"study store {masked!r} unreachable: {reason_of(exc, url)}"
                     ) from exc
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + limit
-                    _went_away(masked, exc, limit)
+                    _went_away(masked, exc, limit, reason_of(exc, url))
                 if now >= deadline:
                     raise StoreUnavailable(
-                        f"study store {masked!r} unreachable for {limit:g} s: {_reason(exc)}"
+                        f"study store {masked!r} unreachable for {limit:g} s: {reason_of(exc, url)}"
                     ) from exc
                 time.sleep(min(delay, deadline - now))
                 delay = min(2 * delay, MAX_DELAY_S)

@@ -15,14 +15,15 @@ from ._env import seconds_from_env
 from ._errors import StoreError
 from ._frozen import FastRDBStorage
 from ._optuna import rdb_backend
-from ._outage import StoreUnavailable, is_outage, ride_url
+from ._outage import StoreUnavailable, is_outage, reason_of, ride_url
 from ._url import check_url, mask_url
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
 MAX_RETRY = 3
 # Shorter heartbeats for tests and impatient clusters; every worker of a study should
-# see the same values (the Ray backend forwards them to its workers).
+# see the same values (the Ray backend forwards them to its workers, with the store's
+# retry window and budget-lock wait).
 HEARTBEAT_INTERVAL_VAR = "TUNER_HEARTBEAT_INTERVAL_S"
 GRACE_PERIOD_VAR = "TUNER_GRACE_PERIOD_S"
 
@@ -232,13 +233,9 @@ def _enable_wal(url: str) -> None:
 
 
 def _describe(url: str, exc: BaseException) -> str:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = reason[0] if reason else type(exc).__name__
+    first = reason_of(exc, url)
     if "No module named" in first:
         first += " (install the database driver, e.g. 'psycopg[binary]' for PostgreSQL)"
-    password = sqlalchemy.engine.make_url(url).password
-    if password:
-        first = first.replace(str(password), "***")
     return f"cannot open study store {mask_url(url)!r}: {first}"
 
 

@@ -8,6 +8,7 @@ study stop at exactly ``n_trials`` finished (COMPLETE + PRUNED) trials.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -448,7 +449,7 @@ def _process_main() -> None:
     for entry in reversed(payload.pop("sys_path")):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    report = payload.pop("report")
+    report = payload.pop("report", None)
     try:
         work(WorkerJob(**payload))
     except KeyboardInterrupt:
@@ -458,8 +459,9 @@ def _process_main() -> None:
     except StoreUnavailable as exc:
         # Not printed: in an outage the driver says so once. The driver reads why from the
         # report, for when only workers were refused (a server out of connections).
-        with open(report, "w", encoding="utf-8") as out:
-            out.write(str(exc))
+        if report:
+            with contextlib.suppress(OSError), open(report, "w", encoding="utf-8") as out:
+                out.write(str(exc))
         raise SystemExit(STORE_DOWN_EXIT) from None
     except StoreError as exc:
         # One line (the driver adds which workers ended), not a traceback.
@@ -551,7 +553,8 @@ class LocalProcessDispatcher(Dispatcher):
                 else f"study store {mask_url(self._url)!r} unreachable: every worker gave up "
                 f"waiting for it ({retry_window_s():g} s)"
             )
-        if down:
+        went_on = [p for p in self._procs if p.returncode in (0, GAVE_UP_EXIT)]
+        if down and went_on:
             say_stopped_early(len(down), len(self._procs), said)
         bad = [p for p in self._procs if p.returncode not in (0, None, GAVE_UP_EXIT)]
         if len(bad) == len(self._procs) and bad:

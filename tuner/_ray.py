@@ -20,6 +20,9 @@ from typing import Any
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, say_stopped_early, work
 from ._exceptions import DispatchError, first_line
 from .storage import StoreUnavailable
+from .storage._budget import WAIT_VAR as BUDGET_WAIT_VAR
+from .storage._outage import WINDOW_VAR as OUTAGE_WINDOW_VAR
+from .storage._rdb import GRACE_PERIOD_VAR, HEARTBEAT_INTERVAL_VAR
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 AUTH_MODES = ("token", "disabled")
@@ -27,12 +30,7 @@ AUTH_MODES = ("token", "disabled")
 # tuner says so explicitly, so the driver, its workers and `tuner submit` agree.
 DEFAULT_AUTH_MODE = "token"
 # Settings a worker must share with its driver, wherever the worker runs.
-FORWARDED_ENV = (
-    "TUNER_HEARTBEAT_INTERVAL_S",
-    "TUNER_GRACE_PERIOD_S",
-    "TUNER_STORE_RETRY_S",
-    "TUNER_BUDGET_LOCK_S",
-)
+FORWARDED_ENV = (HEARTBEAT_INTERVAL_VAR, GRACE_PERIOD_VAR, OUTAGE_WINDOW_VAR, BUDGET_WAIT_VAR)
 
 _OK = "ok"
 _GAVE_UP = "gave up"
@@ -213,7 +211,7 @@ class RayDispatcher(Dispatcher):
         ok = [r for r in self._results if r in (_OK, _GAVE_UP)]
         down = [r for r in self._results if isinstance(r, str) and r.startswith(_STORE_DOWN)]
         if down and not ok:
-            raise StoreUnavailable(down[0][len(_STORE_DOWN) :])
+            raise StoreUnavailable(f"every worker gave up: {down[0][len(_STORE_DOWN) :]}")
         if down:
             say_stopped_early(
                 len(down), len(self._results) + self._died, down[0][len(_STORE_DOWN) :]

@@ -144,9 +144,12 @@ def refused_url(postgres_url: str) -> Any:
     import uuid
 
     role = f"tuner_full_{uuid.uuid4().hex[:8]}"
+    # The server checks the password before the limit: the role gets the test's own.
+    password = sqlalchemy.engine.make_url(postgres_url).password
+    secret = "PASSWORD '" + str(password).replace("'", "''") + "' " if password else ""
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN {secret}CONNECTION LIMIT 0')
     try:
         yield (
             sqlalchemy.engine.make_url(postgres_url)
