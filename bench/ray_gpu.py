@@ -4,8 +4,8 @@ Runs the same study twice on a local Ray, once with ``resources.gpus: 1`` (one t
 GPU) and once with ``gpus: 0.25`` (four trials share a GPU), and prints side by side:
 trials per hour, GPU utilization sampled while the sweep runs (pynvml, else nvidia-smi),
 and the latency the trials measured on their GPU (median over trials, batch 1 and batch
-``measure.batch_size``). Float models are measured on the GPU; int8 models run on the CPU,
-so the search space here keeps ``quantize: none``.
+``measure.batch_size``). The search space keeps ``quantize: none``, so both runs time the
+same float models on the GPU (``bench/compression.py --device cuda`` compares int8 there).
 
 Run on a machine with NVIDIA GPUs:
     .venv/bin/python bench/ray_gpu.py [--spec search_spaces/mnist1d_cnn.yaml] [--trials 24]
