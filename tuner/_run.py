@@ -46,6 +46,7 @@ from .storage import (
     resolve_url,
 )
 from .storage._outage import add_listener, ride_out
+from .storage._room import connection_room, room_warning
 from .storage.keys import SPEC_ATTR, START_ATTR
 
 
@@ -207,6 +208,10 @@ def run(
     finally:
         stop_telling()
     prepare_study(spec, store, name)
+    # A server nearly out of connections refuses the last workers; say so before they wait.
+    crowded = room_warning(connection_room(store), workers)
+    if crowded is not None:
+        _say(crowded)
     from ._artifacts import artifacts_root
 
     # Every worker, wherever it runs, keeps its trials' models in the same folder.

@@ -83,6 +83,7 @@ def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
                 d.kill()
     for d, out in zip(drivers, outputs):
         assert d.returncode == 0, out[-3000:]
+        assert "server takes" not in out, "a server with room for the workers is not warned of"
     study = _assert_exact(postgres_url, "slow", budget)
     assert 1 <= _max_in_flight(study) <= 8
 
@@ -137,29 +138,44 @@ def test_sweep_survives_lost_database_connections_or_resumes(
 
 
 @pytest.fixture
-def refused_url(postgres_url: str) -> Any:
-    """The test database as a role the server lets in zero times: every connection is
-    refused with the server's own "too many connections" message, as when a server's
-    ``max_connections`` is used up."""
+def limited_url(postgres_url: str) -> Any:
+    """``limited_url(n)``: the test database as a role of its own that the server lets in at
+    most ``n`` times at once; past that it refuses with its own "too many connections"
+    message, as a server whose ``max_connections`` is used up does."""
     import uuid
 
-    role = f"tuner_full_{uuid.uuid4().hex[:8]}"
-    # The server checks the password before the limit: the role gets the test's own.
+    # The server checks the password before the limit: the roles get the test's own.
     password = sqlalchemy.engine.make_url(postgres_url).password
     secret = "PASSWORD '" + str(password).replace("'", "''") + "' " if password else ""
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN {secret}CONNECTION LIMIT 0')
-    try:
-        yield (
+    roles: list[str] = []
+
+    def make(limit: int) -> str:
+        role = f"tuner_limited_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN {secret}CONNECTION LIMIT {limit}')
+            conn.exec_driver_sql(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+        roles.append(role)
+        return (
             sqlalchemy.engine.make_url(postgres_url)
             .set(username=role)
             .render_as_string(hide_password=False)
         )
+
+    try:
+        yield make
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+            for role in roles:
+                conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+                conn.exec_driver_sql(f'DROP ROLE "{role}"')
         admin.dispose()
+
+
+@pytest.fixture
+def refused_url(limited_url: Any) -> str:
+    """A role the server lets in zero times: every connection is refused."""
+    return str(limited_url(0))
 
 
 def _jobs(tiny_spec: Any, study_url: str, urls: list[str], budget: int) -> list[Any]:
@@ -225,3 +241,28 @@ def test_a_worker_the_server_refuses_is_reported_and_the_rest_meet_the_budget(
     assert said[0].startswith("tuner: 1 of 2 workers stopped early: study store"), said[0]
     assert "too many connections for role" in said[0]
     _assert_exact(postgres_url, "full", 3)
+
+
+def test_a_run_on_a_server_nearly_out_of_connections_is_warned_before_it_starts(
+    limited_url: Any, tmp_path: Path, tiny_spec: Any
+) -> None:
+    url = limited_url(3)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec("crowded")))
+    env = {**os.environ, "TUNER_STORE_RETRY_S": "2", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [*TUNER, "run", str(spec), "--storage", url, "--workers", "3", "--backend", "local"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    warned = [
+        line for line in done.stderr.splitlines() if "server takes" in line and "need" in line
+    ]
+    assert len(warned) == 1, done.stderr[-3000:]
+    assert warned[0].startswith("tuner: the database server takes "), warned[0]
+    assert "(the role's limit 3) and 3 workers need about 6" in warned[0], warned[0]
+    assert "run fewer workers" in warned[0]
+    assert "Traceback" not in done.stdout + done.stderr

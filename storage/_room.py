@@ -1,0 +1,83 @@
+"""How many more connections a PostgreSQL server would take from this user, before a run.
+
+Every worker holds a pool and a heartbeat connection; a server whose ``max_connections``
+(or the role's or database's ``CONNECTION LIMIT``) is nearly used up refuses the workers
+that come last, and they wait out the retry window before giving up. The driver looks
+first and says so in one line, while there is still time to run fewer workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy
+
+# Connections a worker holds while it trains (its pool and its heartbeats), as measured
+# on PostgreSQL; a busy worker may hold up to five.
+PER_WORKER = 2
+
+_QUERY = """
+SELECT
+    current_setting('max_connections')::int,
+    current_setting('superuser_reserved_connections')::int,
+    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+    r.rolsuper,
+    r.rolconnlimit,
+    (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user),
+    d.datconnlimit,
+    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())
+FROM pg_roles r, pg_database d
+WHERE r.rolname = current_user AND d.datname = current_database()
+"""
+
+
+@dataclass(frozen=True)
+class Room:
+    """Connections the server would still take, and the limit that leaves the fewest."""
+
+    free: int
+    limit: str  # e.g. "max_connections 100"
+
+
+def connection_room(storage: Any) -> Room | None:
+    """The room left on the PostgreSQL server behind ``storage``; None for other
+    databases, or when the server does not say (the check is advice, never a failure).
+
+    A superuser is held only to ``max_connections`` (with the slots reserved for
+    superusers); others also to their role's and the database's connection limits.
+    """
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return None
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql(_QUERY).one_or_none()
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+    if row is None:
+        return None
+    most, reserved, used, superuser, role_limit, role_used, db_limit, db_used = row
+    usable = int(most) if superuser else int(most) - int(reserved)
+    rooms = [Room(usable - int(used), f"max_connections {int(most)}")]
+    if not superuser:
+        if role_limit is not None and role_limit >= 0:
+            rooms.append(Room(role_limit - int(role_used), f"the role's limit {role_limit}"))
+        if db_limit is not None and db_limit >= 0:
+            rooms.append(Room(db_limit - int(db_used), f"the database's limit {db_limit}"))
+    return min(rooms, key=lambda room: room.free)
+
+
+def room_warning(room: Room | None, workers: int) -> str | None:
+    """One line when ``workers`` would need more connections than ``room`` has, else None."""
+    if room is None:
+        return None
+    need = workers * PER_WORKER
+    if need <= room.free:
+        return None
+    free = max(0, room.free)
+    return (
+        f"the database server takes {free} more connection{'s' if free != 1 else ''} "
+        f"({room.limit}) and {workers} worker{'s' if workers != 1 else ''} need about "
+        f"{need}; workers it refuses wait, then stop: run fewer workers, or raise the limit"
+    )
