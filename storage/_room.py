@@ -17,18 +17,26 @@ import sqlalchemy
 # on PostgreSQL; a busy worker may hold up to five.
 PER_WORKER = 2
 
-_QUERY = """
+# Another user's session shows a NULL backend_type to a role without pg_read_all_stats;
+# its user and database still show, which background processes lack. The limits count
+# client sessions, as the server does; a role's limit applies to the login role.
+_CLIENT = (
+    "(backend_type = 'client backend' "
+    "OR (backend_type IS NULL AND usesysid IS NOT NULL AND datid IS NOT NULL))"
+)
+_QUERY = f"""
 SELECT
     current_setting('max_connections')::int,
-    current_setting('superuser_reserved_connections')::int,
-    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+    current_setting('superuser_reserved_connections')::int
+        + coalesce(current_setting('reserved_connections', true)::int, 0),
+    (SELECT count(*) FROM pg_stat_activity WHERE {_CLIENT}),
     r.rolsuper,
     r.rolconnlimit,
-    (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user),
+    (SELECT count(*) FROM pg_stat_activity WHERE usename = session_user AND {_CLIENT}),
     d.datconnlimit,
-    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database())
+    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {_CLIENT})
 FROM pg_roles r, pg_database d
-WHERE r.rolname = current_user AND d.datname = current_database()
+WHERE r.rolname = session_user AND d.datname = current_database()
 """
 
 
@@ -75,9 +83,12 @@ def room_warning(room: Room | None, workers: int) -> str | None:
     need = workers * PER_WORKER
     if need <= room.free:
         return None
-    free = max(0, room.free)
+    free = room.free
+    takes = (
+        "no more connections" if free <= 0 else f"{free} more connection{'s' if free != 1 else ''}"
+    )
     return (
-        f"the database server takes {free} more connection{'s' if free != 1 else ''} "
-        f"({room.limit}) and {workers} worker{'s' if workers != 1 else ''} need about "
-        f"{need}; workers it refuses wait, then stop: run fewer workers, or raise the limit"
+        f"the database server takes {takes} ({room.limit}) and {workers} "
+        f"worker{'s' if workers != 1 else ''} need about {need}; workers it refuses wait, "
+        "then stop: run fewer workers, or raise the limit"
     )

@@ -208,10 +208,6 @@ def run(
     finally:
         stop_telling()
     prepare_study(spec, store, name)
-    # A server nearly out of connections refuses the last workers; say so before they wait.
-    crowded = room_warning(connection_room(store), workers)
-    if crowded is not None:
-        _say(crowded)
     from ._artifacts import artifacts_root
 
     # Every worker, wherever it runs, keeps its trials' models in the same folder.
@@ -237,12 +233,16 @@ def run(
         for i in range(workers)
     ]
     before = count_states(store, name)
+    # A study already at its budget needs no workers (nor a Ray to start).
+    done_before = before.get("COMPLETE", 0) + before.get("PRUNED", 0) >= budget
+    # A server nearly out of connections refuses the last workers; say so before they wait.
+    crowded = None if done_before else room_warning(connection_room(store), workers)
+    if crowded is not None:
+        _say(crowded)
     reporter = _Progress(store, name, spec, budget) if progress else None
     if reporter is not None:
         reporter.start(url, workers, backend)
     stop_telling = add_listener(reporter.say if reporter is not None else _say)
-    # A study already at its budget needs no workers (nor a Ray to start).
-    done_before = before.get("COMPLETE", 0) + before.get("PRUNED", 0) >= budget
     try:
         if not done_before:
             dispatcher.run(jobs, on_tick=_StoreWatch(store, name, reporter).tick)
