@@ -269,6 +269,11 @@ def _add_status(sub: Any) -> None:
     p = sub.add_parser("status", help="studies in the store, or one study's trials by state")
     p.add_argument("study", nargs="?", help="study name (default: every study)")
     _storage_arg(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="for scripts: every study's counts, or one study's counts, epochs and front",
+    )
     p.set_defaults(func=_cmd_status)
 
 
@@ -282,6 +287,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         if args.study is None:
             summaries = read_studies(store)
+            if args.json:
+                print(
+                    json.dumps(
+                        [
+                            {
+                                "study": s.name,
+                                "state": "running" if s.is_running else "idle",
+                                "counts": _state_counts(s.counts),
+                                "last_update": s.last_update,
+                            }
+                            for s in summaries
+                        ],
+                        indent=2,
+                        default=str,
+                    )
+                )
+                return EXIT_OK
             console.print(f"store {mask_url(resolve_url(args.storage))}")
             if not summaries:
                 console.print("no studies yet: tuner run search_spaces/digits_mlp.yaml")
@@ -328,10 +350,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
     # Epochs saved: what the finished trials would have trained without early stopping.
     spec_attr = study.user_attrs.get("tuner.spec") or {}
     max_epochs = (spec_attr.get("budget") or {}).get("max_epochs")
-    saved = ""
+    epochs_saved = None
     if isinstance(max_epochs, int):
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        saved = f", {max(0, max_epochs * finished - epochs)} saved by early stopping"
+        epochs_saved = max(0, max_epochs * finished - epochs)
+    saved = f", {epochs_saved} saved by early stopping" if epochs_saved is not None else ""
+    if args.json:
+        front = pareto_front(records, objectives)
+        print(
+            json.dumps(
+                {
+                    "study": args.study,
+                    "counts": _state_counts(counts),
+                    "epochs": epochs,
+                    "epochs_saved": epochs_saved,
+                    "front": [
+                        {"number": r.number, "params": r.params, "values": r.values} for r in front
+                    ],
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return EXIT_OK
     console.print(
         f"study [bold]{args.study}[/]: {counts.get('COMPLETE', 0)} complete, "
         f"{counts.get('PRUNED', 0)} stopped early, {counts.get('FAIL', 0)} failed, "
@@ -347,6 +388,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
         console.print(f"  trial {r.number} failed: {(r.error or '').splitlines()[0]}")
     _print_front(console, pareto_front(records, objectives), objectives, title="Pareto front")
     return EXIT_OK
+
+
+_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+
+
+def _state_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Trials by state, every state named (zero where none), for scripts."""
+    return {state.lower(): int(counts.get(state, 0)) for state in _STATES}
 
 
 def _add_best(sub: Any) -> None:

@@ -45,6 +45,15 @@ def test_run_best_status_round_trip(tmp_path: Path, tiny_spec: Any) -> None:
     assert status.returncode == 0 and "tiny" in status.stdout
     one = _tuner("status", "tiny", cwd=tmp_path)
     assert one.returncode == 0 and "2 complete" in one.stdout
+    # The same, for scripts.
+    every = json.loads(_tuner("status", "--json", cwd=tmp_path).stdout)
+    assert [(s["study"], s["state"], s["counts"]["complete"]) for s in every] == [
+        ("tiny", "idle", 2)
+    ]
+    mine = json.loads(_tuner("status", "tiny", "--json", cwd=tmp_path).stdout)
+    assert mine["counts"] == {"complete": 2, "pruned": 0, "fail": 0, "running": 0, "waiting": 0}
+    assert mine["epochs"] == 2 and mine["epochs_saved"] == 0
+    assert [t["number"] for t in mine["front"]] == [t["number"] for t in front]
 
 
 def test_n_trials_flag_and_env_storage(tmp_path: Path, tiny_spec: Any) -> None:
