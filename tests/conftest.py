@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Unset or empty (which Ray also reads as off): the tests' Ray and tuner agree on "disabled".
+if not os.environ.get("RAY_AUTH_MODE"):
+    os.environ["RAY_AUTH_MODE"] = "disabled"
 # Kept trial models go to a throwaway folder, never into the checkout. The process that
 # makes it (pytest's controller, whose workers inherit the variable) removes it at exit.
 if "TUNER_ARTIFACTS" not in os.environ:

@@ -40,9 +40,14 @@ _STORE_DOWN = "store down: "
 def auth_mode() -> str:
     """Ray's token authentication mode, set in the environment if it was not."""
     mode = os.environ.get(AUTH_MODE_VAR)
-    if mode is None or mode == "":
+    if mode is None:
         os.environ[AUTH_MODE_VAR] = DEFAULT_AUTH_MODE
         return DEFAULT_AUTH_MODE
+    if mode == "":
+        # Ray reads a variable that is set but empty as "not token": authentication off.
+        # Said plainly, so every process tuner starts agrees with a cluster started so.
+        os.environ[AUTH_MODE_VAR] = "disabled"
+        return "disabled"
     if mode.lower() not in AUTH_MODES:
         raise DispatchError(
             f"{AUTH_MODE_VAR}: got {mode!r}; expected one of {', '.join(AUTH_MODES)} "
