@@ -19,12 +19,13 @@ from tuner._shipping import Settings, measure, ship
 from tuner._spec import MeasureSpec
 from tuner._workloads import TrialContext
 
+from .test_shipping import WORKLOADS, _grid_spec
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-WORKLOADS = {"residual-cnn": "user_models:residual_cnn", "transformer": "user_models:transformer"}
 CUDA = torch.device("cuda", 0)
 
 
@@ -74,25 +75,10 @@ def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
 def test_a_gpu_study_completes_every_compression_setting(
     model: str, runtime: str, sqlite_url: str, tmp_path: Path
 ) -> None:
-    spec = {
-        "name": f"{model}-{runtime}-gpu",
-        "workload": WORKLOADS[model],
-        "objectives": {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"},
-        "search_space": {
-            "optimizer": "adamw",
-            "lr": 0.003,
-            "batch_size": 64,
-            "prune_threshold": 0.5,
-            "finetune_epochs": 1,
-            "prune_structure": {"type": "categorical", "choices": ["unstructured", "structured"]},
-            "quantize": {"type": "categorical", "choices": ["none", "int8"]},
-        },
-        "sampler": {"name": "grid", "seed": 0},
-        "budget": {"n_trials": 4, "max_epochs": 2},
-        "measure": {"batch_size": 32, "warmup": 3, "repeats": 10, "runtime": runtime},
-        "resources": {"gpus": 1},
-        "artifacts": {"keep": "all", "path": str(tmp_path / "artifacts")},
-    }
+    spec = _grid_spec(f"{model}-{runtime}-gpu", WORKLOADS[model], runtime, compile="auto")
+    spec["measure"].update(batch_size=32, warmup=3, repeats=10)
+    spec["resources"] = {"gpus": 1}
+    spec["artifacts"]["path"] = str(tmp_path / "artifacts")
     tuner.run(spec, storage=sqlite_url, backend="inline")
     study = optuna.load_study(study_name=spec["name"], storage=sqlite_url)
     trials = study.get_trials(deepcopy=False)
