@@ -7,8 +7,10 @@ epoch of fine-tuning. Each shipped model is measured in the torch runtime and in
 Runtime: latency p50 at batch 1 and at batch 32 (one thread), size in bytes, and test
 accuracy. Ratios are against the dense model in the same runtime, measured in the same run:
 the four variants of a model take turns, round after round, and each latency is the median
-over rounds of the median per round (this machine is noisy). Compile time (torch.compile of
-the PT2E int8 graphs, both batch sizes) is apart from latency.
+over rounds of the median per round (this machine is noisy). Compiled models are compiled
+as trials compile them (tuner._measure.compile_for_inference: on the CPU with and without
+inductor's freezing, the faster kept, per batch size; "frozen b1/b32" says which). Compile
+time (torch.compile of the PT2E int8 graphs, both batch sizes) is apart from latency.
 
     python bench/compression.py [--epochs 6] [--repeats 30] [--rounds 7] [--threads 1]
                                 [--device cuda] [--models "residual cnn,transformer"]
@@ -28,7 +30,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -36,7 +38,7 @@ from torch import nn
 from tuner._builtin_workloads import PatchTransformer
 from tuner._datasets import mnist1d
 from tuner._formats import OnnxRunner, onnx_bytes
-from tuner._measure import _synchronize
+from tuner._measure import _synchronize, compile_for_inference
 from tuner._shipping import Settings, Shipped, compiles, measure, ship, trial_model
 from tuner._spec import MeasureSpec
 from tuner._workloads import evaluate_accuracy, fit
@@ -125,10 +127,21 @@ class _Timed:
             runner = OnnxRunner(onnx_bytes(trial_model_of(shipped, example)), threads=threads)
             self._run: Callable[[torch.Tensor], Any] = runner
         else:
-            model = shipped.model
-            if compiles(shipped, compile):
-                model = torch.compile(model, dynamic=False)
-            self._run = model
+            self._run = shipped.model
+        self._compile = runtime == "torch" and compiles(shipped, compile)
+        self._compiled: dict[tuple[int, ...], Callable[[torch.Tensor], Any]] = {}
+        self.frozen: dict[int, bool] = {}
+
+    def _runner(self, batch: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+        """The model, compiled for ``batch``'s shape as a trial compiles it, when it is."""
+        if not self._compile:
+            return self._run
+        shape = tuple(batch.shape)
+        if shape not in self._compiled:
+            compiled = compile_for_inference(cast(nn.Module, self._run), batch)
+            self._compiled[shape] = compiled.run
+            self.frozen[shape[0]] = compiled.frozen
+        return self._compiled[shape]
 
     def time_batch(self, batch: torch.Tensor, repeats: int) -> float:
         """Median milliseconds of one pass over ``batch`` (after two untimed passes)."""
@@ -137,13 +150,14 @@ class _Timed:
         batch = batch.to(self.device)
         try:
             with torch.inference_mode():
+                run = self._runner(batch)
                 for _ in range(2):
-                    self._run(batch)
+                    run(batch)
                 timings = []
                 for _ in range(repeats):
                     _synchronize(self.device)
                     started = time.perf_counter()
-                    self._run(batch)
+                    run(batch)
                     _synchronize(self.device)
                     timings.append((time.perf_counter() - started) * 1000.0)
         finally:
@@ -200,8 +214,8 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     example = data.test[0][:1]
     headers = ["model", "runtime", "compression", "b1 ms", "b32 ms", "b32 speed-up",
-               "size B", "smaller", "test acc", "compile s"]  # fmt: skip
-    widths = [12, 11, 31, 7, 7, 12, 10, 7, 8, 9]
+               "size B", "smaller", "test acc", "compile s", "frozen b1/b32"]  # fmt: skip
+    widths = [12, 11, 31, 7, 7, 12, 10, 7, 8, 9, 13]
     lines = [_row(headers, widths)]
     verdicts: list[str] = []
     for model_name in args.models.split(","):
@@ -284,6 +298,10 @@ def main() -> None:
                             f"{sized[base].get('compile_time_s', 0.0):.1f}"
                             if runtime == "torch" and base == name
                             else "",
+                            "/".join(
+                                "yes" if timed[name].frozen[b] else "no"
+                                for b in sorted(timed[name].frozen)
+                            ),
                         ],
                         widths,
                     )

@@ -26,8 +26,9 @@ Compression has two knobs, applied in this order by :func:`compress`:
 
   - on the CPU, PT2E static quantization (``torch.export``, torchao's ``X86InductorQuantizer``
     calibrated on typical inputs, ``convert_pt2e``): int8 weights per channel, calibrated int8
-    activations, for the convolutions and Linear layers the quantizer supports. Its kernels are
-    fused by ``torch.compile`` (see ``tuner._measure``);
+    activations, for every convolution and linear op, attention's projections included (see
+    ``_keep_float_quantizer``). Its kernels are fused by ``torch.compile`` (see
+    ``tuner._measure.compile_for_inference``);
   - on CUDA, torchao's ``quantize_`` with dynamic int8 activations and int8 weights for every
     ``nn.Linear``.
 
@@ -530,11 +531,11 @@ def _check_keep_float(keep_float: str) -> None:
 
 
 def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Qualified names of the Linear and convolution layers, in the order they run.
+    """Qualified names of the Linear, convolution and attention layers, in the order they run.
 
-    Attention's own output projection is left out: attention computes it from the weight
-    directly, so the layer never runs as a module; the quantizers treat it as part of
-    attention.
+    Attention is one layer: it computes its input and output projections from their weights
+    directly, so its output projection never runs as a module; the quantizers treat both as
+    part of attention.
     """
     names = {id(m): n for n, m in model.named_modules()}
     order: list[str] = []
@@ -544,9 +545,32 @@ def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
         if name not in order:
             order.append(name)
 
-    with _watching_layers(model, hook), torch.no_grad(), tracing():
-        model(example)
+    attention = [
+        module.register_forward_hook(hook)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    ]
+    try:
+        with _watching_layers(model, hook), torch.no_grad(), tracing():
+            model(example)
+    finally:
+        for handle in attention:
+            handle.remove()
     return order
+
+
+def _int8_weights(module: nn.Module) -> list[torch.Tensor]:
+    """The weights that int8 quantizes in ``module``: attention's projections, or its own."""
+    if isinstance(module, nn.MultiheadAttention):
+        weights: list[torch.Tensor | None] = [
+            module.in_proj_weight,
+            module.q_proj_weight,
+            module.k_proj_weight,
+            module.v_proj_weight,
+            module.out_proj.weight,
+        ]
+        return [weight for weight in weights if weight is not None]
+    return [cast(torch.Tensor, module.weight)]
 
 
 def _fake_int8(tensor: torch.Tensor, *, per_channel: bool) -> torch.Tensor:
@@ -565,9 +589,10 @@ def _fake_int8(tensor: torch.Tensor, *, per_channel: bool) -> torch.Tensor:
 def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float]:
     """How much the model's outputs move when one layer alone computes in int8.
 
-    Each Linear or convolution layer in turn gets its weights rounded to int8 per output
-    channel and its input activations to 8 bits per tensor (as static int8 would); the
-    score is the KL divergence of the model's outputs from the float model's on ``inputs``.
+    Each Linear, convolution or attention layer in turn gets its weights rounded to int8
+    per output channel and its input activations to 8 bits per tensor (as static int8
+    would); the score is the KL divergence of the model's outputs from the float model's on
+    ``inputs``.
     """
     model = model.eval()
     layers = _layers_in_order(model, inputs[:2])
@@ -577,17 +602,22 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float
         scores: dict[str, float] = {}
         for name in layers:
             module = modules[name]
-            weight = module.weight
-            original = weight.detach().clone()
-            weight.copy_(_fake_int8(original, per_channel=True))
+            weights = _int8_weights(module)
+            originals = [weight.detach().clone() for weight in weights]
+            for weight, original in zip(weights, originals):
+                weight.copy_(_fake_int8(original, per_channel=True))
             handle = module.register_forward_pre_hook(
-                lambda _m, args: (_fake_int8(args[0], per_channel=False), *args[1:])
+                lambda _m, args: tuple(
+                    _fake_int8(a, per_channel=False) if isinstance(a, torch.Tensor) else a
+                    for a in args
+                )
             )
             try:
                 moved = F.log_softmax(model(inputs), dim=-1)
             finally:
                 handle.remove()
-                weight.copy_(original)
+                for weight, original in zip(weights, originals):
+                    weight.copy_(original)
             scores[name] = float(F.kl_div(moved, reference, log_target=True, reduction="batchmean"))
     return scores
 
@@ -686,29 +716,69 @@ def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ())
 
 
 def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
-    """torchao's x86 quantizer, leaving the layers in ``keep_float`` in float.
+    """torchao's x86 quantizer, for every convolution and linear op, leaving ``keep_float`` float.
 
     Its own ``set_module_name_qconfig(name, None)`` skips a fusion pattern only when every
     node of it comes from that module, so a convolution fused with the BatchNorm and ReLU
     that follow it (other modules) would still be quantized. Marking the layer's own
     operator as handled first makes every pattern that contains it stay float, which is
     what a ``None`` config does inside the quantizer.
+
+    The quantizer finds its ops by the module or function that called them, so it leaves
+    out ops it supports when they come from elsewhere: attention's projections
+    (``F.linear`` called inside ``MultiheadAttention``), and a convolution followed by
+    ``torch.relu`` or by nothing (only ``nn.Conv1d`` then ``nn.ReLU`` is matched). Those
+    get the same int8 annotation, from the quantizer's own per-op helpers, after its
+    patterns have had their turn. A convolution still followed by BatchNorm (during
+    quantization-aware training, before the two are folded) is left to the quantizer.
     """
     kept = set(keep_float)
+
+    def owner(node: torch.fx.Node) -> str | None:
+        stack = node.meta.get("nn_module_stack") or {}
+        return str(next(reversed(stack.values()))[0]) if stack else None
+
+    def feeds_batch_norm(node: torch.fx.Node) -> bool:
+        return any("batch_norm" in str(user.target) for user in node.users)
 
     class KeepFloat(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             for node in model.graph.nodes:
-                stack = node.meta.get("nn_module_stack") or {}
-                if node.op == "call_function" and stack:
-                    owner = next(reversed(stack.values()))[0]
-                    if owner in kept:
-                        node.meta[x86.QUANT_ANNOTATION_KEY] = (
-                            x86._X86InductorQuantizationAnnotation(_annotated=True)
-                        )
+                if node.op == "call_function" and owner(node) in kept:
+                    node.meta[x86.QUANT_ANNOTATION_KEY] = x86._X86InductorQuantizationAnnotation(
+                        _annotated=True
+                    )
             return super().annotate(model)
 
+        def _annotate_conv2d_fusion_pattern(
+            self, model: torch.fx.GraphModule, config: Any, filter_fn: Any = None
+        ) -> None:
+            super()._annotate_conv2d_fusion_pattern(model, config, filter_fn)
+            for node in _left_out(model, _CONV_OPS, filter_fn):
+                if not feeds_batch_norm(node):
+                    self._annotate_conv_node_helper(node, True, config)
+
+        def _annotate_linear_fusion_pattern(
+            self, model: torch.fx.GraphModule, config: Any, filter_fn: Any = None
+        ) -> None:
+            super()._annotate_linear_fusion_pattern(model, config, filter_fn)
+            for node in _left_out(model, (torch.ops.aten.linear.default,), filter_fn):
+                self._annotate_linear_node_helper(node, True, config)
+
+    def _left_out(model: torch.fx.GraphModule, ops: tuple[Any, ...], filter_fn: Any) -> list[Any]:
+        return [
+            node
+            for node in model.graph.nodes
+            if node.op == "call_function"
+            and node.target in ops
+            and isinstance(node.args[1], torch.fx.Node)
+            and not x86._skip_annotate([node], filter_fn)
+        ]
+
     return KeepFloat()
+
+
+_CONV_OPS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default)
 
 
 def _capture(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:

@@ -140,11 +140,18 @@ class _Calibration:
 _QUANTIZABLE = ("Conv", "MatMul", "Gemm")
 
 
-def _node_modules(proto: Any) -> dict[str, str]:
+def _attention_names(model: nn.Module) -> frozenset[str]:
+    return frozenset(n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention))
+
+
+def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[str, str]:
     """For each Conv/MatMul/Gemm node of an exported graph, the module it came from.
 
     A node whose weight is a named parameter (``blocks.0.conv1.weight``) belongs to that
-    layer; otherwise the exporter's record of the module scopes it ran in names it.
+    layer; otherwise the exporter's record of the module scopes it ran in names it. The
+    output projection of an attention layer named in ``attention`` belongs to the attention,
+    as its input projection does: PyTorch's quantizers and tuner's layer names treat the two
+    as one layer.
     """
     inits = {i.name for i in proto.graph.initializer}
     modules: dict[str, str] = {}
@@ -153,7 +160,9 @@ def _node_modules(proto: Any) -> dict[str, str]:
             continue
         weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
         if weight is not None:
-            modules[node.name] = weight[: -len(".weight")]
+            layer = weight[: -len(".weight")]
+            owner = layer.rpartition(".")[0]
+            modules[node.name] = owner if owner in attention else layer
             continue
         meta = {entry.key: entry.value for entry in node.metadata_props}
         try:
@@ -204,8 +213,8 @@ def _qdq_weighted(proto: Any) -> list[Any]:
     ]
 
 
-def _qdq_modules(proto: Any) -> tuple[str, ...]:
-    modules = _node_modules(proto)
+def _qdq_modules(proto: Any, attention: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    modules = _node_modules(proto, attention)
     names: list[str] = []
     for node in _qdq_weighted(proto):
         module = modules.get(node.name)
@@ -215,7 +224,10 @@ def _qdq_modules(proto: Any) -> tuple[str, ...]:
 
 
 def _int8_onnx(
-    proto: Any, calibration: torch.Tensor | None, keep_float: tuple[str, ...] = ()
+    proto: Any,
+    calibration: torch.Tensor | None,
+    keep_float: tuple[str, ...] = (),
+    attention: frozenset[str] = frozenset(),
 ) -> Any:
     """int8 by ONNX Runtime's quantizer.
 
@@ -230,7 +242,9 @@ def _int8_onnx(
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    excluded = [node for node, module in _node_modules(proto).items() if module in set(keep_float)]
+    excluded = [
+        node for node, module in _node_modules(proto, attention).items() if module in keep_float
+    ]
     ops = {n.op_type for n in proto.graph.node}
     with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet_exporter():
         source = Path(tmp) / "float.onnx"
@@ -412,16 +426,17 @@ def onnx_shipped(tm: TrialModel) -> tuple[Any, tuple[str, ...]]:
     import onnx
 
     int8_layers: tuple[str, ...] = ()
+    attention = _attention_names(tm.model)
     if tm.qat_program is not None:
         # int8 learned in training: the graph's own quantize/dequantize pairs carry the
         # scales into the file, and ONNX Runtime fuses them into int8 kernels.
         proto = _float_onnx(tm.shipped_torch(), tm.example)
-        int8_layers = _qdq_modules(proto)
+        int8_layers = _qdq_modules(proto, attention)
     else:
         proto = _float_onnx(tm.model, tm.example)
         if tm.quantize == "int8":
-            modules = _node_modules(proto)
-            proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers))
+            modules = _node_modules(proto, attention)
+            proto = _int8_onnx(proto, tm.calibration, tuple(tm.float_layers), attention)
             int8_layers = _int8_modules(proto, modules)
     proto = _sparse_encode(_strip(proto))
     try:

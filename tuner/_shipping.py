@@ -6,8 +6,10 @@ same thing wherever they are read.
 
 * ``measure.runtime: torch``: the shipped PyTorch model runs on the trial's device. An int8
   model on the CPU is a PT2E graph whose int8 kernels only exist once ``torch.compile`` fuses
-  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model). Compile
-  time is recorded as ``compile_time_s``, never in the latency.
+  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model), with or
+  without inductor's freezing, whichever is faster at each batch size (``compiled_frozen``,
+  ``compiled_frozen_batch``). Compile time is recorded as ``compile_time_s``, never in the
+  latency.
 * ``measure.runtime: onnxruntime``: the float model after sparsity is exported to ONNX, int8
   is applied by ONNX Runtime's quantizer, and that file is what is sized, timed and scored.
 """
@@ -332,6 +334,8 @@ def measure(
         out[f"latency_ms{suffix}"] = stats.p50_ms
         out[f"latency_ms{suffix}_p90"] = stats.p90_ms
         compile_s += stats.compile_s
+        if compile_model:
+            out[f"compiled_frozen{suffix}"] = stats.frozen
         if suffix:
             out["latency_batch_size"] = stats.batch_size
         else:

@@ -400,6 +400,38 @@ def test_int8_transformer_runs_and_lists_its_int8_layers() -> None:
     assert (got.argmax(1) == reference.argmax(1)).float().mean() >= 0.75
 
 
+def test_int8_on_the_cpu_covers_attention_projections_and_every_convolution() -> None:
+    # torchao's x86 quantizer alone leaves attention's projections (F.linear inside
+    # MultiheadAttention) and convolutions followed by torch.relu in float.
+    from tuner._measure import size_bytes
+
+    torch.manual_seed(0)
+    inputs = torch.randn(64, 1, 40)
+    residual = ResidualCNN(channels=16).eval()
+    _, layers = quantize(residual, mode="int8", calibration_inputs=inputs)
+    convolutions = [n for n, m in residual.named_modules() if isinstance(m, nn.Conv1d)]
+    assert set(layers) == {*convolutions, "head"}, layers
+
+    transformer = PatchTransformer(width=64, heads=4).eval()
+    int8, layers = quantize(transformer, mode="int8", calibration_inputs=inputs)
+    assert {"encoder.layers.0.self_attn", "encoder.layers.1.self_attn"} <= set(layers)
+    # Nearly every weight is int8: a quarter of the float bytes, plus scales.
+    assert size_bytes(int8) < size_bytes(transformer) / 3
+    with torch.no_grad():
+        agree = (int8(inputs).argmax(1) == transformer(inputs).argmax(1)).float().mean()
+    assert agree >= 0.75
+    # Attention named in keep_float stays float, its projections both.
+    _, kept = quantize(
+        transformer,
+        mode="int8",
+        calibration_inputs=inputs,
+        keep_float=("encoder.layers.0.self_attn",),
+    )
+    assert set(kept) == set(layers) - {"encoder.layers.0.self_attn"}
+    # So `keep_float: sensitive` weighs attention too.
+    assert set(layer_sensitivity(transformer, inputs)) == set(layers)
+
+
 def test_keep_float_ends_leaves_the_first_and_last_layer_float_in_int8() -> None:
     torch.manual_seed(0)
     model = PatchTransformer(width=32, heads=4).eval()

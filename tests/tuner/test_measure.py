@@ -14,6 +14,7 @@ from tuner._compression import quantize, sparsify
 from tuner._measure import (
     LatencyStats,
     accuracy,
+    compile_for_inference,
     deserialize_model_state,
     measure_latency,
     serialize_model,
@@ -215,6 +216,29 @@ def test_compiled_latency_reports_compile_time_apart() -> None:
     assert plain.compile_s == 0.0
     # The first call compiles (or loads inductor's cached kernels): far slower than a pass.
     assert compiled.compile_s > 5 * compiled.p50_ms / 1000
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "residual cnn"])
+def test_compiled_int8_graph_answers_as_the_graph_does(architecture: str) -> None:
+    # Compiled with and without inductor's freezing, the faster kept. Freezing holds for the
+    # Transformer's int8 linear ops and fails on the residual CNN's int8 1-D convolutions;
+    # either way the compiled model must answer as the int8 graph does.
+    from user_models import PatchTransformer, ResidualCNN
+
+    torch.manual_seed(0)
+    model = (PatchTransformer() if architecture == "transformer" else ResidualCNN()).eval()
+    inputs = torch.randn(64, 1, 40)
+    int8, layers = quantize(model, mode="int8", calibration_inputs=inputs)
+    batch = inputs[:32]
+    with torch.inference_mode():
+        compiled = compile_for_inference(int8, batch)
+        expected = int8(batch)
+        got = compiled.run(batch)
+    assert len(layers) >= 5
+    assert isinstance(compiled.frozen, bool) and compiled.compile_s > 0
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    stats = measure_latency(int8, inputs[:1], batch_size=32, warmup=1, repeats=3, compile=True)
+    assert stats.frozen in (True, False) and stats.compile_s > 0
 
 
 def test_structured_pruning_makes_the_model_faster() -> None:

@@ -84,6 +84,9 @@ def test_every_compression_setting_completes(
                 assert attrs["int8_layers"]
                 assert attrs["compiled"] == compiled
                 assert (attrs["compile_time_s"] > 0) == compiled
+                # Whether each batch size was timed compiled with inductor's freezing.
+                frozen = [attrs.get("compiled_frozen"), attrs.get("compiled_frozen_batch")]
+                assert all(isinstance(f, bool) for f in frozen) == compiled
             else:
                 assert attrs["onnx_int8_nodes"]
         else:
@@ -331,8 +334,12 @@ def test_layers_kept_in_float_are_recorded_and_float_in_the_onnx_file(
     assert len(sensitive["float_layers"]) == 2
     for attrs in (ends, sensitive):
         assert not set(attrs["float_layers"]) & set(attrs["int8_layers"])
-        assert len(attrs["onnx_int8_nodes"]) == len(none["onnx_int8_nodes"]) - 2
+        assert len(attrs["onnx_int8_nodes"]) < len(none["onnx_int8_nodes"])
         assert attrs["size_bytes"] > none["size_bytes"]
+    assert len(ends["onnx_int8_nodes"]) == len(none["onnx_int8_nodes"]) - 2
+    # Attention is one layer, named as in the torch runtime: its output projection with it.
+    assert "encoder.layers.0.self_attn" in none["int8_layers"]
+    assert not any(name.endswith("out_proj") for name in none["int8_layers"])
     # The exported file is what was measured: two int8 nodes fewer, same accuracy.
     out = tmp_path / "ends.onnx"
     number = trials["ends"].number
@@ -402,3 +409,41 @@ def test_quantization_aware_training_ships_its_learned_int8_in_the_onnx_file(
     x, y = test
     shipped = float((program(x).argmax(dim=1) == y).float().mean())
     assert shipped == pytest.approx(learned["test_accuracy"], abs=0.01)
+
+
+def test_attention_kept_float_keeps_both_its_projections_float_in_onnx() -> None:
+    from user_models import PatchTransformer
+
+    from tuner._artifacts import TrialModel
+    from tuner._formats import onnx_shipped
+
+    torch.manual_seed(0)
+    inputs = torch.randn(64, 1, 40)
+
+    def shipped(float_layers: list[str]) -> tuple[int, tuple[str, ...]]:
+        torch.manual_seed(0)
+        noise = torch.Generator().manual_seed(1)
+        model = PatchTransformer(width=32).eval()
+        with torch.no_grad():  # trained layers differ; freshly built ones are copies
+            for parameter in model.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=noise))
+        tm = TrialModel(
+            model=model,
+            quantize="int8",
+            prune_threshold=0.0,
+            prune_structure="unstructured",
+            calibration=inputs,
+            test_data=(inputs, torch.zeros(64, dtype=torch.long)),
+            float_layers=float_layers,
+        )
+        from tuner._formats import onnx_int8_nodes
+
+        proto, layers = onnx_shipped(tm)
+        return len(onnx_int8_nodes(proto)), layers
+
+    nodes, layers = shipped([])
+    kept_nodes, kept_layers = shipped(["encoder.layers.0.self_attn"])
+    assert "encoder.layers.0.self_attn" in layers
+    # No int8 node is left that belongs to it: its output projection is named with it.
+    assert set(kept_layers) == set(layers) - {"encoder.layers.0.self_attn"}
+    assert kept_nodes < nodes
