@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import struct
 import time
@@ -410,6 +411,27 @@ def _quick_ms(runnable: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> f
 _CHOICE_PASSES = 10
 
 
+@contextlib.contextmanager
+def _quiet_compiler() -> Iterator[None]:
+    """Keep torch's compiler from logging the traceback of a compile that is allowed to fail.
+
+    A failed freezing compile logs its stack at ERROR level before it raises; the caller
+    handles the error, so the log would only alarm whoever reads a trial's output.
+    """
+    loggers = [logging.getLogger(name) for name in _COMPILER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+_COMPILER_LOGGERS = ("torch._subclasses.fake_tensor", "torch._dynamo", "torch._inductor")
+
+
 @dataclass(frozen=True)
 class Compiled:
     """A model compiled for one input shape (see :func:`compile_for_inference`)."""
@@ -444,7 +466,8 @@ def compile_for_inference(model: nn.Module, batch: torch.Tensor) -> Compiled:
     try:
         started = time.perf_counter()
         # A copy: torch's cache would otherwise hand back the graph compiled above.
-        frozen, output = _compile(copy.deepcopy(model), batch, freezing=True)
+        with _quiet_compiler():
+            frozen, output = _compile(copy.deepcopy(model), batch, freezing=True)
         compile_s += time.perf_counter() - started
     except Exception:  # noqa: BLE001 - freezing is an optimization; keep the plain compile
         return Compiled(runnable, compile_s + time.perf_counter() - started, frozen=False)
