@@ -730,7 +730,10 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
     ``torch.relu`` or by nothing (only ``nn.Conv1d`` then ``nn.ReLU`` is matched). Those
     get the same int8 annotation, from the quantizer's own per-op helpers, after its
     patterns have had their turn. A convolution still followed by BatchNorm (during
-    quantization-aware training, before the two are folded) is left to the quantizer.
+    quantization-aware training, before the two are folded; the quantizer matches only 2-D
+    ones) is annotated as the quantizer annotates its own: int8 input and weights on the
+    convolution, the quantized output after the BatchNorm, so that ``prepare_qat_pt2e``
+    folds the pair for training with the weights' fake quantization in between.
     """
     kept = set(keep_float)
 
@@ -738,8 +741,11 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
         stack = node.meta.get("nn_module_stack") or {}
         return str(next(reversed(stack.values()))[0]) if stack else None
 
-    def feeds_batch_norm(node: torch.fx.Node) -> bool:
-        return any("batch_norm" in str(user.target) for user in node.users)
+    def batch_norm_after(node: torch.fx.Node) -> torch.fx.Node | None:
+        users = list(node.users)
+        if len(users) == 1 and users[0].target == torch.ops.aten.batch_norm.default:
+            return users[0]
+        return None
 
     class KeepFloat(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -755,8 +761,16 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
         ) -> None:
             super()._annotate_conv2d_fusion_pattern(model, config, filter_fn)
             for node in _left_out(model, _CONV_OPS, filter_fn):
-                if not feeds_batch_norm(node):
+                norm = batch_norm_after(node)
+                if norm is None:
                     self._annotate_conv_node_helper(node, True, config)
+                elif not x86._is_any_annotated([norm]):
+                    self._annotate_conv_node_helper(node, False, config)
+                    norm.meta[x86.QUANT_ANNOTATION_KEY] = x86._X86InductorQuantizationAnnotation(
+                        output_qspec=x86.get_output_act_qspec(config),
+                        _annotated=True,
+                        _is_output_of_quantized_pattern=True,
+                    )
 
         def _annotate_linear_fusion_pattern(
             self, model: torch.fx.GraphModule, config: Any, filter_fn: Any = None
@@ -772,6 +786,7 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
             if node.op == "call_function"
             and node.target in ops
             and isinstance(node.args[1], torch.fx.Node)
+            and node.args[1].op == "get_attr"  # a parameter, not a computed tensor
             and not x86._skip_annotate([node], filter_fn)
         ]
 

@@ -16,8 +16,10 @@ from tuner._compression import (
     compress,
     count_parameters,
     float_layer_choice,
+    int8_layer_names,
     layer_sensitivity,
     quantize,
+    quantize_aware,
     sparsify,
     weight_sparsity,
 )
@@ -430,6 +432,31 @@ def test_int8_on_the_cpu_covers_attention_projections_and_every_convolution() ->
     assert set(kept) == set(layers) - {"encoder.layers.0.self_attn"}
     # So `keep_float: sensitive` weighs attention too.
     assert set(layer_sensitivity(transformer, inputs)) == set(layers)
+
+
+def test_quantization_aware_training_of_a_residual_cnn_learns_int8_for_every_convolution(
+    digits: Digits,
+) -> None:
+    # Each convolution is followed by BatchNorm, which QAT keeps unfolded while it trains.
+    torch.manual_seed(0)
+    model = ResidualCNN(channels=16)
+    train_inputs, test_inputs = digits[0][:600, None, :], digits[2][:, None, :]
+    _train(model, train_inputs, digits[1][:600], steps=150)
+    float_accuracy = _accuracy(model, test_inputs, digits[3])
+
+    def finetune(graph: nn.Module) -> None:
+        optimizer = torch.optim.Adam(graph.parameters(), lr=1e-3)
+        graph.train()
+        for _ in range(10):
+            optimizer.zero_grad()
+            F.cross_entropy(graph(train_inputs), digits[1][:600]).backward()
+            optimizer.step()
+
+    learned = quantize_aware(model, calibration_inputs=train_inputs[:256], train=finetune)
+    convolutions = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d)]
+    assert set(int8_layer_names(learned)) == {*convolutions, "head"}
+    assert float_accuracy > 0.85
+    assert _accuracy(learned, test_inputs, digits[3]) >= float_accuracy - 0.03
 
 
 def test_keep_float_ends_leaves_the_first_and_last_layer_float_in_int8() -> None:
