@@ -606,10 +606,14 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float
             originals = [weight.detach().clone() for weight in weights]
             for weight, original in zip(weights, originals):
                 weight.copy_(_fake_int8(original, per_channel=True))
+            # The inputs int8 would round: attention's query, key and value, else the input.
+            inputs_count = 3 if isinstance(module, nn.MultiheadAttention) else 1
             handle = module.register_forward_pre_hook(
-                lambda _m, args: tuple(
-                    _fake_int8(a, per_channel=False) if isinstance(a, torch.Tensor) else a
-                    for a in args
+                lambda _m, args, n=inputs_count: tuple(
+                    _fake_int8(a, per_channel=False)
+                    if i < n and isinstance(a, torch.Tensor) and a.is_floating_point()
+                    else a
+                    for i, a in enumerate(args)
                 )
             )
             try:

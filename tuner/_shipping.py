@@ -6,10 +6,11 @@ same thing wherever they are read.
 
 * ``measure.runtime: torch``: the shipped PyTorch model runs on the trial's device. An int8
   model on the CPU is a PT2E graph whose int8 kernels only exist once ``torch.compile`` fuses
-  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model), with or
-  without inductor's freezing, whichever is faster at each batch size (``compiled_frozen``,
-  ``compiled_frozen_batch``). Compile time is recorded as ``compile_time_s``, never in the
-  latency.
+  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model); on the
+  CPU with inductor's freezing where that is faster at the batch size
+  (``compiled_frozen``, ``compiled_frozen_batch``; see
+  :func:`tuner._measure.compile_for_inference`). Compile time is recorded as
+  ``compile_time_s``, never in the latency.
 * ``measure.runtime: onnxruntime``: the float model after sparsity is exported to ONNX, int8
   is applied by ONNX Runtime's quantizer, and that file is what is sized, timed and scored.
 """
