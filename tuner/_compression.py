@@ -510,10 +510,30 @@ def _structured_step(pruner: Any, pruned: nn.Module, example: torch.Tensor, name
     except Exception as error:
         message = first_line(error)
         where = f"layer {layer!r} of " if layer else ""
+        broken = _failing_module(error, pruned)
+        if broken:
+            message = f"without those channels {broken} fails: {message}"
         raise CompressionError(
             f"cannot prune {where}{name} structurally: {message}; use prune_structure: unstructured"
         ) from error
     return removed
+
+
+def _failing_module(error: BaseException, model: nn.Module) -> str | None:
+    """The innermost module of ``model`` whose ``forward`` raised ``error``, as ``name (Type)``.
+
+    A model that computes shapes by hand (attention written as one Linear reshaped into
+    heads, say) breaks there, not in the layer whose channels were removed.
+    """
+    names = {id(module): name for name, module in model.named_modules() if name}
+    found = None
+    trace = error.__traceback__
+    while trace is not None:
+        owner = trace.tb_frame.f_locals.get("self")
+        if trace.tb_frame.f_code.co_name == "forward" and id(owner) in names:
+            found = f"{names[id(owner)]} ({type(owner).__name__})"
+        trace = trace.tb_next
+    return found
 
 
 # --- int8 ----------------------------------------------------------------------------------

@@ -332,6 +332,43 @@ def test_a_model_structured_sparsity_cannot_handle_fails_with_one_line() -> None
     assert weight_sparsity(sparsify(Mixer(), threshold=0.5)) == pytest.approx(0.5, abs=0.01)
 
 
+def test_structured_sparsity_names_the_module_that_breaks_without_the_channels() -> None:
+    # Attention written by hand, as many models do: one Linear for q, k and v, reshaped into
+    # heads by the input's width. Narrowing the residual width breaks the reshape, in
+    # attention, not in the layer whose channels were removed.
+    class Attention(nn.Module):
+        def __init__(self, width: int, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.qkv = nn.Linear(width, 3 * width)
+            self.proj = nn.Linear(width, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, c = x.shape
+            qkv = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(*qkv.unbind(0))
+            return self.proj(out.transpose(1, 2).reshape(b, t, c))
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 32)
+            self.attn = Attention(32, 4)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.embed(x.reshape(x.shape[0], -1, 4))
+            return self.head((tokens + self.attn(tokens)).mean(1))
+
+    example = torch.randn(4, 1, 40)
+    with pytest.raises(CompressionError) as caught:
+        sparsify(Encoder(), threshold=0.5, structure="structured", example_inputs=example)
+    message = str(caught.value)
+    assert "\n" not in message and "of Encoder structurally" in message
+    assert "without those channels attn (Attention) fails" in message
+    assert message.endswith("use prune_structure: unstructured")
+
+
 @pytest.mark.parametrize("threshold", [-0.1, 1.0, 1.5, math.nan])
 def test_threshold_outside_zero_to_one_is_rejected_naming_the_value(threshold: float) -> None:
     with pytest.raises(CompressionError, match=f"got {threshold!r}") as caught:
