@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._exceptions import (
@@ -186,6 +186,18 @@ _HEADERS = {
 _COMPRESSION = ("prune_threshold", "prune_structure", "finetune_epochs", "quantize")
 
 
+def _sparsity_kind(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """How a trial was sparsified: searched settings from its params, fixed ones from what it
+    recorded (a value fixed in the spec is no Optuna parameter)."""
+    structure = str(
+        params.get("prune_structure") or metrics.get("prune_structure") or "unstructured"
+    )
+    threshold = params.get("prune_threshold")
+    if threshold is not None:
+        return f"{structure} {float(threshold):.0%}" if float(threshold) > 0 else "dense"
+    return structure if float(metrics.get("sparsity") or 0.0) > 0 else "dense"
+
+
 def _describe_params(params: dict[str, Any]) -> str:
     """Training settings in one short line; compression has its own columns."""
     short = {"optimizer": "", "batch_size": "bs=", "weight_decay": "wd=", "momentum": "mom="}
@@ -222,9 +234,7 @@ def _print_front(
         row = [str(r.number)]
         for c in columns:
             row.append(_fmt(c, r.values.get(c, r.metrics.get(c))))
-        prune = float(r.params.get("prune_threshold", 0.0) or 0.0)
-        structure = str(r.params.get("prune_structure", "unstructured"))
-        row.append(f"{structure} {prune:.0%}" if prune > 0 else "dense")
+        row.append(_sparsity_kind(r.params, r.metrics))
         int8 = r.metrics.get("int8_layers") or []
         row.append(f"{len(int8)} layers" if int8 else "no")
         row.append(_describe_params(r.params))

@@ -167,3 +167,17 @@ def test_version_is_the_installed_distribution_version(tmp_path: Path) -> None:
     shown = _tuner("--version", cwd=tmp_path)
     assert shown.stdout.strip() == f"tuner {metadata.version('tuner')}"
     assert metadata.version("tuner") == pyproject["project"]["version"]
+
+
+def test_the_front_says_how_a_trial_was_sparsified_when_the_spec_fixed_it(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    # Values fixed in the spec are no Optuna parameters; the table reads what the trial did.
+    data = tiny_spec(budget={"n_trials": 1, "max_epochs": 1})
+    data["search_space"].update(
+        {"prune_threshold": 0.5, "prune_structure": "structured", "quantize": "none"}
+    )
+    run = _tuner("run", str(_write(tmp_path, data)), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    row = next(line for line in run.stdout.splitlines() if line.startswith("│     0 "))
+    assert "structured" in row and "dense" not in row
