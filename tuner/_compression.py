@@ -55,6 +55,7 @@ from torch.nn import functional as F
 from torch.nn.utils import prune
 
 from tuner._exceptions import CompressionError, first_line
+from tuner._logs import logs_below
 from tuner._spec import KEEP_FLOAT_MODES, QUANTIZE_MODES
 from tuner._tracing import tracing
 
@@ -333,12 +334,18 @@ def _mask_attention_output(model: nn.Module) -> list[torch.utils.hooks.Removable
 
 
 @contextlib.contextmanager
-def _watching_layers(model: nn.Module, hook: Callable[..., None]) -> Iterator[None]:
-    """``hook`` runs after every Linear and convolution layer of ``model`` in the block."""
+def _watching_layers(
+    model: nn.Module, hook: Callable[..., None], *, attention: bool = False
+) -> Iterator[None]:
+    """``hook`` runs after every Linear and convolution layer of ``model`` in the block, and
+    with ``attention`` after every ``nn.MultiheadAttention`` too."""
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    if attention:
+        kinds += (nn.MultiheadAttention,)
     handles = [
         module.register_forward_hook(hook)
         for module in model.modules()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        if isinstance(module, kinds)
     ]
     try:
         yield
@@ -565,17 +572,8 @@ def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
         if name not in order:
             order.append(name)
 
-    attention = [
-        module.register_forward_hook(hook)
-        for module in model.modules()
-        if isinstance(module, nn.MultiheadAttention)
-    ]
-    try:
-        with _watching_layers(model, hook), torch.no_grad(), tracing():
-            model(example)
-    finally:
-        for handle in attention:
-            handle.remove()
+    with _watching_layers(model, hook, attention=True), torch.no_grad(), tracing():
+        model(example)
     return order
 
 
@@ -714,13 +712,8 @@ def _import_torchao() -> None:
     On a CPU-only install torchao logs a warning per optional CUDA extension it cannot load;
     they say nothing about the int8 paths used here.
     """
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with logs_below(logging.ERROR, "torchao"):
         import torchao  # noqa: F401
-    finally:
-        logger.setLevel(level)
 
 
 def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:

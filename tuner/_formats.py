@@ -22,7 +22,6 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import nn
 
 from ._artifacts import TrialModel
 from ._exceptions import ExportError, SpecError, first_line
+from ._logs import logs_below
 from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
@@ -67,23 +67,14 @@ def _need_onnx() -> None:
 # --- ONNX ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def _quiet_exporter() -> contextlib.AbstractContextManager[None]:
     """Keep the exporter's and quantizer's progress lines out of trial logs.
 
     The dynamo exporter logs which optional operator libraries are missing (torchvision)
     and ONNX Runtime's quantizer logs advice to pre-process; both go through ``logging``
     and say nothing about the model. Warnings are left alone.
     """
-    loggers = [logging.getLogger(), logging.getLogger("torch.onnx")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
+    return logs_below(logging.ERROR, "", "torch.onnx")
 
 
 def _two_rows(example: torch.Tensor) -> torch.Tensor:

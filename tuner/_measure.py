@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tuner._logs import logs_below
 from tuner._tracing import tracing
 
 __all__ = [
@@ -392,7 +393,7 @@ def _compile(
     # Compiling traces the model: one capture at a time (see tuner._tracing).
     with (
         tracing(plain_attention=False),
-        _quiet_compiler() if quiet else contextlib.nullcontext(),
+        logs_below(logging.CRITICAL, *_COMPILER_LOGGERS) if quiet else contextlib.nullcontext(),
         inductor_config.patch(freezing=freezing),
         dynamo_config.patch(fail_on_recompile_limit_hit=True),
     ):
@@ -436,25 +437,9 @@ _CHOICE_PASSES = 10
 _CHOICE_MARGIN = 0.95
 
 
-@contextlib.contextmanager
-def _quiet_compiler() -> Iterator[None]:
-    """Keep torch's compiler from logging the traceback of a compile that is allowed to fail.
-
-    A failed freezing compile logs its stack at ERROR level before it raises; the caller
-    handles the error, so the log would only alarm whoever reads a trial's output. Entered
-    with the capture lock held (see :func:`_compile`), so no other compile is muted.
-    """
-    loggers = [logging.getLogger(name) for name in _COMPILER_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
+# A failed freezing compile logs its stack at ERROR level before it raises; the caller
+# handles the error, so the log would only alarm whoever reads a trial's output. Muted with
+# the capture lock held (see _compile), so no other compile is.
 _COMPILER_LOGGERS = ("torch._subclasses.fake_tensor", "torch._dynamo", "torch._inductor")
 
 
