@@ -508,12 +508,18 @@ def _structured_step(pruner: Any, pruned: nn.Module, example: torch.Tensor, name
     try:
         for group in pruner.step(interactive=True):
             layer = _group_layer(group)
-            removed += len(group[0].idxs)
+            width = _group_width(group)
+            count = len(group[0].idxs)
+            removed += count
             group.prune()
             # A layer whose channels the graph cannot follow (sliced, reshaped by hand) breaks
             # the model here; naming it tells the user which layer to leave dense.
-            with torch.no_grad():
-                pruned(example)
+            try:
+                with torch.no_grad():
+                    pruned(example)
+            except Exception:
+                if width is None or not _follow_width(pruned, example, width, width - count):
+                    raise
     except Exception as error:
         message = first_line(error)
         where = f"layer {layer!r} of " if layer else ""
@@ -526,21 +532,94 @@ def _structured_step(pruner: Any, pruned: nn.Module, example: torch.Tensor, name
     return removed
 
 
+def _group_width(group: object) -> int | None:
+    """How many channels the root layer of a torch-pruning group has before it is pruned."""
+    try:
+        target = group[0].dep.target.module  # type: ignore[index]
+    except Exception:
+        return None
+    if isinstance(target, nn.Parameter):
+        return int(target.shape[-1]) if target.dim() else None
+    return _out_channels(target)
+
+
+# Modules whose widths torch-pruning keeps in step with their weights.
+_SHAPED_BY_PRUNER = (
+    nn.Linear,
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Embedding,
+    nn.MultiheadAttention,
+    nn.PReLU,
+)
+
+
+def _follow_width(model: nn.Module, example: torch.Tensor, width: int, narrower: int) -> bool:
+    """Set a plain integer attribute that holds the pruned ``width`` to ``narrower``, where
+    that is what makes ``model`` run again; ``False`` (and nothing changed) where none does.
+
+    Models that reshape by a width they keep as an attribute (torchvision's
+    ``VisionTransformer.hidden_dim``, read when it cuts the image into tokens) break when
+    that width is pruned; torch-pruning updates only the layers it knows. Each candidate is
+    tried alone, then all together, and kept only if the model then runs.
+    """
+    candidates = [
+        (module, attribute)
+        for module in model.modules()
+        if not isinstance(module, _SHAPED_BY_PRUNER)
+        for attribute, value in vars(module).items()
+        if type(value) is int and value == width and not attribute.startswith("_")
+    ]
+    trials = [[candidate] for candidate in candidates]
+    if len(candidates) > 1:
+        trials.append(candidates)
+    for trial in trials:
+        for module, attribute in trial:
+            setattr(module, attribute, narrower)
+        try:
+            with torch.no_grad():
+                model(example)
+        except Exception:
+            for module, attribute in trial:
+                setattr(module, attribute, width)
+            continue
+        for module, attribute in trial:
+            _log.info(
+                "structured sparsity: %s.%s follows the pruned width (%d -> %d)",
+                type(module).__name__,
+                attribute,
+                width,
+                narrower,
+            )
+        return True
+    return False
+
+
 def _failing_module(error: BaseException, model: nn.Module) -> str | None:
-    """The innermost module of ``model`` whose ``forward`` raised ``error``, as ``name (Type)``.
+    """Where in ``model`` ``error`` was raised: the innermost module whose method raised it,
+    as ``name (Type)``, or ``Type.method`` for the model itself.
 
     A model that computes shapes by hand (attention written as one Linear reshaped into
     heads, say) breaks there, not in the layer whose channels were removed.
     """
-    names = {id(module): name for name, module in model.named_modules() if name}
+    names = {id(module): name for name, module in model.named_modules()}
     found = None
     trace = error.__traceback__
     while trace is not None:
+        code = trace.tb_frame.f_code
         owner = trace.tb_frame.f_locals.get("self")
-        if trace.tb_frame.f_code.co_name == "forward" and id(owner) in names:
-            found = f"{names[id(owner)]} ({type(owner).__name__})"
+        if id(owner) in names and code.co_name not in _MODULE_PLUMBING:
+            name = names[id(owner)]
+            kind = type(owner).__name__
+            found = f"{name} ({kind})" if name else f"{kind}.{code.co_name}"
         trace = trace.tb_next
     return found
+
+
+# nn.Module's own frames around every forward call.
+_MODULE_PLUMBING = frozenset({"__call__", "_call_impl", "_wrapped_call_impl"})
 
 
 # --- int8 ----------------------------------------------------------------------------------

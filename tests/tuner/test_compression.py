@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
-from user_models import PatchTransformer, ResidualCNN
+from user_models import PatchTransformer, ResidualCNN, ViT
 
 from tuner._compression import (
     CompressionReport,
@@ -212,6 +213,45 @@ def test_structured_transformer_narrows_attention_feed_forward_norms_and_embeddi
         assert pruned(inputs).shape == (8, 10)
     pruned.train()
     assert pruned(inputs).shape == (8, 10)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_structured_vision_transformer_whose_forward_reads_its_width_from_an_attribute(
+    steps: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Laid out as torchvision's VisionTransformer: tokens are cut by ``self.width``, so
+    # narrowing the residual width alone breaks the model; the attribute follows the width.
+    torch.manual_seed(0)
+    model = ViT(width=32, heads=4).eval()
+    inputs = torch.randn(8, 1, 40)
+    with caplog.at_level(logging.INFO, logger="tuner._compression"):
+        pruned = sparsify(
+            model, threshold=0.5, structure="structured", example_inputs=inputs, steps=steps
+        )
+    assert pruned.width == pruned.patches.out_channels == 16
+    assert pruned.cls_token.shape == (1, 1, 16) and pruned.position.shape == (1, 11, 16)
+    assert pruned.encoder.layers[0].self_attn.embed_dim == 16
+    assert pruned.encoder.layers[0].self_attn.num_heads == 4
+    assert count_parameters(pruned) < count_parameters(model) / 3
+    with torch.no_grad():
+        assert pruned(inputs).shape == (8, 10)
+    assert "ViT.width follows the pruned width (32 -> " in caplog.text
+    assert model.width == 32, "the caller's model must not change"
+
+
+def test_a_model_that_reshapes_by_a_fixed_width_names_its_own_method() -> None:
+    class FixedWidth(ViT):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.patches(x).reshape(x.shape[0], 32, -1).transpose(1, 2)
+            tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+            return self.head(self.encoder(tokens + self.position)[:, 0])
+
+    model = FixedWidth(width=32, heads=4).eval()
+    with pytest.raises(CompressionError) as caught:
+        sparsify(model, threshold=0.5, structure="structured", example_inputs=torch.randn(4, 1, 40))
+    message = str(caught.value)
+    assert "without those channels FixedWidth.forward fails" in message
+    assert "\n" not in message and message.endswith("use prune_structure: unstructured")
 
 
 def test_structured_attention_keeps_a_multiple_of_the_head_count() -> None:

@@ -2,6 +2,9 @@
 
 ``residual_cnn``: a 1-D ResNet-style CNN (skip connections, BatchNorm, global pooling).
 ``transformer``: an ``nn.TransformerEncoder`` (4 heads) over MNIST-1D's signal cut in patches.
+``ViT`` is laid out as torchvision's Vision Transformer is: a convolution cuts the signal into
+patches, reshaped into tokens by the width it keeps as an attribute, then a class token and
+position embeddings as raw parameters.
 
 Tests put this folder on ``sys.path`` and name the workloads ``user_models:residual_cnn`` and
 ``user_models:transformer``; the classes must stay importable for kept trial models.
@@ -68,6 +71,25 @@ class PatchTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.embed(x.reshape(x.shape[0], -1, self.patch)) + self.position
         return self.head(self.norm(self.encoder(tokens).mean(dim=1)))
+
+
+class ViT(nn.Module):
+    def __init__(self, width: int = 32, heads: int = 4, patch: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.width = width
+        self.patches = nn.Conv1d(1, width, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position = nn.Parameter(torch.randn(1, 40 // patch + 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(x).reshape(x.shape[0], self.width, -1).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.encoder(tokens + self.position)[:, 0])
 
 
 def _data() -> tuple[Any, Any, Any]:
