@@ -445,3 +445,38 @@ def test_attention_kept_float_keeps_both_its_projections_float_in_onnx() -> None
     # No int8 node is left that belongs to it: its output projection is named with it.
     assert set(kept_layers) == set(layers) - {"encoder.layers.0.self_attn"}
     assert kept_nodes == nodes - 2  # its input and its output projection
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_structured_int8_vision_transformer_ships_with_its_width_attribute_narrowed(
+    runtime: str,
+) -> None:
+    # Its forward cuts tokens by ``self.width`` (as torchvision's VisionTransformer does
+    # with ``hidden_dim``); the narrowed attribute must hold in the exported graph too.
+    from user_models import vit
+
+    from tuner._workloads import TrialContext
+
+    params = {"optimizer": "adamw", "lr": 0.003, "batch_size": 64}
+    trained = vit(params, TrialContext(torch.device("cpu"), max_epochs=3, seed=0))
+    model, inputs = trained.model.eval(), trained.test_data[0]
+    settings = Settings(threshold=0.5, structure="structured", quantize="int8", finetune_epochs=0)
+    shipped = ship(model, settings, calibration=inputs, device=torch.device("cpu"), runtime=runtime)
+    assert shipped.pruned.width == shipped.pruned.patches.out_channels == 16
+    with torch.no_grad():
+        labels = shipped.pruned(inputs).argmax(dim=1)  # the pruned float model's answers
+    figures = measure(
+        shipped,
+        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never"),
+        threads=1,
+        example=inputs[:1],
+        test_data=(inputs, labels),
+    )
+    assert (
+        figures["latency_ms"] > 0
+        and figures["param_count"] < sum(p.numel() for p in model.parameters()) / 3
+    )
+    int8 = figures["onnx_int8_nodes"] if runtime == "onnxruntime" else figures["int8_layers"]
+    assert int8, "it computes in int8"
+    # What ships (the int8 graph, or the int8 ONNX file) answers as the pruned float model.
+    assert figures["test_accuracy"] >= 0.9

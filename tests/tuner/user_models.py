@@ -110,3 +110,10 @@ def transformer(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
     train, val, test = _data()
     model = PatchTransformer(int(params.get("width", 32)), int(params.get("heads", 4)))
     return train_classifier(model, params, ctx, train=train, val=val, test=test)
+
+
+def vit(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    torch.manual_seed(ctx.seed)
+    train, val, test = _data()
+    model = ViT(int(params.get("width", 32)), int(params.get("heads", 4)))
+    return train_classifier(model, params, ctx, train=train, val=val, test=test)
