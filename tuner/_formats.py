@@ -458,6 +458,16 @@ def onnx_int8_nodes(proto: Any) -> list[str]:
     return names
 
 
+_ONNX_INPUT_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
 class OnnxRunner:
     """An ONNX Runtime session on CPU with a fixed thread count."""
 
@@ -475,12 +485,18 @@ class OnnxRunner:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportError(f"ONNX Runtime cannot load the model: {exc}") from exc
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        # Token ids feed an embedding as int64; anything else takes float32.
+        self.input_dtype = _ONNX_INPUT_TYPES.get(model_input.type, np.float32)
         self.threads = max(1, int(threads))
 
-    def __call__(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
+    def _feed(self, inputs: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
         array = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
-        return self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})[0]
+        return {self.input_name: array.astype(self.input_dtype, copy=False)}
+
+    def __call__(self, inputs: torch.Tensor | np.ndarray) -> np.ndarray:
+        return self.session.run(None, self._feed(inputs))[0]
 
     def accuracy(self, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
         correct = 0
@@ -493,8 +509,7 @@ class OnnxRunner:
     ) -> tuple[float, float]:
         """Median and 90th percentile milliseconds of one run at ``batch_size``."""
         sample = example.detach().cpu()[:1]
-        batch = sample.expand(batch_size, *sample.shape[1:]).contiguous().numpy()
-        feed = {self.input_name: batch.astype(np.float32, copy=False)}
+        feed = self._feed(sample.expand(batch_size, *sample.shape[1:]).contiguous())
         for _ in range(warmup):
             self.session.run(None, feed)
         timings = []

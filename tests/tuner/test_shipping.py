@@ -448,21 +448,27 @@ def test_attention_kept_float_keeps_both_its_projections_float_in_onnx() -> None
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_structured_int8_vision_transformer_ships_with_its_width_attribute_narrowed(
-    runtime: str,
+@pytest.mark.parametrize("workload", ["vit", "tokens"])
+def test_structured_int8_vision_and_token_transformers_ship_in_both_runtimes(
+    workload: str, runtime: str
 ) -> None:
-    # Its forward cuts tokens by ``self.width`` (as torchvision's VisionTransformer does
-    # with ``hidden_dim``); the narrowed attribute must hold in the exported graph too.
-    from user_models import vit
+    # The ViT's forward cuts tokens by ``self.width`` (as torchvision's VisionTransformer
+    # does with ``hidden_dim``): the narrowed attribute must hold in the exported graph too.
+    # The token model's input is int64 ids, which its ONNX file must be fed as such.
+    import user_models
 
     from tuner._workloads import TrialContext
 
     params = {"optimizer": "adamw", "lr": 0.003, "batch_size": 64}
-    trained = vit(params, TrialContext(torch.device("cpu"), max_epochs=3, seed=0))
+    build = getattr(user_models, workload)
+    trained = build(params, TrialContext(torch.device("cpu"), max_epochs=3, seed=0))
     model, inputs = trained.model.eval(), trained.test_data[0]
     settings = Settings(threshold=0.5, structure="structured", quantize="int8", finetune_epochs=0)
     shipped = ship(model, settings, calibration=inputs, device=torch.device("cpu"), runtime=runtime)
-    assert shipped.pruned.width == shipped.pruned.patches.out_channels == 16
+    if workload == "vit":
+        assert shipped.pruned.width == shipped.pruned.patches.out_channels == 16
+    else:
+        assert inputs.dtype == torch.int64 and shipped.pruned.embed.embedding_dim == 16
     with torch.no_grad():
         labels = shipped.pruned(inputs).argmax(dim=1)  # the pruned float model's answers
     figures = measure(

@@ -2,7 +2,8 @@
 
 ``residual_cnn``: a 1-D ResNet-style CNN (skip connections, BatchNorm, global pooling).
 ``transformer``: an ``nn.TransformerEncoder`` (4 heads) over MNIST-1D's signal cut in patches.
-``ViT`` is laid out as torchvision's Vision Transformer is: a convolution cuts the signal into
+``TokenTransformer`` reads token ids (int64) through an ``nn.Embedding``: MNIST-1D's signal cut
+into 16 levels. ``ViT`` is laid out as torchvision's Vision Transformer is: a convolution cuts the signal into
 patches, reshaped into tokens by the width it keeps as an attribute, then a class token and
 position embeddings as raw parameters.
 
@@ -92,6 +93,30 @@ class ViT(nn.Module):
         return self.head(self.encoder(tokens + self.position)[:, 0])
 
 
+class TokenTransformer(nn.Module):
+    def __init__(
+        self, width: int = 32, heads: int = 4, levels: int = 16, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(levels, width)
+        self.position = nn.Parameter(torch.randn(1, 40, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(ids) + self.position).mean(dim=1))
+
+
+def _tokens(split: Any, levels: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = split
+    low, high = -3.0, 3.0
+    ids = ((x.reshape(x.shape[0], -1) - low) / (high - low) * levels).long()
+    return ids.clamp(0, levels - 1), y
+
+
 def _data() -> tuple[Any, Any, Any]:
     data = mnist1d()
     train = (data.train[0][:ROWS], data.train[1][:ROWS])
@@ -116,4 +141,11 @@ def vit(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
     torch.manual_seed(ctx.seed)
     train, val, test = _data()
     model = ViT(int(params.get("width", 32)), int(params.get("heads", 4)))
+    return train_classifier(model, params, ctx, train=train, val=val, test=test)
+
+
+def tokens(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    torch.manual_seed(ctx.seed)
+    train, val, test = (_tokens(split) for split in _data())
+    model = TokenTransformer(int(params.get("width", 32)), int(params.get("heads", 4)))
     return train_classifier(model, params, ctx, train=train, val=val, test=test)
