@@ -335,13 +335,14 @@ def _mask_attention_output(model: nn.Module) -> list[torch.utils.hooks.Removable
 
 @contextlib.contextmanager
 def _watching_layers(
-    model: nn.Module, hook: Callable[..., None], *, attention: bool = False
+    model: nn.Module, hook: Callable[..., None], *, int8: bool = False
 ) -> Iterator[None]:
     """``hook`` runs after every Linear and convolution layer of ``model`` in the block, and
-    with ``attention`` after every ``nn.MultiheadAttention`` too."""
+    with ``int8`` after every other layer int8 quantizes as one (``nn.MultiheadAttention``,
+    ``nn.Embedding``) too."""
     kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
-    if attention:
-        kinds += (nn.MultiheadAttention,)
+    if int8:
+        kinds += (nn.MultiheadAttention, nn.Embedding)
     handles = [
         module.register_forward_hook(hook)
         for module in model.modules()
@@ -637,7 +638,8 @@ def _check_keep_float(keep_float: str) -> None:
 
 
 def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Qualified names of the Linear, convolution and attention layers, in the order they run.
+    """Qualified names of the Linear, convolution, attention and embedding layers, in the
+    order they run.
 
     Attention is one layer: it computes its input and output projections from their weights
     directly, so its output projection never runs as a module; the quantizers treat both as
@@ -651,7 +653,7 @@ def _layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
         if name not in order:
             order.append(name)
 
-    with _watching_layers(model, hook, attention=True), torch.no_grad(), tracing():
+    with _watching_layers(model, hook, int8=True), torch.no_grad(), tracing():
         model(example)
     return order
 
@@ -833,10 +835,6 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
     """
     kept = set(keep_float)
 
-    def owner(node: torch.fx.Node) -> str | None:
-        stack = node.meta.get("nn_module_stack") or {}
-        return str(next(reversed(stack.values()))[0]) if stack else None
-
     def batch_norm_after(node: torch.fx.Node) -> torch.fx.Node | None:
         users = list(node.users)
         if len(users) == 1 and users[0].target == torch.ops.aten.batch_norm.default:
@@ -846,7 +844,7 @@ def _keep_float_quantizer(x86: Any, keep_float: tuple[str, ...]) -> Any:
     class KeepFloat(x86.X86InductorQuantizer):  # type: ignore[misc, name-defined]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             for node in model.graph.nodes:
-                if node.op == "call_function" and owner(node) in kept:
+                if node.op == "call_function" and _owner(node) in kept:
                     node.meta[x86.QUANT_ANNOTATION_KEY] = x86._X86InductorQuantizationAnnotation(
                         _annotated=True
                     )
@@ -913,7 +911,16 @@ _QAT_WEIGHT_RANGE = (-64, 63)
 
 
 def _x86_quantizer(keep_float: tuple[str, ...], *, is_qat: bool) -> Any:
+    """torchao's x86 quantizer (through :func:`_keep_float_quantizer`), composed with its
+    embedding quantizer: embedding tables are stored in 8 bits per row (weight-only; the
+    lookup reads a row and dequantizes it)."""
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
+    from torchao.quantization.pt2e.quantizer.embedding_quantizer import (
+        EmbeddingQuantizer,
+        get_embedding_operators_config,
+    )
+    from torchao.quantization.pt2e.quantizer.quantizer import QuantizationAnnotation
 
     quantizer = _keep_float_quantizer(x86, keep_float)
     config = x86.get_default_x86_inductor_quantization_config(is_qat=is_qat)
@@ -922,7 +929,26 @@ def _x86_quantizer(keep_float: tuple[str, ...], *, is_qat: bool) -> Any:
         weight = dataclasses.replace(config.weight, quant_min=low, quant_max=high)
         config = dataclasses.replace(config, weight=weight)
     quantizer.set_global(config)
-    return quantizer
+
+    class Tables(EmbeddingQuantizer):  # type: ignore[misc]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            weight = get_embedding_operators_config().config.weight
+            for node in model.graph.nodes:
+                if node.target == torch.ops.aten.embedding.default and (
+                    _owner(node) not in keep_float
+                ):
+                    node.meta[x86.QUANT_ANNOTATION_KEY] = QuantizationAnnotation(
+                        input_qspec_map={node.args[0]: weight}
+                    )
+            return model
+
+    return ComposableQuantizer([quantizer, Tables()])
+
+
+def _owner(node: torch.fx.Node) -> str | None:
+    """The qualified name of the module that called ``node`` in an exported graph."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(next(reversed(stack.values()))[0]) if stack else None
 
 
 def _convert(prepared: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -1014,7 +1040,8 @@ _INT8_WEIGHT_OPS = ("dequantize_per_channel", "dequantize_per_tensor")
 def int8_layer_names(model: nn.Module) -> tuple[str, ...]:
     """Qualified names of the layers of a quantized model that compute in int8, in order.
 
-    Reads a PT2E graph (convolutions and linear ops whose weight is dequantized from int8) or
+    Reads a PT2E graph (convolution, linear and embedding ops whose weight is dequantized
+    from 8 bits) or
     torchao's quantized tensor subclasses (weights that are not plain tensors).
     """
     if isinstance(model, torch.fx.GraphModule):
@@ -1023,17 +1050,19 @@ def int8_layer_names(model: nn.Module) -> tuple[str, ...]:
             if node.op != "call_function" or not node.args:
                 continue
             target = str(node.target)
-            if not any(op in target for op in ("conv", "linear", "matmul", "addmm")):
+            if "embedding" in target:
+                weight = node.args[0]  # embedding(weight, indices)
+            elif any(op in target for op in ("conv", "linear", "matmul", "addmm")):
+                weight = node.args[1] if len(node.args) > 1 else None
+            else:
                 continue
-            weight = node.args[1] if len(node.args) > 1 else None
             if not isinstance(weight, torch.fx.Node) or not any(
                 op in str(weight.target) for op in _INT8_WEIGHT_OPS
             ):
                 continue
-            stack = node.meta.get("nn_module_stack") or {}
-            name = next(reversed(stack.values()))[0] if stack else node.name
+            name = _owner(node) or node.name
             if name not in names:
-                names.append(str(name))
+                names.append(name)
         return tuple(names)
     return tuple(
         name

@@ -136,7 +136,8 @@ def _attention_names(model: nn.Module) -> frozenset[str]:
 
 
 def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[str, str]:
-    """For each Conv/MatMul/Gemm node of an exported graph, the module it came from.
+    """For each Conv/MatMul/Gemm node, and each Gather from an embedding's table, of an
+    exported graph, the module it came from.
 
     A node whose weight is a named parameter (``blocks.0.conv1.weight``) belongs to that
     layer; otherwise the exporter's record of the module scopes it ran in names it. The
@@ -147,6 +148,10 @@ def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[s
     inits = {i.name for i in proto.graph.initializer}
     modules: dict[str, str] = {}
     for node in proto.graph.node:
+        if node.op_type == "Gather" and node.input and node.input[0] in inits:
+            if node.input[0].endswith(".weight"):  # an embedding's table
+                modules[node.name] = node.input[0][: -len(".weight")]
+            continue
         if node.op_type not in _QUANTIZABLE:
             continue
         weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
@@ -172,13 +177,26 @@ def _int8_modules(proto: Any, modules: dict[str, str]) -> tuple[str, ...]:
     """
     names: list[str] = []
     originals = sorted(modules, key=len, reverse=True)
+    tables = _int8_tables(proto)
     for node in proto.graph.node:
+        if node.op_type == "Gather" and node.name in modules and node.input[0] in tables:
+            if modules[node.name] not in names:  # it keeps its name
+                names.append(modules[node.name])
+            continue
         if node.op_type not in INT8_OPS:
             continue
         source = next((o for o in originals if node.name.startswith(o + "_")), None)
         if source is not None and modules[source] not in names:
             names.append(modules[source])
     return tuple(names)
+
+
+def _int8_tables(proto: Any) -> set[str]:
+    """Initializers stored in 8 bits (what a quantized Gather reads its rows from)."""
+    import onnx
+
+    kinds = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return {i.name for i in proto.graph.initializer if i.data_type in kinds}
 
 
 def _dequantized(proto: Any) -> set[str]:
@@ -225,7 +243,8 @@ def _int8_onnx(
     Convolutions are quantized statically (activation ranges calibrated on the trial's
     inputs, weights per output channel): ONNX Runtime has no dynamic int8 convolution.
     MatMul and Gemm (Linear layers, attention projections) are quantized dynamically,
-    activation ranges read per batch at run time. Nodes of the layers in ``keep_float``
+    activation ranges read per batch at run time; embedding tables (a Gather from a weight)
+    are stored in 8 bits and dequantized after the lookup. Nodes of the layers in ``keep_float``
     stay float. Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX
     Runtime adds pairs of uint8 x int8 products in 16 bits, which full-range weights
     overflow, so the same file would answer differently there.
@@ -259,14 +278,15 @@ def _int8_onnx(
                 reduce_range=True,
             )
             source = static
-        if ops & {"MatMul", "Gemm"}:
+        if ops & {"MatMul", "Gemm", "Gather"}:
             # The dynamic pass first rewrites each Gemm as a MatMul named after it.
             excluded += [f"{name}_MatMul" for name in excluded]
             dynamic = Path(tmp) / "dynamic.onnx"
             quantize_dynamic(
                 str(source),
                 str(dynamic),
-                op_types_to_quantize=["MatMul", "Gemm"],
+                # Gather: embedding tables in 8 bits; Gathers of computed tensors stay float.
+                op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                 nodes_to_exclude=excluded,
                 weight_type=QuantType.QInt8,
                 reduce_range=True,
@@ -447,11 +467,13 @@ def onnx_int8_nodes(proto: Any) -> list[str]:
 
     A Conv/MatMul/Gemm fed int8 weights through DequantizeLinear (QDQ, as quantization-aware
     training exports) is listed as ``QDQ<OpType>``: ONNX Runtime runs it as an int8 kernel.
+    A Gather whose table is stored in 8 bits (an embedding) is listed as ``Gather``.
     """
     dequantized = _dequantized(proto)
+    tables = _int8_tables(proto)
     names = []
     for node in proto.graph.node:
-        if node.op_type in INT8_OPS:
+        if node.op_type in INT8_OPS or (node.op_type == "Gather" and node.input[0] in tables):
             names.append(node.op_type)
         elif node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
             names.append(f"QDQ{node.op_type}")

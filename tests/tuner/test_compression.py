@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
-from user_models import PatchTransformer, ResidualCNN, ViT
+from user_models import PatchTransformer, ResidualCNN, TokenTransformer, ViT
 
 from tuner._compression import (
     CompressionReport,
@@ -509,6 +509,31 @@ def test_int8_on_the_cpu_covers_attention_projections_and_every_convolution() ->
     assert set(kept) == set(layers) - {"encoder.layers.0.self_attn"}
     # So `keep_float: sensitive` weighs attention too.
     assert set(layer_sensitivity(transformer, inputs)) == set(layers)
+
+
+def test_int8_stores_embedding_tables_in_eight_bits() -> None:
+    # A token model's size is mostly its embedding table.
+    from tuner._measure import size_bytes
+
+    torch.manual_seed(0)
+    model = TokenTransformer(width=32, levels=2000).eval()
+    ids = torch.randint(0, 2000, (128, 40))
+    int8, layers = quantize(model, mode="int8", calibration_inputs=ids)
+    assert layers[0] == "embed" and "head" in layers
+    assert size_bytes(int8) < size_bytes(model) / 3
+    with torch.no_grad():
+        agree = (int8(ids).argmax(1) == model(ids).argmax(1)).float().mean()
+    assert agree >= 0.9
+    # Named in keep_float, the table stays float (and the file keeps its float bytes).
+    kept, kept_layers = quantize(model, mode="int8", calibration_inputs=ids, keep_float=("embed",))
+    assert kept_layers == layers[1:]
+    assert size_bytes(kept) > size_bytes(int8) + 2000 * 32 * 2
+    # The embedding is a layer `keep_float: ends` and `sensitive` weigh.
+    assert float_layer_choice(model, "ends", ids)[0] == "embed"
+    assert "embed" in layer_sensitivity(model, ids)
+    # Quantization-aware training ships the table in 8 bits too.
+    learned = quantize_aware(model, calibration_inputs=ids, train=lambda graph: None)
+    assert int8_layer_names(learned)[0] == "embed"
 
 
 def test_quantization_aware_training_of_a_residual_cnn_learns_int8_for_every_convolution(
