@@ -148,11 +148,12 @@ def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[s
     inits = {i.name for i in proto.graph.initializer}
     modules: dict[str, str] = {}
     for node in proto.graph.node:
-        if node.op_type == "Gather" and node.input and node.input[0] in inits:
-            if node.input[0].endswith(".weight"):  # an embedding's table
-                modules[node.name] = node.input[0][: -len(".weight")]
-            continue
-        if node.op_type not in _QUANTIZABLE:
+        if node.op_type == "Gather" and node.input:
+            weight = node.input[0] if node.input[0] in inits else None  # an embedding's table
+            if weight is not None and weight.endswith(".weight"):
+                modules[node.name] = weight[: -len(".weight")]
+                continue
+        elif node.op_type not in _QUANTIZABLE:
             continue
         weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
         if weight is not None:
@@ -213,13 +214,20 @@ def _dequantized(proto: Any) -> set[str]:
 
 
 def _qdq_weighted(proto: Any) -> list[Any]:
-    """Conv/MatMul/Gemm nodes whose weight comes out of a DequantizeLinear (QDQ int8)."""
+    """Conv/MatMul/Gemm nodes whose weight, and Gathers whose table, comes out of a
+    DequantizeLinear (QDQ int8)."""
     dequantized = _dequantized(proto)
-    return [
-        n
-        for n in proto.graph.node
-        if n.op_type in _QUANTIZABLE and len(n.input) > 1 and n.input[1] in dequantized
-    ]
+    return [n for n in proto.graph.node if _qdq_op(n, dequantized) is not None]
+
+
+def _qdq_op(node: Any, dequantized: set[str]) -> str | None:
+    """``QDQ<OpType>`` for a node that reads its weight (or table) in int8 through a
+    DequantizeLinear, else ``None``."""
+    if node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
+        return f"QDQ{node.op_type}"
+    if node.op_type == "Gather" and node.input and node.input[0] in dequantized:
+        return "QDQGather"
+    return None
 
 
 def _qdq_modules(proto: Any, attention: frozenset[str] = frozenset()) -> tuple[str, ...]:
@@ -467,7 +475,8 @@ def onnx_int8_nodes(proto: Any) -> list[str]:
 
     A Conv/MatMul/Gemm fed int8 weights through DequantizeLinear (QDQ, as quantization-aware
     training exports) is listed as ``QDQ<OpType>``: ONNX Runtime runs it as an int8 kernel.
-    A Gather whose table is stored in 8 bits (an embedding) is listed as ``Gather``.
+    A Gather whose table is stored in 8 bits (an embedding) is listed as ``Gather``, or
+    ``QDQGather`` when the table is dequantized first.
     """
     dequantized = _dequantized(proto)
     tables = _int8_tables(proto)
@@ -475,8 +484,8 @@ def onnx_int8_nodes(proto: Any) -> list[str]:
     for node in proto.graph.node:
         if node.op_type in INT8_OPS or (node.op_type == "Gather" and node.input[0] in tables):
             names.append(node.op_type)
-        elif node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
-            names.append(f"QDQ{node.op_type}")
+        elif (qdq := _qdq_op(node, dequantized)) is not None:
+            names.append(qdq)
     return names
 
 

@@ -490,3 +490,39 @@ def test_structured_int8_vision_and_token_transformers_ship_in_both_runtimes(
         assert runtime == "torch" or figures["onnx_int8_nodes"][0] == "Gather"
     # What ships (the int8 graph, or the int8 ONNX file) answers as the pruned float model.
     assert figures["test_accuracy"] >= 0.9
+
+
+def test_a_learned_int8_token_model_ships_its_embedding_table_in_eight_bits_in_onnx() -> None:
+    from user_models import TokenTransformer
+
+    torch.manual_seed(0)
+    model = TokenTransformer(width=32, levels=2000).eval()
+    ids = torch.randint(0, 2000, (128, 40))
+    with torch.no_grad():
+        labels = model(ids).argmax(dim=1)
+
+    def figures(runtime: str, quantize: str) -> dict[str, Any]:
+        settings = Settings(
+            threshold=0.0,
+            structure="unstructured",
+            quantize=quantize,
+            finetune_epochs=0,
+            qat_epochs=1,
+        )
+        shipped = ship(
+            model,
+            settings,
+            calibration=ids,
+            device=torch.device("cpu"),
+            runtime=runtime,
+            qat=lambda graph: graph(ids),  # one pass sets the fake quantizers' ranges
+        )
+        spec = MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never")
+        return measure(shipped, settings=spec, threads=1, example=ids[:1], test_data=(ids, labels))
+
+    onnx, learned = figures("onnxruntime", "int8"), figures("torch", "int8")
+    assert onnx["int8_layers"] == learned["int8_layers"]
+    assert onnx["int8_layers"][0] == "embed" and onnx["onnx_int8_nodes"][0] == "QDQGather"
+    # The table (2000 x 32) is most of the float file; in 8 bits the file is under a third.
+    assert onnx["size_bytes"] < figures("onnxruntime", "none")["size_bytes"] / 3
+    assert onnx["test_accuracy"] >= 0.9
