@@ -356,14 +356,18 @@ def _watching_layers(
 
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The weighted layers whose output is the model's output: they keep their units."""
-    produced: dict[int, nn.Module] = {}
-    order: list[nn.Module] = []
+    """The weighted layers whose output is the model's output: they keep their units.
+
+    An output that is a layer's output, or a view of it (reshaped, flattened), comes from
+    that layer; one computed further (pooled, say) from the last layer that ran.
+    """
+    # Each output is held until the end: a freed tensor's memory, and its id, can be given
+    # to a later tensor (the model's output, say), which would then pass for that layer's.
+    produced: list[tuple[nn.Module, torch.Tensor]] = []
 
     def hook(module: nn.Module, _inputs: object, output: object) -> None:
         if isinstance(output, torch.Tensor):
-            produced[id(output)] = module
-            order.append(module)
+            produced.append((module, output))
 
     try:
         with _watching_layers(model, hook), torch.no_grad():
@@ -373,12 +377,19 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             f"example inputs of shape {tuple(example.shape)} do not run "
             f"{type(model).__name__}: {error}"
         ) from error
+
+    def source(tensor: torch.Tensor) -> nn.Module | None:
+        memory = tensor.untyped_storage().data_ptr()
+        for module, out in reversed(produced):
+            if out is tensor or (memory and out.untyped_storage().data_ptr() == memory):
+                return module
+        return None
+
     outputs = output if isinstance(output, (tuple, list)) else (output,)
-    found = [produced[id(t)] for t in outputs if isinstance(t, torch.Tensor) and id(t) in produced]
+    found = [m for t in outputs if isinstance(t, torch.Tensor) and (m := source(t)) is not None]
     if found:
         return found
-    # The output was reshaped after the last layer: that layer still makes the classes.
-    return order[-1:]
+    return [produced[-1][0]] if produced else []
 
 
 def _heads_multiple(model: nn.Module) -> int:

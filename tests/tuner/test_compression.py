@@ -254,6 +254,26 @@ def test_a_model_that_reshapes_by_a_fixed_width_names_its_own_method() -> None:
     assert "\n" not in message and message.endswith("use prune_structure: unstructured")
 
 
+def test_structured_sparsity_keeps_every_output_layer_of_a_model_with_two_outputs() -> None:
+    # Logits (a view of the head's output) and features from a layer that runs after the head.
+    class TwoOutputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(6, 16)
+            self.head = nn.Linear(16, 3)
+            self.features = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = torch.relu(self.body(x))
+            logits = self.head(h)
+            return logits.view(-1, 3), self.features(h)
+
+    inputs = torch.randn(8, 6)
+    pruned = sparsify(TwoOutputs(), threshold=0.5, structure="structured", example_inputs=inputs)
+    assert pruned.body.out_features == 8
+    assert pruned.head.out_features == 3 and pruned.features.out_features == 4
+
+
 def test_structured_attention_keeps_a_multiple_of_the_head_count() -> None:
     model = PatchTransformer(width=32, heads=4).eval()
     pruned = sparsify(
