@@ -130,13 +130,17 @@ def _weights(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
             yield module, "weight", module.weight
         elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
             yield module, "in_proj_weight", module.in_proj_weight
+        elif isinstance(module, nn.RNNBase):  # LSTM, GRU, RNN: every layer's gate weights
+            for name in module._flat_weights_names:
+                if name.startswith("weight_"):
+                    yield module, name, getattr(module, name)
 
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exactly-zero weights over every weight :func:`sparsify` prunes.
 
-    Those are the weights of Linear, Conv1d/2d and Embedding layers and the input projection
-    of ``nn.MultiheadAttention``.
+    Those are the weights of Linear, Conv1d/2d and Embedding layers, the input projection
+    of ``nn.MultiheadAttention`` and the gate weights of recurrent layers (LSTM, GRU, RNN).
 
     Args:
         model: A float model.
@@ -392,6 +396,10 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     return [produced[-1][0]] if produced else []
 
 
+def _recurrent(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+
+
 def _heads_multiple(model: nn.Module) -> int:
     multiple = 1
     for module in model.modules():
@@ -463,6 +471,19 @@ def _prune_structured(
     with torch.no_grad():
         reference = pruned(example)
     multiple = _heads_multiple(pruned)
+    ratios = _capped_ratios(pruned, threshold, multiple, output_layers)
+    if not ratios:
+        names = {m: n for n, m in pruned.named_modules()}
+        whole = [f"{names[m]} ({type(m).__name__})" for m in _recurrent(pruned)]
+        kept = [f"{names[m]} ({type(m).__name__})" for m in output_layers]
+        reasons = [f"the output layer {', '.join(kept)} keeps its classes"] if kept else []
+        if whole:
+            reasons.insert(0, f"torch-pruning cannot narrow recurrent layers ({', '.join(whole)})")
+        raise CompressionError(
+            f"structured sparsity has no layer of {type(model).__name__} to narrow: "
+            f"{' and '.join(reasons) or 'every layer is at its fewest channels'}; "
+            "use prune_structure: unstructured"
+        )
     try:
         with warnings.catch_warnings(), tracing():
             # torch-pruning notes each raw nn.Parameter it finds (a position embedding, say);
@@ -473,8 +494,9 @@ def _prune_structured(
                 example,
                 importance=tp.importance.MagnitudeImportance(p=2),
                 pruning_ratio=threshold,
-                pruning_ratio_dict=_capped_ratios(pruned, threshold, multiple, output_layers),
-                ignored_layers=output_layers,
+                pruning_ratio_dict=ratios,
+                # torch-pruning cannot narrow recurrent layers; they stay whole.
+                ignored_layers=output_layers + _recurrent(pruned),
                 root_module_types=[
                     nn.modules.conv._ConvNd,
                     nn.Linear,

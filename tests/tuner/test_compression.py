@@ -274,6 +274,74 @@ def test_structured_sparsity_keeps_every_output_layer_of_a_model_with_two_output
     assert pruned.head.out_features == 3 and pruned.features.out_features == 4
 
 
+class _Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.RNNBase], embed: bool) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 32) if embed else None
+        self.rnn = kind(32 if embed else 4, 32, num_layers=2, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = x.reshape(x.shape[0], -1, 4)
+        if self.embed is not None:
+            steps = torch.relu(self.embed(steps))
+        out, _ = self.rnn(steps)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_unstructured_sparsity_zeroes_recurrent_gate_weights_and_keeps_them_zero(
+    kind: type[nn.RNNBase],
+) -> None:
+    from tuner._measure import size_bytes
+
+    torch.manual_seed(0)
+    model = _Recurrent(kind, embed=False).eval()
+    inputs, labels = torch.randn(64, 1, 40), torch.randint(0, 10, (64,))
+
+    def finetune(pruned: nn.Module) -> None:
+        optimizer = torch.optim.SGD(pruned.parameters(), lr=0.1)
+        pruned.train()
+        for _ in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(pruned(inputs), labels).backward()
+            optimizer.step()
+
+    pruned = sparsify(model, threshold=0.5, finetune=finetune)
+    assert weight_sparsity(pruned) == pytest.approx(0.5, abs=0.01)
+    gates = [w for n, w in pruned.rnn.named_parameters() if n.startswith("weight_")]
+    assert len(gates) == 4 and all((w == 0).float().mean() > 0.3 for w in gates)
+    assert size_bytes(pruned) < 0.7 * size_bytes(model)
+    assert pruned(inputs).shape == (64, 10)
+
+
+def test_structured_sparsity_leaves_recurrent_layers_whole_and_says_when_nothing_else_is_left() -> (
+    None
+):
+    torch.manual_seed(0)
+    inputs = torch.randn(8, 1, 40)
+    with pytest.raises(CompressionError) as caught:
+        sparsify(
+            _Recurrent(nn.LSTM, embed=False),
+            threshold=0.5,
+            structure="structured",
+            example_inputs=inputs,
+        )
+    message = str(caught.value)
+    assert "cannot narrow recurrent layers (rnn (LSTM))" in message
+    assert "\n" not in message and message.endswith("use prune_structure: unstructured")
+    # The layers around it narrow, and its input with them.
+    pruned = sparsify(
+        _Recurrent(nn.LSTM, embed=True),
+        threshold=0.5,
+        structure="structured",
+        example_inputs=inputs,
+    )
+    assert pruned.embed.out_features == pruned.rnn.input_size == 16
+    assert pruned.rnn.hidden_size == 32 and pruned.head.out_features == 10
+    assert pruned(inputs).shape == (8, 10)
+
+
 def test_structured_attention_keeps_a_multiple_of_the_head_count() -> None:
     model = PatchTransformer(width=32, heads=4).eval()
     pruned = sparsify(
