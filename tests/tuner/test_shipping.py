@@ -526,3 +526,36 @@ def test_a_learned_int8_token_model_ships_its_embedding_table_in_eight_bits_in_o
     # The table (2000 x 32) is most of the float file; in 8 bits the file is under a third.
     assert onnx["size_bytes"] < figures("onnxruntime", "none")["size_bytes"] / 3
     assert onnx["test_accuracy"] >= 0.9
+
+
+def test_keep_float_ends_leaves_a_token_models_table_float_in_onnx() -> None:
+    from user_models import TokenTransformer
+
+    torch.manual_seed(0)
+    model = TokenTransformer(width=32, levels=2000).eval()
+    ids = torch.randint(0, 2000, (128, 40))
+    with torch.no_grad():
+        labels = model(ids).argmax(dim=1)
+    spec = MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime="onnxruntime")
+    figures = {}
+    for keep_float in ("none", "ends"):
+        settings = Settings(
+            threshold=0.0,
+            structure="unstructured",
+            quantize="int8",
+            finetune_epochs=0,
+            keep_float=keep_float,
+        )
+        shipped = ship(
+            model, settings, calibration=ids, device=torch.device("cpu"), runtime="onnxruntime"
+        )
+        figures[keep_float] = measure(
+            shipped, settings=spec, threads=1, example=ids[:1], test_data=(ids, labels)
+        )
+    assert figures["none"]["int8_layers"][0] == "embed"
+    assert figures["none"]["onnx_int8_nodes"][0] == "Gather"
+    assert figures["ends"]["float_layers"] == ["embed", "head"]
+    assert "embed" not in figures["ends"]["int8_layers"]
+    assert "Gather" not in figures["ends"]["onnx_int8_nodes"]
+    # The float table is most of the file.
+    assert figures["ends"]["size_bytes"] > 2 * figures["none"]["size_bytes"]
