@@ -5,9 +5,9 @@ Compression has two knobs, applied in this order by :func:`compress`:
 * **Sparsity** (:func:`sparsify`).
 
   - ``structure="unstructured"`` zeroes the globally smallest-magnitude weights of every
-    Linear, Conv1d/2d, Embedding and attention input projection; the tensors keep their shape,
-    so the model gets smaller on disk (zeros are not stored, see ``tuner._measure``) but not
-    faster.
+    Linear, convolution, Embedding and attention input projection, and the gate weights of
+    recurrent layers; the tensors keep their shape, so the model gets smaller on disk (zeros
+    are not stored, see ``tuner._measure``) but not faster.
   - ``structure="structured"`` removes whole channels with torch-pruning's dependency graph:
     the output neurons of Linear layers, the channels of convolutions, the embedding dimension
     of attention, Embedding and LayerNorm, with everything coupled to them (a residual
@@ -16,7 +16,10 @@ Compression has two knobs, applied in this order by :func:`compress`:
     smallest L2 norm is removed: the fraction is per group (local), never global. Attention
     keeps its head count and each head gets narrower, so a group that includes attention keeps
     a multiple of the head count. The layer whose output is the model's output keeps its
-    units (the classes).
+    units (the classes). LSTMs stay whole (their input narrows with the layer feeding it);
+    a model with GRU or plain RNN layers, or with nothing left to narrow, is refused. A
+    plain integer attribute holding a pruned width (``VisionTransformer.hidden_dim``) follows
+    it where the model needs that to run (:func:`_follow_width`).
   - ``steps > 1`` reaches the threshold gradually: each step removes more (on the cubic
     schedule of Zhu & Gupta, 2017: most at the first step, while the model has most to
     spare, less as it nears the target) and the fine-tune's budget is shared out between the
@@ -27,8 +30,8 @@ Compression has two knobs, applied in this order by :func:`compress`:
   - on the CPU, PT2E static quantization (``torch.export``, torchao's ``X86InductorQuantizer``
     calibrated on typical inputs, ``convert_pt2e``): int8 weights per channel, calibrated int8
     activations, for every convolution and linear op, attention's projections included (see
-    ``_keep_float_quantizer``). Its kernels are fused by ``torch.compile`` (see
-    ``tuner._measure.compile_for_inference``);
+    ``_keep_float_quantizer``), and embedding tables in 8 bits per row (weight-only). Its
+    kernels are fused by ``torch.compile`` (see ``tuner._measure.compile_for_inference``);
   - on CUDA, torchao's ``quantize_`` with dynamic int8 activations and int8 weights for every
     ``nn.Linear``.
 
@@ -78,7 +81,7 @@ _log = logging.getLogger(__name__)
 
 STRUCTURES = ("unstructured", "structured")
 
-_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+_WEIGHTED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)
 
 
 class Finetune(Protocol):
@@ -139,7 +142,7 @@ def _weights(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exactly-zero weights over every weight :func:`sparsify` prunes.
 
-    Those are the weights of Linear, Conv1d/2d and Embedding layers, the input projection
+    Those are the weights of Linear, convolution and Embedding layers, the input projection
     of ``nn.MultiheadAttention`` and the gate weights of recurrent layers (LSTM, GRU, RNN).
 
     Args:
@@ -296,7 +299,8 @@ def _prune_unstructured(
     if not targets:
         if threshold > 0:
             raise CompressionError(
-                f"{type(model).__name__} has no Linear, Conv1d, Conv2d or Embedding layer to prune"
+                f"{type(model).__name__} has no Linear, convolution, Embedding, attention or "
+                "recurrent layer to prune"
             )
         _recover(finetune, pruned, 0, 1)
         return pruned
@@ -344,7 +348,7 @@ def _watching_layers(
     """``hook`` runs after every Linear and convolution layer of ``model`` in the block, and
     with ``int8`` after every other layer int8 quantizes as one (``nn.MultiheadAttention``,
     ``nn.Embedding``) too."""
-    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
     if int8:
         kinds += (nn.MultiheadAttention, nn.Embedding)
     handles = [
@@ -382,10 +386,16 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             f"{type(model).__name__}: {error}"
         ) from error
 
+    def memory(tensor: torch.Tensor) -> int:
+        try:
+            return int(tensor.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # no plain storage (a sparse tensor)
+            return 0
+
     def source(tensor: torch.Tensor) -> nn.Module | None:
-        memory = tensor.untyped_storage().data_ptr()
+        where = memory(tensor)
         for module, out in reversed(produced):
-            if out is tensor or (memory and out.untyped_storage().data_ptr() == memory):
+            if out is tensor or (where and memory(out) == where):
                 return module
         return None
 
@@ -411,7 +421,7 @@ def _heads_multiple(model: nn.Module) -> int:
 def _out_channels(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
         return int(module.out_features)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, nn.modules.conv._ConvNd):
         return int(module.out_channels)
     if isinstance(module, nn.MultiheadAttention):
         return int(module.embed_dim)
@@ -458,11 +468,11 @@ def _prune_structured(
     pruned.eval()
     output_layers = _output_layers(pruned, example)
     if not any(
-        isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.MultiheadAttention))
+        isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention))
         for m in pruned.modules()
     ):
         raise CompressionError(
-            f"{type(model).__name__} has no Linear, Conv1d, Conv2d or attention layer to prune"
+            f"{type(model).__name__} has no Linear, convolution or attention layer to prune"
         )
     if threshold == 0:
         pruned.train(training)
@@ -471,11 +481,18 @@ def _prune_structured(
     with torch.no_grad():
         reference = pruned(example)
     multiple = _heads_multiple(pruned)
+    names = {m: f"{n} ({type(m).__name__})" for n, m in pruned.named_modules()}
+    untraced = [names[m] for m in _recurrent(pruned) if not isinstance(m, nn.LSTM)]
+    if untraced:
+        # torch-pruning's graph breaks on them (it handles LSTM only).
+        raise CompressionError(
+            f"cannot prune {type(model).__name__} structurally: torch-pruning follows no "
+            f"recurrent layer but LSTM ({', '.join(untraced)}); use prune_structure: unstructured"
+        )
     ratios = _capped_ratios(pruned, threshold, multiple, output_layers)
     if not ratios:
-        names = {m: n for n, m in pruned.named_modules()}
-        whole = [f"{names[m]} ({type(m).__name__})" for m in _recurrent(pruned)]
-        kept = [f"{names[m]} ({type(m).__name__})" for m in output_layers]
+        whole = [names[m] for m in _recurrent(pruned)]
+        kept = [names[m] for m in output_layers]
         reasons = [f"the output layer {', '.join(kept)} keeps its classes"] if kept else []
         if whole:
             reasons.insert(0, f"torch-pruning cannot narrow recurrent layers ({', '.join(whole)})")
@@ -523,16 +540,22 @@ def _prune_structured(
     pruned.eval()
     with torch.no_grad():
         after = pruned(example)
-    if isinstance(reference, torch.Tensor) and (
-        not isinstance(after, torch.Tensor) or after.shape != reference.shape
-    ):
+    if _shapes(after) != _shapes(reference):
         raise CompressionError(
             f"structured sparsity changed the output of {type(model).__name__} from "
-            f"{tuple(reference.shape)} to {tuple(getattr(after, 'shape', ()))}; "
-            "use prune_structure: unstructured"
+            f"{_shapes(reference)} to {_shapes(after)}; use prune_structure: unstructured"
         )
     pruned.train(training)
     return pruned, removed
+
+
+def _shapes(output: object) -> object:
+    """The shape of a model's output, or of each tensor in a tuple or list of outputs."""
+    if isinstance(output, torch.Tensor):
+        return tuple(output.shape)
+    if isinstance(output, (tuple, list)):
+        return tuple(_shapes(item) for item in output)
+    return None
 
 
 def _structured_step(pruner: Any, pruned: nn.Module, example: torch.Tensor, name: str) -> int:
@@ -587,6 +610,7 @@ _SHAPED_BY_PRUNER = (
     nn.Embedding,
     nn.MultiheadAttention,
     nn.PReLU,
+    nn.LSTM,
 )
 
 
@@ -599,6 +623,7 @@ def _follow_width(model: nn.Module, example: torch.Tensor, width: int, narrower:
     that width is pruned; torch-pruning updates only the layers it knows. Each candidate is
     tried alone, then all together, and kept only if the model then runs.
     """
+    names = {id(module): name or type(module).__name__ for name, module in model.named_modules()}
     candidates = [
         (module, attribute)
         for module in model.modules()
@@ -622,7 +647,7 @@ def _follow_width(model: nn.Module, example: torch.Tensor, width: int, narrower:
         for module, attribute in trial:
             _log.info(
                 "structured sparsity: %s.%s follows the pruned width (%d -> %d)",
-                type(module).__name__,
+                names[id(module)],
                 attribute,
                 width,
                 narrower,
@@ -721,7 +746,8 @@ def _fake_int8(tensor: torch.Tensor, *, per_channel: bool) -> torch.Tensor:
 def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float]:
     """How much the model's outputs move when one layer alone computes in int8.
 
-    Each Linear, convolution or attention layer in turn gets its weights rounded to int8
+    Each Linear, convolution, attention or embedding layer in turn gets its weights rounded
+    to int8
     per output channel and its input activations to 8 bits per tensor (as static int8
     would); the score is the KL divergence of the model's outputs from the float model's on
     ``inputs``.
@@ -963,19 +989,32 @@ def _x86_quantizer(keep_float: tuple[str, ...], *, is_qat: bool) -> Any:
         config = dataclasses.replace(config, weight=weight)
     quantizer.set_global(config)
 
-    class Tables(EmbeddingQuantizer):  # type: ignore[misc]
+    class EmbeddingTables(EmbeddingQuantizer):  # type: ignore[misc]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             weight = get_embedding_operators_config().config.weight
             for node in model.graph.nodes:
-                if node.target == torch.ops.aten.embedding.default and (
-                    _owner(node) not in keep_float
+                if (
+                    node.target == torch.ops.aten.embedding.default
+                    and _embedding_table(node.args[0])
+                    and _owner(node) not in keep_float
                 ):
                     node.meta[x86.QUANT_ANNOTATION_KEY] = QuantizationAnnotation(
                         input_qspec_map={node.args[0]: weight}
                     )
             return model
 
-    return ComposableQuantizer([quantizer, Tables()])
+    return ComposableQuantizer([quantizer, EmbeddingTables()])
+
+
+def _embedding_table(weight: object) -> bool:
+    """Whether an embedding op's weight is a layer's own table (``embed.weight``); a lookup
+    in another stored tensor (``F.embedding`` over a bias table) stays float, as it does in
+    ONNX Runtime."""
+    return (
+        isinstance(weight, torch.fx.Node)
+        and weight.op == "get_attr"
+        and str(weight.target).endswith(".weight")
+    )
 
 
 def _owner(node: torch.fx.Node) -> str | None:
@@ -1073,8 +1112,8 @@ _INT8_WEIGHT_OPS = ("dequantize_per_channel", "dequantize_per_tensor")
 def int8_layer_names(model: nn.Module) -> tuple[str, ...]:
     """Qualified names of the layers of a quantized model that compute in int8, in order.
 
-    Reads a PT2E graph (convolution, linear and embedding ops whose weight is dequantized
-    from 8 bits) or
+    Reads a PT2E graph (convolution, linear and embedding ops whose weight is dequantized from
+    8 bits) or
     torchao's quantized tensor subclasses (weights that are not plain tensors).
     """
     if isinstance(model, torch.fx.GraphModule):

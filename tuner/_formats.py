@@ -146,13 +146,16 @@ def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[s
     as one layer.
     """
     inits = {i.name for i in proto.graph.initializer}
+    int8_tables = _dequantized(proto, stored=True)
     modules: dict[str, str] = {}
     for node in proto.graph.node:
-        if node.op_type == "Gather" and node.input:
-            weight = node.input[0] if node.input[0] in inits else None  # an embedding's table
-            if weight is not None and weight.endswith(".weight"):
-                modules[node.name] = weight[: -len(".weight")]
+        if node.op_type == "Gather":
+            table = _embedding_table(node, inits)
+            if table is not None:
+                modules[node.name] = table[: -len(".weight")]
+            if table is not None or node.input[0] not in int8_tables:
                 continue
+            # A table stored in int8 and dequantized first: named by its module scope below.
         elif node.op_type not in _QUANTIZABLE:
             continue
         weight = next((n for n in node.input[1:] if n in inits and n.endswith(".weight")), None)
@@ -169,6 +172,12 @@ def _node_modules(proto: Any, attention: frozenset[str] = frozenset()) -> dict[s
         if len(scopes) >= 2 and scopes[-2]:
             modules[node.name] = str(scopes[-2])
     return modules
+
+
+def _embedding_table(node: Any, inits: set[str]) -> str | None:
+    """The stored weight a Gather node looks rows up in (an embedding's table), if it is one."""
+    table = node.input[0] if node.input else ""
+    return table if table in inits and table.endswith(".weight") else None
 
 
 def _int8_modules(proto: Any, modules: dict[str, str]) -> tuple[str, ...]:
@@ -200,11 +209,21 @@ def _int8_tables(proto: Any) -> set[str]:
     return {i.name for i in proto.graph.initializer if i.data_type in kinds}
 
 
-def _dequantized(proto: Any) -> set[str]:
-    """Tensors that are int8 weights dequantized, possibly transposed or reshaped after."""
+def _dequantized(proto: Any, *, stored: bool = False) -> set[str]:
+    """Tensors that are int8 weights dequantized, possibly transposed or reshaped after.
+
+    With ``stored``, only those dequantized from a tensor the file stores (an initializer,
+    a constant, one decoded from its sparse form, or one of these quantized in the graph),
+    never from an activation.
+    """
+    kept = {i.name for i in proto.graph.initializer}
     out: set[str] = set()
     for node in proto.graph.node:  # in topological order
-        if node.op_type == "DequantizeLinear" or (
+        if node.op_type in ("Constant", _DECODE_OP) or (
+            node.op_type in ("QuantizeLinear", "Cast") and node.input[0] in kept
+        ):
+            kept.update(node.output)
+        if (node.op_type == "DequantizeLinear" and (not stored or node.input[0] in kept)) or (
             node.op_type in ("Transpose", "Reshape", "Identity")
             and node.input
             and node.input[0] in out
@@ -216,16 +235,16 @@ def _dequantized(proto: Any) -> set[str]:
 def _qdq_weighted(proto: Any) -> list[Any]:
     """Conv/MatMul/Gemm nodes whose weight, and Gathers whose table, comes out of a
     DequantizeLinear (QDQ int8)."""
-    dequantized = _dequantized(proto)
-    return [n for n in proto.graph.node if _qdq_op(n, dequantized) is not None]
+    dequantized, tables = _dequantized(proto), _dequantized(proto, stored=True)
+    return [n for n in proto.graph.node if _qdq_op(n, dequantized, tables) is not None]
 
 
-def _qdq_op(node: Any, dequantized: set[str]) -> str | None:
-    """``QDQ<OpType>`` for a node that reads its weight (or table) in int8 through a
-    DequantizeLinear, else ``None``."""
+def _qdq_op(node: Any, dequantized: set[str], tables: set[str]) -> str | None:
+    """``QDQ<OpType>`` for a node that reads its weight (or its stored table, for a Gather)
+    in int8 through a DequantizeLinear, else ``None``."""
     if node.op_type in _QUANTIZABLE and len(node.input) > 1 and node.input[1] in dequantized:
         return f"QDQ{node.op_type}"
-    if node.op_type == "Gather" and node.input and node.input[0] in dequantized:
+    if node.op_type == "Gather" and node.input and node.input[0] in tables:
         return "QDQGather"
     return None
 
@@ -260,8 +279,16 @@ def _int8_onnx(
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
+    inits = {i.name for i in proto.graph.initializer}
     excluded = [
         node for node, module in _node_modules(proto, attention).items() if module in keep_float
+    ]
+    # Only embedding tables: a Gather from another stored tensor (a position or bias table
+    # indexed at run time) stays float, as it does in the torch runtime.
+    excluded += [
+        n.name
+        for n in proto.graph.node
+        if n.op_type == "Gather" and n.input[0] in inits and _embedding_table(n, inits) is None
     ]
     ops = {n.op_type for n in proto.graph.node}
     with tempfile.TemporaryDirectory(prefix="tuner-onnx-") as tmp, _quiet_exporter():
@@ -478,25 +505,26 @@ def onnx_int8_nodes(proto: Any) -> list[str]:
     A Gather whose table is stored in 8 bits (an embedding) is listed as ``Gather``, or
     ``QDQGather`` when the table is dequantized first.
     """
-    dequantized = _dequantized(proto)
+    dequantized, stored = _dequantized(proto), _dequantized(proto, stored=True)
     tables = _int8_tables(proto)
     names = []
     for node in proto.graph.node:
         if node.op_type in INT8_OPS or (node.op_type == "Gather" and node.input[0] in tables):
             names.append(node.op_type)
-        elif (qdq := _qdq_op(node, dequantized)) is not None:
+        elif (qdq := _qdq_op(node, dequantized, stored)) is not None:
             names.append(qdq)
     return names
 
 
-_ONNX_INPUT_TYPES: dict[str, type[np.generic]] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
+def _numpy_type(onnx_type: str) -> np.dtype[Any]:
+    """The numpy type of an ONNX Runtime input type such as ``tensor(int64)``."""
+    name = onnx_type.removeprefix("tensor(").removesuffix(")")
+    try:
+        return np.dtype({"float": "float32", "double": "float64"}.get(name, name))
+    except TypeError as exc:
+        raise ExportError(
+            f"the ONNX model's input is {onnx_type}, which tuner cannot feed"
+        ) from exc
 
 
 class OnnxRunner:
@@ -518,8 +546,8 @@ class OnnxRunner:
             raise ExportError(f"ONNX Runtime cannot load the model: {exc}") from exc
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        # Token ids feed an embedding as int64; anything else takes float32.
-        self.input_dtype = _ONNX_INPUT_TYPES.get(model_input.type, np.float32)
+        # Token ids feed an embedding as int64, images may come as uint8: as the file asks.
+        self.input_dtype = _numpy_type(model_input.type)
         self.threads = max(1, int(threads))
 
     def _feed(self, inputs: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:

@@ -340,6 +340,36 @@ def test_structured_sparsity_leaves_recurrent_layers_whole_and_says_when_nothing
     assert pruned.embed.out_features == pruned.rnn.input_size == 16
     assert pruned.rnn.hidden_size == 32 and pruned.head.out_features == 10
     assert pruned(inputs).shape == (8, 10)
+    # torch-pruning's graph follows no other recurrent layer: one line names it.
+    with pytest.raises(CompressionError) as caught:
+        sparsify(
+            _Recurrent(nn.GRU, embed=True),
+            threshold=0.5,
+            structure="structured",
+            example_inputs=inputs,
+        )
+    message = str(caught.value)
+    assert "no recurrent layer but LSTM (rnn (GRU))" in message and "\n" not in message
+
+
+def test_structured_sparsity_narrows_three_dimensional_convolutions() -> None:
+    class Video(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv3d(1, 16, 3, padding=1)
+            self.conv2 = nn.Conv3d(16, 16, 3, padding=1)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.head(h.mean(dim=(2, 3, 4)))
+
+    inputs = torch.randn(4, 1, 4, 6, 6)
+    model = Video().eval()
+    pruned = sparsify(model, threshold=0.5, structure="structured", example_inputs=inputs)
+    assert pruned.conv1.out_channels == pruned.conv2.out_channels == 8
+    assert pruned(inputs).shape == (4, 4)
+    assert weight_sparsity(sparsify(model, threshold=0.5)) == pytest.approx(0.5, abs=0.01)
 
 
 def test_structured_attention_keeps_a_multiple_of_the_head_count() -> None:

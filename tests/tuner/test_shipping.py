@@ -559,3 +559,39 @@ def test_keep_float_ends_leaves_a_token_models_table_float_in_onnx() -> None:
     assert "Gather" not in figures["ends"]["onnx_int8_nodes"]
     # The float table is most of the file.
     assert figures["ends"]["size_bytes"] > 2 * figures["none"]["size_bytes"]
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_only_embedding_tables_go_to_eight_bits(runtime: str) -> None:
+    # A bias table indexed at run time is a Gather from a stored tensor too; it stays float.
+    from torch import nn
+
+    class Biased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(500, 16)
+            self.bias_table = nn.Parameter(torch.randn(40, 16))
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            # A second lookup, from a table that is no nn.Embedding.
+            bias = nn.functional.embedding(ids % 40, self.bias_table)
+            return self.head((self.embed(ids) + bias).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Biased().eval()
+    ids = torch.randint(0, 500, (64, 12))
+    with torch.no_grad():
+        labels = model(ids).argmax(dim=1)
+    settings = Settings(threshold=0.0, structure="unstructured", quantize="int8", finetune_epochs=0)
+    shipped = ship(model, settings, calibration=ids, device=torch.device("cpu"), runtime=runtime)
+    figures = measure(
+        shipped,
+        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never"),
+        threads=1,
+        example=ids[:1],
+        test_data=(ids, labels),
+    )
+    assert figures["int8_layers"] == ["embed", "head"]
+    assert runtime == "torch" or figures["onnx_int8_nodes"].count("Gather") == 1
+    assert figures["test_accuracy"] >= 0.9
