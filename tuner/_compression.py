@@ -506,6 +506,9 @@ def _prune_structured(
             # torch-pruning notes each raw nn.Parameter it finds (a position embedding, say);
             # it prunes their last dimension, which is what such parameters need.
             warnings.filterwarnings("ignore", message=r"Unwrapped parameters detected")
+            # Its shape inference gives up on graphs it cannot follow (Swin's shifted
+            # windows), and the graph build then grew until the kernel killed the process.
+            warnings.filterwarnings("error", message=r"Maximum recursive depth reached")
             pruner = tp.pruner.MetaPruner(
                 pruned,
                 example,

@@ -372,6 +372,29 @@ def test_structured_sparsity_narrows_three_dimensional_convolutions() -> None:
     assert weight_sparsity(sparsify(model, threshold=0.5)) == pytest.approx(0.5, abs=0.01)
 
 
+def test_a_graph_the_pruner_cannot_follow_fails_at_once_with_one_line() -> None:
+    # torch-pruning gives up inferring channels through very long chains (on torchvision's
+    # Swin Transformer its graph build then grew until the kernel killed the process).
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 16)
+            self.b = nn.Linear(6, 16)
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            g = self.b(x)
+            for _ in range(600):
+                g = torch.relu(g)
+            return self.head(torch.cat([self.a(x), g], dim=1))
+
+    with pytest.raises(CompressionError) as caught:
+        sparsify(Deep(), threshold=0.5, structure="structured", example_inputs=torch.randn(4, 6))
+    message = str(caught.value)
+    assert message.startswith("cannot trace Deep for structured sparsity")
+    assert "Maximum recursive depth reached" in message and "\n" not in message
+
+
 def test_structured_attention_keeps_a_multiple_of_the_head_count() -> None:
     model = PatchTransformer(width=32, heads=4).eval()
     pruned = sparsify(
