@@ -387,10 +387,8 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
         ) from error
 
     def memory(tensor: torch.Tensor) -> int:
-        try:
-            return int(tensor.untyped_storage().data_ptr())
-        except (RuntimeError, NotImplementedError):  # no plain storage (a sparse tensor)
-            return 0
+        # Only dense tensors have one storage a view shares; others match by identity.
+        return int(tensor.untyped_storage().data_ptr()) if tensor.layout == torch.strided else 0
 
     def source(tensor: torch.Tensor) -> nn.Module | None:
         where = memory(tensor)

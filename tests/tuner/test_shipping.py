@@ -492,66 +492,54 @@ def test_structured_int8_vision_and_token_transformers_ship_in_both_runtimes(
     assert figures["test_accuracy"] >= 0.9
 
 
-def test_a_learned_int8_token_model_ships_its_embedding_table_in_eight_bits_in_onnx() -> None:
+def _ship_int8_lookups(
+    model: torch.nn.Module, ids: torch.Tensor, runtime: str, **settings: Any
+) -> dict[str, Any]:
+    """The figures of ``model`` shipped unpruned (int8 unless ``settings`` say otherwise),
+    scored against its own float answers on ``ids``."""
+    with torch.no_grad():
+        labels = model(ids).argmax(dim=1)
+    chosen = Settings(
+        **{"threshold": 0.0, "structure": "unstructured", "quantize": "int8", **settings},
+        finetune_epochs=0,
+    )
+    shipped = ship(
+        model,
+        chosen,
+        calibration=ids,
+        device=torch.device("cpu"),
+        runtime=runtime,
+        qat=lambda graph: graph(ids),  # one pass sets the fake quantizers' ranges
+    )
+    spec = MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never")
+    return measure(shipped, settings=spec, threads=1, example=ids[:1], test_data=(ids, labels))
+
+
+def _token_model() -> tuple[torch.nn.Module, torch.Tensor]:
     from user_models import TokenTransformer
 
     torch.manual_seed(0)
-    model = TokenTransformer(width=32, levels=2000).eval()
-    ids = torch.randint(0, 2000, (128, 40))
-    with torch.no_grad():
-        labels = model(ids).argmax(dim=1)
+    return TokenTransformer(width=32, levels=2000).eval(), torch.randint(0, 2000, (128, 40))
 
-    def figures(runtime: str, quantize: str) -> dict[str, Any]:
-        settings = Settings(
-            threshold=0.0,
-            structure="unstructured",
-            quantize=quantize,
-            finetune_epochs=0,
-            qat_epochs=1,
-        )
-        shipped = ship(
-            model,
-            settings,
-            calibration=ids,
-            device=torch.device("cpu"),
-            runtime=runtime,
-            qat=lambda graph: graph(ids),  # one pass sets the fake quantizers' ranges
-        )
-        spec = MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never")
-        return measure(shipped, settings=spec, threads=1, example=ids[:1], test_data=(ids, labels))
 
-    onnx, learned = figures("onnxruntime", "int8"), figures("torch", "int8")
+def test_a_learned_int8_token_model_ships_its_embedding_table_in_eight_bits_in_onnx() -> None:
+    model, ids = _token_model()
+    onnx = _ship_int8_lookups(model, ids, "onnxruntime", qat_epochs=1)
+    learned = _ship_int8_lookups(model, ids, "torch", qat_epochs=1)
     assert onnx["int8_layers"] == learned["int8_layers"]
     assert onnx["int8_layers"][0] == "embed" and onnx["onnx_int8_nodes"][0] == "QDQGather"
     # The table (2000 x 32) is most of the float file; in 8 bits the file is under a third.
-    assert onnx["size_bytes"] < figures("onnxruntime", "none")["size_bytes"] / 3
+    dense = _ship_int8_lookups(model, ids, "onnxruntime", quantize="none")
+    assert onnx["size_bytes"] < dense["size_bytes"] / 3
     assert onnx["test_accuracy"] >= 0.9
 
 
 def test_keep_float_ends_leaves_a_token_models_table_float_in_onnx() -> None:
-    from user_models import TokenTransformer
-
-    torch.manual_seed(0)
-    model = TokenTransformer(width=32, levels=2000).eval()
-    ids = torch.randint(0, 2000, (128, 40))
-    with torch.no_grad():
-        labels = model(ids).argmax(dim=1)
-    spec = MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime="onnxruntime")
-    figures = {}
-    for keep_float in ("none", "ends"):
-        settings = Settings(
-            threshold=0.0,
-            structure="unstructured",
-            quantize="int8",
-            finetune_epochs=0,
-            keep_float=keep_float,
-        )
-        shipped = ship(
-            model, settings, calibration=ids, device=torch.device("cpu"), runtime="onnxruntime"
-        )
-        figures[keep_float] = measure(
-            shipped, settings=spec, threads=1, example=ids[:1], test_data=(ids, labels)
-        )
+    model, ids = _token_model()
+    figures = {
+        keep_float: _ship_int8_lookups(model, ids, "onnxruntime", keep_float=keep_float)
+        for keep_float in ("none", "ends")
+    }
     assert figures["none"]["int8_layers"][0] == "embed"
     assert figures["none"]["onnx_int8_nodes"][0] == "Gather"
     assert figures["ends"]["float_layers"] == ["embed", "head"]
@@ -579,19 +567,7 @@ def test_only_embedding_tables_go_to_eight_bits(runtime: str) -> None:
             return self.head((self.embed(ids) + bias).mean(dim=1))
 
     torch.manual_seed(0)
-    model = Biased().eval()
-    ids = torch.randint(0, 500, (64, 12))
-    with torch.no_grad():
-        labels = model(ids).argmax(dim=1)
-    settings = Settings(threshold=0.0, structure="unstructured", quantize="int8", finetune_epochs=0)
-    shipped = ship(model, settings, calibration=ids, device=torch.device("cpu"), runtime=runtime)
-    figures = measure(
-        shipped,
-        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3, runtime=runtime, compile="never"),
-        threads=1,
-        example=ids[:1],
-        test_data=(ids, labels),
-    )
+    figures = _ship_int8_lookups(Biased().eval(), torch.randint(0, 500, (64, 12)), runtime)
     assert figures["int8_layers"] == ["embed", "head"]
     assert runtime == "torch" or figures["onnx_int8_nodes"].count("Gather") == 1
     assert figures["test_accuracy"] >= 0.9
