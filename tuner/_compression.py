@@ -59,6 +59,7 @@ from torch.nn.utils import prune
 
 from tuner._exceptions import CompressionError, first_line
 from tuner._logs import logs_below
+from tuner._pt2e_patterns import capture_patterns_once
 from tuner._spec import KEEP_FLOAT_MODES, QUANTIZE_MODES
 from tuner._tracing import tracing
 
@@ -855,6 +856,7 @@ def _import_torchao() -> None:
     """
     with logs_below(logging.ERROR, "torchao"):
         import torchao  # noqa: F401
+    capture_patterns_once()
 
 
 def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
@@ -1078,8 +1080,10 @@ def quantize_aware(
 
     The float ``model`` is captured with ``torch.export`` in training mode, torchao's x86
     quantizer inserts fake quantization (int8 weights per channel, calibrated int8
-    activations) with ``prepare_qat_pt2e``, ``train`` fine-tunes that graph so the weights
-    learn to live with the rounding, and ``convert_pt2e`` makes the int8 graph. The scales
+    activations) with ``prepare_qat_pt2e``, the activation ranges are calibrated on
+    ``calibration_inputs`` (in eval mode: BatchNorm's statistics stay as trained), ``train``
+    fine-tunes that graph so the weights learn to live with the rounding, and
+    ``convert_pt2e`` makes the int8 graph. The scales
     it learned are what ships: in PyTorch, and in ONNX as QuantizeLinear/DequantizeLinear.
 
     Returns:
@@ -1099,6 +1103,12 @@ def quantize_aware(
         allow_exported_model_train_eval(prepared)
     except Exception as error:
         raise CompressionError(f"PT2E QAT failed for {type(model).__name__}: {error}") from error
+    # Training starts from calibrated activation ranges, as static int8 would ship, not
+    # from its first batch's: a short fine-tune then only improves on post-training int8.
+    prepared.eval()
+    with torch.no_grad():
+        prepared(inputs)
+    prepared.train()
     train(prepared)
     prepared.to("cpu")
     try:
