@@ -15,7 +15,7 @@ import copy
 import threading
 import types
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -106,12 +106,10 @@ def capture_patterns_once() -> None:
     except ImportError:
         return
     capture = getattr(utils, "_get_aten_graph_module_for_pattern", None)
-    if (
-        not callable(capture)
-        or getattr(qat_utils, "_get_aten_graph_module_for_pattern", None) is not capture
-    ):
+    held = getattr(qat_utils, "_get_aten_graph_module_for_pattern", None)
+    if capture is None or held is not capture:
         return
-    cached = _cached(capture)
+    cached = _cached(cast(Callable[..., Any], capture))
     # qat_utils holds its own reference; export_utils imports it from utils at each call.
     utils._get_aten_graph_module_for_pattern = cached
     qat_utils._get_aten_graph_module_for_pattern = cached
