@@ -787,7 +787,11 @@ def layer_sensitivity(model: nn.Module, inputs: torch.Tensor) -> dict[str, float
 
 
 def float_layer_choice(
-    model: nn.Module, keep_float: str, calibration_inputs: torch.Tensor | None
+    model: nn.Module,
+    keep_float: str,
+    calibration_inputs: torch.Tensor | None,
+    *,
+    linear_only: bool = False,
 ) -> tuple[str, ...]:
     """The layers ``keep_float`` leaves in float when the rest goes to int8.
 
@@ -796,15 +800,27 @@ def float_layer_choice(
       classifier), where int8 error hurts most often.
     * ``sensitive``: the :data:`SENSITIVE_LAYERS` layers whose int8 rounding alone moves the
       outputs most on the calibration inputs (:func:`layer_sensitivity`).
+
+    With ``linear_only`` (int8 on CUDA, which quantizes ``nn.Linear`` alone) the choice is
+    made among the ``nn.Linear`` layers: a convolution or embedding stays float there anyway.
     """
     _check_keep_float(keep_float)
     if keep_float == "none":
         return ()
     inputs = _example_batch(calibration_inputs, f"keep_float: {keep_float}")
+    modules = dict(model.named_modules())
+
+    def candidate(name: str) -> bool:
+        return not linear_only or isinstance(modules[name], nn.Linear)
+
     if keep_float == "ends":
-        order = _layers_in_order(model, inputs[:2])
+        order = [name for name in _layers_in_order(model, inputs[:2]) if candidate(name)]
         return tuple(dict.fromkeys(order[:1] + order[-1:]))
-    scores = layer_sensitivity(model, inputs[:256])
+    scores = {
+        name: score
+        for name, score in layer_sensitivity(model, inputs[:256]).items()
+        if candidate(name)
+    }
     ranked = sorted(scores, key=lambda name: -scores[name])[:SENSITIVE_LAYERS]
     return tuple(name for name in scores if name in ranked)
 
@@ -1208,8 +1224,12 @@ def compress(
         steps=steps,
     )
     pruned = pruned.eval()
+    # On CUDA, torch's int8 is nn.Linear alone (see quantize); ONNX Runtime and QAT are CPU.
+    linear_only = torch.device(device).type == "cuda" and torch_int8 and qat is None
     float_layers = (
-        float_layer_choice(pruned, keep_float, calibration_inputs) if quantize == "int8" else ()
+        float_layer_choice(pruned, keep_float, calibration_inputs, linear_only=linear_only)
+        if quantize == "int8"
+        else ()
     )
     if quantize == "int8" and qat is not None:
         shipped = quantize_aware(

@@ -732,6 +732,23 @@ def test_keep_float_ends_leaves_the_first_and_last_layer_float_in_int8() -> None
     assert size_bytes(shipped) > size_bytes(all_int8)
 
 
+def test_keep_float_on_a_gpu_chooses_among_the_layers_gpu_int8_quantizes() -> None:
+    # int8 on CUDA is nn.Linear alone: a token model's embedding table and a CNN's stem stay
+    # float there anyway, so keeping them float would keep nothing. Chosen on the CPU: the
+    # choice runs the model where it is; only the quantization that follows needs the GPU.
+    torch.manual_seed(0)
+    tokens = TokenTransformer(width=32, levels=100).eval()
+    ids = torch.randint(0, 100, (64, 40))
+    assert float_layer_choice(tokens, "ends", ids) == ("embed", "head")
+    on_gpu = float_layer_choice(tokens, "ends", ids, linear_only=True)
+    assert on_gpu == ("encoder.layers.0.linear1", "head")
+    cnn = ResidualCNN(channels=8).eval()
+    signals = torch.randn(64, 1, 40)
+    assert float_layer_choice(cnn, "ends", signals)[0] == "stem.0"
+    assert float_layer_choice(cnn, "ends", signals, linear_only=True) == ("head",)
+    assert float_layer_choice(cnn, "sensitive", signals, linear_only=True) == ("head",)
+
+
 def test_sensitivity_finds_the_layer_that_int8_rounding_hurts_most(
     trained_mlp: nn.Sequential, digits: Digits
 ) -> None:

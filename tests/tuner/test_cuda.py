@@ -94,3 +94,20 @@ def test_a_gpu_study_completes_every_compression_setting(
         assert attrs["accuracy"] > 0.2
         if trial.params["quantize"] == "int8":
             assert attrs["int8_layers"] or attrs.get("onnx_int8_nodes")
+
+
+def test_keep_float_on_the_gpu_keeps_layers_that_would_be_int8() -> None:
+    # On CUDA int8 is nn.Linear alone: `ends` keeps the first and last Linear float (the
+    # residual CNN's stem is a convolution, float there anyway).
+    trained = _trained("residual-cnn")
+    calibration = trained.train_data[0][:512]
+    settings = Settings(
+        threshold=0.0,
+        structure="unstructured",
+        quantize="int8",
+        finetune_epochs=0,
+        keep_float="ends",
+    )
+    shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
+    assert shipped.report.float_layers == ("head",)
+    assert "head" not in shipped.report.int8_layers
