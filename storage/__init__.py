@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from ._bounds import Bound, best_within, bounds_from_spec, metric_value, rank
 from ._errors import StoreError
-from ._format import column_format, metric_unit, show_epochs, show_metric, show_param
+from ._format import (
+    column_format,
+    latency_p90,
+    metric_unit,
+    show_epochs,
+    show_metric,
+    show_param,
+)
 from ._outage import StoreUnavailable
 from ._rdb import open_storage
 from ._readers import count_states, read_best_values, read_records, read_studies
@@ -41,6 +48,7 @@ __all__ = [
     "column_format",
     "count_states",
     "hypervolume",
+    "latency_p90",
     "load_study_readonly",
     "mask_url",
     "metric_unit",

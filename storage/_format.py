@@ -28,6 +28,18 @@ def metric_unit(metric: str) -> tuple[str, float]:
     return "", 1.0
 
 
+def latency_p90(objectives: Iterable[str]) -> str:
+    """The p90 metric that goes beside a study's latency objective.
+
+    A study that minimises latency at its batch size (``latency_ms_batch``) is shown that
+    latency's p90, not batch 1's; otherwise ``latency_ms_p90``.
+    """
+    chosen = set(objectives)
+    if "latency_ms_batch" in chosen and "latency_ms" not in chosen:
+        return "latency_ms_batch_p90"
+    return "latency_ms_p90"
+
+
 def _ms(value: float) -> str:
     # Three decimals, or three significant digits below 0.1 ms (0.00432, not 0.004).
     return f"{value:.3f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"

@@ -180,6 +180,8 @@ _HEADERS = {
     "size_bytes": "size",
     "latency_ms": "latency ms",
     "latency_ms_p90": "p90 ms",
+    "latency_ms_batch": "batch ms",
+    "latency_ms_batch_p90": "batch p90 ms",
     "sparsity": "sparsity",
     "param_count": "params",
 }
@@ -215,13 +217,15 @@ def _print_front(
 ) -> None:
     from rich.table import Table
 
+    from .storage import latency_p90
+
     if not front:
         console.print("no complete trial meets the constraints yet")
         return
     table = Table(title=f"{title} ({len(front)} trials)", title_justify="left")
     table.add_column("trial", justify="right", no_wrap=True)
     columns = list(objectives)
-    for extra in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count"):
+    for extra in ("test_accuracy", latency_p90(objectives), "sparsity", "param_count"):
         if extra not in columns:
             columns.append(extra)
     for c in columns:

@@ -16,6 +16,7 @@ from tuner.storage import (
     Bound,
     TrialRecord,
     bounds_from_spec,
+    latency_p90,
     metric_unit,
     metric_value,
     pareto_mask,
@@ -77,7 +78,7 @@ def hover(records: Sequence[TrialRecord], objectives: Mapping[str, str]) -> Hove
     """Trial, objectives, key metrics and every parameter of each of ``records``."""
     metrics = [
         m
-        for m in ("test_accuracy", "latency_ms_p90", "sparsity")
+        for m in ("test_accuracy", latency_p90(objectives), "sparsity")
         if m not in objectives and any(m in r.metrics for r in records)
     ]
     params = sorted({p for r in records for p in r.params})

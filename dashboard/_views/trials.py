@@ -12,6 +12,7 @@ from tuner.storage import (
     TrialRecord,
     column_format,
     commands,
+    latency_p90,
     metric_value,
     show_metric,
 )
@@ -92,7 +93,13 @@ def table_rows(
 def _table_metrics(objectives: Mapping[str, str]) -> list[str]:
     return [*objectives] + [
         m
-        for m in ("test_accuracy", "latency_ms_p90", "sparsity", "param_count", "train_time_s")
+        for m in (
+            "test_accuracy",
+            latency_p90(objectives),
+            "sparsity",
+            "param_count",
+            "train_time_s",
+        )
         if m not in objectives
     ]
 

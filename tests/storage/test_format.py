@@ -37,3 +37,12 @@ def test_params_and_epochs() -> None:
     assert show_param(None) == "not set"
     assert show_param("adamw") == "adamw"
     assert show_epochs(1) == "1 epoch" and show_epochs(3) == "3 epochs"
+
+
+def test_the_p90_shown_is_that_of_the_latency_objective() -> None:
+    from tuner.storage import latency_p90
+
+    assert latency_p90(["accuracy", "latency_ms"]) == "latency_ms_p90"
+    assert latency_p90(["accuracy", "latency_ms_batch"]) == "latency_ms_batch_p90"
+    assert latency_p90(["accuracy", "latency_ms", "latency_ms_batch"]) == "latency_ms_p90"
+    assert latency_p90(["accuracy", "size_bytes"]) == "latency_ms_p90"
