@@ -98,7 +98,7 @@ def _print_pick(
 ) -> None:
     from rich.table import Table
 
-    from .storage import metric_value, show_param
+    from .storage import metric_value, show_metric, show_param
 
     trial = result.trial
     console.print(result.message(args.study))
@@ -109,12 +109,15 @@ def _print_pick(
     bounds: dict[str, list[str]] = {}
     for c in result.clauses:
         edge = c.max if c.max is not None else c.min
-        bounds.setdefault(c.metric, []).append(f"{c.op} {_fmt(c.metric, edge)}")
+        bounds.setdefault(c.metric, []).append(f"{c.op} {show_metric(c.metric, edge)}")
     shown = [result.target, *objectives, "test_accuracy", *bounds]
+    # One column holds every metric, so each value carries its unit.
     for metric in dict.fromkeys(shown):
         value = metric_value(trial, metric)
         mark = " (picked by)" if metric == result.target else ""
-        table.add_row(f"{metric}{mark}", _fmt(metric, value), ", ".join(bounds.get(metric, [])))
+        table.add_row(
+            f"{metric}{mark}", show_metric(metric, value), ", ".join(bounds.get(metric, []))
+        )
     console.print(table)
     console.print("params: " + ", ".join(f"{k}={show_param(v)}" for k, v in trial.params.items()))
     if status.path is not None:

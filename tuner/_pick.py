@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._exceptions import SpecError
-from .storage import Bound, TrialRecord, metric_value, rank
+from .storage import Bound, TrialRecord, metric_value, rank, show_metric
 from .storage._bounds import default_target, feasible_complete, within
 
 _CLAUSE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.]*)\s*(?P<op><=|>=|<|>)\s*(?P<bound>\S+)\s*$")
@@ -100,7 +100,8 @@ class Pick:
             return f"no trial of {study} fits {budget}"
         closest = ""
         if b.closest is not None and b.closest_value is not None:
-            closest = f"; closest: trial {b.closest} with {b.clause.metric} {b.closest_value:.6g}"
+            shown = show_metric(b.clause.metric, b.closest_value)
+            closest = f"; closest: trial {b.closest} with {b.clause.metric} {shown}"
         together = (
             " (each clause alone is met by some trial, but no trial meets all)"
             if b.failing < b.trials

@@ -200,7 +200,9 @@ def test_the_front_shows_the_p90_of_the_latency_it_minimises(
     assert best.returncode == 0, best.stderr
     lines = best.stdout.splitlines()
     header = [c.strip() for c in next(line for line in lines if line.startswith("┃")).split("┃")]
-    row = [c.strip() for c in next(line for line in lines if line.startswith("│     0 ")).split("│")]
+    row = [
+        c.strip() for c in next(line for line in lines if line.startswith("│     0 ")).split("│")
+    ]
     assert "batch ms ↓" in header and "batch p90 ms" in header, header
     assert "p90 ms" not in header, header
     p50 = float(row[header.index("batch ms ↓")])

@@ -10,7 +10,7 @@ import tuner
 from tuner._cli import main
 from tuner._exceptions import SpecError
 from tuner._pick import parse_where
-from tuner.storage import Bound
+from tuner.storage import Bound, show_metric
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,10 @@ def test_a_budget_nothing_meets_exits_1_naming_the_binding_constraint(
     message = capsys.readouterr().out
     assert "size_bytes<=100 binds" in message
     assert "4 of 4 complete feasible trials fail it" in message
-    assert f"closest: trial {smallest.number} with size_bytes" in message
+    # In the unit people read sizes in, as every table shows them.
+    shown = show_metric("size_bytes", smallest.user_attrs["size_bytes"])
+    assert f"closest: trial {smallest.number} with size_bytes {shown}" in message
+    assert shown.endswith(" KB")
     assert "latency_ms<=1000 binds" not in message
 
     assert _pick(study, "--where", "size_bytes<=100", "--json") == 1
@@ -135,3 +138,18 @@ def test_parse_where_reads_every_operator_and_number_form() -> None:
     ]
     with pytest.raises(SpecError, match="not a number"):
         parse_where("latency_ms<=nan")
+
+
+def test_the_pick_table_gives_each_value_its_unit(
+    study: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One column holds accuracies, sizes and latencies: a bare "0.419" says nothing.
+    assert _pick(study, "--where", "latency_ms<=1000") == 0
+    rows = {
+        cells[1].strip().split()[0]: (cells[2].strip(), cells[3].strip())
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("│") and len(cells := line.split("│")) > 3
+    }
+    assert rows["latency_ms"][0].endswith(" ms") and rows["latency_ms"][1] == "<= 1000.000 ms"
+    assert rows["size_bytes"][0].endswith(" KB")
+    assert rows["accuracy"][0].endswith("%")
