@@ -15,10 +15,12 @@ from plotly.subplots import make_subplots
 from tuner.storage import TrialRecord
 
 from ._views.front import (
+    COMPRESSION_SHAPES,
     FrontInfo,
     Hover,
     axis_title,
     best_within_budget,
+    compression_kinds,
     display_scale,
     front_2d,
     parallel_dimensions,
@@ -39,6 +41,7 @@ OUTSIDE = "rgba(170,170,170,0.12)"
 BROKEN = "rgba(214,39,40,0.55)"
 STOPPED = "#ff7f0e"
 RUNNING = "#2ca02c"
+SHAPE_KEY = "#555555"
 
 
 def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) -> go.Figure:
@@ -62,21 +65,42 @@ def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) ->
         ),
         "front within budget": dict(color=FRONT, size=11, line=dict(width=1, color="white")),
     }
+    # Shapes say how each trial was compressed, where the study tried more than one way.
+    kinds = compression_kinds(info)
+    shown = [k for k in COMPRESSION_SHAPES if k in set(kinds[rows])]
     fig = go.Figure()
     for label, idx in point_groups(info, rows).items():
         if len(idx) == 0:
             continue
+        marker = dict(style[label])
+        if len(shown) > 1 and "symbol" not in marker:
+            marker["symbol"] = [COMPRESSION_SHAPES[k] for k in kinds[idx]]
         fig.add_trace(
             go.Scatter(
                 x=info.values[idx, xi] * sx,
                 y=info.values[idx, yi] * sy,
                 mode="markers",
                 name=f"{label} ({len(idx)})",
-                marker=style[label],
+                marker=marker,
                 customdata=tips.rows[idx],
                 hovertemplate=tips.template,
             )
         )
+    if len(shown) > 1:
+        for kind in shown:
+            # A legend entry for each shape; it draws no point.
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=kind,
+                    marker=dict(color=SHAPE_KEY, size=9, symbol=COMPRESSION_SHAPES[kind]),
+                    legendgroup="compression",
+                    legendgrouptitle_text="shape: compression",
+                    hoverinfo="skip",
+                )
+            )
     line = front_2d(info, xi, yi)
     if len(line):
         fig.add_trace(

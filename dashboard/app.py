@@ -384,6 +384,18 @@ def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     x, y = _pair(page)
     rows = _front.plot_sample(info, MAX_2D_POINTS)
     fig = _figures.pareto_2d(info, page.hover, rows, x, y)
+    kinds = set(_front.compression_kinds(info)[rows])
+    shapes = (
+        "Shape: how the trial was compressed ("
+        + ", ".join(
+            f"{_front.COMPRESSION_SHAPES[k].split('-')[0]} {k}"
+            for k in _front.COMPRESSION_SHAPES
+            if k in kinds
+        )
+        + "). "
+        if len(kinds) > 1
+        else ""
+    )
     note = (
         f"; showing {len(rows):,} of {len(info):,} trials (every front trial)"
         if len(rows) < len(info)
@@ -392,7 +404,7 @@ def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     st.caption(
         "Each point is a complete trial. Blue: the Pareto front (no other trial is better on "
         f"every objective); grey: dominated; red x: breaks a constraint{note}. "
-        "Hover for parameters and metrics; click a point to open its trial."
+        f"{shapes}Hover for parameters and metrics; click a point to open its trial."
     )
     event = st.plotly_chart(
         fig,

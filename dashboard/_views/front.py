@@ -290,6 +290,39 @@ def point_groups(info: FrontInfo, rows: np.ndarray) -> dict[str, np.ndarray]:
     return groups
 
 
+# How a trial was compressed, as the front draws it: one marker shape each.
+COMPRESSION_SHAPES: dict[str, str] = {
+    "float": "circle",
+    "int8": "diamond",
+    "structured": "square",
+    "structured + int8": "triangle-up",
+}
+
+
+def compression_kind(record: TrialRecord) -> str:
+    """``float``, ``int8``, ``structured`` or ``structured + int8``: what the shipped model
+    is, read from what the trial recorded (a setting fixed in the spec is no parameter).
+    Unstructured sparsity only zeroes weights, so it reads as the model it left.
+    """
+    int8 = bool(record.metrics.get("int8_layers"))
+    structure = record.params.get("prune_structure") or record.metrics.get("prune_structure")
+    threshold = record.params.get("prune_threshold")
+    pruned = (
+        float(threshold) > 0
+        if threshold is not None
+        else float(record.metrics.get("sparsity") or 0.0) > 0
+    )
+    structured = structure == "structured" and pruned
+    if structured:
+        return "structured + int8" if int8 else "structured"
+    return "int8" if int8 else "float"
+
+
+def compression_kinds(info: FrontInfo) -> np.ndarray:
+    """:func:`compression_kind` of every row of ``info``."""
+    return np.array([compression_kind(r) for r in info.records], dtype=object)
+
+
 def front_2d(info: FrontInfo, xi: int, yi: int) -> np.ndarray:
     """Rows of the front of objectives ``xi`` and ``yi`` alone (feasible, within budget),
     ordered from the best ``x`` on, to draw the trade-off between the two as a staircase.

@@ -178,3 +178,43 @@ def test_figures_from_a_real_study(dashboard_store: str) -> None:
     front = _traces(fig)["Pareto front"]
     assert sorted(int(c[0]) for c in front.customdata) == sorted(page.info.front_numbers)
     assert "<i>lr</i>" in front.hovertemplate and "size_bytes" in front.hovertemplate
+
+
+def test_the_front_shapes_say_how_each_trial_was_compressed() -> None:
+    how = {
+        0: ({"quantize": "none", "prune_threshold": 0.0}, []),
+        1: ({"quantize": "int8", "prune_threshold": 0.0}, ["fc1"]),
+        2: ({"quantize": "none", "prune_threshold": 0.5, "prune_structure": "structured"}, []),
+        3: ({"quantize": "int8", "prune_threshold": 0.5, "prune_structure": "structured"}, ["fc1"]),
+        # Unstructured sparsity zeroes weights of a float model: it reads as float.
+        5: ({"quantize": "none", "prune_threshold": 0.5, "prune_structure": "unstructured"}, []),
+    }
+    records = [
+        replace(
+            r, params={**r.params, **how[r.number][0]}, metrics={"int8_layers": how[r.number][1]}
+        )
+        if r.number in how
+        else r
+        for r in TRIALS
+    ]
+    page = _page(records)
+    fig = _figures.pareto_2d(
+        page.info, page.hover, fronts.plot_sample(page.info), "size_bytes", "accuracy"
+    )
+    traces = _traces(fig)
+    shape = {}
+    for name in ("Pareto front", "dominated"):
+        for cell, symbol in zip(traces[name].customdata, traces[name].marker.symbol):
+            shape[int(cell[0])] = symbol
+    assert shape == {0: "circle", 1: "diamond", 2: "square", 3: "triangle-up", 5: "circle"}
+    assert traces["breaks constraints"].marker.symbol == "x"
+    legend = [t.name for t in fig.data if t.legendgroup == "compression"]
+    assert legend == ["float", "int8", "structured", "structured + int8"]
+
+    # One way of compressing: nothing to tell apart, so no shapes and no shape legend.
+    plain = _page()
+    fig = _figures.pareto_2d(
+        plain.info, plain.hover, fronts.plot_sample(plain.info), "size_bytes", "accuracy"
+    )
+    assert _traces(fig)["Pareto front"].marker.symbol is None
+    assert not [t for t in fig.data if t.legendgroup == "compression"]
