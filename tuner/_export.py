@@ -33,7 +33,7 @@ from ._space import suggest
 from ._spec import spec_from_dict
 from ._workloads import TrainedModel, TrialContext
 from .storage import StoreError, load_study_readonly
-from .storage.keys import SPEC_ATTR
+from .storage.keys import RETRY_OF_ATTR, SPEC_ATTR
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,8 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     ctx = TrialContext(
         device=device,
         max_epochs=spec.budget.max_epochs,
-        seed=trial_seed(spec, fixed),
+        # A retry trained with the seed of the trial it repeated.
+        seed=trial_seed(spec, int(frozen.system_attrs.get(RETRY_OF_ATTR, trial))),
         trial_number=trial,
     )
     trained = resolve_workload(spec.workload).fn(params, ctx)

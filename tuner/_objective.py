@@ -32,6 +32,7 @@ from .storage.keys import (
     COMPRESSION_CHOICE_ATTR,
     CURVE_ATTR,
     ERROR_ATTR,
+    RETRY_OF_ATTR,
     TENSORBOARD_ATTR,
     TRAINED_BY_ATTR,
     VIOLATIONS_ATTR,
@@ -241,7 +242,7 @@ class Objective:
         spec = self.spec
         params = suggest(trial, spec.params)
         device = trial_device(spec)
-        seed = trial_seed(spec, trial)
+        seed = trial_seed(spec, seed_number(trial))
         kept_model = self._reusable(trial)
         if kept_model is not None:
             return self._compress_again(trial, params, kept_model, device, seed)
@@ -464,8 +465,16 @@ def record_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     set_trial_user_attrs(study_storage(trial.study), trial_id(trial), attrs)
 
 
-def trial_seed(spec: StudySpec, trial: optuna.Trial) -> int:
-    return (spec.sampler.seed or 0) * 100_003 + trial.number
+def trial_seed(spec: StudySpec, number: int) -> int:
+    """The seed trial ``number`` trains with (see :func:`seed_number` for a retry)."""
+    return (spec.sampler.seed or 0) * 100_003 + number
+
+
+def seed_number(trial: optuna.Trial) -> int:
+    """The trial number a trial's seed comes from: its own, or for a retry (its worker or a
+    rank died) that of the trial it repeats, so a retry trains as that trial would have."""
+    attrs = study_storage(trial.study).get_trial_system_attrs(trial_id(trial))
+    return int(attrs.get(RETRY_OF_ATTR, trial.number))
 
 
 def measure_trained(

@@ -166,3 +166,26 @@ def test_a_compression_that_kept_its_accuracy_leaves_the_next_to_the_sampler_and
     assert third.user_attrs["accuracy_float"] - third.user_attrs["accuracy"] <= 0.02
     assert third.user_attrs["size_bytes"] < second.user_attrs["size_bytes"] / 2
     assert objective.compress_again(study, third.number) is None
+
+
+def test_a_retry_trains_with_the_seed_of_the_trial_it_repeats(sqlite_url: str) -> None:
+    from optuna.trial import TrialState
+
+    from tuner._objective import seed_number
+    from tuner.storage import open_storage
+
+    # A retry (its worker died) runs the same parameters; with the same seed it trains as
+    # the trial it repeats would have, and a retry of a retry still goes back to that one.
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(study_name="retried", storage=storage)
+    retry = storage.get_heartbeat_stale_trial_callback()
+    first = study.ask()
+    assert seed_number(first) == first.number == 0
+    current = first
+    for _ in range(2):
+        study.tell(current, state=TrialState.FAIL)
+        retry(study, storage.get_trial(current._trial_id))
+        current = study.ask()
+        assert current.number > first.number and seed_number(current) == first.number
+    fresh = study.ask()
+    assert seed_number(fresh) == fresh.number
