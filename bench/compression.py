@@ -9,7 +9,8 @@ accuracy. Ratios are against the dense model in the same runtime, measured in th
 the four variants of a model take turns, round after round, and each latency is the median
 over rounds of the median per round (this machine is noisy). Compiled models are compiled
 as trials compile them (tuner._measure.compile_for_inference: on the CPU with and without
-inductor's freezing, the faster kept, per batch size; "frozen b1/b32" says which). Compile
+inductor's freezing, the faster kept, per batch size, batch 32 first and freezing tried at
+batch 1 only where it was kept at 32; "frozen b1/b32" says which). Compile
 time (torch.compile of the PT2E int8 graphs, both batch sizes) is apart from latency.
 
     python bench/compression.py [--epochs 6] [--repeats 30] [--rounds 7] [--threads 1]
@@ -138,7 +139,10 @@ class _Timed:
             return self._run
         shape = tuple(batch.shape)
         if shape not in self._compiled:
-            compiled = compile_for_inference(cast(nn.Module, self._run), batch)
+            # As trials do: batch 32 first, and freezing tried at batch 1 only where it was
+            # kept at 32.
+            freezing = shape[0] > 1 or not self.frozen or any(self.frozen.values())
+            compiled = compile_for_inference(cast(nn.Module, self._run), batch, freezing=freezing)
             self._compiled[shape] = compiled.run
             self.frozen[shape[0]] = compiled.frozen
         return self._compiled[shape]
@@ -275,11 +279,11 @@ def main() -> None:
                 for name, s in shipped.items()
             }
             size = {name: f["size_bytes"] for name, f in sized.items()}
-            b1 = _interleaved(timed, example, args.rounds, args.repeats)
             b32 = _interleaved(
                 timed, example.expand(32, *example.shape[1:]).contiguous(), args.rounds,
                 args.repeats,
             )  # fmt: skip
+            b1 = _interleaved(timed, example, args.rounds, args.repeats)
             for name in timed:
                 base = name.removesuffix(", compiled")
                 speed_up = b32["dense"] / b32[name]

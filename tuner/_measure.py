@@ -452,13 +452,15 @@ class Compiled:
     frozen: bool
 
 
-def compile_for_inference(model: nn.Module, batch: torch.Tensor) -> Compiled:
+def compile_for_inference(
+    model: nn.Module, batch: torch.Tensor, *, freezing: bool = True
+) -> Compiled:
     """``torch.compile`` ``model`` for inference on ``batch``'s shape, as a deployment would.
 
     Call in inference mode, with ``model`` in eval mode and on ``batch``'s device. A graph
     (a PT2E int8 model, or a ``torch.export`` program) on the CPU is compiled twice, with
     and without inductor's freezing, and freezing is kept where it is at least 5% faster on
-    ``batch`` (the two take turns). Freezing folds the weights in as constants, which lets
+    ``batch`` (the two take turns); ``freezing=False`` skips the compile with it. Freezing folds the weights in as constants, which lets
     inductor turn the int8 graph's quantize/dequantize pairs into oneDNN's int8 kernels with
     packed weights: the Transformer of ``bench/compression.py`` in int8 at batch 32 ran 1.9x
     faster than float with it, 1.0x without. Those kernels cost more per call, so at batch
@@ -480,7 +482,7 @@ def compile_for_inference(model: nn.Module, batch: torch.Tensor) -> Compiled:
         torch._dynamo.reset()
         runnable, reference = _compile(model, batch, freezing=False)
     compile_s = time.perf_counter() - started
-    if batch.device.type != "cpu" or not isinstance(model, torch.fx.GraphModule):
+    if not freezing or batch.device.type != "cpu" or not isinstance(model, torch.fx.GraphModule):
         return Compiled(runnable, compile_s, frozen=False)
     started = time.perf_counter()
     try:
@@ -505,6 +507,7 @@ def measure_latency(
     repeats: int = 50,
     threads: int = 1,
     compile: bool = False,
+    freezing: bool = True,
 ) -> LatencyStats:
     """Time forward passes of ``model`` in eval mode under ``torch.inference_mode``.
 
@@ -519,6 +522,8 @@ def measure_latency(
         threads: ``torch.set_num_threads`` during the measurement (restored afterwards).
         compile: Run the model through ``torch.compile`` (for the shape timed); its first
             call, which compiles, is timed apart as ``compile_s``.
+        freezing: With ``compile``, also try inductor's freezing (see
+            :func:`compile_for_inference`).
 
     Returns:
         Median and 90th percentile latency of one pass.
@@ -541,7 +546,7 @@ def measure_latency(
         with _evaluating(model, target) as evaluated, torch.inference_mode():
             runnable: Callable[[torch.Tensor], Any] = evaluated
             if compile:
-                compiled = compile_for_inference(evaluated, batch)
+                compiled = compile_for_inference(evaluated, batch, freezing=freezing)
                 runnable, compile_s, frozen = compiled.run, compiled.compile_s, compiled.frozen
             for _ in range(warmup):
                 runnable(batch)

@@ -306,6 +306,47 @@ def test_freezing_is_kept_only_where_it_answers_the_same_and_is_faster(
     assert not plain.frozen
 
 
+@pytest.mark.parametrize("kept_at_batch", [False, True])
+def test_freezing_is_tried_at_batch_1_only_where_it_was_kept_at_the_batch_size(
+    kept_at_batch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner._measure as measure
+    from tuner._settings import Settings
+    from tuner._shipping import measure as measure_shipped
+    from tuner._shipping import ship
+    from tuner._spec import MeasureSpec
+
+    torch.manual_seed(0)
+    inputs = torch.randn(64, 64)
+    shipped = ship(
+        _wide_mlp(width=32).eval(),
+        Settings(0.0, "unstructured", "int8", 0),
+        calibration=inputs,
+        device=torch.device("cpu"),
+    )
+    tried: list[tuple[int, bool]] = []
+    compile_ = measure._compile
+
+    def noting(model: nn.Module, batch: torch.Tensor, **kw: bool) -> tuple[object, object]:
+        tried.append((batch.shape[0], kw["freezing"]))
+        return compile_(model, batch, **kw)
+
+    monkeypatch.setattr(measure, "_compile", noting)
+    monkeypatch.setattr(measure, "_same_output", lambda *_: True)
+    monkeypatch.setattr(measure, "_faster", lambda *_: kept_at_batch)
+    figures = measure_shipped(
+        shipped,
+        settings=MeasureSpec(batch_size=8, warmup=1, repeats=3),
+        threads=1,
+        example=inputs[:1],
+    )
+    assert figures["compiled"] and figures["compiled_frozen_batch"] is kept_at_batch
+    assert figures["compiled_frozen"] is kept_at_batch
+    # Where freezing lost at the batch size, batch 1 is compiled once, without it.
+    at_batch_1 = [(1, False), (1, True)] if kept_at_batch else [(1, False)]
+    assert tried == [(8, False), (8, True), *at_batch_1]
+
+
 def test_a_worker_compiling_many_shapes_never_times_an_uncompiled_model() -> None:
     # Past torch's recompile limit (lowered here from 8) a compile would silently run the
     # model uncompiled: torch would compile no frame for it.
