@@ -22,6 +22,7 @@ from ._views.front import (
     best_within_budget,
     compression_kinds,
     display_scale,
+    drawn_kinds,
     front_2d,
     parallel_dimensions,
     point_groups,
@@ -67,7 +68,7 @@ def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) ->
     }
     # Shapes say how each trial was compressed, where the study tried more than one way.
     kinds = compression_kinds(info)
-    shown = [k for k in COMPRESSION_SHAPES if k in set(kinds[rows])]
+    shown = drawn_kinds(info, rows, kinds)
     fig = go.Figure()
     for label, idx in point_groups(info, rows).items():
         if len(idx) == 0:

@@ -384,14 +384,10 @@ def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     x, y = _pair(page)
     rows = _front.plot_sample(info, MAX_2D_POINTS)
     fig = _figures.pareto_2d(info, page.hover, rows, x, y)
-    kinds = set(_front.compression_kinds(info)[rows])
+    kinds = _front.drawn_kinds(info, rows)
     shapes = (
         "Shape: how the trial was compressed ("
-        + ", ".join(
-            f"{_front.COMPRESSION_SHAPES[k].split('-')[0]} {k}"
-            for k in _front.COMPRESSION_SHAPES
-            if k in kinds
-        )
+        + ", ".join(f"{_front.COMPRESSION_SHAPES[k].split('-')[0]} {k}" for k in kinds)
         + "). "
         if len(kinds) > 1
         else ""

@@ -460,9 +460,9 @@ def compile_for_inference(
     Call in inference mode, with ``model`` in eval mode and on ``batch``'s device. A graph
     (a PT2E int8 model, or a ``torch.export`` program) on the CPU is compiled twice, with
     and without inductor's freezing, and freezing is kept where it is at least 5% faster on
-    ``batch`` (the two take turns); ``freezing=False`` skips the compile with it. Freezing folds the weights in as constants, which lets
-    inductor turn the int8 graph's quantize/dequantize pairs into oneDNN's int8 kernels with
-    packed weights: the Transformer of ``bench/compression.py`` in int8 at batch 32 ran 1.9x
+    ``batch`` (the two take turns); ``freezing=False`` skips the compile with it. Freezing
+    folds the weights in as constants, which lets inductor turn the int8 graph's
+    quantize/dequantize pairs into oneDNN's int8 kernels with packed weights: the Transformer of ``bench/compression.py`` in int8 at batch 32 ran 1.9x
     faster than float with it, 1.0x without. Those kernels cost more per call, so at batch
     1, and for layers as small as an MLP's, the compile without freezing was faster (0.07 ms
     against 0.15 on the MLP). Freezing is not kept where it fails, as it does for int8 1-D

@@ -100,8 +100,13 @@ class Pick:
             return f"no trial of {study} fits {budget}"
         closest = ""
         if b.closest is not None and b.closest_value is not None:
+            # As people read it, and as stored (the clause's own units; a near miss such
+            # as 0.8996 for accuracy>=0.9 would read 90.0% alone).
             shown = show_metric(b.clause.metric, b.closest_value)
-            closest = f"; closest: trial {b.closest} with {b.clause.metric} {shown}"
+            closest = (
+                f"; closest: trial {b.closest} with {b.clause.metric} {shown} "
+                f"({b.closest_value:.6g})"
+            )
         together = (
             " (each clause alone is met by some trial, but no trial meets all)"
             if b.failing < b.trials

@@ -323,6 +323,14 @@ def compression_kinds(info: FrontInfo) -> np.ndarray:
     return np.array([compression_kind(r) for r in info.records], dtype=object)
 
 
+def drawn_kinds(info: FrontInfo, rows: np.ndarray, kinds: np.ndarray | None = None) -> list[str]:
+    """The compression kinds the drawn ``rows`` show by shape, in legend order: a trial
+    that breaks a constraint is drawn as a cross whatever its kind."""
+    kinds = compression_kinds(info) if kinds is None else kinds
+    present = set(kinds[rows[info.feasible[rows]]])
+    return [k for k in COMPRESSION_SHAPES if k in present]
+
+
 def front_2d(info: FrontInfo, xi: int, yi: int) -> np.ndarray:
     """Rows of the front of objectives ``xi`` and ``yi`` alone (feasible, within budget),
     ordered from the best ``x`` on, to draw the trade-off between the two as a staircase.

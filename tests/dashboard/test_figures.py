@@ -211,6 +211,14 @@ def test_the_front_shapes_say_how_each_trial_was_compressed() -> None:
     legend = [t.name for t in fig.data if t.legendgroup == "compression"]
     assert legend == ["float", "int8", "structured", "structured + int8"]
 
+    # Only a trial that breaks a constraint (drawn as a cross) differs: no shapes either.
+    odd = [replace(r, metrics={"int8_layers": ["fc1"]}) if not r.feasible else r for r in TRIALS]
+    page = _page(odd)
+    fig = _figures.pareto_2d(
+        page.info, page.hover, fronts.plot_sample(page.info), "size_bytes", "accuracy"
+    )
+    assert not [t for t in fig.data if t.legendgroup == "compression"]
+
     # One way of compressing: nothing to tell apart, so no shapes and no shape legend.
     plain = _page()
     fig = _figures.pareto_2d(

@@ -85,7 +85,8 @@ def test_a_budget_nothing_meets_exits_1_naming_the_binding_constraint(
     assert "4 of 4 complete feasible trials fail it" in message
     # In the unit people read sizes in, as every table shows them.
     shown = show_metric("size_bytes", smallest.user_attrs["size_bytes"])
-    assert f"closest: trial {smallest.number} with size_bytes {shown}" in message
+    raw = smallest.user_attrs["size_bytes"]
+    assert f"closest: trial {smallest.number} with size_bytes {shown} ({raw:.6g})" in message
     assert shown.endswith(" KB")
     assert "latency_ms<=1000 binds" not in message
 
