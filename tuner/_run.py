@@ -282,6 +282,10 @@ class _StoreWatch:
             self._reporter.tick()
 
 
+def _started(counts: Mapping[str, int]) -> int:
+    return sum(n for state, n in counts.items() if state != "WAITING")
+
+
 def _finish(
     spec: StudySpec,
     store: Any,
@@ -294,10 +298,12 @@ def _finish(
     from ._artifacts import enforce_keep_for_run
 
     enforce_keep_for_run(store, name, spec, url)
-    retire_retries(store, name, budget)
+    retired = retire_retries(store, name, budget)
     counts = count_states(store, name)
     records = read_records(store, name)
-    ran = sum(counts.values()) - sum(before.values())
+    # Trials that left WAITING or were created, less the queued retries ended unrun: a
+    # queued trial (the new study's center, a retry) counts once it is run.
+    ran = _started(counts) - _started(before) - len(retired)
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     timed_out = deadline is not None and time.time() >= deadline
     grid_used_up = spec.sampler.name == "grid" and finished >= _grid_size(spec)

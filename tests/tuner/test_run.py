@@ -47,6 +47,17 @@ def test_plain_optuna_reads_the_study(sqlite_url: str, tiny_spec: Any) -> None:
     )
 
 
+def test_a_new_study_that_starts_at_the_center_counts_every_trial_it_ran(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    # The center is queued before the workers start; running it is running a trial.
+    spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1}, sampler={"name": "tpe", "seed": 0})
+    first = tuner.run(spec, storage=sqlite_url)
+    assert first.trials_run == 2 and first.n_finished == 2
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    assert study.trials[0].user_attrs.get("start") == "center"
+
+
 def test_rerun_resumes_to_the_total_and_never_reruns(sqlite_url: str, tiny_spec: Any) -> None:
     spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1})
     first = tuner.run(spec, storage=sqlite_url)
