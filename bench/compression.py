@@ -39,7 +39,7 @@ from torch import nn
 from tuner._builtin_workloads import PatchTransformer
 from tuner._datasets import mnist1d
 from tuner._formats import OnnxRunner, onnx_bytes
-from tuner._measure import _synchronize, compile_for_inference
+from tuner._measure import _synchronize, compile_for_inference, try_freezing
 from tuner._shipping import Settings, Shipped, compiles, measure, ship, trial_model
 from tuner._spec import MeasureSpec
 from tuner._workloads import evaluate_accuracy, fit
@@ -139,9 +139,9 @@ class _Timed:
             return self._run
         shape = tuple(batch.shape)
         if shape not in self._compiled:
-            # As trials do: batch 32 first, and freezing tried at batch 1 only where it was
-            # kept at 32.
-            freezing = shape[0] > 1 or not self.frozen or any(self.frozen.values())
+            # As trials do: batch 32 first, and batch 1 tries freezing as try_freezing says.
+            kept = any(self.frozen.values()) if self.frozen else None
+            freezing = try_freezing(shape[0], kept)
             compiled = compile_for_inference(cast(nn.Module, self._run), batch, freezing=freezing)
             self._compiled[shape] = compiled.run
             self.frozen[shape[0]] = compiled.frozen

@@ -17,6 +17,7 @@ from ._format import (
     show_epochs,
     show_metric,
     show_param,
+    sparsity_kind,
 )
 from ._outage import StoreUnavailable
 from ._rdb import open_storage
@@ -64,5 +65,6 @@ __all__ = [
     "show_epochs",
     "show_metric",
     "show_param",
+    "sparsity_kind",
     "study_objectives",
 ]

@@ -9,7 +9,7 @@ budget inputs, table columns), with the factor from the stored value.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -26,6 +26,21 @@ def metric_unit(metric: str) -> tuple[str, float]:
     if metric.startswith("latency_ms"):
         return "ms", 1.0
     return "", 1.0
+
+
+def sparsity_kind(
+    params: Mapping[str, Any], metrics: Mapping[str, Any]
+) -> tuple[str, float | None]:
+    """How a trial was sparsified: ``dense``, ``unstructured`` or ``structured``, and the
+    fraction it sampled (``None`` where the spec fixed it: a fixed value is no parameter, so
+    the kind is read from what the trial recorded)."""
+    structure = str(
+        params.get("prune_structure") or metrics.get("prune_structure") or "unstructured"
+    )
+    threshold = params.get("prune_threshold")
+    if threshold is not None:
+        return (structure, float(threshold)) if float(threshold) > 0 else ("dense", 0.0)
+    return (structure if float(metrics.get("sparsity") or 0.0) > 0 else "dense"), None
 
 
 def latency_p90(objectives: Iterable[str]) -> str:

@@ -189,15 +189,11 @@ _COMPRESSION = ("prune_threshold", "prune_structure", "finetune_epochs", "quanti
 
 
 def _sparsity_kind(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    """How a trial was sparsified: searched settings from its params, fixed ones from what it
-    recorded (a value fixed in the spec is no Optuna parameter)."""
-    structure = str(
-        params.get("prune_structure") or metrics.get("prune_structure") or "unstructured"
-    )
-    threshold = params.get("prune_threshold")
-    if threshold is not None:
-        return f"{structure} {float(threshold):.0%}" if float(threshold) > 0 else "dense"
-    return structure if float(metrics.get("sparsity") or 0.0) > 0 else "dense"
+    """How a trial was sparsified, with the fraction it sampled: ``structured 50%``."""
+    from .storage import sparsity_kind
+
+    kind, fraction = sparsity_kind(params, metrics)
+    return f"{kind} {fraction:.0%}" if fraction else kind
 
 
 def _describe_params(params: dict[str, Any]) -> str:

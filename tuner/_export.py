@@ -28,12 +28,12 @@ from ._compression import int8_layer_names, weight_sparsity
 from ._exceptions import ExportError, SpecError, storage_error
 from ._formats import DECODE_DOMAIN, OnnxRunner, check_format, export_trial_model, onnx_int8_nodes
 from ._measure import accuracy, measure_latency
-from ._objective import measure_trained, trial_device, trial_seed
+from ._objective import measure_trained, retried_from, trial_device, trial_seed
 from ._space import suggest
 from ._spec import spec_from_dict
 from ._workloads import TrainedModel, TrialContext
 from .storage import StoreError, load_study_readonly
-from .storage.keys import RETRY_OF_ATTR, SPEC_ATTR
+from .storage.keys import SPEC_ATTR
 
 
 @dataclass(frozen=True)
@@ -288,8 +288,7 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     ctx = TrialContext(
         device=device,
         max_epochs=spec.budget.max_epochs,
-        # A retry trained with the seed of the trial it repeated.
-        seed=trial_seed(spec, int(frozen.system_attrs.get(RETRY_OF_ATTR, trial))),
+        seed=trial_seed(spec, retried_from(trial, frozen.system_attrs)),
         trial_number=trial,
     )
     trained = resolve_workload(spec.workload).fn(params, ctx)

@@ -443,6 +443,17 @@ _CHOICE_MARGIN = 0.95
 _COMPILER_LOGGERS = ("torch._subclasses.fake_tensor", "torch._dynamo", "torch._inductor")
 
 
+def try_freezing(batch_size: int, kept_at_larger: bool | None) -> bool:
+    """Whether to try freezing at ``batch_size``, given whether it was kept at a larger batch
+    size timed first (``None``: none was).
+
+    Freezing's packed int8 kernels cost more per call and pay back over rows, so where they
+    were not faster at the larger batch size they are not tried at batch 1 (one compile
+    fewer; no model timed was faster frozen at batch 1 and not at 32).
+    """
+    return batch_size > 1 or kept_at_larger is None or kept_at_larger
+
+
 @dataclass(frozen=True)
 class Compiled:
     """A model compiled for one input shape (see :func:`compile_for_inference`)."""
@@ -460,9 +471,10 @@ def compile_for_inference(
     Call in inference mode, with ``model`` in eval mode and on ``batch``'s device. A graph
     (a PT2E int8 model, or a ``torch.export`` program) on the CPU is compiled twice, with
     and without inductor's freezing, and freezing is kept where it is at least 5% faster on
-    ``batch`` (the two take turns); ``freezing=False`` skips the compile with it. Freezing
-    folds the weights in as constants, which lets inductor turn the int8 graph's
-    quantize/dequantize pairs into oneDNN's int8 kernels with packed weights: the Transformer of ``bench/compression.py`` in int8 at batch 32 ran 1.9x
+    ``batch`` (the two take turns); ``freezing=False`` skips the compile with it (see
+    :func:`try_freezing`). Freezing folds the weights in as constants, which lets inductor
+    turn the int8 graph's quantize/dequantize pairs into oneDNN's int8 kernels with packed
+    weights: the Transformer of ``bench/compression.py`` in int8 at batch 32 ran 1.9x
     faster than float with it, 1.0x without. Those kernels cost more per call, so at batch
     1, and for layers as small as an MLP's, the compile without freezing was faster (0.07 ms
     against 0.15 on the MLP). Freezing is not kept where it fails, as it does for int8 1-D

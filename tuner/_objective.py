@@ -470,11 +470,16 @@ def trial_seed(spec: StudySpec, number: int) -> int:
     return (spec.sampler.seed or 0) * 100_003 + number
 
 
-def seed_number(trial: optuna.Trial) -> int:
+def retried_from(number: int, system_attrs: Mapping[str, Any]) -> int:
     """The trial number a trial's seed comes from: its own, or for a retry (its worker or a
     rank died) that of the trial it repeats, so a retry trains as that trial would have."""
+    return int(system_attrs.get(RETRY_OF_ATTR, number))
+
+
+def seed_number(trial: optuna.Trial) -> int:
+    """:func:`retried_from` of a running trial, read from the store."""
     attrs = study_storage(trial.study).get_trial_system_attrs(trial_id(trial))
-    return int(attrs.get(RETRY_OF_ATTR, trial.number))
+    return retried_from(trial.number, attrs)
 
 
 def measure_trained(

@@ -29,7 +29,7 @@ from torch import nn
 from ._artifacts import TrialModel
 from ._compression import CompressionReport, Finetune, compress, count_parameters
 from ._formats import OnnxRunner, exported_program, onnx_int8_nodes, onnx_shipped
-from ._measure import accuracy, measure_latency, size_bytes
+from ._measure import accuracy, measure_latency, size_bytes, try_freezing
 from ._settings import Settings, settings_from_params
 from ._workloads import fit
 
@@ -318,10 +318,8 @@ def measure(
     compile_model = compiles(shipped, settings.compile)
     out["size_bytes"] = size_bytes(shipped.model)
     compile_s = 0.0
-    # The batch first: freezing's packed int8 kernels cost more per call and pay back over
-    # rows, so where they are not faster at the batch size they are not tried at batch 1
-    # (one compile fewer; no model measured here was faster frozen at 1 and not at 32).
-    frozen_at_batch = True
+    # The batch size first: whether freezing was kept there decides whether batch 1 tries it.
+    frozen_at_batch: bool | None = None
     for suffix, batch, passes in (
         ("_batch", settings.batch_size, (max(1, warmup // 2), max(3, repeats // 2))),
         ("", 1, (warmup, repeats)),
@@ -335,7 +333,7 @@ def measure(
             repeats=passes[1],
             threads=threads,
             compile=compile_model,
-            freezing=frozen_at_batch or batch > 1,
+            freezing=try_freezing(batch, frozen_at_batch),
         )
         if suffix:
             frozen_at_batch = stats.frozen

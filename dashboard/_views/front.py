@@ -23,6 +23,7 @@ from tuner.storage import (
     rank,
     show_metric,
     show_param,
+    sparsity_kind,
 )
 from tuner.storage.keys import SPEC_ATTR
 
@@ -305,15 +306,7 @@ def compression_kind(record: TrialRecord) -> str:
     Unstructured sparsity only zeroes weights, so it reads as the model it left.
     """
     int8 = bool(record.metrics.get("int8_layers"))
-    structure = record.params.get("prune_structure") or record.metrics.get("prune_structure")
-    threshold = record.params.get("prune_threshold")
-    pruned = (
-        float(threshold) > 0
-        if threshold is not None
-        else float(record.metrics.get("sparsity") or 0.0) > 0
-    )
-    structured = structure == "structured" and pruned
-    if structured:
+    if sparsity_kind(record.params, record.metrics)[0] == "structured":
         return "structured + int8" if int8 else "structured"
     return "int8" if int8 else "float"
 
