@@ -36,7 +36,7 @@ from ._logs import logs_below
 from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
-OPSET = 18
+OPSET = 20
 INPUT = "input"
 OUTPUT = "logits"
 # Nodes that compute in int8 in an ONNX graph.
