@@ -44,6 +44,7 @@ from .storage import (
     pareto_front,
     read_records,
     resolve_url,
+    show_metric,
 )
 from .storage._outage import add_listener, ride_out
 from .storage._room import connection_room, room_warning
@@ -335,7 +336,11 @@ def _grid_size(spec: StudySpec) -> int:
 
 
 class _Progress:
-    """A progress bar fed by the store, so it sees every worker's trials."""
+    """A progress bar fed by the store, so it sees every worker's trials.
+
+    Where no bar can be drawn (output to a file, a pipe, a job's log) each trial that ends
+    gets one line instead, with the run's count so far.
+    """
 
     def __init__(self, store: Any, name: str, spec: StudySpec, budget: int) -> None:
         self._store = store
@@ -346,6 +351,8 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
         self._lock = threading.Lock()
+        # Trials already ended when the run started (a resumed study); None: the bar is drawn.
+        self._ended: set[int] | None = None
 
     def start(self, url: str, workers: int, backend: str) -> None:
         from rich.console import Console
@@ -360,8 +367,15 @@ class _Progress:
         console = Console(stderr=True)
         console.print(
             f"study [bold]{self._name}[/] on {mask_url(url)}: {self._budget} trials, "
-            f"{workers} worker(s), backend {backend}"
+            f"{workers} worker(s), backend {backend}",
+            soft_wrap=True,
         )
+        if not console.is_terminal and not _force_progress():
+            try:
+                records = read_records(self._store, self._name)
+            except Exception:
+                records = []
+            self._ended = {r.number for r in records if r.state in _ENDED}
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -387,6 +401,9 @@ class _Progress:
             except Exception:
                 return
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+            if self._ended is not None:
+                self._log_ended(finished)
+                return
             detail = (
                 f"done {counts.get('COMPLETE', 0)} · stopped {counts.get('PRUNED', 0)} · "
                 f"failed {counts.get('FAIL', 0)} · running {counts.get('RUNNING', 0)}"
@@ -395,6 +412,22 @@ class _Progress:
             if best:
                 detail += f" · {best}"
             self._progress.update(self._task, completed=min(finished, self._budget), detail=detail)
+
+    def _log_ended(self, finished: int) -> None:
+        """One line for each trial that ended since the last look."""
+        assert self._ended is not None
+        try:
+            records = read_records(self._store, self._name)
+        except Exception:
+            return
+        new = [r for r in records if r.state in _ENDED and r.number not in self._ended]
+        new.sort(key=_end_order)
+        # The count each line gives is the finished trials once that one had ended.
+        count = finished - sum(r.state != "FAIL" for r in new)
+        for record in new:
+            self._ended.add(record.number)
+            count += record.state != "FAIL"
+            self.say(f"{trial_line(record, self._spec.objectives)} ({count}/{self._budget})")
 
     def _best(self) -> str:
         first, direction = next(iter(self._spec.objectives.items()))
@@ -428,6 +461,31 @@ class _Progress:
         if self._progress is not None:
             self.tick(force=True)
             self._progress.stop()
+
+
+_ENDED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def _end_order(record: TrialRecord) -> tuple[float, int]:
+    end = record.datetime_complete
+    return (end.timestamp() if end is not None else math.inf, record.number)
+
+
+def trial_line(record: TrialRecord, objectives: Mapping[str, str]) -> str:
+    """How a trial ended, in one line: its objectives, the epoch it stopped at, or its error.
+
+    Example: ``trial 4 complete: accuracy 89.0%, size_bytes 86.1 KB, latency_ms 0.575 ms``.
+    """
+    if record.state == "FAIL":
+        error = (record.error or "no error recorded").splitlines()[0]
+        return f"trial {record.number} failed: {error}"
+    if record.state == "PRUNED":
+        epochs = record.metrics.get("epochs", len(record.curve))
+        return f"trial {record.number} stopped early after {epochs} epoch(s)"
+    values = ", ".join(
+        f"{metric} {show_metric(metric, record.values.get(metric))}" for metric in objectives
+    )
+    return f"trial {record.number} complete: {values}"
 
 
 def _force_progress() -> bool:

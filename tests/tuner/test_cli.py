@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def test_run_best_status_round_trip(tmp_path: Path, tiny_spec: Any) -> None:
     run = _tuner("run", str(spec), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "Pareto front" in run.stdout and "tuner best tiny" in run.stdout
+    # Output to a pipe draws no bar: each trial that ends gets a line, with the count so far.
+    ended = [line for line in run.stderr.splitlines() if line.startswith("tuner: trial ")]
+    assert len(ended) == 2, run.stderr
+    for count, line in enumerate(ended, start=1):
+        assert re.match(r"tuner: trial \d complete: ", line) and line.endswith(f"({count}/2)")
+        for value in (r"accuracy [\d.]+%", r"size_bytes [\d.]+ KB", r"latency_ms [\d.]+ ms"):
+            assert re.search(value, line), line
     assert (tmp_path / "tuner.db").exists(), "the default store is ./tuner.db"
     best = _tuner("best", "tiny", "--json", cwd=tmp_path)
     assert best.returncode == 0, best.stderr
@@ -63,6 +71,12 @@ def test_n_trials_flag_and_env_storage(tmp_path: Path, tiny_spec: Any) -> None:
     assert run.returncode == 0, run.stderr
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 1
     assert not (tmp_path / "tuner.db").exists()
+    # Resumed, a run tells only of the trials it ran.
+    more = _tuner("run", str(spec), "--n-trials", "2", cwd=tmp_path, env={"TUNER_STORAGE": url})
+    assert more.returncode == 0, more.stderr
+    ended = [line for line in more.stderr.splitlines() if line.startswith("tuner: trial ")]
+    assert len(ended) == 1 and ended[0].startswith("tuner: trial 1 complete: "), more.stderr
+    assert ended[0].endswith("(2/2)")
 
 
 @pytest.mark.parametrize(
@@ -156,6 +170,7 @@ def test_a_run_whose_trials_keep_failing_exits_6_with_the_last_error(
     assert run.returncode == 6, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: study 'tiny' stopped at 0/3")
     assert "the data loader is broken" in run.stderr and "Traceback" not in run.stderr
+    assert "tuner: trial 0 failed: RuntimeError: the data loader is broken (0/3)" in run.stderr
 
 
 def test_version_is_the_installed_distribution_version(tmp_path: Path) -> None:
