@@ -478,7 +478,8 @@ def compile_for_inference(
     faster than float with it, 1.0x without. Those kernels cost more per call, so at batch
     1, and for layers as small as an MLP's, the compile without freezing was faster (0.07 ms
     against 0.15 on the MLP). Freezing is not kept where it fails, as it does for int8 1-D
-    convolutions in torch 2.13 (a wrong output length), or where its answers differ. Other
+    convolutions in torch 2.13 (a wrong output length; tuner's int8 graphs run them as 2-D
+    ones, see ``tuner._compression``), or where its answers differ. Other
     models, and every model on a GPU, are compiled once, without it.
 
     Returns:

@@ -652,6 +652,53 @@ def test_int8_on_the_cpu_covers_attention_projections_and_every_convolution() ->
     assert set(layer_sensitivity(transformer, inputs)) == set(layers)
 
 
+def test_int8_runs_one_d_convolutions_as_two_d_ones_with_batchnorm_folded() -> None:
+    # So that inductor's freezing can give them int8 kernels (see tuner._measure).
+    torch.manual_seed(0)
+    inputs = torch.randn(128, 1, 40)
+    model = ResidualCNN(channels=16).eval()
+    with torch.no_grad():
+        for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.uniform_(0.5, 1.5)
+    int8, layers = quantize(model, mode="int8", calibration_inputs=inputs)
+    convolutions = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d)]
+    assert set(layers) == {*convolutions, "head"}, layers
+    ops = [str(n.target) for n in int8.graph.nodes if n.op == "call_function"]
+    assert sum("conv2d" in op for op in ops) == len(convolutions), ops
+    assert not [op for op in ops if "conv1d" in op or "batch_norm" in op], ops
+    # The float model is left as it was.
+    assert all(type(m) is nn.Conv1d for n, m in model.named_modules() if n in convolutions)
+    with torch.no_grad():
+        reference, got = model(inputs), int8(inputs)
+    assert (got.argmax(1) == reference.argmax(1)).float().mean() >= 0.9
+    assert (got - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_int8_leaves_one_d_convolutions_it_cannot_run_as_two_d_ones() -> None:
+    # Padded by reflection, or called twice: run as they are, and still right.
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mirror = nn.Conv1d(1, 8, 3, padding=1, padding_mode="reflect")
+            self.twice = nn.Conv1d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8 * 40, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.twice(torch.relu(self.twice(self.mirror(x)))).flatten(1))
+
+    torch.manual_seed(0)
+    inputs = torch.randn(128, 1, 40)
+    model = Shared().eval()
+    int8, _ = quantize(model, mode="int8", calibration_inputs=inputs)
+    ops = [str(n.target) for n in int8.graph.nodes if n.op == "call_function"]
+    assert not [op for op in ops if "conv2d" in op], ops
+    with torch.no_grad():
+        agree = (int8(inputs).argmax(1) == model(inputs).argmax(1)).float().mean()
+    assert agree >= 0.9
+
+
 def test_int8_stores_embedding_tables_in_eight_bits() -> None:
     # A token model's size is mostly its embedding table.
     from tuner._measure import size_bytes
