@@ -1094,10 +1094,13 @@ class _Conv1dAs2d(nn.Conv2d):
     kernels with packed weights, fails on 1-D ones in torch 2.13 (a wrong output length)
     and works on 2-D ones: the residual CNN of ``bench/compression.py`` in int8 at batch 32
     ran 1.03x faster than float as 1-D convolutions (not frozen), 2.45x as 2-D ones.
+    With ``flat=False`` the output keeps its height of 1, for a :class:`_BatchNorm1dAs2d`.
     """
 
+    flat: bool = True
+
     @classmethod
-    def of(cls, conv: nn.Conv1d) -> _Conv1dAs2d:
+    def of(cls, conv: nn.Conv1d, *, flat: bool = True) -> _Conv1dAs2d:
         padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
         wide = cls(
             conv.in_channels,
@@ -1115,21 +1118,46 @@ class _Conv1dAs2d(nn.Conv2d):
             wide.weight.copy_(conv.weight.unsqueeze(2))
             if conv.bias is not None and wide.bias is not None:
                 wide.bias.copy_(conv.bias)
+        wide.flat = flat
         return wide.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.unsqueeze(-2)).squeeze(-2)
+        out = super().forward(x.unsqueeze(-2))
+        return out.squeeze(-2) if self.flat else out
+
+
+class _BatchNorm1dAs2d(nn.BatchNorm2d):
+    """A ``nn.BatchNorm1d`` after a :class:`_Conv1dAs2d` of ``flat=False``: the two stay
+    adjacent in the graph, so quantization-aware training folds them as a pair."""
+
+    @classmethod
+    def of(cls, norm: nn.BatchNorm1d) -> _BatchNorm1dAs2d:
+        wide = cls(
+            norm.num_features,
+            eps=norm.eps,
+            momentum=norm.momentum,
+            affine=norm.affine,
+            track_running_stats=norm.track_running_stats,
+            device=norm.running_mean.device if norm.running_mean is not None else None,
+        )
+        wide.load_state_dict(norm.state_dict())
+        return wide.train(norm.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze(-2)
 
 
 def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """``model`` (changed in place) with its ``nn.Conv1d`` layers run as 2-D ones, for int8.
 
-    A BatchNorm that alone reads a convolution's output is folded into it first, as PT2E
-    would fold it (``torch.nn.utils.fusion.fuse_conv_bn_eval``): between a 2-D convolution
-    and a 1-D BatchNorm the graph would otherwise hold a reshape, and the two would not be
-    folded. Layers keep their names, so ``keep_float`` and the int8 layer names read the
-    same. Convolutions padded other than with zeros, and layers called more than once, stay
-    as they are.
+    A BatchNorm that alone reads a convolution's output goes with it. In eval mode it is
+    folded into the convolution first, as PT2E would fold it
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``); in training mode (quantization-aware
+    training, which folds the pair itself) it becomes a 2-D BatchNorm right after the 2-D
+    convolution. Between a 2-D convolution and a 1-D BatchNorm the graph would hold a
+    reshape, and the two would not be folded. Layers keep their names, so ``keep_float``
+    and the int8 layer names read the same. Convolutions padded other than with zeros, and
+    layers called more than once, stay as they are.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -1149,6 +1177,7 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
                 node.target in _CONV_OPS or node.target in _NORM_OPS
             )
     convs = {name for name in convs if calls.get(name) == 1}
+    paired: set[str] = set()
     for node in graph.graph.nodes:
         users = list(node.users)
         if node.target not in _CONV_OPS or len(users) != 1 or users[0].target not in _NORM_OPS:
@@ -1159,11 +1188,17 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
         batch_norm = modules[norm]
         if type(batch_norm) is not nn.BatchNorm1d or batch_norm.running_mean is None:
             continue
-        _set_module(model, conv, fuse_conv_bn_eval(cast(nn.Conv1d, modules[conv]), batch_norm))
-        _set_module(model, norm, nn.Identity())
+        if model.training:
+            _set_module(model, norm, _BatchNorm1dAs2d.of(batch_norm))
+            paired.add(conv)
+        else:
+            folded = fuse_conv_bn_eval(cast(nn.Conv1d, modules[conv]), batch_norm)
+            _set_module(model, conv, folded)
+            _set_module(model, norm, nn.Identity())
     modules = dict(model.named_modules())
     for name in convs:
-        _set_module(model, name, _Conv1dAs2d.of(cast(nn.Conv1d, modules[name])))
+        wide = _Conv1dAs2d.of(cast(nn.Conv1d, modules[name]), flat=name not in paired)
+        _set_module(model, name, wide)
     return model
 
 
@@ -1204,7 +1239,7 @@ def quantize_aware(
 
     inputs = _example_batch(calibration_inputs, "quantization-aware training")
     example = inputs[:2]
-    source = copy.deepcopy(model).to("cpu").train()
+    source = _as_2d_convolutions(copy.deepcopy(model).to("cpu").train(), example)
     exported = _capture(source, example, "int8 training")
     try:
         prepared = prepare_qat_pt2e(exported, _x86_quantizer(keep_float, is_qat=True))

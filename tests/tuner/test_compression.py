@@ -746,6 +746,10 @@ def test_quantization_aware_training_of_a_residual_cnn_learns_int8_for_every_con
     learned = quantize_aware(model, calibration_inputs=train_inputs[:256], train=finetune)
     convolutions = [n for n, m in model.named_modules() if isinstance(m, nn.Conv1d)]
     assert set(int8_layer_names(learned)) == {*convolutions, "head"}
+    # Run as 2-D convolutions, BatchNorm folded in, as static int8 (see above).
+    ops = [str(n.target) for n in learned.graph.nodes if n.op == "call_function"]
+    assert sum("conv2d" in op for op in ops) == len(convolutions), ops
+    assert not [op for op in ops if "conv1d" in op or "batch_norm" in op], ops
     assert float_accuracy > 0.85
     assert _accuracy(learned, test_inputs, digits[3]) >= float_accuracy - 0.03
     # Training starts from calibrated ranges: with no step taken it ships static int8's
