@@ -21,7 +21,11 @@ from tuner._spec import MeasureSpec
 
 pytestmark = pytest.mark.slow
 
-WORKLOADS = {"residual-cnn": "user_models:residual_cnn", "transformer": "user_models:transformer"}
+WORKLOADS = {
+    "residual-cnn": "user_models:residual_cnn",
+    "image-resnet": "user_models:image_resnet",
+    "transformer": "user_models:transformer",
+}
 
 
 def _grid_spec(name: str, workload: str, runtime: str, compile: str = "never") -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Workloads a user would write from the README's contract: models that are not nn.Sequential.
 
 ``residual_cnn``: a 1-D ResNet-style CNN (skip connections, BatchNorm, global pooling).
+``image_resnet``: the same in 2-D, on scikit-learn's digits as 8x8 images.
 ``transformer``: an ``nn.TransformerEncoder`` (4 heads) over MNIST-1D's signal cut in patches.
 ``TokenTransformer`` reads token ids (int64) through an ``nn.Embedding``: MNIST-1D's signal cut
 into 16 levels. ``ViT`` is laid out as torchvision's Vision Transformer is: a convolution cuts the signal into
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from tuner import TrainedModel, TrialContext, train_classifier
-from tuner._datasets import mnist1d
+from tuner._datasets import digits, mnist1d
 
 ROWS = 1200
 
@@ -48,6 +49,33 @@ class ResidualCNN(nn.Module):
         )
         self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
         self.pool = nn.AdaptiveAvgPool1d(1)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+class ImageBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(out)))
+
+
+class ImageResNet(nn.Module):
+    def __init__(self, channels: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
+        )
+        self.blocks = nn.Sequential(ImageBlock(channels), ImageBlock(channels))
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +155,14 @@ def residual_cnn(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
     torch.manual_seed(ctx.seed)
     train, val, test = _data()
     model = ResidualCNN(int(params.get("channels", 16)))
+    return train_classifier(model, params, ctx, train=train, val=val, test=test)
+
+
+def image_resnet(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
+    torch.manual_seed(ctx.seed)
+    data = digits()
+    train, val, test = ((x.reshape(-1, 1, 8, 8), y) for x, y in (data.train, data.val, data.test))
+    model = ImageResNet(int(params.get("channels", 16)))
     return train_classifier(model, params, ctx, train=train, val=val, test=test)
 
 
