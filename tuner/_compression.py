@@ -1076,7 +1076,7 @@ def _quantize_pt2e(
         raise CompressionError(
             f"calibration inputs of shape {tuple(inputs.shape)} do not fit the model: {error}"
         ) from error
-    exported = _capture(_as_2d_convolutions(model, example), example, "int8")
+    exported = _capture_as_2d(model, example, "int8")
     try:
         prepared = prepare_pt2e(exported, _x86_quantizer(keep_float, is_qat=False))
         with torch.no_grad():
@@ -1101,13 +1101,12 @@ class _Conv1dAs2d(nn.Conv2d):
 
     @classmethod
     def of(cls, conv: nn.Conv1d, *, flat: bool = True) -> _Conv1dAs2d:
-        padding = conv.padding if isinstance(conv.padding, str) else (0, conv.padding[0])
         wide = cls(
             conv.in_channels,
             conv.out_channels,
             (1, conv.kernel_size[0]),
             stride=(1, conv.stride[0]),
-            padding=padding,
+            padding=(0, cast(tuple[int, ...], conv.padding)[0]),
             dilation=(1, conv.dilation[0]),
             groups=conv.groups,
             bias=conv.bias is not None,
@@ -1139,6 +1138,7 @@ class _BatchNorm1dAs2d(nn.BatchNorm2d):
             affine=norm.affine,
             track_running_stats=norm.track_running_stats,
             device=norm.running_mean.device if norm.running_mean is not None else None,
+            dtype=norm.running_mean.dtype if norm.running_mean is not None else None,
         )
         wide.load_state_dict(norm.state_dict())
         return wide.train(norm.training)
@@ -1147,17 +1147,33 @@ class _BatchNorm1dAs2d(nn.BatchNorm2d):
         return super().forward(x).squeeze(-2)
 
 
-def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """``model`` (changed in place) with its ``nn.Conv1d`` layers run as 2-D ones, for int8.
+def _capture_as_2d(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:
+    """:func:`_capture` of ``model`` with its 1-D convolutions run as 2-D ones
+    (:func:`_as_2d_convolutions`), or of ``model`` as it is where that cannot be done."""
+    wide = _as_2d_convolutions(model, example, purpose)
+    if wide is not model:
+        try:
+            with logs_below(logging.CRITICAL, "torch"):
+                return _capture(wide, example, purpose)
+        except CompressionError:
+            pass
+    return _capture(model, example, purpose)
+
+
+def _as_2d_convolutions(model: nn.Module, example: torch.Tensor, purpose: str) -> nn.Module:
+    """A copy of ``model`` with its ``nn.Conv1d`` layers run as 2-D ones, for int8, or
+    ``model`` itself where it has none or the copy does not answer as it does.
 
     A BatchNorm that alone reads a convolution's output goes with it. In eval mode it is
     folded into the convolution first, as PT2E would fold it
     (``torch.nn.utils.fusion.fuse_conv_bn_eval``); in training mode (quantization-aware
     training, which folds the pair itself) it becomes a 2-D BatchNorm right after the 2-D
-    convolution. Between a 2-D convolution and a 1-D BatchNorm the graph would hold a
-    reshape, and the two would not be folded. Layers keep their names, so ``keep_float``
-    and the int8 layer names read the same. Convolutions padded other than with zeros, and
-    layers called more than once, stay as they are.
+    convolution. Between a 2-D convolution and a 1-D BatchNorm the graph would otherwise
+    hold a reshape, and the two would not be folded. Layers keep their names, so
+    ``keep_float`` and the int8 layer names read the same. Convolutions padded other than
+    with zeros or by number (``padding="same"``), and layers called more than once, stay
+    as they are. A model that reads its layers' settings (``self.conv.padding[0]`` to trim
+    a causal convolution's output) may not run as 2-D: then it stays as it is.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -1165,11 +1181,14 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
     convs = {
         name
         for name, m in modules.items()
-        if type(m) is nn.Conv1d and m.padding_mode == "zeros" and name
+        if type(m) is nn.Conv1d
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+        and name
     }
     if not convs:
         return model
-    graph = cast(torch.fx.GraphModule, _capture(model, example, "int8"))
+    graph = cast(torch.fx.GraphModule, _capture(model, example, purpose))
     calls: dict[str, int] = {}
     for node in graph.graph.nodes:
         if node.op == "call_function" and (owner := _owner(node)) is not None:
@@ -1177,6 +1196,10 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
                 node.target in _CONV_OPS or node.target in _NORM_OPS
             )
     convs = {name for name in convs if calls.get(name) == 1}
+    if not convs:
+        return model
+    wide = copy.deepcopy(model)
+    modules = dict(wide.named_modules())
     paired: set[str] = set()
     for node in graph.graph.nodes:
         users = list(node.users)
@@ -1188,18 +1211,40 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor) -> nn.Module:
         batch_norm = modules[norm]
         if type(batch_norm) is not nn.BatchNorm1d or batch_norm.running_mean is None:
             continue
-        if model.training:
-            _set_module(model, norm, _BatchNorm1dAs2d.of(batch_norm))
+        if wide.training:
+            _set_module(wide, norm, _BatchNorm1dAs2d.of(batch_norm))
             paired.add(conv)
         else:
             folded = fuse_conv_bn_eval(cast(nn.Conv1d, modules[conv]), batch_norm)
-            _set_module(model, conv, folded)
-            _set_module(model, norm, nn.Identity())
-    modules = dict(model.named_modules())
+            _set_module(wide, conv, folded)
+            _set_module(wide, norm, nn.Identity())
+    modules = dict(wide.named_modules())
     for name in convs:
-        wide = _Conv1dAs2d.of(cast(nn.Conv1d, modules[name]), flat=name not in paired)
-        _set_module(model, name, wide)
-    return model
+        narrow = cast(nn.Conv1d, modules[name])
+        _set_module(wide, name, _Conv1dAs2d.of(narrow, flat=name not in paired))
+    return wide if _answers_as(wide, model, example) else model
+
+
+def _answers_as(model: nn.Module, reference: nn.Module, example: torch.Tensor) -> bool:
+    """Whether ``model`` runs on ``example`` and answers as ``reference`` does (in eval mode,
+    so that no BatchNorm statistics move), within float rounding."""
+    training = reference.training
+    try:
+        with torch.no_grad():
+            got = torch.utils._pytree.tree_leaves(model.eval()(example))
+            expected = torch.utils._pytree.tree_leaves(reference.eval()(example))
+    except Exception:  # noqa: BLE001 - any failure means: keep the model as it is
+        return False
+    finally:
+        model.train(training)
+        reference.train(training)
+    return len(got) == len(expected) and all(
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and bool(((a - b).abs().max() <= 1e-4 * (1 + b.abs().max())) if b.numel() else True)
+        for a, b in zip(got, expected, strict=True)
+    )
 
 
 _NORM_OPS = (
@@ -1239,8 +1284,8 @@ def quantize_aware(
 
     inputs = _example_batch(calibration_inputs, "quantization-aware training")
     example = inputs[:2]
-    source = _as_2d_convolutions(copy.deepcopy(model).to("cpu").train(), example)
-    exported = _capture(source, example, "int8 training")
+    source = copy.deepcopy(model).to("cpu").train()
+    exported = _capture_as_2d(source, example, "int8 training")
     try:
         prepared = prepare_qat_pt2e(exported, _x86_quantizer(keep_float, is_qat=True))
         # The trainer switches train/eval mode; an exported graph needs to be told how.

@@ -18,6 +18,7 @@ import optuna
 
 from ._dispatch import (
     BACKENDS,
+    NOT_NEEDED,
     Dispatcher,
     InlineDispatcher,
     LocalProcessDispatcher,
@@ -351,7 +352,9 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
         self._lock = threading.Lock()
-        # Trials already ended when the run started (a resumed study); None: the bar is drawn.
+        # Without a bar: a line per trial that ends, after those ended when the run started
+        # (a resumed study), which are read once the store answers (None until then).
+        self._lines = False
         self._ended: set[int] | None = None
 
     def start(self, url: str, workers: int, backend: str) -> None:
@@ -371,11 +374,8 @@ class _Progress:
             soft_wrap=True,
         )
         if not console.is_terminal and not _force_progress():
-            try:
-                records = read_records(self._store, self._name)
-            except Exception:
-                records = []
-            self._ended = {r.number for r in records if r.state in _ENDED}
+            self._lines = True
+            self._log_ended()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -400,10 +400,10 @@ class _Progress:
                 counts = count_states(self._store, self._name)
             except Exception:
                 return
-            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-            if self._ended is not None:
-                self._log_ended(finished)
+            if self._lines:
+                self._log_ended()
                 return
+            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
             detail = (
                 f"done {counts.get('COMPLETE', 0)} · stopped {counts.get('PRUNED', 0)} · "
                 f"failed {counts.get('FAIL', 0)} · running {counts.get('RUNNING', 0)}"
@@ -413,21 +413,25 @@ class _Progress:
                 detail += f" · {best}"
             self._progress.update(self._task, completed=min(finished, self._budget), detail=detail)
 
-    def _log_ended(self, finished: int) -> None:
+    def _log_ended(self) -> None:
         """One line for each trial that ended since the last look."""
-        assert self._ended is not None
         try:
             records = read_records(self._store, self._name)
         except Exception:
             return
-        new = [r for r in records if r.state in _ENDED and r.number not in self._ended]
-        new.sort(key=_end_order)
+        ended = [r for r in records if r.state in _ENDED]
+        if self._ended is None:
+            self._ended = {r.number for r in ended}
+            return
+        new = sorted((r for r in ended if r.number not in self._ended), key=_end_order)
         # The count each line gives is the finished trials once that one had ended.
-        count = finished - sum(r.state != "FAIL" for r in new)
+        count = sum(r.state != "FAIL" for r in ended) - sum(r.state != "FAIL" for r in new)
         for record in new:
             self._ended.add(record.number)
             count += record.state != "FAIL"
-            self.say(f"{trial_line(record, self._spec.objectives)} ({count}/{self._budget})")
+            # A queued retry ended unrun once the budget was met was never this run's trial.
+            if record.error != NOT_NEEDED:
+                self.say(f"{trial_line(record, self._spec.objectives)} ({count}/{self._budget})")
 
     def _best(self) -> str:
         first, direction = next(iter(self._spec.objectives.items()))
