@@ -1,9 +1,9 @@
-"""What compression buys on four architectures, in both runtimes, measured side by side.
+"""What compression buys on five architectures, in both runtimes, measured side by side.
 
-Trains an MLP, a CNN, a residual CNN and a Transformer encoder on MNIST-1D (a few epochs,
-one seed), then ships each one four ways through tuner's shipping path (the one trials use):
-dense, 50% structured sparsity, int8, and 50% structured + int8. Structured copies get one
-epoch of fine-tuning. Each shipped model is measured in the torch runtime and in ONNX
+Trains an MLP, a CNN, a residual CNN and a Transformer encoder on MNIST-1D, and the residual
+CNN in 2-D on scikit-learn's digits as 8x8 images (a few epochs, one seed), then ships each
+one four ways through tuner's shipping path (the one trials use): dense, 50% structured
+sparsity, int8, and 50% structured + int8. Structured copies get one epoch of fine-tuning. Each shipped model is measured in the torch runtime and in ONNX
 Runtime: latency p50 at batch 1 and at batch 32 (one thread), size in bytes, and test
 accuracy. Ratios are against the dense model in the same runtime, measured in the same run:
 the four variants of a model take turns, round after round, and each latency is the median
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from tuner._builtin_workloads import PatchTransformer
-from tuner._datasets import mnist1d
+from tuner._datasets import Splits, digits, mnist1d
 from tuner._formats import OnnxRunner, onnx_bytes
 from tuner._measure import _synchronize, compile_for_inference, try_freezing
 from tuner._shipping import Settings, Shipped, compiles, measure, ship, trial_model
@@ -79,6 +79,41 @@ class _ResidualCNN(nn.Module):
         return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
+class _ImageBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class _ImageResNet(nn.Module):
+    """The residual CNN in 2-D, for images (scikit-learn's digits, 8x8)."""
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
+        )
+        self.blocks = nn.Sequential(_ImageBlock(channels), _ImageBlock(channels))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+def _digit_images() -> Splits:
+    """scikit-learn's digits as 1x8x8 images."""
+    data = digits()
+    train, val, test = ((x.reshape(-1, 1, 8, 8), y) for x, y in (data.train, data.val, data.test))
+    return Splits(train, val, test, data.n_classes)
+
+
 def _mlp() -> nn.Module:
     return nn.Sequential(
         nn.Flatten(), nn.Linear(40, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
@@ -98,11 +133,14 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
     "mlp": (_mlp, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
     "cnn": (_cnn, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
     "residual cnn": (_ResidualCNN, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
+    "image resnet": (_ImageResNet, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
     "transformer": (
         lambda: PatchTransformer(length=40, classes=10, width=128, heads=4, dropout=0.0),
         {"optimizer": "adamw", "lr": 1e-3, "batch_size": 64},
     ),
 }
+# MNIST-1D for all but the image model.
+DATA: dict[str, Callable[[], Splits]] = {"image resnet": _digit_images}
 
 
 def _row(cells: list[str], widths: list[int]) -> str:
@@ -213,10 +251,8 @@ def main() -> None:
         device = torch.device("cuda", device.index or 0)
     runtimes = ("torch",) if device.type == "cuda" else RUNTIMES
     torch.set_num_threads(args.threads)
-    data = mnist1d()
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    example = data.test[0][:1]
     headers = ["model", "runtime", "compression", "b1 ms", "b32 ms", "b32 speed-up",
                "size B", "smaller", "test acc", "compile s", "frozen b1/b32"]  # fmt: skip
     widths = [12, 11, 31, 7, 7, 12, 10, 7, 8, 9, 13]
@@ -224,6 +260,8 @@ def main() -> None:
     verdicts: list[str] = []
     for model_name in args.models.split(","):
         build, params = MODELS[model_name]
+        data = DATA.get(model_name, mnist1d)()
+        example = data.test[0][:1]
         torch.manual_seed(0)
         model = build()
         started = time.perf_counter()
@@ -237,9 +275,12 @@ def main() -> None:
         for name, settings in SETTINGS.items():
 
             def finetune(
-                m: nn.Module, settings: Settings = settings, params: dict[str, Any] = params
+                m: nn.Module,
+                settings: Settings = settings,
+                params: dict[str, Any] = params,
+                train: Any = data.train,
             ) -> None:
-                fit(m, data.train, params, epochs=settings.finetune_epochs, device=device, seed=1)
+                fit(m, train, params, epochs=settings.finetune_epochs, device=device, seed=1)
 
             shipped[name] = ship(
                 model,
