@@ -356,6 +356,8 @@ class _Progress:
         # (a resumed study), which are read once the store answers (None until then).
         self._lines = False
         self._ended: set[int] | None = None
+        self._ended_count = -1
+        self._best_text = ""
 
     def start(self, url: str, workers: int, backend: str) -> None:
         from rich.console import Console
@@ -400,29 +402,37 @@ class _Progress:
                 counts = count_states(self._store, self._name)
             except Exception:
                 return
+            # Every trial is read only when one has ended since the last look: a study of
+            # thousands of trials on a shared server is not read in full every second.
+            ended = sum(counts.get(state, 0) for state in _ENDED)
+            changed = ended != self._ended_count
+            self._ended_count = ended
             if self._lines:
-                self._log_ended()
+                if (changed or self._ended is None) and not self._log_ended():
+                    self._ended_count = -1  # look again next time
                 return
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
             detail = (
                 f"done {counts.get('COMPLETE', 0)} · stopped {counts.get('PRUNED', 0)} · "
                 f"failed {counts.get('FAIL', 0)} · running {counts.get('RUNNING', 0)}"
             )
-            best = self._best()
-            if best:
-                detail += f" · {best}"
+            if changed:
+                self._best_text = self._best()
+            if self._best_text:
+                detail += f" · {self._best_text}"
             self._progress.update(self._task, completed=min(finished, self._budget), detail=detail)
 
-    def _log_ended(self) -> None:
-        """One line for each trial that ended since the last look."""
+    def _log_ended(self) -> bool:
+        """One line for each trial that ended since the last look; False where the store
+        could not be read."""
         try:
             records = read_records(self._store, self._name)
         except Exception:
-            return
+            return False
         ended = [r for r in records if r.state in _ENDED]
         if self._ended is None:
             self._ended = {r.number for r in ended}
-            return
+            return True
         new = sorted((r for r in ended if r.number not in self._ended), key=_end_order)
         # The count each line gives is the finished trials once that one had ended.
         count = sum(r.state != "FAIL" for r in ended) - sum(r.state != "FAIL" for r in new)
@@ -432,6 +442,7 @@ class _Progress:
             # A queued retry ended unrun once the budget was met was never this run's trial.
             if record.error != NOT_NEEDED:
                 self.say(f"{trial_line(record, self._spec.objectives)} ({count}/{self._budget})")
+        return True
 
     def _best(self) -> str:
         first, direction = next(iter(self._spec.objectives.items()))
