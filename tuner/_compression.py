@@ -1228,23 +1228,18 @@ def _as_2d_convolutions(model: nn.Module, example: torch.Tensor, purpose: str) -
 def _answers_as(model: nn.Module, reference: nn.Module, example: torch.Tensor) -> bool:
     """Whether ``model`` runs on ``example`` and answers as ``reference`` does (in eval mode,
     so that no BatchNorm statistics move), within float rounding."""
+    from tuner._measure import _same_output
+
     training = reference.training
     try:
         with torch.no_grad():
-            got = torch.utils._pytree.tree_leaves(model.eval()(example))
-            expected = torch.utils._pytree.tree_leaves(reference.eval()(example))
+            got, expected = model.eval()(example), reference.eval()(example)
     except Exception:  # noqa: BLE001 - any failure means: keep the model as it is
         return False
     finally:
         model.train(training)
         reference.train(training)
-    return len(got) == len(expected) and all(
-        isinstance(a, torch.Tensor)
-        and isinstance(b, torch.Tensor)
-        and a.shape == b.shape
-        and bool(((a - b).abs().max() <= 1e-4 * (1 + b.abs().max())) if b.numel() else True)
-        for a, b in zip(got, expected, strict=True)
-    )
+    return _same_output(got, expected, relative=1e-4, absolute=1e-4)
 
 
 _NORM_OPS = (
