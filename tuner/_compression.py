@@ -1093,7 +1093,7 @@ class _Conv1dAs2d(nn.Conv2d):
     Inductor's freezing, which turns an int8 graph's convolutions into oneDNN's int8
     kernels with packed weights, fails on 1-D ones in torch 2.13 (a wrong output length)
     and works on 2-D ones: the residual CNN of ``bench/compression.py`` in int8 at batch 32
-    ran 1.03x faster than float as 1-D convolutions (not frozen), 2.45x as 2-D ones.
+    ran 1.02x faster than float as 1-D convolutions (not frozen), 2.59x as 2-D ones.
     With ``flat=False`` the output keeps its height of 1, for a :class:`_BatchNorm1dAs2d`.
     """
 
