@@ -18,6 +18,7 @@ from ._format import (
     show_metric,
     show_param,
     sparsity_kind,
+    sparsity_label,
 )
 from ._outage import StoreUnavailable
 from ._rdb import open_storage
@@ -66,5 +67,6 @@ __all__ = [
     "show_metric",
     "show_param",
     "sparsity_kind",
+    "sparsity_label",
     "study_objectives",
 ]

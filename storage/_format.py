@@ -43,6 +43,12 @@ def sparsity_kind(
     return (structure if float(metrics.get("sparsity") or 0.0) > 0 else "dense"), None
 
 
+def sparsity_label(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """:func:`sparsity_kind` as people read it, with the fraction sampled: ``structured 50%``."""
+    kind, fraction = sparsity_kind(params, metrics)
+    return f"{kind} {fraction:.0%}" if fraction else kind
+
+
 def latency_p90(objectives: Iterable[str]) -> str:
     """The p90 metric that goes beside a study's latency objective.
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exceptions import (
@@ -188,14 +188,6 @@ _HEADERS = {
 _COMPRESSION = ("prune_threshold", "prune_structure", "finetune_epochs", "quantize")
 
 
-def _sparsity_kind(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    """How a trial was sparsified, with the fraction it sampled: ``structured 50%``."""
-    from .storage import sparsity_kind
-
-    kind, fraction = sparsity_kind(params, metrics)
-    return f"{kind} {fraction:.0%}" if fraction else kind
-
-
 def _describe_params(params: dict[str, Any]) -> str:
     """Training settings in one short line; compression has its own columns."""
     short = {"optimizer": "", "batch_size": "bs=", "weight_decay": "wd=", "momentum": "mom="}
@@ -213,7 +205,7 @@ def _print_front(
 ) -> None:
     from rich.table import Table
 
-    from .storage import latency_p90
+    from .storage import latency_p90, sparsity_label
 
     if not front:
         console.print("no complete trial meets the constraints yet")
@@ -234,7 +226,7 @@ def _print_front(
         row = [str(r.number)]
         for c in columns:
             row.append(_fmt(c, r.values.get(c, r.metrics.get(c))))
-        row.append(_sparsity_kind(r.params, r.metrics))
+        row.append(sparsity_label(r.params, r.metrics))
         int8 = r.metrics.get("int8_layers") or []
         row.append(f"{len(int8)} layers" if int8 else "no")
         row.append(_describe_params(r.params))

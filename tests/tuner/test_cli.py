@@ -40,7 +40,8 @@ def test_run_best_status_round_trip(tmp_path: Path, tiny_spec: Any) -> None:
     ended = [line for line in run.stderr.splitlines() if line.startswith("tuner: trial ")]
     assert len(ended) == 2, run.stderr
     for count, line in enumerate(ended, start=1):
-        assert re.match(r"tuner: trial \d complete: ", line) and line.endswith(f"({count}/2)")
+        assert re.match(r"tuner: trial \d complete \([a-z]+[^)]*\): ", line), line
+        assert line.endswith(f"({count}/2)"), line
         for value in (r"accuracy [\d.]+%", r"size_bytes [\d.]+ KB", r"latency_ms [\d.]+ ms"):
             assert re.search(value, line), line
     assert (tmp_path / "tuner.db").exists(), "the default store is ./tuner.db"
@@ -75,7 +76,7 @@ def test_n_trials_flag_and_env_storage(tmp_path: Path, tiny_spec: Any) -> None:
     more = _tuner("run", str(spec), "--n-trials", "2", cwd=tmp_path, env={"TUNER_STORAGE": url})
     assert more.returncode == 0, more.stderr
     ended = [line for line in more.stderr.splitlines() if line.startswith("tuner: trial ")]
-    assert len(ended) == 1 and ended[0].startswith("tuner: trial 1 complete: "), more.stderr
+    assert len(ended) == 1 and ended[0].startswith("tuner: trial 1 complete ("), more.stderr
     assert ended[0].endswith("(2/2)")
 
 
