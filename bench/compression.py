@@ -54,53 +54,33 @@ RUNTIMES = ("torch", "onnxruntime")
 
 
 class _Block(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dims: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm1d(channels)
-        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm1d(channels)
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.conv1 = conv(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = norm(channels)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
 
 
 class _ResidualCNN(nn.Module):
-    def __init__(self, channels: int = 64) -> None:
+    """A residual CNN over signals, or with ``dims=2`` over images (a 3x3 stem, not 5)."""
+
+    def __init__(self, channels: int = 64, dims: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv1d(1, channels, 5, padding=2, bias=False), nn.BatchNorm1d(channels), nn.ReLU()
-        )
-        self.blocks = nn.Sequential(_Block(channels), _Block(channels))
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.head = nn.Linear(channels, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
-
-
-class _ImageBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class _ImageResNet(nn.Module):
-    """The residual CNN in 2-D, for images (scikit-learn's digits, 8x8)."""
-
-    def __init__(self, channels: int = 64) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
-        )
-        self.blocks = nn.Sequential(_ImageBlock(channels), _ImageBlock(channels))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if dims == 1:
+            stem: nn.Module = nn.Conv1d(1, channels, 5, padding=2, bias=False)
+            norm: nn.Module = nn.BatchNorm1d(channels)
+            pool: nn.Module = nn.AdaptiveAvgPool1d(1)
+        else:
+            stem, norm = nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+            pool = nn.AdaptiveAvgPool2d(1)
+        self.stem = nn.Sequential(stem, norm, nn.ReLU())
+        self.blocks = nn.Sequential(_Block(channels, dims), _Block(channels, dims))
+        self.pool = pool
         self.head = nn.Linear(channels, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +113,10 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
     "mlp": (_mlp, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
     "cnn": (_cnn, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
     "residual cnn": (_ResidualCNN, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
-    "image resnet": (_ImageResNet, {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64}),
+    "image resnet": (
+        lambda: _ResidualCNN(dims=2),
+        {"optimizer": "adamw", "lr": 2e-3, "batch_size": 64},
+    ),
     "transformer": (
         lambda: PatchTransformer(length=40, classes=10, width=128, heads=4, dropout=0.0),
         {"optimizer": "adamw", "lr": 1e-3, "batch_size": 64},

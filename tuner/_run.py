@@ -433,6 +433,7 @@ class _Progress:
         ended = [r for r in records if r.state in _ENDED]
         if self._ended is None:
             self._ended = {r.number for r in ended}
+            self._ended_count = len(ended)  # the next look reads again only if one ends
             return True
         new = sorted((r for r in ended if r.number not in self._ended), key=_end_order)
         # The count each line gives is the finished trials once that one had ended.

@@ -27,12 +27,13 @@ ROWS = 1200
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, dims: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm1d(channels)
-        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm1d(channels)
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        self.conv1 = conv(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = norm(channels)
+        self.conv2 = conv(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = norm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -40,42 +41,20 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    def __init__(self, channels: int = 16, classes: int = 10) -> None:
+    """Over signals, or with ``dims=2`` over images (a 3x3 stem of stride 1)."""
+
+    def __init__(self, channels: int = 16, classes: int = 10, dims: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv1d(1, channels, 5, stride=2, padding=2, bias=False),
-            nn.BatchNorm1d(channels),
-            nn.ReLU(),
-        )
-        self.blocks = nn.Sequential(ResidualBlock(channels), ResidualBlock(channels))
-        self.pool = nn.AdaptiveAvgPool1d(1)
-        self.head = nn.Linear(channels, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
-
-
-class ImageBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(x + self.bn2(self.conv2(out)))
-
-
-class ImageResNet(nn.Module):
-    def __init__(self, channels: int = 16, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()
-        )
-        self.blocks = nn.Sequential(ImageBlock(channels), ImageBlock(channels))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if dims == 1:
+            stem: nn.Module = nn.Conv1d(1, channels, 5, stride=2, padding=2, bias=False)
+            norm: nn.Module = nn.BatchNorm1d(channels)
+            pool: nn.Module = nn.AdaptiveAvgPool1d(1)
+        else:
+            stem, norm = nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+            pool = nn.AdaptiveAvgPool2d(1)
+        self.stem = nn.Sequential(stem, norm, nn.ReLU())
+        self.blocks = nn.Sequential(ResidualBlock(channels, dims), ResidualBlock(channels, dims))
+        self.pool = pool
         self.head = nn.Linear(channels, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +141,7 @@ def image_resnet(params: Mapping[str, Any], ctx: TrialContext) -> TrainedModel:
     torch.manual_seed(ctx.seed)
     data = digits()
     train, val, test = ((x.reshape(-1, 1, 8, 8), y) for x, y in (data.train, data.val, data.test))
-    model = ImageResNet(int(params.get("channels", 16)))
+    model = ResidualCNN(int(params.get("channels", 16)), dims=2)
     return train_classifier(model, params, ctx, train=train, val=val, test=test)
 
 
