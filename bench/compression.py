@@ -17,9 +17,10 @@ time (torch.compile of the PT2E int8 graphs, both batch sizes) is apart from lat
                                 [--device cuda] [--models "residual cnn,transformer"]
 
 With ``--device cuda`` the models train, ship and run on the GPU, as a GPU trial's do:
-int8 is torchao's CUDA int8 (dynamic activations, int8 weights), and only the torch runtime
-is measured (ONNX Runtime's CPU package would time the CPU). Each timed pass waits for the
-GPU to finish.
+int8 is torchao's CUDA int8 (dynamic activations, int8 weights), on a GPU of compute
+capability 8.9 or more float8 too (torchao's dynamic float8, compiled as trials compile it),
+and only the torch runtime is measured (ONNX Runtime's CPU package would time the CPU).
+Each timed pass waits for the GPU to finish.
 
 Targets: at batch 32, 50% structured at least 1.6x faster on the residual CNN and on the
 Transformer; int8 in ONNX Runtime at least 1.5x faster on the Transformer.
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from tuner._builtin_workloads import PatchTransformer
+from tuner._compression import FLOAT8_CAPABILITY
 from tuner._datasets import Splits, digits, mnist1d
 from tuner._formats import OnnxRunner, onnx_bytes
 from tuner._measure import _synchronize, compile_for_inference, try_freezing
@@ -49,6 +51,11 @@ SETTINGS = {
     "structured 50%": Settings(0.5, "structured", "none", 1),
     "int8": Settings(0.0, "unstructured", "int8", 0),
     "structured 50% + int8": Settings(0.5, "structured", "int8", 1),
+}
+# On a GPU of compute capability 8.9 or more (L4, H100), float8 too.
+FLOAT8_SETTINGS = {
+    "float8": Settings(0.0, "unstructured", "float8", 0),
+    "structured 50% + float8": Settings(0.5, "structured", "float8", 1),
 }
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -234,8 +241,11 @@ def main() -> None:
         device = torch.device("cuda", device.index or 0)
     runtimes = ("torch",) if device.type == "cuda" else RUNTIMES
     torch.set_num_threads(args.threads)
+    float8_settings: dict[str, Settings] = {}
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+        if torch.cuda.get_device_capability(device) >= FLOAT8_CAPABILITY:
+            float8_settings = FLOAT8_SETTINGS
     headers = ["model", "runtime", "compression", "b1 ms", "b32 ms", "b32 speed-up",
                "size B", "smaller", "test acc", "compile s", "frozen b1/b32"]  # fmt: skip
     widths = [12, 11, 31, 7, 7, 12, 10, 7, 8, 9, 13]
@@ -255,7 +265,7 @@ def main() -> None:
             flush=True,
         )
         shipped: dict[str, Shipped] = {}
-        for name, settings in SETTINGS.items():
+        for name, settings in {**SETTINGS, **float8_settings}.items():
 
             def finetune(
                 m: nn.Module,
@@ -286,11 +296,16 @@ def main() -> None:
             }
             timed = {name: _Timed(s, runtime, args.threads, example) for name, s in shipped.items()}
             if device.type == "cuda":
-                # Whether torch.compile pays on the GPU too: the int8 models once more,
-                # compiled (the first pass of each compiles, untimed).
+                # Whether torch.compile pays on the GPU: the int8 models once more, compiled
+                # (the first pass of each compiles, untimed), and the float8 ones (which
+                # trials compile) once more, not.
                 for name in [n for n in shipped if "int8" in n]:
                     timed[f"{name}, compiled"] = _Timed(
                         shipped[name], runtime, args.threads, example, compile="always"
+                    )
+                for name in [n for n in shipped if "float8" in n]:
+                    timed[f"{name}, eager"] = _Timed(
+                        shipped[name], runtime, args.threads, example, compile="never"
                     )
             # Sizes, and the compile time of the first torch.compile (later calls reuse it).
             sized = {
@@ -309,7 +324,7 @@ def main() -> None:
             )  # fmt: skip
             b1 = _interleaved(timed, example, args.rounds, args.repeats)
             for name in timed:
-                base = name.removesuffix(", compiled")
+                base = name.removesuffix(", compiled").removesuffix(", eager")
                 speed_up = b32["dense"] / b32[name]
                 lines.append(
                     _row(

@@ -2,10 +2,11 @@
 # Checks tuner's GPU paths on a machine with an NVIDIA GPU, in at most nine minutes:
 #   1. what the machine has (GPU, PyTorch, CUDA, torchao);
 #   2. tests/tuner/test_cuda.py: residual CNNs and Transformers trained, pruned, made int8
-#      with torchao's CUDA kernels and timed on the GPU, and whole GPU studies in both
-#      runtimes;
+#      (and float8, on compute capability 8.9 and up) with torchao's CUDA kernels and timed
+#      on the GPU, and whole GPU studies in both runtimes;
 #   3. bench/compression.py --device cuda: latency at batch 1 and 32, size and accuracy on
-#      the GPU for dense, 50% structured, int8 and both, int8 also compiled.
+#      the GPU for dense, 50% structured, int8 and both, int8 also compiled, float8 and
+#      structured + float8 (also uncompiled) where the GPU has float8.
 #
 #   bench/gpu_check.sh [LOG_DIR]      # from the repository root; logs go to LOG_DIR;
 #                                     # exits 1 if the tests or the bench failed
@@ -53,6 +54,9 @@ import tuner._compression as c, torch.nn as nn
 m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 q, layers = c.quantize(m, mode="int8", calibration_inputs=torch.randn(64, 64), device="cuda" if torch.cuda.is_available() else "cpu")
 print(f"int8 layers of a probe MLP: {list(layers)}")
+if torch.cuda.is_available() and torch.cuda.get_device_capability(0) >= c.FLOAT8_CAPABILITY:
+    q, layers = c.quantize(m, mode="float8", device="cuda")
+    print(f"float8 layers of a probe MLP: {list(layers)}")
 EOF
 
 step "tests/tuner/test_cuda.py"

@@ -49,6 +49,15 @@ def sparsity_label(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str
     return f"{kind} {fraction:.0%}" if fraction else kind
 
 
+def precision(metrics: Mapping[str, Any]) -> str:
+    """What the shipped model computes its layers in: ``int8`` or ``float8`` where a trial
+    recorded layers that really do, else ``float``."""
+    for kind in ("float8", "int8"):
+        if metrics.get(f"{kind}_layers"):
+            return kind
+    return "float"
+
+
 def latency_p90(objectives: Iterable[str]) -> str:
     """The p90 metric that goes beside a study's latency objective.
 

@@ -68,7 +68,7 @@ class TrialModel:
 
     Attributes:
         model: the float model after sparsity (what int8 is applied to).
-        quantize: ``"none"`` or ``"int8"``.
+        quantize: ``"none"``, ``"int8"`` or ``"float8"`` (not exported: made on a GPU).
         prune_threshold: fraction pruned.
         prune_structure: ``"unstructured"`` or ``"structured"``.
         calibration: inputs int8 was calibrated on (``None`` when the workload gave none).

@@ -205,7 +205,7 @@ def _print_front(
 ) -> None:
     from rich.table import Table
 
-    from .storage import latency_p90, sparsity_label
+    from .storage import latency_p90, precision, sparsity_label
 
     if not front:
         console.print("no complete trial meets the constraints yet")
@@ -220,15 +220,16 @@ def _print_front(
         arrow = {"maximize": " ↑", "minimize": " ↓"}.get(objectives.get(c, ""), "")
         table.add_column(_HEADERS.get(c, c) + arrow, justify="right", no_wrap=True)
     table.add_column("sparsity kind", no_wrap=True)
-    table.add_column("int8", no_wrap=True)
+    table.add_column("precision", no_wrap=True)
     table.add_column("training")
     for r in front:
         row = [str(r.number)]
         for c in columns:
             row.append(_fmt(c, r.values.get(c, r.metrics.get(c))))
         row.append(sparsity_label(r.params, r.metrics))
-        int8 = r.metrics.get("int8_layers") or []
-        row.append(f"{len(int8)} layers" if int8 else "no")
+        kind = precision(r.metrics)
+        layers = r.metrics.get(f"{kind}_layers") or []
+        row.append(f"{kind}, {len(layers)} layers" if layers else kind)
         row.append(_describe_params(r.params))
         table.add_row(*row)
     console.print(table)

@@ -35,11 +35,18 @@ Compression has two knobs, applied in this order by :func:`compress`:
     1-D convolutions run as 2-D ones of height 1, BatchNorm folded in, so that they get
     those kernels too (:func:`_as_2d_convolutions`);
   - on CUDA, torchao's ``quantize_`` with dynamic int8 activations and int8 weights for every
-    ``nn.Linear``.
+    ``nn.Linear`` but attention's output projection (see :func:`_torchao_linear`).
+
+  ``mode="float8"`` is for GPUs of compute capability 8.9 and up (L4, H100): torchao's
+  dynamic float8 activations and float8 weights for every ``nn.Linear`` whose sides are
+  multiples of 16. int4 weight-only is not offered: torchao's CUDA int4 layout pads each
+  layer's input side to a multiple of 1024, which makes the layers of models this size
+  larger than in float32, not smaller.
 
   ``keep_float`` leaves chosen layers in float (per-layer precision): the first and last
-  layer, or the ones whose int8 rounding moves the outputs most (:func:`float_layer_choice`).
-  The layers that really compute in int8 are read from the result.
+  layer, or the ones whose int8 rounding moves the outputs most (:func:`float_layer_choice`;
+  int8 rounding stands for float8's too). The layers that really compute in int8 or float8
+  are read from the result.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ __all__ = [
     "compress",
     "count_parameters",
     "float_layer_choice",
+    "float8_layer_names",
     "int8_layer_names",
     "layer_sensitivity",
     "quantize",
@@ -111,12 +119,13 @@ class CompressionReport:
         param_count: Parameters of the shipped model (int8 weights count one each).
         prune_structure: ``"unstructured"`` or ``"structured"``.
         prune_threshold: Fraction of weights (or channels, when structured) pruned per request.
-        quantize: ``"none"`` or ``"int8"``.
+        quantize: ``"none"``, ``"int8"`` or ``"float8"``.
         int8_layers: Qualified names of the layers that really compute in int8.
         removed_units: Channels removed by structured pruning, over all groups; 0 when
             unstructured.
-        float_layers: Layers kept in float by choice (``keep_float``) in an int8 model.
+        float_layers: Layers kept in float by choice (``keep_float``) in a quantized model.
         qat: The int8 model was learned by quantization-aware training.
+        float8_layers: Qualified names of the layers that really compute in float8.
     """
 
     sparsity: float
@@ -128,6 +137,7 @@ class CompressionReport:
     removed_units: int
     float_layers: tuple[str, ...] = ()
     qat: bool = False
+    float8_layers: tuple[str, ...] = ()
 
 
 def _weights(model: nn.Module) -> Iterator[tuple[nn.Module, str, torch.Tensor]]:
@@ -803,8 +813,9 @@ def float_layer_choice(
     * ``sensitive``: the :data:`SENSITIVE_LAYERS` layers whose int8 rounding alone moves the
       outputs most on the calibration inputs (:func:`layer_sensitivity`).
 
-    With ``linear_only`` (int8 on CUDA, which quantizes ``nn.Linear`` alone) the choice is
-    made among the ``nn.Linear`` layers: a convolution or embedding stays float there anyway.
+    With ``linear_only`` (int8 or float8 on CUDA, which quantize ``nn.Linear`` alone) the
+    choice is made among the layers they take: a convolution, an embedding or attention
+    stays float there anyway.
     """
     _check_keep_float(keep_float)
     if keep_float == "none":
@@ -812,8 +823,10 @@ def float_layer_choice(
     inputs = _example_batch(calibration_inputs, f"keep_float: {keep_float}")
     modules = dict(model.named_modules())
 
+    gpu_layer = _torchao_linear(())
+
     def candidate(name: str) -> bool:
-        return not linear_only or isinstance(modules[name], nn.Linear)
+        return not linear_only or gpu_layer(modules[name], name)
 
     if keep_float == "ends":
         order = [name for name in _layers_in_order(model, inputs[:2]) if candidate(name)]
@@ -838,32 +851,88 @@ def quantize(
     """Quantize a copy of ``model`` for inference on ``device``.
 
     On the CPU, ``mode="int8"`` quantizes statically with PT2E (see the module docstring):
-    activation ranges are calibrated on ``calibration_inputs``. On CUDA, every ``nn.Linear`` gets torchao's dynamic int8 activations and int8
-    weights.
+    activation ranges are calibrated on ``calibration_inputs``. On CUDA, every ``nn.Linear``
+    gets torchao's dynamic int8 activations and int8 weights.
+
+    ``mode="float8"`` is CUDA alone, on a GPU of compute capability 8.9 or more (L4, H100):
+    every ``nn.Linear`` whose sides are multiples of 16 (what the float8 matrix product
+    takes) gets torchao's dynamic float8 activations and float8 weights (e4m3, one scale per
+    tensor, so the model stays in float32 around them); the other layers stay float.
 
     Args:
         model: A float model (on any device).
-        mode: ``"none"`` (returns ``model`` itself) or ``"int8"``.
+        mode: ``"none"`` (returns ``model`` itself), ``"int8"`` or ``"float8"``.
         calibration_inputs: A batch of typical inputs (a few hundred rows).
         device: Where the quantized model will run.
         keep_float: Qualified names of layers that stay in float.
 
     Returns:
-        The quantized model and the qualified names of its layers that compute in int8.
+        The quantized model and the qualified names of its layers that compute in ``mode``.
 
     Raises:
-        CompressionError: Unknown mode, or the model cannot be quantized (one line naming why).
+        CompressionError: Unknown mode, float8 off a GPU that has it, or the model cannot be
+            quantized (one line naming why).
     """
     _check_mode(mode)
     if mode == "none":
         return model, ()
     target = torch.device(device)
+    if mode == "float8":
+        _check_float8_device(target)
     float_model = copy.deepcopy(model).to(target).eval()
+    if mode == "float8":
+        quantized = _quantize_linear_float8(float_model, keep_float)
+        return quantized, float8_layer_names(quantized)
     if target.type == "cuda":
         quantized = _quantize_linear_dynamic(float_model, keep_float)
     else:
         quantized = _quantize_pt2e(float_model, calibration_inputs, keep_float)
     return quantized, int8_layer_names(quantized)
+
+
+# The smallest CUDA compute capability with float8 matrix products (Ada Lovelace, Hopper).
+FLOAT8_CAPABILITY = (8, 9)
+
+
+def _check_float8_device(device: torch.device) -> None:
+    """One line saying why float8 cannot run on ``device``, raised; nothing where it can."""
+    if device.type != "cuda":
+        raise CompressionError(
+            f"quantize float8 runs on a CUDA GPU of compute capability "
+            f"{'.'.join(map(str, FLOAT8_CAPABILITY))} or more (torchao's float8 kernels), but "
+            f"this trial runs on {device.type}; expected a GPU trial (resources.gpus > 0 on a "
+            "machine with such a GPU), or quantize none or int8"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FLOAT8_CAPABILITY:
+        raise CompressionError(
+            f"quantize float8 needs a GPU of compute capability "
+            f"{'.'.join(map(str, FLOAT8_CAPABILITY))} or more (e.g. L4, H100), but "
+            f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}; "
+            "expected quantize none or int8 on this GPU"
+        )
+
+
+def _quantize_linear_float8(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
+    _import_torchao()
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        PerTensor,
+        quantize_,
+    )
+
+    # One scale per tensor: per-row scales need bfloat16 weights and activations, and the
+    # models tuner trains are float32.
+    config = Float8DynamicActivationFloat8WeightConfig(
+        granularity=PerTensor(), set_inductor_config=False
+    )
+    try:
+        quantize_(model, config, filter_fn=_torchao_linear(keep_float))
+    except Exception as error:
+        raise CompressionError(
+            f"torchao cannot quantize {type(model).__name__} to float8: {first_line(error)}"
+        ) from error
+    return model
 
 
 def _import_torchao() -> None:
@@ -877,15 +946,36 @@ def _import_torchao() -> None:
     capture_patterns_once()
 
 
+def _torchao_linear(keep_float: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
+    """Which modules torchao's ``quantize_`` takes on the GPU: every ``nn.Linear`` not kept
+    float, but for attention's output projection.
+
+    ``nn.MultiheadAttention`` hands its output projection's weight to a functional call
+    that torchao's quantized weights do not implement (``aten.t`` for int8, ``aten.addmm``
+    for float8), so every Transformer failed; PyTorch marks that layer as not to be
+    quantized dynamically (``NonDynamicallyQuantizableLinear``). Attention's input
+    projection is a bare parameter, not a layer, and stays float too.
+    """
+    skipped = nn.modules.linear.NonDynamicallyQuantizableLinear
+
+    def chosen(module: nn.Module, name: str) -> bool:
+        return (
+            isinstance(module, nn.Linear)
+            and not isinstance(module, skipped)
+            and name not in keep_float
+        )
+
+    return chosen
+
+
 def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
     _import_torchao()
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-    def chosen(module: nn.Module, name: str) -> bool:
-        return isinstance(module, nn.Linear) and name not in keep_float
-
     try:
-        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=chosen)
+        quantize_(
+            model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_torchao_linear(keep_float)
+        )
     except Exception as error:
         raise CompressionError(
             f"torchao cannot quantize {type(model).__name__} to int8: {error}"
@@ -1331,11 +1421,38 @@ def int8_layer_names(model: nn.Module) -> tuple[str, ...]:
             if name not in names:
                 names.append(name)
         return tuple(names)
-    return tuple(
-        name
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), torch.Tensor)
-        and type(module.weight) not in (torch.Tensor, nn.Parameter)
+    return tuple(name for name, weight in _subclass_weights(model) if not _holds_float8(weight))
+
+
+def float8_layer_names(model: nn.Module) -> tuple[str, ...]:
+    """Qualified names of the layers of a quantized model that compute in float8, in order
+    (their weights are torchao tensor subclasses holding float8 data)."""
+    return tuple(name for name, weight in _subclass_weights(model) if _holds_float8(weight))
+
+
+def _subclass_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and type(weight) not in (torch.Tensor, nn.Parameter):
+            yield name, weight
+
+
+_FLOAT8_DTYPES = {
+    getattr(torch, name)
+    for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, name)
+}
+
+
+def _holds_float8(tensor: torch.Tensor) -> bool:
+    if tensor.dtype in _FLOAT8_DTYPES:
+        return True
+    if not hasattr(tensor, "__tensor_flatten__") or type(tensor) in (torch.Tensor, nn.Parameter):
+        return False
+    names, _ = tensor.__tensor_flatten__()
+    return any(
+        isinstance(inner, torch.Tensor) and _holds_float8(inner)
+        for inner in (getattr(tensor, name) for name in names)
     )
 
 
@@ -1359,11 +1476,12 @@ def compress(
         model: A trained float model; never changed.
         threshold: Fraction pruned (see :func:`sparsify`).
         structure: ``"unstructured"`` or ``"structured"``.
-        quantize: ``"none"`` or ``"int8"`` (see :func:`quantize`).
+        quantize: ``"none"``, ``"int8"`` or ``"float8"`` (see :func:`quantize`).
         calibration_inputs: Typical inputs: structured pruning traces on them, int8 calibrates.
         finetune: Trains the pruned model before quantization (see :func:`sparsify`).
-        device: Where the shipped model runs (int8 is made for it).
-        keep_float: Which layers stay float in an int8 model (see :func:`float_layer_choice`).
+        device: Where the shipped model runs (int8 and float8 are made for it).
+        keep_float: Which layers stay float in a quantized model (see
+            :func:`float_layer_choice`).
         torch_int8: Make the int8 PyTorch model; ``False`` when another runtime quantizes
             (the shipped model is then the float one and ``int8_layers`` is empty).
         qat: With ``quantize="int8"``, trains the fake-quantized model
@@ -1383,6 +1501,13 @@ def compress(
     _check_structure(structure)
     _check_mode(quantize)
     _check_keep_float(keep_float)
+    if quantize == "float8" and not torch_int8:
+        raise CompressionError(
+            "quantize float8 runs in the torch runtime on the GPU; ONNX Runtime quantizes to "
+            "int8 only"
+        )
+    if quantize == "float8":
+        _check_float8_device(torch.device(device))
     pruned, removed = _sparsify(
         model,
         threshold=threshold,
@@ -1392,11 +1517,12 @@ def compress(
         steps=steps,
     )
     pruned = pruned.eval()
-    # On CUDA, torch's int8 is nn.Linear alone (see quantize); ONNX Runtime and QAT are CPU.
+    # On CUDA, torch's int8 and float8 are nn.Linear alone (see quantize); ONNX Runtime and
+    # QAT are CPU.
     linear_only = torch.device(device).type == "cuda" and torch_int8 and qat is None
     float_layers = (
         float_layer_choice(pruned, keep_float, calibration_inputs, linear_only=linear_only)
-        if quantize == "int8"
+        if quantize != "none"
         else ()
     )
     if quantize == "int8" and qat is not None:
@@ -1412,6 +1538,9 @@ def compress(
             device=device,
             keep_float=float_layers,
         )
+    float8_layers = int8_layers if quantize == "float8" else ()
+    if float8_layers:
+        int8_layers = ()
     report = CompressionReport(
         sparsity=weight_sparsity(pruned),
         param_count=count_parameters(pruned),
@@ -1422,6 +1551,7 @@ def compress(
         removed_units=removed,
         float_layers=float_layers,
         qat=quantize == "int8" and qat is not None,
+        float8_layers=float8_layers,
     )
     shipped.eval()
     return pruned, shipped, report

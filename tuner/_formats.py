@@ -643,6 +643,11 @@ def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
         ExportError: the model could not be rebuilt or written as ``fmt``, in one line.
     """
     check_format(fmt)
+    if tm.quantize == "float8":
+        raise ExportError(
+            "the trial shipped float8, which torchao makes for the GPU it ran on; tuner exports "
+            "on the CPU, which has no float8 kernels: expected a trial with quantize none or int8"
+        )
     try:
         if fmt == "onnx":
             return onnx_bytes(tm)

@@ -33,7 +33,8 @@ for int8 tensors, ``quant``: ``{"dtype": "qint8", "scheme": "per_channel" | "per
   padded to whole bytes; 1 = non-zero), then only the non-zero elements.
 
 Every tensor is written in whichever of the two encodings is smaller, so zeros left by pruning
-cost one bit each. Float tensors keep their own dtype (float32 usually). Int8 layers store
+cost one bit each. Float tensors keep their own dtype (float32 usually; float8 weights, which
+torchao makes on GPUs, one byte each, stored as their bytes). Int8 layers store
 their weights as 1 byte per element plus their per-channel scales and zero points; tuner
 quantizes weights symmetrically, so a pruned (zero) weight is the integer 0 and stays sparse.
 Biases and buffers (BatchNorm statistics, activation scales) are stored like any tensor. The
@@ -94,7 +95,12 @@ _NUMPY_TYPES = {
     "int8": "i1",
     "uint8": "u1",
     "bool": "?",
+    # float8 (torchao's GPU weights) is stored as its bytes.
+    "float8_e4m3fn": "u1",
+    "float8_e5m2": "u1",
 }
+# Element types NumPy has no type for, stored as raw integers of their width.
+_VIEWED_AS = {"bfloat16": torch.int16, "float8_e4m3fn": torch.uint8, "float8_e5m2": torch.uint8}
 
 
 @dataclass(frozen=True)
@@ -163,11 +169,9 @@ def _flatten_tensor(key: str, tensor: torch.Tensor, state: dict[str, torch.Tenso
 
 def _numpy_values(tensor: torch.Tensor) -> tuple[str, np.ndarray]:
     tensor = tensor.detach().cpu().contiguous()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)
-        dtype = "bfloat16"
-    else:
-        dtype = str(tensor.dtype).removeprefix("torch.")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype in _VIEWED_AS:
+        tensor = tensor.view(_VIEWED_AS[dtype])
     if dtype not in _NUMPY_TYPES:
         raise ValueError(f"cannot serialize a tensor of dtype {tensor.dtype}")
     return dtype, tensor.numpy().reshape(-1).astype(_NUMPY_TYPES[dtype], copy=False)
@@ -263,7 +267,7 @@ def _decode_values(entry: dict[str, object], block: bytes) -> torch.Tensor:
     else:
         raise ValueError(f"unknown encoding {entry['encoding']!r} for {entry['name']!r}")
     tensor = torch.from_numpy(values.astype(numpy_type.newbyteorder("="))).reshape(shape)
-    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+    return tensor.view(getattr(torch, dtype)) if dtype in _VIEWED_AS else tensor
 
 
 def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:

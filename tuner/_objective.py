@@ -183,7 +183,7 @@ class Objective:
                 kept.left == 0
                 and quantize is not None
                 and "int8" in quantize.choices
-                and kept.compression.get("quantize") != "int8"
+                and kept.compression.get("quantize", "none") == "none"
             ):
                 int8 = {**kept.compression, "quantize": "int8"}
                 return int8, f"last compression in int8, as {cost}"

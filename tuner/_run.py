@@ -43,6 +43,7 @@ from .storage import (
     mask_url,
     open_storage,
     pareto_front,
+    precision,
     read_records,
     resolve_url,
     show_metric,
@@ -504,8 +505,8 @@ def trial_line(record: TrialRecord, objectives: Mapping[str, str]) -> str:
         f"{metric} {show_metric(metric, record.values.get(metric))}" for metric in objectives
     )
     shipped = sparsity_label(record.params, record.metrics)
-    if record.metrics.get("int8_layers"):
-        shipped += ", int8"
+    if precision(record.metrics) != "float":
+        shipped += f", {precision(record.metrics)}"
     return f"trial {record.number} complete ({shipped}): {values}"
 
 

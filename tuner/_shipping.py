@@ -4,13 +4,14 @@ The objective, early stopping's rungs and ``tuner export --retrain`` all call :f
 and :func:`measure`, so ``accuracy``, ``sparsity``, ``size_bytes`` and ``latency_ms`` mean the
 same thing wherever they are read.
 
-* ``measure.runtime: torch``: the shipped PyTorch model runs on the trial's device. An int8
-  model on the CPU is a PT2E graph whose int8 kernels only exist once ``torch.compile`` fuses
-  them, so ``measure.compile: auto`` compiles it (``always`` compiles every model); on the
-  CPU with inductor's freezing where that is faster at the batch size
-  (``compiled_frozen``, ``compiled_frozen_batch``; see
-  :func:`tuner._measure.compile_for_inference`). Compile time is recorded as
-  ``compile_time_s``, never in the latency.
+* ``measure.runtime: torch``: the shipped PyTorch model runs on the trial's device.
+  ``measure.compile: auto`` compiles the models whose fast kernels exist only once
+  ``torch.compile`` fuses them (``always`` compiles every model): an int8 PT2E graph on the
+  CPU, with inductor's freezing where that is faster at the batch size (``compiled_frozen``,
+  ``compiled_frozen_batch``; see :func:`tuner._measure.compile_for_inference`), and a
+  float8 model on the GPU, whose activations are scaled by a few small kernels per layer
+  until they are fused. Compile time is recorded as ``compile_time_s``, never in the
+  latency.
 * ``measure.runtime: onnxruntime``: the float model after sparsity is exported to ONNX, int8
   is applied by ONNX Runtime's quantizer, and that file is what is sized, timed and scored.
 """
@@ -249,7 +250,10 @@ def compiles(shipped: Shipped, mode: str) -> bool:
     if mode == "never":
         return False
     # A PT2E int8 graph computes in float between quantize/dequantize ops until inductor
-    # fuses them into int8 kernels.
+    # fuses them into int8 kernels; float8's dynamic scaling of activations (the absolute
+    # maximum, the scale, the cast) is several kernels per layer until inductor fuses them.
+    if shipped.report.float8_layers:
+        return True
     return bool(shipped.report.int8_layers) and isinstance(shipped.model, torch.fx.GraphModule)
 
 
@@ -289,6 +293,7 @@ def measure(
         "zero_fraction": shipped.report.sparsity,
         "prune_structure": shipped.settings.structure,
         "int8_layers": list(shipped.report.int8_layers),
+        "float8_layers": list(shipped.report.float8_layers),
         "float_layers": list(shipped.report.float_layers),
         "removed_units": shipped.report.removed_units,
     }

@@ -26,7 +26,7 @@ EARLY_STOPPING = ("none", "asha", "hyperband", "median")
 STARTS = ("center", "sampled")
 PARAM_TYPES = ("float", "int", "categorical")
 PRUNE_STRUCTURES = ("unstructured", "structured")
-QUANTIZE_MODES = ("none", "int8")
+QUANTIZE_MODES = ("none", "int8", "float8")
 DISTILL_MODES = ("none", "kd")
 KEEP_FLOAT_MODES = ("none", "ends", "sensitive")
 OPTIMIZERS = ("sgd", "adamw", "adam")
@@ -757,6 +757,7 @@ def _validate_into(spec: StudySpec) -> None:
     )
     _set(spec, "measure", measure)
     _check_qat_device(spec)
+    _check_float8(spec)
     _set(spec, "artifacts", _parse_artifacts(spec.artifacts))
     _set(spec, "nightly", _parse_nightly(spec.nightly, spec.objectives))
     _set(spec, "cv", _parse_cv(spec.cv, spec.early_stopping))
@@ -785,6 +786,26 @@ def _as_raw(value: Any, section: type) -> Any:
     if isinstance(value, section):
         return {f.name: getattr(value, f.name) for f in fields(section)}
     return value
+
+
+def _check_float8(spec: Any) -> None:
+    """float8 is torchao's GPU kernels (compute capability 8.9 and up): GPU trials, torch runtime."""
+    quantize = spec.params.get("quantize")
+    if quantize is None or "float8" not in quantize.domain_values():
+        return
+    others = ", ".join(m for m in QUANTIZE_MODES if m != "float8")
+    if not spec.resources.gpus:
+        raise SpecError(
+            "spec field 'search_space.quantize': float8 runs on GPU trials (torchao's float8 "
+            "kernels need an NVIDIA GPU of compute capability 8.9 or more, e.g. L4 or H100), "
+            f"but resources.gpus is 0; expected resources.gpus > 0, or choices from {others}"
+        )
+    if spec.measure.runtime != "torch":
+        raise SpecError(
+            "spec field 'search_space.quantize': float8 is measured in the torch runtime on "
+            f"the GPU, but measure.runtime is {spec.measure.runtime} (ONNX Runtime quantizes "
+            f"to int8 only); expected measure.runtime: torch, or choices from {others}"
+        )
 
 
 def _check_qat_device(spec: Any) -> None:

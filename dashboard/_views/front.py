@@ -20,6 +20,7 @@ from tuner.storage import (
     metric_unit,
     metric_value,
     pareto_mask,
+    precision,
     rank,
     show_metric,
     show_param,
@@ -295,20 +296,23 @@ def point_groups(info: FrontInfo, rows: np.ndarray) -> dict[str, np.ndarray]:
 COMPRESSION_SHAPES: dict[str, str] = {
     "float": "circle",
     "int8": "diamond",
+    "float8": "star",
     "structured": "square",
     "structured + int8": "triangle-up",
+    "structured + float8": "pentagon",
 }
 
 
 def compression_kind(record: TrialRecord) -> str:
-    """``float``, ``int8``, ``structured`` or ``structured + int8``: what the shipped model
-    is, read from what the trial recorded (a setting fixed in the spec is no parameter).
-    Unstructured sparsity only zeroes weights, so it reads as the model it left.
+    """``float``, ``int8``, ``float8``, ``structured``, ``structured + int8`` or ``structured
+    + float8``: what the shipped model is, read from what the trial recorded (a setting fixed
+    in the spec is no parameter). Unstructured sparsity only zeroes weights, so it reads as
+    the model it left.
     """
-    int8 = bool(record.metrics.get("int8_layers"))
+    kind = precision(record.metrics)
     if sparsity_kind(record.params, record.metrics)[0] == "structured":
-        return "structured + int8" if int8 else "structured"
-    return "int8" if int8 else "float"
+        return "structured" if kind == "float" else f"structured + {kind}"
+    return kind
 
 
 def compression_kinds(info: FrontInfo) -> np.ndarray:

@@ -39,6 +39,7 @@ METRICS: dict[str, str] = {
     "sparsity": "sparsity",
     "param_count": "parameters",
     "int8_layers": "int8 layers",
+    "float8_layers": "float8 layers",
     "prune_structure": "sparsity structure",
     "removed_units": "removed units",
     "train_time_s": "training time",
@@ -80,6 +81,8 @@ def table_rows(
             v = metric_value(r, name)
             row[_column(name)] = None if v is None else v * display_scale(name)
         row["int8 layers"] = len(r.metrics.get("int8_layers") or [])
+        if r.metrics.get("float8_layers"):  # GPU trials alone: no column of zeros elsewhere
+            row["float8 layers"] = len(r.metrics["float8_layers"])
         row["epochs"] = len(r.curve) or r.metrics.get("epochs")
         for name in param_names:
             v = r.params.get(name)
@@ -190,12 +193,19 @@ def recovery_text(record: TrialRecord) -> str | None:
         else:
             text += ", not fine-tuned"
         parts.append(text)
+    if settings.quantize == "float8":
+        parts.append(
+            "float8 on the GPU (weights and activations, one scale per tensor)"
+            if record.metrics.get("float8_layers")
+            else "float8 asked for, but no layer took it (both sides must be multiples of 16)"
+        )
     if settings.quantize == "int8":
         parts.append(
             f"int8 learned in {_epochs(settings.qat_epochs)} of quantization-aware training"
             if settings.qat and trained
             else "int8 calibrated after training"
         )
+    if settings.quantize != "none":
         kept = record.metrics.get("float_layers") or []
         if kept:
             parts.append("kept in float: " + ", ".join(str(n) for n in kept))

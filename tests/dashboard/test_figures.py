@@ -134,6 +134,12 @@ def test_the_trial_page_says_how_a_trial_recovered() -> None:
         "Compressed: 40% structured sparsity, not fine-tuned; int8 calibrated after training."
     )
     assert trial_views.recovery_text(TRIALS[0]) == "Shipped as trained: float, no sparsity."
+    float8 = replace(TRIALS[0], params={"quantize": "float8"}, metrics={"float8_layers": ["fc"]})
+    assert trial_views.recovery_text(float8) == (
+        "Compressed: float8 on the GPU (weights and activations, one scale per tensor)."
+    )
+    narrow = replace(float8, metrics={"float8_layers": []})
+    assert "no layer took it" in str(trial_views.recovery_text(narrow))
     assert trial_views.recovery_text(TRIALS[6]) is None  # stopped early: nothing shipped
 
 
@@ -197,6 +203,17 @@ def test_the_front_shapes_say_how_each_trial_was_compressed() -> None:
         else r
         for r in TRIALS
     ]
+    # GPU trials: float8.
+    records += [
+        _trial(7, 0.91, 20_000, 0.9, metrics={"float8_layers": ["fc1"]}),
+        _trial(
+            8,
+            0.90,
+            9_000,
+            0.8,
+            metrics={"float8_layers": ["fc1"], "prune_structure": "structured", "sparsity": 0.5},
+        ),
+    ]
     page = _page(records)
     fig = _figures.pareto_2d(
         page.info, page.hover, fronts.plot_sample(page.info), "size_bytes", "accuracy"
@@ -206,10 +223,25 @@ def test_the_front_shapes_say_how_each_trial_was_compressed() -> None:
     for name in ("Pareto front", "dominated"):
         for cell, symbol in zip(traces[name].customdata, traces[name].marker.symbol):
             shape[int(cell[0])] = symbol
-    assert shape == {0: "circle", 1: "diamond", 2: "square", 3: "triangle-up", 5: "circle"}
+    assert shape == {
+        0: "circle",
+        1: "diamond",
+        2: "square",
+        3: "triangle-up",
+        5: "circle",
+        7: "star",
+        8: "pentagon",
+    }
     assert traces["breaks constraints"].marker.symbol == "x"
     legend = [t.name for t in fig.data if t.legendgroup == "compression"]
-    assert legend == ["float", "int8", "structured", "structured + int8"]
+    assert legend == [
+        "float",
+        "int8",
+        "float8",
+        "structured",
+        "structured + int8",
+        "structured + float8",
+    ]
 
     # Only a trial that breaks a constraint (drawn as a cross) differs: no shapes either.
     odd = [replace(r, metrics={"int8_layers": ["fc1"]}) if not r.feasible else r for r in TRIALS]

@@ -111,3 +111,59 @@ def test_keep_float_on_the_gpu_keeps_layers_that_would_be_int8() -> None:
     shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
     assert shipped.report.float_layers == ("head",)
     assert "head" not in shipped.report.int8_layers
+
+
+def _float8_gpu() -> bool:
+    return torch.cuda.get_device_capability(CUDA) >= (8, 9)
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "structured"])
+def test_float8_runs_on_a_gpu_that_has_it(structure: str) -> None:
+    if not _float8_gpu():
+        pytest.skip("float8 needs a GPU of compute capability 8.9 or more")
+    trained = _trained("transformer")
+    calibration = trained.train_data[0][:512]
+    figures = {}
+    for quantize in ("none", "float8"):
+        settings = Settings(
+            threshold=0.5, structure=structure, quantize=quantize, finetune_epochs=0
+        )
+        shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
+        figures[quantize] = measure(
+            shipped,
+            settings=MeasureSpec(batch_size=32, warmup=3, repeats=10),
+            threads=1,
+            example=trained.test_data[0][:1],
+            test_data=trained.test_data,
+        )
+    float8, dense = figures["float8"], figures["none"]
+    # The feed-forward layers of both encoder layers; attention and the 4-wide embedding
+    # stay float.
+    assert len(float8["float8_layers"]) == 4, float8["float8_layers"]
+    assert not float8["int8_layers"] and not dense["float8_layers"]
+    assert float8["compiled"] and float8["latency_device"].startswith("cuda")
+    assert float8["size_bytes"] < dense["size_bytes"]
+    assert abs(float8["test_accuracy"] - dense["test_accuracy"]) <= 0.03, (float8, dense)
+
+
+def test_a_gpu_study_with_float8_completes_or_says_why_not(sqlite_url: str, tmp_path: Path) -> None:
+    spec = _grid_spec("transformer-float8-gpu", WORKLOADS["transformer"], "torch", compile="auto")
+    spec["search_space"]["quantize"]["choices"] = ["int8", "float8"]
+    spec["search_space"]["prune_structure"] = "structured"
+    spec["budget"]["n_trials"] = 2
+    spec["measure"].update(batch_size=32, warmup=3, repeats=10)
+    spec["resources"] = {"gpus": 1}
+    spec["artifacts"]["path"] = str(tmp_path / "artifacts")
+    tuner.run(spec, storage=sqlite_url, backend="inline")
+    study = optuna.load_study(study_name=spec["name"], storage=sqlite_url)
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if trial.params["quantize"] == "float8" and not _float8_gpu():
+            assert trial.state == optuna.trial.TrialState.FAIL
+            assert "compute capability 8.9" in attrs["error"]
+            continue
+        assert trial.state == optuna.trial.TrialState.COMPLETE, attrs.get("error")
+        if trial.params["quantize"] == "float8":
+            assert attrs["float8_layers"] and attrs["compiled"]
+        if trial.params["quantize"] == "int8":
+            assert attrs["int8_layers"]

@@ -178,6 +178,26 @@ def test_a_model_that_cannot_be_rebuilt_is_one_export_error_line() -> None:
         assert "\n" not in message
 
 
+def test_a_float8_trial_is_not_exported_and_says_why() -> None:
+    from tuner._artifacts import TrialModel
+    from tuner._exceptions import ExportError
+    from tuner._formats import export_trial_model
+
+    x, y = digits().test
+    float8 = TrialModel(
+        model=nn.Linear(64, 16),
+        quantize="float8",
+        prune_threshold=0.0,
+        prune_structure="unstructured",
+        calibration=x[:32],
+        test_data=(x, y),
+    )
+    for fmt in ("pt2", "state_dict", "onnx"):
+        # Not a float model in its place: the ONNX file would not be what was measured.
+        with pytest.raises(ExportError, match="shipped float8.*no float8 kernels"):
+            export_trial_model(float8, fmt)
+
+
 def test_export_of_an_unknown_trial_is_bad_input(
     shipped: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

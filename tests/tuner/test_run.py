@@ -204,3 +204,27 @@ def test_retries_left_waiting_once_the_budget_is_met_are_ended(
     assert retry.user_attrs["error"].startswith("not run: the study's budget was met")
     assert by_number[waiting[1].number].state == optuna.trial.TrialState.WAITING
     storage.engine.dispose()
+
+
+def test_each_trial_line_says_what_precision_the_model_shipped_in() -> None:
+    from tuner._run import trial_line
+    from tuner.storage import TrialRecord
+
+    def line(metrics: dict[str, Any]) -> str:
+        record = TrialRecord(
+            3,
+            "COMPLETE",
+            {"prune_threshold": 0.5, "prune_structure": "structured"},
+            {"accuracy": 0.9},
+            metrics,
+            None,
+            None,
+        )
+        return trial_line(record, {"accuracy": "maximize"})
+
+    assert line({"int8_layers": ["fc1"]}).startswith("trial 3 complete (structured 50%, int8):")
+    assert line({"float8_layers": ["fc1"], "int8_layers": []}).startswith(
+        "trial 3 complete (structured 50%, float8):"
+    )
+    # Asked for float8 where no layer could take it (sides not multiples of 16): float.
+    assert line({"float8_layers": []}).startswith("trial 3 complete (structured 50%):")

@@ -255,6 +255,24 @@ def test_qat_on_a_gpu_trial_is_refused_in_one_line(tiny_spec: Any) -> None:
     assert tuner.StudySpec(**spec).params["qat_epochs"].high == 2
 
 
+def test_float8_is_for_gpu_trials_in_the_torch_runtime(tiny_spec: Any) -> None:
+    spec = _with(
+        tiny_spec(),
+        "search_space.quantize",
+        {"type": "categorical", "choices": ["none", "int8", "float8"]},
+    )
+    with pytest.raises(
+        tuner.SpecError,
+        match=r"search_space.quantize': float8 runs on GPU trials.*resources.gpus is 0",
+    ):
+        tuner.StudySpec(**spec)
+    spec["resources"] = {"cpus": 1, "gpus": 0.5}
+    assert tuner.StudySpec(**spec).params["quantize"].choices == ("none", "int8", "float8")
+    spec["measure"] = {"runtime": "onnxruntime"}
+    with pytest.raises(tuner.SpecError, match=r"float8.*measure.runtime is onnxruntime"):
+        tuner.StudySpec(**spec)
+
+
 @pytest.mark.parametrize(
     ("section", "field_name"),
     [
