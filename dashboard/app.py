@@ -32,6 +32,7 @@ from tuner.storage import (
     TrialRecord,
     count_states,
     mask_url,
+    mixed_machines,
     open_storage,
     read_best_values,
     read_records,
@@ -298,6 +299,9 @@ def _study_body(url: str, name: str) -> None:
     cols[5].metric("state", "running" if running else "finished")
     if running:
         st.caption(f"Running: this page refreshes every {REFRESH_S} s.")
+    mixed = mixed_machines(r.metrics for r in page.records if r.state == "COMPLETE")
+    if mixed:
+        st.warning(mixed[0].upper() + mixed[1:] + ".")
 
     info = _budget_section(url, page)
     tabs = st.tabs(TABS, key="view", bind="query-params")
@@ -361,7 +365,11 @@ def _budget_section(url: str, page: StudyPage) -> _front.FrontInfo:
     left, right = st.columns([1, 4])
     if left.button(f"Open trial {best.number}", key=_nav_key("open-best"), type="primary"):
         _go(study=page.name, trial=best.number)
-    right.code(_trials.export_command(page.name, best.number, url), language="bash")
+    reason = _trials.not_exported(best)
+    if reason:
+        right.caption(reason)
+    else:
+        right.code(_trials.export_command(page.name, best.number, url), language="bash")
     return info
 
 
@@ -596,8 +604,12 @@ def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
         st.caption("No learning curve recorded.")
     if record.state == "COMPLETE":
         st.subheader("Export")
-        st.caption("Export this trial's model as it would ship (sparsified and quantized):")
-        st.code(_trials.export_command(page.name, record.number, url), language="bash")
+        reason = _trials.not_exported(record)
+        if reason:
+            st.caption(reason)
+        else:
+            st.caption("Export this trial's model as it would ship (sparsified and quantized):")
+            st.code(_trials.export_command(page.name, record.number, url), language="bash")
 
 
 # --- entry point -------------------------------------------------------------------

@@ -49,6 +49,12 @@ def sparsity_label(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str
     return f"{kind} {fraction:.0%}" if fraction else kind
 
 
+def quantize_mode(params: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """How a trial was asked to quantize (``none``, ``int8``, ``float8``): its parameter,
+    else what it recorded (a setting fixed in the spec is no parameter)."""
+    return str(params.get("quantize") or metrics.get("quantize") or "none")
+
+
 def precision(metrics: Mapping[str, Any]) -> str:
     """What the shipped model computes its layers in: ``int8`` or ``float8`` where a trial
     recorded layers that really do, else ``float``."""
@@ -56,6 +62,27 @@ def precision(metrics: Mapping[str, Any]) -> str:
         if metrics.get(f"{kind}_layers"):
             return kind
     return "float"
+
+
+def mixed_machines(metrics: Iterable[Mapping[str, Any]]) -> str | None:
+    """One line saying that the latencies of these trials (their recorded metrics) come
+    from more than one kind of machine, naming each with its count; ``None`` where they
+    come from one (or trials recorded none)."""
+    counts: dict[str, int] = {}
+    for m in metrics:
+        machine = m.get("latency_machine")
+        if machine:
+            counts[str(machine)] = counts.get(str(machine), 0) + 1
+    if len(counts) < 2:
+        return None
+    kinds = ", ".join(
+        f"{name} ({n} trial{'' if n == 1 else 's'})"
+        for name, n in sorted(counts.items(), key=lambda item: -item[1])
+    )
+    return (
+        f"latencies were measured on {len(counts)} kinds of machine: {kinds}; "
+        "compare latencies within one kind"
+    )
 
 
 def latency_p90(objectives: Iterable[str]) -> str:

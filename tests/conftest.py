@@ -71,6 +71,38 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'study.db'}"
 
 
+# A name no real processor reports, so that it differs from this machine's wherever tests run.
+OTHER_MACHINE = "Example Vendor CPU 9000"
+
+
+def _measured_elsewhere(url: str, study_name: str, to_url: str) -> None:
+    """A copy of a finished study (into ``to_url``) with one more trial, as a worker on
+    another kind of machine would have recorded it: the first complete trial's, a point less
+    accurate and half the size and latency (so both are on the front), its latency measured
+    on :data:`OTHER_MACHINE`. This is the only machine here: the trial is written into a
+    real store as Optuna would write it from that worker."""
+    import optuna
+
+    optuna.copy_study(from_study_name=study_name, from_storage=url, to_storage=to_url)
+    study = optuna.load_study(study_name=study_name, storage=to_url)
+    first = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    accuracy, size, latency = first.values
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=first.params,
+            distributions=first.distributions,
+            values=[accuracy - 0.01, size / 2, latency / 2],
+            user_attrs={**first.user_attrs, "latency_machine": OTHER_MACHINE},
+        )
+    )
+
+
+@pytest.fixture
+def measured_elsewhere() -> Any:
+    """``measured_elsewhere(url, study, to_url)``: see :func:`_measured_elsewhere`."""
+    return _measured_elsewhere
+
+
 def _postgres_available() -> bool:
     import sqlalchemy
 

@@ -203,9 +203,10 @@ def _describe_params(params: dict[str, Any]) -> str:
 def _print_front(
     console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str
 ) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    from .storage import latency_p90, precision, sparsity_label
+    from .storage import latency_p90, mixed_machines, precision, sparsity_label
 
     if not front:
         console.print("no complete trial meets the constraints yet")
@@ -233,6 +234,9 @@ def _print_front(
         row.append(_describe_params(r.params))
         table.add_row(*row)
     console.print(table)
+    mixed = mixed_machines(r.metrics for r in front)
+    if mixed:
+        console.print(f"[bold yellow]warning:[/] {escape(mixed)}", highlight=False)
 
 
 # --- status / best -----------------------------------------------------------------

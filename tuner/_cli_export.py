@@ -98,7 +98,7 @@ def _print_pick(
 ) -> None:
     from rich.table import Table
 
-    from .storage import metric_value, show_metric, show_param
+    from .storage import metric_value, quantize_mode, show_metric, show_param
 
     trial = result.trial
     console.print(result.message(args.study))
@@ -120,7 +120,9 @@ def _print_pick(
         )
     console.print(table)
     console.print("params: " + ", ".join(f"{k}={show_param(v)}" for k, v in trial.params.items()))
-    if status.path is not None:
+    if quantize_mode(trial.params, trial.metrics) == "float8":
+        console.print("not exported: float8 is made for the GPU the trial ran on")
+    elif status.path is not None:
         console.print(f"model kept at {status.path}")
         console.print(f"next:\n  {_export_command(args, trial.number)}")
     else:

@@ -126,6 +126,8 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
             f"same settings as last night ({report.drift_settings}), tonight / last night: "
             + ", ".join(f"{m} x{v:.2f}" for m, v in report.drift.items())
         )
+    if report.machines:
+        print(f"warning: tonight's and last night's trials: {report.machines}")
     for c in report.constraints:
         print(
             f"best {report.accuracy_metric} with {c.text}: {show_metric(report.accuracy_metric, c.tonight_best)} "

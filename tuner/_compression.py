@@ -73,9 +73,11 @@ from tuner._spec import KEEP_FLOAT_MODES, QUANTIZE_MODES
 from tuner._tracing import tracing
 
 __all__ = [
+    "FLOAT8_CAPABILITY",
     "KEEP_FLOAT_MODES",
     "CompressionReport",
     "Finetune",
+    "check_float8_device",
     "compress",
     "count_parameters",
     "float_layer_choice",
@@ -804,8 +806,9 @@ def float_layer_choice(
     calibration_inputs: torch.Tensor | None,
     *,
     linear_only: bool = False,
+    float8: bool = False,
 ) -> tuple[str, ...]:
-    """The layers ``keep_float`` leaves in float when the rest goes to int8.
+    """The layers ``keep_float`` leaves in float when the rest goes to int8 (or float8).
 
     * ``none``: none.
     * ``ends``: the first and the last layer that run (the input embedding or stem, and the
@@ -813,9 +816,10 @@ def float_layer_choice(
     * ``sensitive``: the :data:`SENSITIVE_LAYERS` layers whose int8 rounding alone moves the
       outputs most on the calibration inputs (:func:`layer_sensitivity`).
 
-    With ``linear_only`` (int8 or float8 on CUDA, which quantize ``nn.Linear`` alone) the
-    choice is made among the layers they take: a convolution, an embedding or attention
-    stays float there anyway.
+    With ``linear_only`` (int8 on CUDA, which quantizes ``nn.Linear`` alone) the choice is
+    made among the layers it takes: a convolution, an embedding or attention stays float
+    there anyway. With ``float8``, among the layers float8 takes (see
+    :func:`_torchao_linear`): a 10-class classifier is float there anyway.
     """
     _check_keep_float(keep_float)
     if keep_float == "none":
@@ -823,10 +827,10 @@ def float_layer_choice(
     inputs = _example_batch(calibration_inputs, f"keep_float: {keep_float}")
     modules = dict(model.named_modules())
 
-    gpu_layer = _torchao_linear(())
+    gpu_layer = _torchao_linear((), float8=float8)
 
     def candidate(name: str) -> bool:
-        return not linear_only or gpu_layer(modules[name], name)
+        return not (linear_only or float8) or gpu_layer(modules[name], name)
 
     if keep_float == "ends":
         order = [name for name in _layers_in_order(model, inputs[:2]) if candidate(name)]
@@ -878,7 +882,7 @@ def quantize(
         return model, ()
     target = torch.device(device)
     if mode == "float8":
-        _check_float8_device(target)
+        check_float8_device(target)
     float_model = copy.deepcopy(model).to(target).eval()
     if mode == "float8":
         quantized = _quantize_linear_float8(float_model, keep_float)
@@ -894,7 +898,7 @@ def quantize(
 FLOAT8_CAPABILITY = (8, 9)
 
 
-def _check_float8_device(device: torch.device) -> None:
+def check_float8_device(device: torch.device) -> None:
     """One line saying why float8 cannot run on ``device``, raised; nothing where it can."""
     if device.type != "cuda":
         raise CompressionError(
@@ -927,7 +931,7 @@ def _quantize_linear_float8(model: nn.Module, keep_float: tuple[str, ...] = ()) 
         granularity=PerTensor(), set_inductor_config=False
     )
     try:
-        quantize_(model, config, filter_fn=_torchao_linear(keep_float))
+        quantize_(model, config, filter_fn=_torchao_linear(keep_float, float8=True))
     except Exception as error:
         raise CompressionError(
             f"torchao cannot quantize {type(model).__name__} to float8: {first_line(error)}"
@@ -946,9 +950,13 @@ def _import_torchao() -> None:
     capture_patterns_once()
 
 
-def _torchao_linear(keep_float: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
+def _torchao_linear(
+    keep_float: tuple[str, ...], *, float8: bool = False
+) -> Callable[[nn.Module, str], bool]:
     """Which modules torchao's ``quantize_`` takes on the GPU: every ``nn.Linear`` not kept
-    float, but for attention's output projection.
+    float, but for attention's output projection; for ``float8``, only those whose sides
+    are both multiples of 16 (what the float8 matrix product takes: torchao leaves the
+    others float).
 
     ``nn.MultiheadAttention`` hands its output projection's weight to a functional call
     that torchao's quantized weights do not implement (``aten.t`` for int8, ``aten.addmm``
@@ -963,6 +971,7 @@ def _torchao_linear(keep_float: tuple[str, ...]) -> Callable[[nn.Module, str], b
             isinstance(module, nn.Linear)
             and not isinstance(module, skipped)
             and name not in keep_float
+            and (not float8 or (module.in_features % 16 == 0 and module.out_features % 16 == 0))
         )
 
     return chosen
@@ -1507,7 +1516,7 @@ def compress(
             "int8 only"
         )
     if quantize == "float8":
-        _check_float8_device(torch.device(device))
+        check_float8_device(torch.device(device))
     pruned, removed = _sparsify(
         model,
         threshold=threshold,
@@ -1521,7 +1530,13 @@ def compress(
     # QAT are CPU.
     linear_only = torch.device(device).type == "cuda" and torch_int8 and qat is None
     float_layers = (
-        float_layer_choice(pruned, keep_float, calibration_inputs, linear_only=linear_only)
+        float_layer_choice(
+            pruned,
+            keep_float,
+            calibration_inputs,
+            linear_only=linear_only,
+            float8=quantize == "float8",
+        )
         if quantize != "none"
         else ()
     )

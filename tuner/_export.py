@@ -26,9 +26,17 @@ from ._artifacts import (
 from ._builtin_workloads import resolve_workload
 from ._compression import int8_layer_names, weight_sparsity
 from ._exceptions import ExportError, SpecError, storage_error
-from ._formats import DECODE_DOMAIN, OnnxRunner, check_format, export_trial_model, onnx_int8_nodes
+from ._formats import (
+    DECODE_DOMAIN,
+    OnnxRunner,
+    check_exportable,
+    check_format,
+    export_trial_model,
+    onnx_int8_nodes,
+)
 from ._measure import accuracy, measure_latency
 from ._objective import measure_trained, retried_from, trial_device, trial_seed
+from ._settings import settings_from_params
 from ._space import suggest
 from ._spec import spec_from_dict
 from ._workloads import TrainedModel, TrialContext
@@ -285,6 +293,7 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     # FixedTrial answers every suggest call with the recorded value, like the trial did.
     fixed = cast(optuna.Trial, optuna.trial.FixedTrial(dict(frozen.params), number=trial))
     params = suggest(fixed, spec.params)
+    check_exportable(settings_from_params(params).quantize)  # before the training it needs
     ctx = TrialContext(
         device=device,
         max_epochs=spec.budget.max_epochs,

@@ -636,6 +636,18 @@ def exported_program(model: nn.Module, example: torch.Tensor) -> Any:
         raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
 
 
+def check_exportable(quantize: str) -> None:
+    """Raise :class:`ExportError` (one line) for a trial whose model cannot be exported.
+
+    float8 is made by torchao for the GPU a trial ran on; tuner exports on the CPU.
+    """
+    if quantize == "float8":
+        raise ExportError(
+            "the trial shipped float8, which torchao makes for the GPU it ran on; tuner exports "
+            "on the CPU, which has no float8 kernels: expected a trial with quantize none or int8"
+        )
+
+
 def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
     """The exported file's bytes for ``fmt`` (one of :data:`FORMATS`).
 
@@ -643,11 +655,7 @@ def export_trial_model(tm: TrialModel, fmt: str) -> bytes:
         ExportError: the model could not be rebuilt or written as ``fmt``, in one line.
     """
     check_format(fmt)
-    if tm.quantize == "float8":
-        raise ExportError(
-            "the trial shipped float8, which torchao makes for the GPU it ran on; tuner exports "
-            "on the CPU, which has no float8 kernels: expected a trial with quantize none or int8"
-        )
+    check_exportable(tm.quantize)
     try:
         if fmt == "onnx":
             return onnx_bytes(tm)

@@ -50,9 +50,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
+import platform
 import struct
 import time
 import zlib
@@ -321,6 +323,31 @@ def deserialize_model_state(data: bytes) -> dict[str, torch.Tensor]:
             block = block[8 * channels :]
         state[name] = _decode_values(entry, block)
     return state
+
+
+def machine_name(device: str) -> str:
+    """What a latency measured on ``device`` was measured on, as people name it: the GPU's
+    name for CUDA (``NVIDIA H100 80GB HBM3``), else the CPU's model (``AMD EPYC 9R14``).
+
+    Latencies from machines of different kinds do not compare; trials record this so that
+    a front that mixes them says so.
+    """
+    if device.startswith("cuda"):
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    return _cpu_model()
+
+
+@functools.cache
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

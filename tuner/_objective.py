@@ -15,6 +15,7 @@ import optuna
 import torch
 
 from ._artifacts import artifacts_root, keep_trial_model, storage_url
+from ._compression import check_float8_device
 from ._cv import REFIT, Folds
 from ._cv import summary as cv_summary
 from ._exceptions import WorkloadError
@@ -242,6 +243,8 @@ class Objective:
         spec = self.spec
         params = suggest(trial, spec.params)
         device = trial_device(spec)
+        if settings_from_params(params).quantize == "float8":
+            check_float8_device(device)  # before the training, not after
         seed = trial_seed(spec, seed_number(trial))
         kept_model = self._reusable(trial)
         if kept_model is not None:

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from ._spec import StudySpec
-from .storage import Bound, TrialRecord, metric_value, pareto_front, rank, show_metric
+from .storage import (
+    Bound,
+    TrialRecord,
+    metric_value,
+    mixed_machines,
+    pareto_front,
+    rank,
+    show_metric,
+)
 from .storage._bounds import default_target, within
 from .storage._nights import night_hypervolume
 
@@ -68,6 +76,7 @@ class NightReport:
     all_trials: list[TrialRecord] = field(default_factory=list)
     drift: dict[str, float] = field(default_factory=dict)
     drift_settings: int = 0
+    machines: str | None = None
 
     @property
     def regressed(self) -> bool:
@@ -110,6 +119,7 @@ class NightReport:
             "counts": self.counts,
             "warm_start_trials": self.warm_start_trials,
             "same_settings_ratio": self.drift,
+            "machines": self.machines,
             "front": [point(r) for r in self.front],
             "new_points": [point(r) for r in self.new_points],
             "lost_points": [point(r) for r in self.lost_points],
@@ -191,6 +201,13 @@ def compare_nights(
     new_points = [r for r in front if _key(r) not in last_keys] if previous_study else []
     lost_points = [r for r in previous_front if _key(r) not in tonight_keys]
     drift, drift_settings = _drift(records, previous_front, objectives)
+    # Latencies from different kinds of machine do not compare: a night on another machine
+    # can move the front's latencies with no change in the models.
+    machines = (
+        mixed_machines(r.metrics for r in [*records, *previous_records] if r.state == "COMPLETE")
+        if any(m.startswith("latency") for m in objectives)
+        else None
+    )
 
     def best(
         pool: Sequence[TrialRecord], bound: Sequence[Bound]
@@ -251,6 +268,7 @@ def compare_nights(
         all_trials=list(records),
         drift=drift,
         drift_settings=drift_settings,
+        machines=machines,
     )
 
 
@@ -406,6 +424,11 @@ def _headline(report: NightReport) -> tuple[str, list[str]]:
         )
     else:
         lines.append("No earlier night of this spec in the store: nothing to compare with.")
+    if report.machines:
+        lines.append(
+            f"Tonight's and last night's trials: {report.machines}; a change in latency may "
+            "be the machine's, not the model's."
+        )
     title = f"Nightly {report.spec_name}, {report.date}: {report.verdict}"
     return title, lines
 

@@ -30,7 +30,7 @@ from torch import nn
 from ._artifacts import TrialModel
 from ._compression import CompressionReport, Finetune, compress, count_parameters
 from ._formats import OnnxRunner, exported_program, onnx_int8_nodes, onnx_shipped
-from ._measure import accuracy, measure_latency, size_bytes, try_freezing
+from ._measure import accuracy, machine_name, measure_latency, size_bytes, try_freezing
 from ._settings import Settings, settings_from_params
 from ._workloads import fit
 
@@ -292,6 +292,7 @@ def measure(
         "sparsity": shipped.sparsity,
         "zero_fraction": shipped.report.sparsity,
         "prune_structure": shipped.settings.structure,
+        "quantize": shipped.settings.quantize,
         "int8_layers": list(shipped.report.int8_layers),
         "float8_layers": list(shipped.report.float8_layers),
         "float_layers": list(shipped.report.float_layers),
@@ -351,6 +352,7 @@ def measure(
             out["latency_batch_size"] = stats.batch_size
         else:
             out["latency_device"] = stats.device
+            out["latency_machine"] = machine_name(stats.device)
             out["latency_threads"] = stats.threads
     out["latency_runtime"] = "torch"
     out["compiled"] = compile_model
@@ -409,6 +411,7 @@ def _measure_onnx(
             "latency_batch_size": settings.batch_size,
             "latency_runtime": "onnxruntime",
             "latency_device": "cpu",
+            "latency_machine": machine_name("cpu"),
             "latency_threads": runner.threads,
         }
     )

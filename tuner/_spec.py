@@ -256,7 +256,7 @@ class MeasureSpec:
     """How latency is measured: batch 1 and ``batch_size``, after warm-up, repeated.
 
     ``compile`` (torch runtime): ``auto`` runs ``torch.compile`` where a kernel needs it to be
-    fast (int8 on the CPU), ``always`` on every shipped model, ``never`` not at all. Compile
+    fast (int8 on the CPU, float8 on the GPU), ``always`` on every shipped model, ``never`` not at all. Compile
     time is recorded apart from latency.
     """
 

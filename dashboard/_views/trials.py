@@ -14,6 +14,7 @@ from tuner.storage import (
     commands,
     latency_p90,
     metric_value,
+    quantize_mode,
     show_metric,
 )
 from tuner.storage.keys import (
@@ -47,6 +48,7 @@ METRICS: dict[str, str] = {
     "trained_by": "model trained by trial",
     "compression_choice": "why this compression",
     "latency_device": "measured on",
+    "latency_machine": "measured on machine",
     "latency_threads": "threads",
     "device": "trained on",
     "feasible": "meets constraints",
@@ -66,6 +68,8 @@ def table_rows(
     on_front = set(front)
     param_names = sorted({p for r in records for p in r.params})
     extra = [m for m in _table_metrics(objectives) if m not in objectives]
+    # GPU studies that tried float8 get its column; others no column of zeros.
+    float8 = any(r.metrics.get("float8_layers") for r in records)
     rows = []
     for r in records:
         row: dict[str, Any] = {
@@ -81,8 +85,8 @@ def table_rows(
             v = metric_value(r, name)
             row[_column(name)] = None if v is None else v * display_scale(name)
         row["int8 layers"] = len(r.metrics.get("int8_layers") or [])
-        if r.metrics.get("float8_layers"):  # GPU trials alone: no column of zeros elsewhere
-            row["float8 layers"] = len(r.metrics["float8_layers"])
+        if float8:
+            row["float8 layers"] = len(r.metrics.get("float8_layers") or [])
         row["epochs"] = len(r.curve) or r.metrics.get("epochs")
         for name in param_names:
             v = r.params.get(name)
@@ -133,6 +137,16 @@ def trial_metrics(record: TrialRecord) -> list[tuple[str, str, str]]:
     return rows
 
 
+def not_exported(record: TrialRecord) -> str | None:
+    """Why ``tuner export`` cannot write this trial's model, or ``None`` where it can."""
+    if quantize_mode(record.params, record.metrics) == "float8":
+        return (
+            f"Trial {record.number} shipped float8, which torchao makes for the GPU it ran on; "
+            "tuner exports on the CPU, which has no float8 kernels."
+        )
+    return None
+
+
 def export_command(study: str, number: int, url: str) -> str:
     """The shell command that exports trial ``number`` of ``study`` to ONNX."""
     return commands.export_command(study, number, storage=None if url == DEFAULT_URL else url)
@@ -172,7 +186,10 @@ def recovery_text(record: TrialRecord) -> str | None:
     None for a trial that recorded no model."""
     if record.state != "COMPLETE":
         return None
-    settings = settings_from_params(record.params)
+    # quantize fixed in the spec is no parameter; the trial recorded it.
+    settings = settings_from_params(
+        {**record.params, "quantize": quantize_mode(record.params, record.metrics)}
+    )
     if not settings.compressed:
         return "Shipped as trained: float, no sparsity."
     # Both recoveries need the workload's training data; the time they took shows they ran.
@@ -197,7 +214,8 @@ def recovery_text(record: TrialRecord) -> str | None:
         parts.append(
             "float8 on the GPU (weights and activations, one scale per tensor)"
             if record.metrics.get("float8_layers")
-            else "float8 asked for, but no layer took it (both sides must be multiples of 16)"
+            else "float8 asked for, but no layer is in float8 (it takes Linear layers whose "
+            "sides are multiples of 16, less those kept float)"
         )
     if settings.quantize == "int8":
         parts.append(

@@ -298,3 +298,26 @@ def test_a_store_outage_is_shown_and_the_page_comes_back(
     assert not at.exception and not at.warning
     assert at.title[0].value == "Studies"
     assert list(at.dataframe[0].value["study"]) == ["blip"]
+
+
+def test_a_study_measured_on_two_kinds_of_machine_is_flagged(
+    app_path: Path,
+    dashboard_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    measured_elsewhere: Any,
+) -> None:
+    from tuner._measure import machine_name
+
+    def flagged(at: AppTest) -> list[str]:
+        return [w.value for w in at.warning if "kinds of machine" in w.value]
+
+    assert flagged(_run(app_path, dashboard_store, monkeypatch, study="tiny")) == []
+    mixed = f"sqlite:///{tmp_path / 'mixed.db'}"
+    measured_elsewhere(dashboard_store, "tiny", mixed)
+    complete = sum(r.state == "COMPLETE" for r in _records(dashboard_store))
+    (warning,) = flagged(_run(app_path, mixed, monkeypatch, study="tiny"))
+    assert warning.startswith(
+        f"Latencies were measured on 2 kinds of machine: {machine_name('cpu')} "
+        f"({complete} trials), Example Vendor CPU 9000 (1 trial)"
+    ), warning

@@ -139,7 +139,13 @@ def test_the_trial_page_says_how_a_trial_recovered() -> None:
         "Compressed: float8 on the GPU (weights and activations, one scale per tensor)."
     )
     narrow = replace(float8, metrics={"float8_layers": []})
-    assert "no layer took it" in str(trial_views.recovery_text(narrow))
+    assert "no layer is in float8" in str(trial_views.recovery_text(narrow))
+    # float8 fixed in the spec is no parameter: the trial's record says it.
+    fixed = replace(TRIALS[0], metrics={"quantize": "float8", "float8_layers": ["fc"]})
+    assert trial_views.recovery_text(fixed) == trial_views.recovery_text(float8)
+    # Not exported (tuner exports on the CPU): the page says why instead of the command.
+    assert "shipped float8" in str(trial_views.not_exported(fixed))
+    assert trial_views.not_exported(TRIALS[0]) is None
     assert trial_views.recovery_text(TRIALS[6]) is None  # stopped early: nothing shipped
 
 

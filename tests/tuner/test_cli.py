@@ -224,3 +224,27 @@ def test_the_front_shows_the_p90_of_the_latency_it_minimises(
     p50 = float(row[header.index("batch ms ↓")])
     p90 = float(row[header.index("batch p90 ms")])
     assert p90 >= p50 > 0
+
+
+def test_a_front_measured_on_two_kinds_of_machine_says_so(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str, measured_elsewhere: Any
+) -> None:
+    import tuner
+    from tuner._measure import machine_name
+    from tuner.storage import open_storage, read_records
+
+    tuner.run(tiny_spec(budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
+    records = read_records(open_storage(sqlite_url, read_only=True, heartbeat=False), "tiny")
+    assert records[0].metrics["latency_machine"] == machine_name("cpu") != ""
+    alone = _tuner("best", "tiny", "--storage", sqlite_url, cwd=tmp_path)
+    assert alone.returncode == 0 and "kinds of machine" not in alone.stdout, alone.stdout
+
+    mixed_url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    measured_elsewhere(sqlite_url, "tiny", mixed_url)
+    best = _tuner("best", "tiny", "--storage", mixed_url, cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    flat = " ".join(best.stdout.split())
+    assert (
+        f"warning: latencies were measured on 2 kinds of machine: {machine_name('cpu')} "
+        "(1 trial), Example Vendor CPU 9000 (1 trial)"
+    ) in flat, best.stdout

@@ -886,7 +886,8 @@ def test_float8_puts_linear_layers_in_float8_and_ships_them_in_a_byte_a_weight(
     import tuner._compression as compression
 
     monkeypatch.setattr(torchao_api, "_check_hardware_support", lambda granularity: None)
-    monkeypatch.setattr(compression, "_check_float8_device", lambda device: None)
+    monkeypatch.setattr(torchao_api, "is_sm_at_least_89", lambda: True)  # an older GPU here
+    monkeypatch.setattr(compression, "check_float8_device", lambda device: None)
     torch.manual_seed(0)
     model, x = make(width=64).eval(), inputs()
     pruned, shipped, report = compress(
@@ -895,13 +896,11 @@ def test_float8_puts_linear_layers_in_float8_and_ships_them_in_a_byte_a_weight(
         structure="structured",
         quantize="float8",
         calibration_inputs=x,
-        keep_float="ends",
     )
-    # width 64 -> 32 after pruning: the feed-forward layers (32 -> 64 -> 32) are multiples of
-    # 16; the classifier (10 classes) is not, and is kept float by choice anyway.
+    # width 64 -> 32 after pruning: the feed-forward layers (32 -> 64 -> 32) have sides that
+    # are multiples of 16; the classifier (10 classes) does not and stays float.
     assert report.float8_layers == _FEED_FORWARD
     assert report.int8_layers == ()
-    assert "head" in report.float_layers
     state = deserialize_model_state(serialize_model(shipped))
     stored = {k: v for k, v in state.items() if v.dtype == torch.float8_e4m3fn}
     assert {k.rsplit(".weight", 1)[0] for k in stored} == set(_FEED_FORWARD)
@@ -910,6 +909,19 @@ def test_float8_puts_linear_layers_in_float8_and_ships_them_in_a_byte_a_weight(
     with torch.no_grad():
         agree = (shipped(x).argmax(1) == pruned(x).argmax(1)).float().mean().item()
     assert agree >= 0.9
+    # keep_float chooses among the layers float8 takes: the first and the last of them
+    # (the embedding and the classifier would stay float anyway).
+    *_, ends = compress(
+        model,
+        threshold=0.5,
+        structure="structured",
+        quantize="float8",
+        calibration_inputs=x,
+        keep_float="ends",
+    )
+    first, *middle, last = _FEED_FORWARD
+    assert ends.float_layers == (first, last)
+    assert ends.float8_layers == tuple(middle)
 
 
 def test_sensitivity_finds_the_layer_that_int8_rounding_hurts_most(

@@ -20,12 +20,14 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import create_trial
 
 from tuner._cli import main
+from tuner._measure import machine_name
 from tuner._nightly import nightly
 from tuner.storage import open_storage
 from tuner.storage._locks import acquire_lock
 from tuner.storage._nights import nights
 
 TUNER = [sys.executable, "-m", "tuner._cli"]
+OTHER_MACHINE = "Example Vendor CPU 8000"
 
 
 def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
@@ -96,6 +98,7 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     assert markdown.startswith(f"# Nightly tiny, 2025-03-02: {verdict}")
     assert second.report.drift_settings >= 1 and "Same settings, both nights" in markdown
     assert "Warm-started from `tiny-2025-03-01`" in markdown
+    assert "kinds of machine" not in markdown, "both nights ran here"
     assert "| hypervolume |" in markdown and "latency_ms ≤ 50.000 ms" in markdown
     assert "(tiny-2025-03-02.html)" in markdown
     page = (reports / "tiny-2025-03-02.html").read_text()
@@ -210,7 +213,8 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
                 },
                 distributions=distributions,
                 values=values,
-                user_attrs={"feasible": True},
+                # Last night ran on another kind of machine.
+                user_attrs={"feasible": True, "latency_machine": OTHER_MACHINE},
             )
         )
 
@@ -236,8 +240,13 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
     markdown = (reports / "tiny-2025-04-02.md").read_text()
     assert markdown.startswith("# Nightly tiny, 2025-04-02: REGRESSED")
     assert "no trial meets latency_ms ≤ 0.001 ms any more" in markdown
+    machines = "latencies were measured on 2 kinds of machine: "
+    for text in (out, markdown):
+        assert machines in text and machine_name("cpu") in text and OTHER_MACHINE in text
+    assert "a change in latency may be the machine's" in markdown
     assert len(_Hook.received) == 1
     posted = _Hook.received[0]
+    assert posted["machines"].startswith(machines)
     assert posted["regressed"] is True and posted["study"] == "tiny-2025-04-02"
     assert posted["previous_study"] == "tiny-2025-04-01"
     assert posted["hypervolume"] < posted["previous_hypervolume"]

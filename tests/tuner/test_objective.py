@@ -189,3 +189,18 @@ def test_a_retry_trains_with_the_seed_of_the_trial_it_repeats(sqlite_url: str) -
         assert current.number > first.number and seed_number(current) == first.number
     fresh = study.ask()
     assert seed_number(fresh) == fresh.number
+
+
+def test_a_float8_trial_off_a_gpu_that_has_it_fails_before_it_trains(
+    sqlite_url: str, tiny_spec: Any
+) -> None:
+    # The spec asks for GPU trials; this machine has no GPU, so they run on the CPU.
+    spec = tiny_spec(budget={"n_trials": 1, "max_epochs": 1}, resources={"gpus": 1})
+    spec["search_space"]["quantize"] = "float8"
+    with pytest.raises(tuner.TunerError, match="trials keep failing"):
+        tuner.run(spec, storage=sqlite_url, backend="inline")
+    trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    trial = trials[0]
+    assert {t.state for t in trials} == {optuna.trial.TrialState.FAIL}
+    assert "float8 runs on a CUDA GPU of compute capability 8.9" in trial.user_attrs["error"]
+    assert "train_time_s" not in trial.user_attrs and "curve" not in trial.user_attrs
