@@ -40,6 +40,7 @@ from tuner.storage import (
     resolve_url,
     show_epochs,
     show_metric,
+    speed_spread,
 )
 
 REFRESH_S = 5
@@ -299,9 +300,13 @@ def _study_body(url: str, name: str) -> None:
     cols[5].metric("state", "running" if running else "finished")
     if running:
         st.caption(f"Running: this page refreshes every {REFRESH_S} s.")
-    mixed = mixed_machines(r.metrics for r in page.records if r.state == "COMPLETE")
+    complete = [r.metrics for r in page.records if r.state == "COMPLETE"]
+    mixed = mixed_machines(complete)
     if mixed:
         st.warning(mixed[0].upper() + mixed[1:] + ".")
+    moved = speed_spread(complete)
+    if moved:
+        st.caption(moved[0].upper() + moved[1:] + ".")
 
     info = _budget_section(url, page)
     tabs = st.tabs(TABS, key="view", bind="query-params")

@@ -22,6 +22,7 @@ from ._format import (
     show_param,
     sparsity_kind,
     sparsity_label,
+    speed_spread,
 )
 from ._outage import StoreUnavailable
 from ._rdb import open_storage
@@ -74,5 +75,6 @@ __all__ = [
     "show_param",
     "sparsity_kind",
     "sparsity_label",
+    "speed_spread",
     "study_objectives",
 ]

@@ -85,6 +85,43 @@ def mixed_machines(metrics: Iterable[Mapping[str, Any]]) -> str | None:
     )
 
 
+# The machine's speed is said to have moved when the yardstick timed beside the trials'
+# latencies (``latency_reference_ms``) spread this much between its 10th and 90th percentile.
+SPEED_SPREAD = 0.2
+
+
+def speed_spread(metrics: Iterable[Mapping[str, Any]], *, least: int = 5) -> str | None:
+    """One line saying that the machine's speed moved while these trials (their recorded
+    metrics) were timed, by how much, and what that means for their latencies; ``None``
+    where it held within :data:`SPEED_SPREAD`, or fewer than ``least`` trials timed the
+    yardstick on one kind of machine.
+
+    Latencies timed on one kind of machine are compared; of several kinds, the one with the
+    most trials speaks (:func:`mixed_machines` says the rest).
+    """
+    by_machine: dict[str, list[float]] = {}
+    for m in metrics:
+        reference = m.get("latency_reference_ms")
+        if isinstance(reference, (int, float)) and reference > 0:
+            by_machine.setdefault(str(m.get("latency_machine")), []).append(float(reference))
+    if not by_machine:
+        return None
+    references = max(by_machine.values(), key=len)
+    if len(references) < least:
+        return None
+    ordered = sorted(references)
+    low = ordered[round(0.1 * (len(ordered) - 1))]
+    high = ordered[round(0.9 * (len(ordered) - 1))]
+    if high <= low * (1 + SPEED_SPREAD):
+        return None
+    return (
+        f"the machine's speed moved while these trials were timed: a fixed computation timed "
+        f"beside each one's latency took {_ms(low)} to {_ms(high)} ms (10th to 90th "
+        f"percentile, {high / low - 1:.0%} apart); latency differences smaller than that may "
+        "be the machine's, not the model's"
+    )
+
+
 def latency_p90(objectives: Iterable[str]) -> str:
     """The p90 metric that goes beside a study's latency objective.
 

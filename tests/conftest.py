@@ -75,32 +75,51 @@ def sqlite_url(tmp_path: Path) -> str:
 OTHER_MACHINE = "Example Vendor CPU 9000"
 
 
-def _measured_elsewhere(url: str, study_name: str, to_url: str) -> None:
-    """A copy of a finished study (into ``to_url``) with one more trial, as a worker on
-    another kind of machine would have recorded it: the first complete trial's, a point less
-    accurate and half the size and latency (so both are on the front), its latency measured
-    on :data:`OTHER_MACHINE`. This is the only machine here: the trial is written into a
-    real store as Optuna would write it from that worker."""
+def _copy_with_trials(
+    url: str,
+    study_name: str,
+    to_url: str,
+    added: list[tuple[tuple[float, ...], dict[str, Any]]],
+) -> None:
+    """A copy of a finished study (into ``to_url``) with more trials of its first complete
+    trial's settings, as other workers would have recorded them: each ``(scale, attrs)``
+    multiplies that trial's objective values by ``scale``, one factor each, and sets
+    ``attrs`` over its user attrs. What another machine, or the same one at another speed,
+    records is written into a real store as Optuna would write it from that worker."""
     import optuna
 
     optuna.copy_study(from_study_name=study_name, from_storage=url, to_storage=to_url)
     study = optuna.load_study(study_name=study_name, storage=to_url)
     first = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
-    accuracy, size, latency = first.values
-    study.add_trial(
-        optuna.trial.create_trial(
-            params=first.params,
-            distributions=first.distributions,
-            values=[accuracy - 0.01, size / 2, latency / 2],
-            user_attrs={**first.user_attrs, "latency_machine": OTHER_MACHINE},
+    for scale, attrs in added:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=first.params,
+                distributions=first.distributions,
+                values=[v * f for v, f in zip(first.values, scale, strict=True)],
+                user_attrs={**first.user_attrs, **attrs},
+            )
         )
-    )
+
+
+@pytest.fixture
+def copy_with_trials() -> Any:
+    """``copy_with_trials(url, study, to_url, added)``: see :func:`_copy_with_trials`."""
+    return _copy_with_trials
 
 
 @pytest.fixture
 def measured_elsewhere() -> Any:
-    """``measured_elsewhere(url, study, to_url)``: see :func:`_measured_elsewhere`."""
-    return _measured_elsewhere
+    """``measured_elsewhere(url, study, to_url)``: a copy of the study with one more trial
+    timed on :data:`OTHER_MACHINE`, a little less accurate and half the size and latency
+    (so that both are on the front)."""
+
+    def copy(url: str, study_name: str, to_url: str) -> None:
+        _copy_with_trials(
+            url, study_name, to_url, [((0.99, 0.5, 0.5), {"latency_machine": OTHER_MACHINE})]
+        )
+
+    return copy
 
 
 def _postgres_available() -> bool:

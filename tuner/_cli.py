@@ -206,7 +206,7 @@ def _print_front(
     from rich.markup import escape
     from rich.table import Table
 
-    from .storage import latency_p90, mixed_machines, precision, sparsity_label
+    from .storage import latency_p90, mixed_machines, precision, sparsity_label, speed_spread
 
     if not front:
         console.print("no complete trial meets the constraints yet")
@@ -237,6 +237,9 @@ def _print_front(
     mixed = mixed_machines(r.metrics for r in front)
     if mixed:
         console.print(f"[bold yellow]warning:[/] {escape(mixed)}", highlight=False)
+    moved = speed_spread((r.metrics for r in front), least=3)
+    if moved:
+        console.print(f"note: {moved}", highlight=False)
 
 
 # --- status / best -----------------------------------------------------------------

@@ -126,6 +126,11 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
             f"same settings as last night ({report.drift_settings}), tonight / last night: "
             + ", ".join(f"{m} x{v:.2f}" for m, v in report.drift.items())
         )
+    if report.machine_speed is not None:
+        print(
+            f"machine: a fixed computation timed beside each trial took x{report.machine_speed:.2f} "
+            "as long tonight as last night (median)"
+        )
     if report.machines:
         print(f"warning: tonight's and last night's trials: {report.machines}")
     for c in report.constraints:

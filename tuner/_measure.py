@@ -350,6 +350,42 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+# The yardstick timed beside each trial's latency: a float32 matrix product of this many
+# rows, inputs and outputs (a fraction of a millisecond on one CPU thread).
+REFERENCE_SHAPE = (128, 256, 256)
+
+
+def reference_ms(device: str = "cpu", *, threads: int = 1, repeats: int = 15) -> float:
+    """Median milliseconds of one fixed computation on ``device`` with ``threads``: how fast
+    the machine runs at this moment.
+
+    The same computation every time, so its timings differ only as the machine's speed
+    does: a VM's CPU share, other work on the host, clock speed. Timed beside a trial's
+    latency, it says how far latencies timed at different moments compare.
+    """
+    target = _resolve_device(device)
+    rows, inner, outer = REFERENCE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, inner, generator=generator).to(target)
+    b = torch.randn(inner, outer, generator=generator).to(target)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    timings_ms: list[float] = []
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                torch.mm(a, b)
+            for _ in range(repeats):
+                _synchronize(target)
+                start = time.perf_counter()
+                torch.mm(a, b)
+                _synchronize(target)
+                timings_ms.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return float(np.median(timings_ms))
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     target = torch.device(device)
     if target.type == "cuda":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import statistics
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,7 @@ class NightReport:
     drift: dict[str, float] = field(default_factory=dict)
     drift_settings: int = 0
     machines: str | None = None
+    machine_speed: float | None = None
 
     @property
     def regressed(self) -> bool:
@@ -120,6 +122,7 @@ class NightReport:
             "warm_start_trials": self.warm_start_trials,
             "same_settings_ratio": self.drift,
             "machines": self.machines,
+            "machine_speed_ratio": self.machine_speed,
             "front": [point(r) for r in self.front],
             "new_points": [point(r) for r in self.new_points],
             "lost_points": [point(r) for r in self.lost_points],
@@ -203,6 +206,7 @@ def compare_nights(
     drift, drift_settings = _drift(records, previous_front, objectives)
     # Latencies from different kinds of machine do not compare: a night on another machine
     # can move the front's latencies with no change in the models.
+    machine_speed = _yardstick_ratio(records, previous_records) if previous_study else None
     machines = (
         mixed_machines(r.metrics for r in [*records, *previous_records] if r.state == "COMPLETE")
         if any(m.startswith("latency") for m in objectives)
@@ -269,6 +273,7 @@ def compare_nights(
         drift=drift,
         drift_settings=drift_settings,
         machines=machines,
+        machine_speed=machine_speed,
     )
 
 
@@ -301,6 +306,25 @@ def _drift(
             mid = len(ratios) // 2
             out[metric] = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
     return out, len(pairs)
+
+
+def _yardstick_ratio(
+    records: Sequence[TrialRecord], previous_records: Sequence[TrialRecord]
+) -> float | None:
+    """Tonight's median over last night's of the fixed computation every trial times beside
+    its latency (``latency_reference_ms``): above 1, the machine ran slower tonight."""
+
+    def median(pool: Sequence[TrialRecord]) -> float | None:
+        values = [
+            float(r.metrics["latency_reference_ms"])
+            for r in pool
+            if r.state == "COMPLETE"
+            and isinstance(r.metrics.get("latency_reference_ms"), (int, float))
+        ]
+        return statistics.median(values) if values else None
+
+    tonight, last = median(records), median(previous_records)
+    return tonight / last if tonight and last else None
 
 
 # --- rendering -----------------------------------------------------------------------
@@ -362,14 +386,25 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
                 "",
             )
         )
-    if report.drift:
+    if report.drift or report.machine_speed:
+        yardstick = [] if report.machine_speed is None else [f"x{report.machine_speed:.2f}"]
         out.append(
             (
-                f"Same settings, both nights ({report.drift_settings} of last night's front re-run)",
-                ["", *report.drift],
-                [["tonight / last night (median)", *(f"x{v:.2f}" for v in report.drift.values())]],
+                f"Same settings, both nights ({report.drift_settings} of last night's front re-run)"
+                if report.drift
+                else "The machine, both nights",
+                ["", *report.drift, *(["machine (yardstick)"] if yardstick else [])],
+                [
+                    [
+                        "tonight / last night (median)",
+                        *(f"x{v:.2f}" for v in report.drift.values()),
+                        *yardstick,
+                    ]
+                ],
                 "The same settings measured differently point at the machine or the "
-                "measurement (a busy host slows latency), not at the model.",
+                "measurement (a busy host slows latency), not at the model. The yardstick is "
+                "one fixed computation every trial times beside its latency: where it moved "
+                "as the latencies did, the machine did.",
             )
         )
     new = {id(r) for r in report.new_points}

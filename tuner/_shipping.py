@@ -30,7 +30,14 @@ from torch import nn
 from ._artifacts import TrialModel
 from ._compression import CompressionReport, Finetune, compress, count_parameters
 from ._formats import OnnxRunner, exported_program, onnx_int8_nodes, onnx_shipped
-from ._measure import accuracy, machine_name, measure_latency, size_bytes, try_freezing
+from ._measure import (
+    accuracy,
+    machine_name,
+    measure_latency,
+    reference_ms,
+    size_bytes,
+    try_freezing,
+)
 from ._settings import Settings, settings_from_params
 from ._workloads import fit
 
@@ -326,6 +333,7 @@ def measure(
     compile_s = 0.0
     # The batch size first: whether freezing was kept there decides whether batch 1 tries it.
     frozen_at_batch: bool | None = None
+    reference_before = reference_ms(device, threads=threads)
     for suffix, batch, passes in (
         ("_batch", settings.batch_size, (max(1, warmup // 2), max(3, repeats // 2))),
         ("", 1, (warmup, repeats)),
@@ -354,6 +362,7 @@ def measure(
             out["latency_device"] = stats.device
             out["latency_machine"] = machine_name(stats.device)
             out["latency_threads"] = stats.threads
+    out["latency_reference_ms"] = (reference_before + reference_ms(device, threads=threads)) / 2
     out["latency_runtime"] = "torch"
     out["compiled"] = compile_model
     out["compile_time_s"] = compile_s
@@ -393,6 +402,7 @@ def _measure_onnx(
         out["test_accuracy"] = runner.accuracy(*test_data)
     if not model_metrics:
         return out
+    reference_before = reference_ms("cpu", threads=runner.threads)
     p50, p90 = runner.latency(example, batch_size=1, warmup=warmup, repeats=repeats)
     b50, b90 = runner.latency(
         example,
@@ -400,6 +410,7 @@ def _measure_onnx(
         warmup=max(1, warmup // 2),
         repeats=max(3, repeats // 2),
     )
+    reference_after = reference_ms("cpu", threads=runner.threads)
     out.update(
         {
             "size_bytes": len(data),
@@ -412,6 +423,7 @@ def _measure_onnx(
             "latency_runtime": "onnxruntime",
             "latency_device": "cpu",
             "latency_machine": machine_name("cpu"),
+            "latency_reference_ms": (reference_before + reference_after) / 2,
             "latency_threads": runner.threads,
         }
     )

@@ -321,3 +321,26 @@ def test_a_study_measured_on_two_kinds_of_machine_is_flagged(
         f"Latencies were measured on 2 kinds of machine: {machine_name('cpu')} "
         f"({complete} trials), Example Vendor CPU 9000 (1 trial)"
     ), warning
+
+
+def test_a_study_timed_while_the_machine_slowed_says_so(
+    app_path: Path,
+    dashboard_store: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    copy_with_trials: Any,
+) -> None:
+    # The trials of a real study, and five more of the same settings timed while the
+    # machine ran at a third of its speed some of the time (as a busy VM does).
+    moved = f"sqlite:///{tmp_path / 'moved.db'}"
+    same = (1.0, 1.0, 1.0)
+    copy_with_trials(
+        dashboard_store,
+        "tiny",
+        moved,
+        [(same, {"latency_reference_ms": r}) for r in (0.1, 0.1, 0.3, 0.3, 0.3)],
+    )
+    at = _run(app_path, moved, monkeypatch, study="tiny")
+    (caption,) = [c.value for c in at.caption if "speed moved" in c.value]
+    assert caption.startswith("The machine's speed moved while these trials were timed")
+    assert "may be the machine's, not the model's" in caption

@@ -46,3 +46,22 @@ def test_the_p90_shown_is_that_of_the_latency_objective() -> None:
     assert latency_p90(["accuracy", "latency_ms_batch"]) == "latency_ms_batch_p90"
     assert latency_p90(["accuracy", "latency_ms", "latency_ms_batch"]) == "latency_ms_p90"
     assert latency_p90(["accuracy", "size_bytes"]) == "latency_ms_p90"
+
+
+def test_a_machine_whose_speed_moved_is_told_by_how_much() -> None:
+    from tuner.storage import speed_spread
+
+    def timed(*references: float, machine: str = "CPU A") -> list[dict[str, object]]:
+        return [{"latency_reference_ms": r, "latency_machine": machine} for r in references]
+
+    moved = speed_spread(timed(0.20, 0.21, 0.20, 0.22, 0.30, 0.31))
+    assert moved is not None
+    assert "took 0.200 to 0.300 ms (10th to 90th percentile, 50% apart)" in moved
+    assert speed_spread(timed(0.20, 0.21, 0.20, 0.22, 0.21, 0.23)) is None  # within 20%
+    assert speed_spread(timed(0.20, 0.30, 0.40)) is None  # too few to say
+    assert speed_spread(timed(0.20, 0.30, 0.40), least=3) is not None
+    # Of two kinds of machine, the one with more trials speaks; the other's do not mix in.
+    steady_here = timed(0.20, 0.21, 0.20, 0.22, 0.21, 0.20) + timed(0.9, 1.5, machine="CPU B")
+    assert speed_spread(steady_here) is None
+    # Trials from before the yardstick was timed say nothing.
+    assert speed_spread([{"latency_ms": 1.0}] * 6) is None

@@ -236,6 +236,7 @@ def test_a_front_measured_on_two_kinds_of_machine_says_so(
     tuner.run(tiny_spec(budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
     records = read_records(open_storage(sqlite_url, read_only=True, heartbeat=False), "tiny")
     assert records[0].metrics["latency_machine"] == machine_name("cpu") != ""
+    assert records[0].metrics["latency_reference_ms"] > 0
     alone = _tuner("best", "tiny", "--storage", sqlite_url, cwd=tmp_path)
     assert alone.returncode == 0 and "kinds of machine" not in alone.stdout, alone.stdout
 

@@ -99,6 +99,8 @@ def test_two_nights_warm_start_from_the_front_and_reruns_add_nothing(
     assert second.report.drift_settings >= 1 and "Same settings, both nights" in markdown
     assert "Warm-started from `tiny-2025-03-01`" in markdown
     assert "kinds of machine" not in markdown, "both nights ran here"
+    # The same machine both nights: its yardstick within a factor of a few (not a timing test).
+    assert second.report.machine_speed is not None and 0.2 < second.report.machine_speed < 5
     assert "| hypervolume |" in markdown and "latency_ms ≤ 50.000 ms" in markdown
     assert "(tiny-2025-03-02.html)" in markdown
     page = (reports / "tiny-2025-03-02.html").read_text()
@@ -214,7 +216,12 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
                 distributions=distributions,
                 values=values,
                 # Last night ran on another kind of machine.
-                user_attrs={"feasible": True, "latency_machine": OTHER_MACHINE},
+                user_attrs={
+                    "feasible": True,
+                    "latency_machine": OTHER_MACHINE,
+                    # Its yardstick ran a hundred times faster than any machine does here.
+                    "latency_reference_ms": 0.001,
+                },
             )
         )
 
@@ -247,6 +254,8 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
     assert len(_Hook.received) == 1
     posted = _Hook.received[0]
     assert posted["machines"].startswith(machines)
+    assert posted["machine_speed_ratio"] > 10
+    assert "| machine (yardstick) |" in markdown.replace("  ", " ")
     assert posted["regressed"] is True and posted["study"] == "tiny-2025-04-02"
     assert posted["previous_study"] == "tiny-2025-04-01"
     assert posted["hypervolume"] < posted["previous_hypervolume"]
