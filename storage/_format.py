@@ -23,9 +23,14 @@ def metric_unit(metric: str) -> tuple[str, float]:
         return "KB", 1 / 1024
     if "accuracy" in metric or metric == "sparsity":
         return "%", 100.0
-    if metric.startswith("latency_ms"):
+    if _in_ms(metric):
         return "ms", 1.0
     return "", 1.0
+
+
+def _in_ms(metric: str) -> bool:
+    # latency_ms, latency_ms_p90, latency_ms_batch...; latency_reference_ms, any other *_ms.
+    return metric.startswith("latency_ms") or metric.endswith("_ms")
 
 
 def sparsity_kind(
@@ -90,6 +95,15 @@ def mixed_machines(metrics: Iterable[Mapping[str, Any]]) -> str | None:
 SPEED_SPREAD = 0.2
 
 
+def reference_ms(metrics: Mapping[str, Any]) -> float | None:
+    """The yardstick a trial timed beside its latencies (``latency_reference_ms``), where it
+    recorded a usable one."""
+    value = metrics.get("latency_reference_ms")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
 def speed_spread(metrics: Iterable[Mapping[str, Any]], *, least: int = 5) -> str | None:
     """One line saying that the machine's speed moved while these trials (their recorded
     metrics) were timed, by how much, and what that means for their latencies; ``None``
@@ -97,28 +111,34 @@ def speed_spread(metrics: Iterable[Mapping[str, Any]], *, least: int = 5) -> str
     yardstick on one kind of machine.
 
     Latencies timed on one kind of machine are compared; of several kinds, the one with the
-    most trials speaks (:func:`mixed_machines` says the rest).
+    most trials speaks (:func:`mixed_machines` says the rest). From ten trials on, the 10th
+    and 90th percentile are compared, so that one odd trial does not speak for the study;
+    below that, the fastest and the slowest.
     """
     by_machine: dict[str, list[float]] = {}
     for m in metrics:
-        reference = m.get("latency_reference_ms")
-        if isinstance(reference, (int, float)) and reference > 0:
-            by_machine.setdefault(str(m.get("latency_machine")), []).append(float(reference))
+        reference = reference_ms(m)
+        if reference is not None:
+            by_machine.setdefault(str(m.get("latency_machine")), []).append(reference)
     if not by_machine:
         return None
-    references = max(by_machine.values(), key=len)
-    if len(references) < least:
+    most = max(by_machine.values(), key=len)
+    ordered = sorted(most)
+    if len(ordered) < least:
         return None
-    ordered = sorted(references)
-    low = ordered[round(0.1 * (len(ordered) - 1))]
-    high = ordered[round(0.9 * (len(ordered) - 1))]
+    if len(ordered) >= 10:
+        low = ordered[round(0.1 * (len(ordered) - 1))]
+        high = ordered[round(0.9 * (len(ordered) - 1))]
+        span = "10th to 90th percentile"
+    else:
+        low, high, span = ordered[0], ordered[-1], "fastest to slowest"
     if high <= low * (1 + SPEED_SPREAD):
         return None
     return (
         f"the machine's speed moved while these trials were timed: a fixed computation timed "
-        f"beside each one's latency took {_ms(low)} to {_ms(high)} ms (10th to 90th "
-        f"percentile, {high / low - 1:.0%} apart); latency differences smaller than that may "
-        "be the machine's, not the model's"
+        f"beside each one's latency took {_ms(low)} to {_ms(high)} ms ({span}, "
+        f"{high / low - 1:.0%} apart); latency differences smaller than that may be the "
+        "machine's, not the model's"
     )
 
 
@@ -164,7 +184,7 @@ def show_metric(metric: str, value: Any, *, unit: bool = True) -> str:
         return f"{value / 1024:.1f} KB"
     if "accuracy" in metric or metric == "sparsity":
         return f"{100 * value:.1f}%"
-    if metric.startswith("latency_ms"):
+    if _in_ms(metric):
         return _ms(value) + (" ms" if unit else "")
     if metric.endswith("_s"):
         return f"{value:.1f}" + (" s" if unit else "")

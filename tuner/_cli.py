@@ -239,7 +239,7 @@ def _print_front(
         console.print(f"[bold yellow]warning:[/] {escape(mixed)}", highlight=False)
     moved = speed_spread((r.metrics for r in front), least=3)
     if moved:
-        console.print(f"note: {moved}", highlight=False)
+        console.print(f"note: {escape(moved)}", highlight=False)
 
 
 # --- status / best -----------------------------------------------------------------

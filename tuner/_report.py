@@ -24,6 +24,7 @@ from .storage import (
     mixed_machines,
     pareto_front,
     rank,
+    reference_ms,
     show_metric,
 )
 from .storage._bounds import default_target, within
@@ -206,10 +207,13 @@ def compare_nights(
     drift, drift_settings = _drift(records, previous_front, objectives)
     # Latencies from different kinds of machine do not compare: a night on another machine
     # can move the front's latencies with no change in the models.
-    machine_speed = _yardstick_ratio(records, previous_records) if previous_study else None
+    timed = any(m.startswith("latency") for m in objectives)
+    machine_speed = (
+        _yardstick_ratio(records, previous_records) if previous_study and timed else None
+    )
     machines = (
         mixed_machines(r.metrics for r in [*records, *previous_records] if r.state == "COMPLETE")
-        if any(m.startswith("latency") for m in objectives)
+        if timed
         else None
     )
 
@@ -315,13 +319,9 @@ def _yardstick_ratio(
     its latency (``latency_reference_ms``): above 1, the machine ran slower tonight."""
 
     def median(pool: Sequence[TrialRecord]) -> float | None:
-        values = [
-            float(r.metrics["latency_reference_ms"])
-            for r in pool
-            if r.state == "COMPLETE"
-            and isinstance(r.metrics.get("latency_reference_ms"), (int, float))
-        ]
-        return statistics.median(values) if values else None
+        values = [reference_ms(r.metrics) for r in pool if r.state == "COMPLETE"]
+        timed = [v for v in values if v is not None]
+        return statistics.median(timed) if timed else None
 
     tonight, last = median(records), median(previous_records)
     return tonight / last if tonight and last else None
@@ -401,10 +401,22 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
                         *yardstick,
                     ]
                 ],
-                "The same settings measured differently point at the machine or the "
-                "measurement (a busy host slows latency), not at the model. The yardstick is "
-                "one fixed computation every trial times beside its latency: where it moved "
-                "as the latencies did, the machine did.",
+                " ".join(
+                    text
+                    for text, shown in (
+                        (
+                            "The same settings measured differently point at the machine or "
+                            "the measurement (a busy host slows latency), not at the model.",
+                            bool(report.drift),
+                        ),
+                        (
+                            "The yardstick is one fixed computation every trial times beside "
+                            "its latency: where it moved as the latencies did, the machine did.",
+                            bool(yardstick),
+                        ),
+                    )
+                    if shown
+                ),
             )
         )
     new = {id(r) for r in report.new_points}

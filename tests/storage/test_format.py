@@ -12,6 +12,7 @@ def test_metric_values_read_in_their_units() -> None:
     assert show_metric("latency_ms", 0.00432) == "0.00432 ms"
     assert show_metric("latency_ms", 0.25) == "0.250 ms"
     assert show_metric("latency_ms_p90", 12.3456) == "12.346 ms"
+    assert show_metric("latency_reference_ms", 0.1665) == "0.167 ms"
     assert show_metric("latency_ms", 0.25, unit=False) == "0.250"
     assert show_metric("train_time_s", 12.34) == "12.3 s"
     assert show_metric("param_count", 3466) == "3,466"
@@ -56,10 +57,18 @@ def test_a_machine_whose_speed_moved_is_told_by_how_much() -> None:
 
     moved = speed_spread(timed(0.20, 0.21, 0.20, 0.22, 0.30, 0.31))
     assert moved is not None
-    assert "took 0.200 to 0.300 ms (10th to 90th percentile, 50% apart)" in moved
+    assert "took 0.200 to 0.310 ms (fastest to slowest, 55% apart)" in moved
     assert speed_spread(timed(0.20, 0.21, 0.20, 0.22, 0.21, 0.23)) is None  # within 20%
     assert speed_spread(timed(0.20, 0.30, 0.40)) is None  # too few to say
     assert speed_spread(timed(0.20, 0.30, 0.40), least=3) is not None
+    # From ten trials on, one odd trial at either end does not speak for the study.
+    steady = (0.20, 0.21, 0.20, 0.22, 0.21, 0.20, 0.21, 0.22, 0.20, 0.21)
+    assert speed_spread(timed(*steady, 0.9)) is None
+    many = speed_spread(timed(*steady, 0.30, 0.31, 0.32, 0.30))
+    assert many is not None and "(10th to 90th percentile, " in many
+    # A value that is no timing (none, zero, NaN, a flag) is left out.
+    odd = [{"latency_reference_ms": v} for v in (None, 0.0, float("nan"), True, "0.2")]
+    assert speed_spread(odd, least=1) is None
     # Of two kinds of machine, the one with more trials speaks; the other's do not mix in.
     steady_here = timed(0.20, 0.21, 0.20, 0.22, 0.21, 0.20) + timed(0.9, 1.5, machine="CPU B")
     assert speed_spread(steady_here) is None

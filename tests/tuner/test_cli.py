@@ -226,6 +226,31 @@ def test_the_front_shows_the_p90_of_the_latency_it_minimises(
     assert p90 >= p50 > 0
 
 
+def test_a_front_timed_while_the_machine_slowed_says_by_how_much(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str, copy_with_trials: Any
+) -> None:
+    import tuner
+
+    tuner.run(tiny_spec(budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
+    # Two more trials on the front, one timed while the machine ran four times faster
+    # than when the other was.
+    moved = f"sqlite:///{tmp_path / 'moved.db'}"
+    copy_with_trials(
+        sqlite_url,
+        "tiny",
+        moved,
+        [
+            ((0.99, 0.5, 0.5), {"latency_reference_ms": 0.05}),
+            ((0.98, 0.25, 0.25), {"latency_reference_ms": 0.2}),
+        ],
+    )
+    best = _tuner("best", "tiny", "--storage", moved, cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    flat = " ".join(best.stdout.split())
+    assert "note: the machine's speed moved while these trials were timed" in flat, best.stdout
+    assert "(fastest to slowest, " in flat
+
+
 def test_a_front_measured_on_two_kinds_of_machine_says_so(
     tmp_path: Path, tiny_spec: Any, sqlite_url: str, measured_elsewhere: Any
 ) -> None:

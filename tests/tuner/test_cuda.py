@@ -32,25 +32,19 @@ CUDA = torch.device("cuda", 0)
 def _trained(name: str) -> Any:
     import user_models
 
-    build = user_models.residual_cnn if name == "residual-cnn" else user_models.transformer
+    build = getattr(user_models, WORKLOADS[name].split(":")[1])
     params = {"optimizer": "adamw", "lr": 0.003, "batch_size": 64}
     return build(params, TrialContext(CUDA, max_epochs=3, seed=0))
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
-@pytest.mark.parametrize("structure", ["unstructured", "structured"])
-def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
-    name: str, structure: str
-) -> None:
-    trained = _trained(name)
+def _against_dense(trained: Any, structure: str, quantize: str) -> tuple[dict, dict]:
+    """The figures of ``trained`` shipped with ``quantize``, and dense, on the GPU."""
     calibration = trained.train_data[0][:512]
     figures = {}
-    for quantize in ("none", "int8"):
-        settings = Settings(
-            threshold=0.5, structure=structure, quantize=quantize, finetune_epochs=0
-        )
+    for mode in (quantize, "none"):
+        settings = Settings(threshold=0.5, structure=structure, quantize=mode, finetune_epochs=0)
         shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
-        figures[quantize] = measure(
+        figures[mode] = measure(
             shipped,
             settings=MeasureSpec(batch_size=32, warmup=3, repeats=10),
             threads=1,
@@ -58,7 +52,15 @@ def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
             test_data=trained.test_data,
         )
         assert next(shipped.model.parameters()).device.type == "cuda"
-    int8, dense = figures["int8"], figures["none"]
+    return figures[quantize], figures["none"]
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+@pytest.mark.parametrize("structure", ["unstructured", "structured"])
+def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
+    name: str, structure: str
+) -> None:
+    int8, dense = _against_dense(_trained(name), structure, "int8")
     assert int8["int8_layers"], "torchao made int8 layers"
     assert not dense["int8_layers"]
     for f in (int8, dense):
@@ -121,22 +123,7 @@ def _float8_gpu() -> bool:
 def test_float8_runs_on_a_gpu_that_has_it(structure: str) -> None:
     if not _float8_gpu():
         pytest.skip("float8 needs a GPU of compute capability 8.9 or more")
-    trained = _trained("transformer")
-    calibration = trained.train_data[0][:512]
-    figures = {}
-    for quantize in ("none", "float8"):
-        settings = Settings(
-            threshold=0.5, structure=structure, quantize=quantize, finetune_epochs=0
-        )
-        shipped = ship(trained.model, settings, calibration=calibration, device=CUDA)
-        figures[quantize] = measure(
-            shipped,
-            settings=MeasureSpec(batch_size=32, warmup=3, repeats=10),
-            threads=1,
-            example=trained.test_data[0][:1],
-            test_data=trained.test_data,
-        )
-    float8, dense = figures["float8"], figures["none"]
+    float8, dense = _against_dense(_trained("transformer"), structure, "float8")
     # The feed-forward layers of both encoder layers; attention and the 4-wide embedding
     # stay float.
     assert len(float8["float8_layers"]) == 4, float8["float8_layers"]
