@@ -351,8 +351,10 @@ def _cpu_model() -> str:
 
 
 # The yardstick timed beside each trial's latency: a float32 matrix product of this many
-# rows, inputs and outputs (a fraction of a millisecond on one CPU thread).
+# rows, inputs and outputs (a fraction of a millisecond on one CPU thread). On a GPU the
+# product is larger, so that it times the GPU's arithmetic rather than a kernel launch.
 REFERENCE_SHAPE = (128, 256, 256)
+REFERENCE_SHAPE_CUDA = (2048, 2048, 2048)
 
 
 def reference_ms(device: str = "cpu", *, threads: int = 1, repeats: int = 15) -> float:
@@ -364,7 +366,7 @@ def reference_ms(device: str = "cpu", *, threads: int = 1, repeats: int = 15) ->
     latency, it says how far latencies timed at different moments compare.
     """
     target = _resolve_device(device)
-    rows, inner, outer = REFERENCE_SHAPE
+    rows, inner, outer = REFERENCE_SHAPE_CUDA if target.type == "cuda" else REFERENCE_SHAPE
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(rows, inner, generator=generator).to(target)
     b = torch.randn(inner, outer, generator=generator).to(target)

@@ -66,6 +66,7 @@ def test_int8_runs_on_the_gpu_with_the_accuracy_of_the_float_model(
     for f in (int8, dense):
         assert f["latency_device"].startswith("cuda"), f["latency_device"]
         assert f["latency_ms"] > 0 and f["latency_ms_batch"] > 0
+        assert f["latency_reference_ms"] > 0 and f["latency_machine"].startswith("NVIDIA")
     assert int8["size_bytes"] < dense["size_bytes"]
     assert abs(int8["test_accuracy"] - dense["test_accuracy"]) <= 0.03, (int8, dense)
     if structure == "structured":
