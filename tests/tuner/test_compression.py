@@ -837,28 +837,17 @@ def test_gpu_int8_quantizes_transformers_leaving_attention_float(make, inputs) -
 
 
 def test_float8_off_a_gpu_that_has_it_is_refused_before_any_work() -> None:
+    float8 = functools.partial(
+        compress, _mlp(), quantize="float8", calibration_inputs=torch.randn(16, 64)
+    )
     finetuned: list[nn.Module] = []
     with pytest.raises(
         CompressionError, match=r"float8 runs on a CUDA GPU of compute capability 8\.9"
     ):
-        compress(
-            _mlp(),
-            threshold=0.5,
-            structure="structured",
-            quantize="float8",
-            calibration_inputs=torch.randn(16, 64),
-            finetune=finetuned.append,
-        )
+        float8(threshold=0.5, structure="structured", finetune=finetuned.append)
     assert finetuned == []
     with pytest.raises(CompressionError, match="ONNX Runtime quantizes to int8 only"):
-        compress(
-            _mlp(),
-            threshold=0.0,
-            structure="unstructured",
-            quantize="float8",
-            calibration_inputs=torch.randn(16, 64),
-            torch_int8=False,
-        )
+        float8(threshold=0.0, structure="unstructured", torch_int8=False)
 
 
 def test_float8_on_an_older_gpu_names_it_and_its_capability(
