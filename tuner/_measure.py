@@ -341,13 +341,27 @@ def machine_name(device: str) -> str:
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return " ".join(value.split())
+            return _cpu_name(cpuinfo.read()) or platform.machine() or "unknown CPU"
     except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cpu_name(cpuinfo: str) -> str | None:
+    """The first processor's model name in ``/proc/cpuinfo``'s text. A name without a number
+    (a VM may show a whole product line, ``AMD EPYC``, for CPUs generations apart) gets its
+    family and model numbers: ``AMD EPYC (family 25, model 17)``."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block ends
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), " ".join(value.split()))
+    name = fields.get("model name")
+    if not name:
+        return None
+    if any(c.isdigit() for c in name) or "cpu family" not in fields:
+        return name
+    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
 
 
 # The yardstick timed beside each trial's latency: a float32 matrix product of this many

@@ -430,3 +430,23 @@ def test_accuracy_of_int8_model_matches_float() -> None:
 def test_accuracy_rejects_mismatched_labels() -> None:
     with pytest.raises(ValueError, match="3 inputs and 2 labels"):
         accuracy(nn.Identity(), torch.randn(3, 4), torch.tensor([0, 1]))
+
+
+def test_cpus_a_vm_names_alike_are_told_apart_by_family_and_model() -> None:
+    from tuner._measure import _cpu_name
+
+    def cpuinfo(name: str, family: int, model: int) -> str:
+        block = f"processor\t: 0\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+        block += f"model name\t: {name}\nflags\t\t: fpu sse2\n"
+        # A second processor, which says nothing new.
+        return block + "\n" + block.replace("processor\t: 0", "processor\t: 1")
+
+    # Two EPYC generations that a hypervisor shows by the product line alone.
+    zen4 = _cpu_name(cpuinfo("AMD EPYC", 25, 17))
+    zen5 = _cpu_name(cpuinfo("AMD EPYC", 26, 2))
+    assert zen4 == "AMD EPYC (family 25, model 17)" and zen5 != zen4
+    # A name that already says the model is kept as it is.
+    xeon = "Intel(R) Xeon(R)  Platinum 8375C CPU @ 2.90GHz"
+    assert _cpu_name(cpuinfo(xeon, 6, 106)) == "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"
+    # Arm Linux has no model name there.
+    assert _cpu_name("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n") is None
