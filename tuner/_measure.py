@@ -68,6 +68,7 @@ import torch
 from torch import nn
 
 from tuner._logs import logs_below
+from tuner._pt2e_patterns import copy_graph
 from tuner._tracing import tracing
 
 __all__ = [
@@ -587,7 +588,7 @@ def compile_for_inference(
     try:
         # A copy of a graph is a new class with its own code, so torch's cache cannot hand
         # back the graph compiled above.
-        frozen, output = _compile(copy.deepcopy(model), batch, freezing=True, quiet=True)
+        frozen, output = _compile(copy_graph(model), batch, freezing=True, quiet=True)
     except Exception:  # noqa: BLE001 - freezing is an optimization; keep the plain compile
         return Compiled(runnable, compile_s + time.perf_counter() - started, frozen=False)
     compile_s += time.perf_counter() - started

@@ -18,9 +18,11 @@ from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import torch
+from torch.utils._pytree import TreeSpec
 
 _cache: dict[Hashable, Any] = {}
 _lock = threading.Lock()
+_copy_lock = threading.Lock()
 _installed = False
 
 
@@ -68,6 +70,39 @@ def _key(
         return None
 
 
+def copy_graph(graph_module: Any) -> Any:
+    """A deep copy of a graph module that shares its pytree specs and code generator.
+
+    An exported graph holds the pytree specs of its inputs and outputs, on the module
+    (``_in_spec``, ``_out_spec``) and in the graph's code generator. Copying one builds each
+    leaf spec anew, and torch 2.13 warns about that once per process (its own ``LeafSpec``
+    class is deprecated; the warning names ``copyreg``). Specs and generator are only read,
+    so the copy shares them: the module's through the copy's memo, the generator by copying
+    the graph with a plain one in its place (``torch.fx.Graph.__deepcopy__`` copies it
+    without the memo) and giving it back.
+    """
+    if not isinstance(graph_module, torch.fx.GraphModule):
+        return copy.deepcopy(graph_module)
+    memo: dict[int, Any] = {}
+    stack = [value for value in vars(graph_module).values() if isinstance(value, TreeSpec)]
+    while stack:
+        spec = stack.pop()
+        if id(spec) not in memo:
+            memo[id(spec)] = spec
+            stack.extend(spec.children())
+    graph = graph_module.graph
+    codegen = graph._codegen
+    with _copy_lock:  # the original is without its generator while it is copied
+        graph._codegen = torch.fx.graph.CodeGen()
+        try:
+            copied = copy.deepcopy(graph_module, memo)
+        finally:
+            graph._codegen = codegen
+    copied.graph._codegen = codegen
+    copied.recompile()
+    return copied
+
+
 def _cached(capture: Callable[..., Any]) -> Callable[..., Any]:
     def captured_once(
         pattern: Callable[..., Any],
@@ -85,7 +120,7 @@ def _cached(capture: Callable[..., Any]) -> Callable[..., Any]:
             with _lock:
                 _cache[key] = graph
         # The passes rewrite the graphs they match with; each gets a copy.
-        return copy.deepcopy(graph)
+        return copy_graph(graph)
 
     captured_once.__wrapped__ = capture  # type: ignore[attr-defined]
     return captured_once

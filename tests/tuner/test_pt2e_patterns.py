@@ -77,3 +77,22 @@ def test_patterns_that_differ_are_captured_apart(patterns: Any) -> None:
     capture(WrapperModule(scaled), (torch.randn(2),))
     capture(WrapperModule(scaled), (torch.randn(2),))
     assert len(patterns.captures) == 4
+
+
+def test_copies_of_exported_graphs_raise_no_deprecation_warning_and_run_the_same() -> None:
+    # Copying the pytree specs of an exported graph built torch's deprecated LeafSpec anew,
+    # one FutureWarning per process in every trial's output.
+    import warnings
+
+    from tuner._compression import quantize
+    from tuner._pt2e_patterns import copy_graph
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    graph, _ = quantize(model.eval(), mode="int8", calibration_inputs=torch.randn(64, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        copied = copy_graph(graph)
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    x = torch.randn(8, 16)
+    assert torch.equal(copied(x), graph(x))
+    assert copied.graph is not graph.graph and copied._in_spec is graph._in_spec
