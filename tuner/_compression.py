@@ -883,10 +883,9 @@ def quantize(
     target = torch.device(device)
     if mode == "float8":
         check_float8_device(target)
-    float_model = copy.deepcopy(model).to(target).eval()
-    if mode == "float8":
-        quantized = _quantize_linear_float8(float_model, keep_float)
+        quantized = _quantize_linear_float8(copy.deepcopy(model).to(target).eval(), keep_float)
         return quantized, float8_layer_names(quantized)
+    float_model = copy.deepcopy(model).to(target).eval()
     if target.type == "cuda":
         quantized = _quantize_linear_dynamic(float_model, keep_float)
     else:
@@ -900,18 +899,18 @@ FLOAT8_CAPABILITY = (8, 9)
 
 def check_float8_device(device: torch.device) -> None:
     """One line saying why float8 cannot run on ``device``, raised; nothing where it can."""
+    least = ".".join(map(str, FLOAT8_CAPABILITY))
     if device.type != "cuda":
         raise CompressionError(
-            f"quantize float8 runs on a CUDA GPU of compute capability "
-            f"{'.'.join(map(str, FLOAT8_CAPABILITY))} or more (torchao's float8 kernels), but "
-            f"this trial runs on {device.type}; expected a GPU trial (resources.gpus > 0 on a "
-            "machine with such a GPU), or quantize none or int8"
+            f"quantize float8 runs on a CUDA GPU of compute capability {least} or more "
+            f"(torchao's float8 kernels), but this trial runs on {device.type}; expected a GPU "
+            "trial (resources.gpus > 0 on a machine with such a GPU), or quantize none or int8"
         )
     capability = torch.cuda.get_device_capability(device)
     if capability < FLOAT8_CAPABILITY:
         raise CompressionError(
-            f"quantize float8 needs a GPU of compute capability "
-            f"{'.'.join(map(str, FLOAT8_CAPABILITY))} or more (e.g. L4, H100), but "
+            f"quantize float8 needs a GPU of compute capability {least} or more (e.g. L4, "
+            "H100), but "
             f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}; "
             "expected quantize none or int8 on this GPU"
         )

@@ -388,6 +388,17 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
         )
     if report.drift or report.machine_speed:
         yardstick = [] if report.machine_speed is None else [f"x{report.machine_speed:.2f}"]
+        notes = []
+        if report.drift:
+            notes.append(
+                "The same settings measured differently point at the machine or the "
+                "measurement (a busy host slows latency), not at the model."
+            )
+        if yardstick:
+            notes.append(
+                "The yardstick is one fixed computation every trial times beside its latency: "
+                "where it moved as the latencies did, the machine did."
+            )
         out.append(
             (
                 f"Same settings, both nights ({report.drift_settings} of last night's front re-run)"
@@ -401,22 +412,7 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
                         *yardstick,
                     ]
                 ],
-                " ".join(
-                    text
-                    for text, shown in (
-                        (
-                            "The same settings measured differently point at the machine or "
-                            "the measurement (a busy host slows latency), not at the model.",
-                            bool(report.drift),
-                        ),
-                        (
-                            "The yardstick is one fixed computation every trial times beside "
-                            "its latency: where it moved as the latencies did, the machine did.",
-                            bool(yardstick),
-                        ),
-                    )
-                    if shown
-                ),
+                " ".join(notes),
             )
         )
     new = {id(r) for r in report.new_points}

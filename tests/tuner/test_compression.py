@@ -879,13 +879,10 @@ def test_float8_puts_linear_layers_in_float8_and_ships_them_in_a_byte_a_weight(
     monkeypatch.setattr(compression, "check_float8_device", lambda device: None)
     torch.manual_seed(0)
     model, x = make(width=64).eval(), inputs()
-    pruned, shipped, report = compress(
-        model,
-        threshold=0.5,
-        structure="structured",
-        quantize="float8",
-        calibration_inputs=x,
+    float8 = functools.partial(
+        compress, model, threshold=0.5, structure="structured", quantize="float8"
     )
+    pruned, shipped, report = float8(calibration_inputs=x)
     # width 64 -> 32 after pruning: the feed-forward layers (32 -> 64 -> 32) have sides that
     # are multiples of 16; the classifier (10 classes) does not and stays float.
     assert report.float8_layers == _FEED_FORWARD
@@ -900,14 +897,7 @@ def test_float8_puts_linear_layers_in_float8_and_ships_them_in_a_byte_a_weight(
     assert agree >= 0.9
     # keep_float chooses among the layers float8 takes: the first and the last of them
     # (the embedding and the classifier would stay float anyway).
-    *_, ends = compress(
-        model,
-        threshold=0.5,
-        structure="structured",
-        quantize="float8",
-        calibration_inputs=x,
-        keep_float="ends",
-    )
+    *_, ends = float8(calibration_inputs=x, keep_float="ends")
     first, *middle, last = _FEED_FORWARD
     assert ends.float_layers == (first, last)
     assert ends.float8_layers == tuple(middle)
