@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuner.storage import TrialRecord
+from tuner.storage import Retiming, TrialRecord
 
 from ._views.front import (
     COMPRESSION_SHAPES,
@@ -371,5 +371,64 @@ def trial_curve(record: TrialRecord) -> go.Figure:
         yaxis_title="validation accuracy",
         height=320,
         margin=dict(l=10, r=10, t=20, b=10),
+    )
+    return fig
+
+
+def retimed_front(
+    result: Retiming, values: Mapping[int, Mapping[str, float]], x: str, y: str
+) -> go.Figure:
+    """Each re-timed trial's latency ``x`` as stored (hollow) and as timed now (filled),
+    joined by a line, against objective ``y`` (from ``values``, each trial's objective
+    values): the trials that stay on the front in blue, those that drop off in orange."""
+    sx, sy = display_scale(x), display_scale(y)
+    fig = go.Figure()
+    for dropped in (False, True):
+        trials = [
+            t
+            for t in result.trials
+            if (t.number in result.dominated) == dropped
+            and x in t.stored
+            and x in t.retimed
+            and y in values.get(t.number, {})
+        ]
+        if not trials:
+            continue
+        color = STOPPED if dropped else FRONT
+        name = "off the front once re-timed" if dropped else "on the front, re-timed"
+        xs: list[float | None] = []
+        ys: list[float | None] = []
+        for t in trials:
+            xs += [t.stored[x] * sx, t.retimed[x] * sx, None]
+            ys += [values[t.number][y] * sy] * 2 + [None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line=dict(color=color, width=1),
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        for when, symbol in (("stored", "circle-open"), ("now", "circle")):
+            fig.add_trace(
+                go.Scatter(
+                    x=[(t.stored if when == "stored" else t.retimed)[x] * sx for t in trials],
+                    y=[values[t.number][y] * sy for t in trials],
+                    mode="markers",
+                    name=f"{name}: {when}",
+                    marker=dict(color=color, size=10, symbol=symbol, line=dict(width=2)),
+                    customdata=[t.number for t in trials],
+                    hovertemplate=f"trial %{{customdata}} ({when})<br>{x}: %{{x}}<br>{y}: %{{y}}"
+                    "<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        xaxis_title=axis_title(x),
+        yaxis_title=axis_title(y),
+        height=360,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.12),
     )
     return fig

@@ -38,9 +38,12 @@ from tuner.storage import (
     read_records,
     read_studies,
     resolve_url,
+    retiming_notes,
+    retiming_rows,
     show_epochs,
     show_metric,
     speed_spread,
+    stored_retiming,
 )
 
 REFRESH_S = 5
@@ -307,6 +310,13 @@ def _study_body(url: str, name: str) -> None:
     moved = speed_spread(complete)
     if moved:
         st.caption(moved[0].upper() + moved[1:] + ".")
+    if mixed or moved:
+        st.caption(
+            f"`{_trials.retime_command(name, url)}` times the front again side by side on "
+            "one machine."
+        )
+    if summary is not None:
+        _retimed_section(url, summary, page)
 
     info = _budget_section(url, page)
     tabs = st.tabs(TABS, key="view", bind="query-params")
@@ -325,6 +335,44 @@ def _study_body(url: str, name: str) -> None:
             continue
         with tab:
             draw(url, page, info)
+
+
+def _retimed_section(url: str, summary: StudySummary, page: StudyPage) -> None:
+    """The front timed again side by side (``tuner retime``), where it was."""
+    result = stored_retiming(summary.user_attrs)
+    if result is None:
+        return
+    off = f", {len(result.dominated)} off the front" if result.dominated else ""
+    with st.expander(
+        f"Front re-timed side by side on {result.machine} ({result.when}){off}",
+        expanded=bool(result.dominated),
+    ):
+        st.caption(
+            f"Every kept front model timed in turns, {result.rounds} rounds; the stored "
+            "figures are as each trial measured them when it ended."
+        )
+        st.dataframe(pd.DataFrame(retiming_rows(result)), hide_index=True)
+        latency = [m for m in page.objectives if m.startswith("latency_ms")]
+        others = [m for m in page.objectives if not m.startswith("latency_ms")]
+        if others:
+            values = {r.number: r.values for r in page.records if r.values}
+            x = latency[0] if latency else "latency_ms"
+            st.plotly_chart(_figures.retimed_front(result, values, x, others[0]))
+        for warning, note in retiming_notes(result):
+            sentence = note[0].upper() + note[1:] + "."
+            if warning:
+                st.warning(sentence)
+            else:
+                st.caption(sentence)
+        newer = sorted(
+            set(page.info.front_numbers) - {t.number for t in result.trials} - set(result.skipped)
+        )
+        if newer:
+            listed = ", ".join(str(n) for n in newer)
+            st.caption(
+                f"The front has changed since: trial(s) {listed} were not on it then; "
+                f"`{_trials.retime_command(page.name, url)}` times it again."
+            )
 
 
 def _budget_section(url: str, page: StudyPage) -> _front.FrontInfo:

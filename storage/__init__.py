@@ -37,6 +37,14 @@ from ._records import (
     pareto_mask,
     study_objectives,
 )
+from ._retimed import (
+    RetimedTrial,
+    Retiming,
+    dominated_by,
+    retiming_notes,
+    retiming_rows,
+    stored_retiming,
+)
 from ._url import DEFAULT_URL, ENV_VAR, mask_url, resolve_url
 
 # What reading a store takes (the CLI, the dashboard, a notebook). The study manager's
@@ -46,6 +54,8 @@ __all__ = [
     "DEFAULT_URL",
     "ENV_VAR",
     "Bound",
+    "RetimedTrial",
+    "Retiming",
     "StoreError",
     "StoreUnavailable",
     "StudySummary",
@@ -54,6 +64,7 @@ __all__ = [
     "bounds_from_spec",
     "column_format",
     "count_states",
+    "dominated_by",
     "hypervolume",
     "latency_p90",
     "load_study_readonly",
@@ -72,11 +83,14 @@ __all__ = [
     "read_studies",
     "reference_ms",
     "resolve_url",
+    "retiming_notes",
+    "retiming_rows",
     "show_epochs",
     "show_metric",
     "show_param",
     "sparsity_kind",
     "sparsity_label",
     "speed_spread",
+    "stored_retiming",
     "study_objectives",
 ]

@@ -28,3 +28,12 @@ def export_command(
     if storage is not None:
         parts += ["--storage", mask_url(storage)]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def retime_command(study: str, *, storage: str | None = None) -> str:
+    """The shell command that times ``study``'s front again side by side (``storage`` as
+    for :func:`export_command`)."""
+    parts = ["tuner", "retime", study]
+    if storage is not None:
+        parts += ["--storage", mask_url(storage)]
+    return " ".join(shlex.quote(part) for part in parts)

@@ -29,6 +29,7 @@ SPEC_ATTR = "tuner.spec"  # the spec the study was created from
 SPEC_NAME_ATTR = "tuner.spec_name"  # a nightly study's spec
 NIGHTLY_ATTR = "tuner.nightly"  # a nightly study's night
 WARM_START_ATTR = "tuner.warm_start_from"
+RETIMED_ATTR = "tuner.retimed"  # the front timed again side by side (``tuner retime``)
 
 # Trial states, by name.
 FINISHED = ("COMPLETE", "PRUNED")  # count toward the budget

@@ -35,6 +35,7 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
+    from ._retime import retime
     from ._run import RunResult, run
     from ._spec import StudySpec, load_spec
     from ._workloads import TrainedModel, TrialContext, TrialStopped, train_classifier
@@ -56,6 +57,7 @@ __version__ = _version()
 _LAZY = {
     "RunResult": "._run",
     "run": "._run",
+    "retime": "._retime",
     "StudySpec": "._spec",
     "load_spec": "._spec",
     "TrainedModel": "._workloads",
@@ -101,6 +103,7 @@ __all__ = [
     "TunerError",
     "WorkloadError",
     "load_spec",
+    "retime",
     "run",
     "train_classifier",
 ]

@@ -102,6 +102,7 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._run import result_as_json, run
+    from .storage.commands import retime_command
 
     options = backend_options(args)
     result = run(
@@ -124,7 +125,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{counts.get('COMPLETE', 0)} complete, {counts.get('PRUNED', 0)} stopped early, "
         f"{counts.get('FAIL', 0)} failed ({result.trials_run} run now)"
     )
-    _print_front(console, result.pareto_front, result.objectives, title="Pareto front")
+    _print_front(
+        console,
+        result.pareto_front,
+        result.objectives,
+        title="Pareto front",
+        retime=retime_command(result.study_name, storage=args.storage),
+    )
     storage_flag = "" if args.storage is None else f" --storage '{result.storage_url}'"
     name = result.study_name
     steps = [
@@ -201,8 +208,16 @@ def _describe_params(params: dict[str, Any]) -> str:
 
 
 def _print_front(
-    console: Any, front: Sequence[Any], objectives: dict[str, str], *, title: str
+    console: Any,
+    front: Sequence[Any],
+    objectives: dict[str, str],
+    *,
+    title: str,
+    retime: str | None = None,
 ) -> None:
+    """The front as a table, with a warning where its latencies do not compare (timed on
+    several kinds of machine, or while the machine's speed moved) and then ``retime``, the
+    command that times it again side by side."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -240,6 +255,8 @@ def _print_front(
     moved = speed_spread((r.metrics for r in front), least=3)
     if moved:
         console.print(f"note: {escape(moved)}", highlight=False)
+    if (mixed or moved) and retime:
+        console.print(f"  {retime}   times the front again side by side here", markup=False)
 
 
 # --- status / best -----------------------------------------------------------------
@@ -291,6 +308,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .storage import StoreError, mask_url, pareto_front, read_records, read_studies, resolve_url
+    from .storage.commands import retime_command
 
     store = _open_readonly(args.storage)
     console = _console()
@@ -396,7 +414,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     failed = [r for r in records if r.state == "FAIL" and r.error]
     for r in failed[-3:]:
         console.print(f"  trial {r.number} failed: {(r.error or '').splitlines()[0]}")
-    _print_front(console, pareto_front(records, objectives), objectives, title="Pareto front")
+    _print_front(
+        console,
+        pareto_front(records, objectives),
+        objectives,
+        title="Pareto front",
+        retime=retime_command(args.study, storage=args.storage),
+    )
     return EXIT_OK
 
 
@@ -424,6 +448,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         read_records,
         study_objectives,
     )
+    from .storage.commands import retime_command
 
     store = _open_readonly(args.storage)
     try:
@@ -448,7 +473,13 @@ def _cmd_best(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    _print_front(_console(), front, objectives, title=f"Pareto front of {args.study}")
+    _print_front(
+        _console(),
+        front,
+        objectives,
+        title=f"Pareto front of {args.study}",
+        retime=retime_command(args.study, storage=args.storage),
+    )
     return EXIT_OK
 
 
@@ -467,6 +498,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
         "tuner._cli_ray",
         "tuner._cli_nightly",
         "tuner._cli_export",
+        "tuner._cli_retime",
         "tuner._cli_tensorboard",
     ):
         try:

@@ -350,7 +350,9 @@ def _cpu_model() -> str:
 def _cpu_name(cpuinfo: str) -> str | None:
     """The first processor's model name in ``/proc/cpuinfo``'s text. A name without a number
     (a VM may show a whole product line, ``AMD EPYC``, for CPUs generations apart) gets its
-    family and model numbers: ``AMD EPYC (family 25, model 17)``."""
+    family and model numbers: ``AMD EPYC (family 25, model 17)``. Arm Linux shows no model
+    name, only the core's implementer and part numbers, which tell cores apart:
+    ``Arm CPU (implementer 0x41, part 0xd0c)`` (a Neoverse N1)."""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         if not line.strip():
@@ -359,7 +361,8 @@ def _cpu_name(cpuinfo: str) -> str | None:
         fields.setdefault(key.strip(), " ".join(value.split()))
     name = fields.get("model name")
     if not name:
-        return None
+        implementer, part = fields.get("CPU implementer"), fields.get("CPU part")
+        return f"Arm CPU (implementer {implementer}, part {part})" if implementer and part else None
     if any(c.isdigit() for c in name) or "cpu family" not in fields:
         return name
     return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
@@ -638,37 +641,91 @@ def measure_latency(
     _check_count("repeats", repeats, 1)
     _check_count("threads", threads, 1)
     target = _resolve_device(device)
-    batch = _one_batch(example_input, batch_size).to(target)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    timings_ms: list[float] = []
-    compile_s = 0.0
-    frozen = False
-    try:
-        with _evaluating(model, target) as evaluated, torch.inference_mode():
-            runnable: Callable[[torch.Tensor], Any] = evaluated
-            if compile:
-                compiled = compile_for_inference(evaluated, batch, freezing=freezing)
-                runnable, compile_s, frozen = compiled.run, compiled.compile_s, compiled.frozen
-            for _ in range(warmup):
-                runnable(batch)
-            for _ in range(repeats):
-                _synchronize(target)
-                start = time.perf_counter()
-                runnable(batch)
-                _synchronize(target)
-                timings_ms.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with _evaluating(model, target) as evaluated:
+        ready = latency_timer(
+            evaluated,
+            example_input,
+            batch_size=batch_size,
+            device=target,
+            threads=threads,
+            compile=compile,
+            freezing=freezing,
+        )
+        p50_ms, p90_ms = ready.time(warmup=warmup, repeats=repeats)
     return LatencyStats(
-        p50_ms=float(np.percentile(timings_ms, 50)),
-        p90_ms=float(np.percentile(timings_ms, 90)),
+        p50_ms=p50_ms,
+        p90_ms=p90_ms,
         batch_size=batch_size,
         device=str(target),
         threads=threads,
-        compile_s=compile_s,
-        frozen=frozen,
+        compile_s=ready.compile_s,
+        frozen=ready.frozen,
     )
+
+
+@dataclass(frozen=True)
+class LatencyTimer:
+    """A model made ready to time at one batch size: compiled once where asked, then timed
+    as often as wanted (see :func:`latency_timer`)."""
+
+    run: Callable[[torch.Tensor], Any]
+    batch: torch.Tensor
+    threads: int
+    compile_s: float
+    frozen: bool
+
+    def time(self, *, warmup: int, repeats: int) -> tuple[float, float]:
+        """Median and 90th percentile milliseconds of one pass, after ``warmup`` passes."""
+        _check_count("warmup", warmup, 0)
+        _check_count("repeats", repeats, 1)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        timings_ms: list[float] = []
+        try:
+            with torch.inference_mode():
+                for _ in range(warmup):
+                    self.run(self.batch)
+                for _ in range(repeats):
+                    _synchronize(self.batch.device)
+                    start = time.perf_counter()
+                    self.run(self.batch)
+                    _synchronize(self.batch.device)
+                    timings_ms.append((time.perf_counter() - start) * 1000.0)
+        finally:
+            torch.set_num_threads(previous_threads)
+        return float(np.percentile(timings_ms, 50)), float(np.percentile(timings_ms, 90))
+
+
+def latency_timer(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    threads: int = 1,
+    compile: bool = False,
+    freezing: bool = True,
+) -> LatencyTimer:
+    """``model`` ready to time at ``batch_size`` on ``device`` with ``threads``.
+
+    ``model`` must be in eval mode on ``device`` already; it is run as it is, not copied, so
+    it must not change while the timer is used. With ``compile`` it is compiled here, once
+    (see :func:`compile_for_inference`, and ``freezing`` there), and the timer runs what was
+    compiled. Arguments as for :func:`measure_latency`.
+    """
+    _check_count("batch_size", batch_size, 1)
+    _check_count("threads", threads, 1)
+    batch = _one_batch(example_input, batch_size).to(_resolve_device(device))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            if not compile:
+                return LatencyTimer(model, batch, threads, compile_s=0.0, frozen=False)
+            compiled = compile_for_inference(model, batch, freezing=freezing)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return LatencyTimer(compiled.run, batch, threads, compiled.compile_s, compiled.frozen)
 
 
 def accuracy(

@@ -152,6 +152,11 @@ def export_command(study: str, number: int, url: str) -> str:
     return commands.export_command(study, number, storage=None if url == DEFAULT_URL else url)
 
 
+def retime_command(study: str, url: str) -> str:
+    """The shell command that times ``study``'s front again side by side."""
+    return commands.retime_command(study, storage=None if url == DEFAULT_URL else url)
+
+
 STATUS = {
     "COMPLETE": "complete",
     "PRUNED": "stopped early",

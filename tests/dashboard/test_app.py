@@ -344,3 +344,34 @@ def test_a_study_timed_while_the_machine_slowed_says_so(
     (caption,) = [c.value for c in at.caption if "speed moved" in c.value]
     assert caption.startswith("The machine's speed moved while these trials were timed")
     assert "may be the machine's, not the model's" in caption
+    hint = f"`tuner retime tiny --storage {moved}` times the front again side by side"
+    assert any(c.value.startswith(hint) for c in at.caption), [c.value for c in at.caption]
+
+
+def test_a_retimed_front_is_shown_beside_the_stored_figures(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import streamlit as st
+
+    from tuner._retime import retime_front
+    from tuner.storage import pareto_front, study_objectives
+
+    copy = f"sqlite:///{tmp_path / 'retimed.db'}"
+    optuna.copy_study(from_study_name="tiny", from_storage=dashboard_store, to_storage=copy)
+    at = _run(app_path, copy, monkeypatch, study="tiny")
+    assert not [e for e in at.expander if "re-timed" in e.label]
+
+    store = open_storage(copy, heartbeat=False)
+    objectives = study_objectives(optuna.load_study(study_name="tiny", storage=store))
+    front = [r.number for r in pareto_front(_records(copy), objectives)]
+    result = retime_front(store, "tiny", rounds=1)
+    store.engine.dispose()
+    st.cache_data.clear()  # the page reads the store again after a few seconds
+    at = _run(app_path, copy, monkeypatch, study="tiny")
+    (section,) = [e for e in at.expander if "re-timed" in e.label]
+    assert section.label.startswith(f"Front re-timed side by side on {result.machine}")
+    table = section.dataframe[0].value
+    assert sorted(int(n) for n in table["trial"]) == sorted(front)
+    assert all(float(v) > 0 for v in table["batch 1 ms now"])
+    notes = [c.value for c in section.caption]
+    assert any(n.startswith("Yardstick now ") for n in notes), notes

@@ -249,6 +249,7 @@ def test_a_front_timed_while_the_machine_slowed_says_by_how_much(
     flat = " ".join(best.stdout.split())
     assert "note: the machine's speed moved while these trials were timed" in flat, best.stdout
     assert "(fastest to slowest, " in flat
+    assert f"tuner retime tiny --storage {moved} times the front again side by side here" in flat
 
 
 def test_a_front_measured_on_two_kinds_of_machine_says_so(
@@ -264,6 +265,7 @@ def test_a_front_measured_on_two_kinds_of_machine_says_so(
     assert records[0].metrics["latency_reference_ms"] > 0
     alone = _tuner("best", "tiny", "--storage", sqlite_url, cwd=tmp_path)
     assert alone.returncode == 0 and "kinds of machine" not in alone.stdout, alone.stdout
+    assert "tuner retime" not in alone.stdout
 
     mixed_url = f"sqlite:///{tmp_path / 'mixed.db'}"
     measured_elsewhere(sqlite_url, "tiny", mixed_url)

@@ -448,5 +448,14 @@ def test_cpus_a_vm_names_alike_are_told_apart_by_family_and_model() -> None:
     # A name that already says the model is kept as it is.
     xeon = "Intel(R) Xeon(R)  Platinum 8375C CPU @ 2.90GHz"
     assert _cpu_name(cpuinfo(xeon, 6, 106)) == "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz"
-    # Arm Linux has no model name there.
-    assert _cpu_name("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n") is None
+
+    # Arm Linux has no model name there; its cores are told apart by their part numbers.
+    def arm(part: str) -> str:
+        return (
+            "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd\n"
+            f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: {part}\n"
+        )
+
+    neoverse_n1, neoverse_v1 = _cpu_name(arm("0xd0c")), _cpu_name(arm("0xd40"))
+    assert neoverse_n1 == "Arm CPU (implementer 0x41, part 0xd0c)" != neoverse_v1
+    assert _cpu_name("processor\t: 0\nBogoMIPS\t: 50.00\n") is None

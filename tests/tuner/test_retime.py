@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+TUNER = [sys.executable, "-m", "tuner._cli"]
+
+
+def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TUNER, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def _two_widths(tiny_spec: Any, **overrides: Any) -> dict[str, Any]:
+    """Two digits MLPs, 16 and 2048 units wide, every model kept: the wide one is timed
+    several times slower than the narrow one on any CPU."""
+    return tiny_spec(
+        search_space={
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "batch_size": 64,
+            "hidden_units": {"type": "categorical", "choices": [16, 2048]},
+            "prune_threshold": 0.0,
+            "quantize": "none",
+        },
+        sampler={"name": "grid", "seed": 0},
+        budget={"n_trials": 2, "max_epochs": 1},
+        artifacts={"keep": "all"},
+        **overrides,
+    )
+
+
+def _timed_at_a_fast_moment(url: str) -> tuple[int, int]:
+    """Add a trial as a worker would have recorded it had it timed the wide model at a
+    moment the machine ran far faster: the wide model's params and kept file, a point less
+    accurate than the narrow trial, as large, and the fastest of all. It is on the front.
+
+    Returns the numbers of the narrow trial and of the added one.
+    """
+    study = optuna.load_study(study_name="tiny", storage=url)
+    by_width = {t.params["hidden_units"]: t for t in study.trials}
+    narrow, wide = by_width[16], by_width[2048]
+    accuracy, size, _ = narrow.values
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=wide.params,
+            distributions=wide.distributions,
+            values=[accuracy - 0.01, size, 1e-4],
+            user_attrs={**wide.user_attrs, "latency_ms": 1e-4},
+        )
+    )
+    return narrow.number, len(study.trials) - 1
+
+
+def test_retime_takes_off_the_front_a_trial_timed_at_a_fast_moment(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    import tuner
+    from tuner.storage import open_storage, pareto_front, read_records, stored_retiming
+
+    tuner.run(_two_widths(tiny_spec), storage=sqlite_url)
+    narrow, fast = _timed_at_a_fast_moment(sqlite_url)
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    store = open_storage(sqlite_url, read_only=True, heartbeat=False)
+    before = read_records(store, "tiny")
+    front = [r.number for r in pareto_front(before, objectives)]
+    assert narrow in front and fast in front
+
+    out = _tuner("retime", "tiny", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    flat = " ".join(out.stdout.split())
+    assert "re-timed side by side on" in flat and "(3 rounds," in flat, out.stdout
+    assert (
+        f"warning: trial {fast} is off the front once timed together: trial {narrow} is as "
+        "good on every objective and better on one"
+    ) in flat, out.stdout
+    assert "round 3/3" in out.stderr and f"trial {fast} ready (torch)" in out.stderr
+    # One row per front trial, the stored figure beside the one timed now.
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert set(rows) == {str(n) for n in front}, out.stdout
+    assert rows[str(fast)][1] == "0.0001"  # as stored
+    assert float(rows[str(fast)][2]) > 20 * 1e-4  # the wide model, timed now
+
+    # Kept on the study; the trials' own figures are left as they were measured.
+    kept = stored_retiming(optuna.load_study(study_name="tiny", storage=sqlite_url).user_attrs)
+    assert kept is not None and kept.dominated == {fast: narrow}
+    assert {t.number for t in kept.trials} == set(front)
+    retimed = {t.number: t.retimed["latency_ms"] for t in kept.trials}
+    assert retimed[fast] > retimed[narrow] > 0
+    after = {r.number: r.values for r in read_records(store, "tiny")}
+    assert all(after[r.number] == r.values for r in before)
+
+
+def test_retime_reports_the_front_trials_it_cannot_time(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    import tuner
+    from tuner._export import artifact_path
+    from tuner.storage import open_storage
+
+    tuner.run(_two_widths(tiny_spec), storage=sqlite_url)
+    narrow, fast = _timed_at_a_fast_moment(sqlite_url)
+    store = open_storage(sqlite_url, read_only=True, heartbeat=False)
+    wide_file = artifact_path(store, "tiny", fast)
+    assert wide_file is not None
+    wide_file.unlink()
+
+    out = _tuner("retime", "tiny", "--rounds", "1", "--json", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [t["number"] for t in result["trials"]] == [narrow]
+    assert f"{wide_file} does not exist" in result["skipped"][str(fast)]
+    assert result["rounds"] == 1 and result["trials"][0]["retimed"]["latency_ms_batch"] > 0
+
+    narrow_file = artifact_path(store, "tiny", narrow)
+    assert narrow_file is not None
+    narrow_file.unlink()
+    out = _tuner("retime", "tiny", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 1
+    *progress, error = out.stderr.strip().splitlines()
+    assert error.startswith("error: no front trial of 'tiny' can be re-timed here (trial ")
+    assert all(line.startswith("trial ") for line in progress), out.stderr
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        {"runtime": "onnxruntime"},
+        # int8 in the torch runtime is timed compiled, as the trial timed it.
+        {"runtime": "torch", "compile": "auto"},
+    ],
+    ids=["onnxruntime", "torch-compiled-int8"],
+)
+def test_retime_times_each_runtime_as_the_trial_did(
+    tiny_spec: Any, sqlite_url: str, measure: dict[str, Any]
+) -> None:
+    import tuner
+
+    spec = tiny_spec(
+        search_space={"hidden_units": 32, "prune_threshold": 0.5, "quantize": "int8"},
+        budget={"n_trials": 1, "max_epochs": 1},
+        measure={"batch_size": 8, "warmup": 2, "repeats": 5, **measure},
+    )
+    tuner.run(spec, storage=sqlite_url)
+    lines: list[str] = []
+    result = tuner.retime("tiny", storage=sqlite_url, rounds=2, progress=lines.append)
+    (trial,) = result.trials
+    assert trial.runtime == measure["runtime"] and trial.batch_size == 8
+    for metric in ("latency_ms", "latency_ms_batch"):
+        assert trial.retimed[metric] > 0 and trial.stored[metric] > 0
+    assert lines == [
+        f"trial 0 ready ({measure['runtime']}) [1/1]",
+        "round 1/2 done",
+        "round 2/2 done",
+    ]
+
+
+def test_bad_rounds_is_one_line() -> None:
+    from tuner._exceptions import SpecError
+    from tuner._retime import retime_front
+
+    with pytest.raises(SpecError, match=r"^rounds: got 0; expected an integer >= 1$"):
+        retime_front(None, "tiny", rounds=0)
