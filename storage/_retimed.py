@@ -27,6 +27,7 @@ class RetimedTrial:
     stored: dict[str, float]
     retimed: dict[str, float]
     stored_machine: str | None = None
+    compiled: bool = False
 
     def change(self, metric: str) -> float | None:
         """The re-timed figure over the stored one, less 1 (``-0.25``: 25% faster now)."""
@@ -52,6 +53,8 @@ class Retiming:
         skipped: front trials not re-timed, and why.
         dominated: re-timed trials that another re-timed trial dominates once both are
             timed together, each with the first such trial.
+        kept: whether it was kept on the study (not itself kept: a store that refused it
+            holds none).
     """
 
     study: str
@@ -63,6 +66,7 @@ class Retiming:
     trials: list[RetimedTrial]
     skipped: dict[int, str] = field(default_factory=dict)
     dominated: dict[int, int] = field(default_factory=dict)
+    kept: bool = field(default=True, compare=False)
 
     @property
     def when(self) -> str:
@@ -86,6 +90,7 @@ class Retiming:
                     "stored": t.stored,
                     "retimed": t.retimed,
                     "stored_machine": t.stored_machine,
+                    "compiled": t.compiled,
                 }
                 for t in self.trials
             ],
@@ -111,6 +116,7 @@ class Retiming:
                     stored={str(k): float(v) for k, v in t["stored"].items()},
                     retimed={str(k): float(v) for k, v in t["retimed"].items()},
                     stored_machine=t.get("stored_machine"),
+                    compiled=bool(t.get("compiled", False)),
                 )
                 for t in data["trials"]
             ],
@@ -166,7 +172,7 @@ def retiming_rows(result: Retiming) -> list[dict[str, str]]:
     elsewhere = any(t.stored_machine not in (None, result.machine) for t in result.trials)
     rows = []
     for t in result.trials:
-        row = {"trial": str(t.number), "runtime": t.runtime}
+        row = {"trial": str(t.number), "runtime": t.runtime + (", compiled" if t.compiled else "")}
         for metric, label in (("latency_ms", "batch 1"), ("latency_ms_batch", batch)):
             change = t.change(metric)
             row[f"{label} ms stored"] = show_metric(metric, t.stored.get(metric), unit=False)

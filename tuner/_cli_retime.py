@@ -74,8 +74,9 @@ def _print_retiming(console: Any, result: Any) -> None:
         console.print(
             ("[bold yellow]warning:[/] " if warning else "") + escape(note), highlight=False
         )
-    console.print(
-        "the stored figures are unchanged; this re-timing is kept on the study and the "
-        "dashboard shows it beside them",
-        highlight=False,
+    kept = (
+        "this re-timing is kept on the study and the dashboard shows it beside them"
+        if result.kept
+        else "this re-timing was not kept on the study (see above); --json prints it"
     )
+    console.print(f"the stored figures are unchanged; {kept}", highlight=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import optuna
 from ._dispatch import BACKENDS
 from ._exceptions import (
     EXIT_REGRESSED,
+    ArtifactMissing,
     NightLocked,
     SpecError,
     storage_error,
@@ -31,9 +33,17 @@ from ._report import (
     resolve_reference_point,
     write_report,
 )
+from ._retime import retime_fronts
 from ._run import RunResult, open_store, prepare_study, queue_center, run
 from ._spec import ParamSpec, StudySpec, load_spec
-from .storage import StoreError, count_states, pareto_front, read_records, resolve_url
+from .storage import (
+    Retiming,
+    StoreError,
+    count_states,
+    pareto_front,
+    read_records,
+    resolve_url,
+)
 from .storage._locks import LockHeld, acquire_lock
 from .storage._nights import previous_night
 from .storage._outage import ride_out
@@ -131,6 +141,27 @@ def _validate_args(n_trials: Any, workers: Any, backend: str | None) -> None:
         )
 
 
+def _retime_both(
+    store: Any, name: str, previous: str | None, progress: bool
+) -> tuple[Retiming, Retiming] | None:
+    """Tonight's and last night's fronts timed again side by side (``nightly.retime``);
+    ``None`` on the first night, or where neither front has a model that can be timed (the
+    nights are then judged as each trial timed itself, and the run says why)."""
+    if not previous:
+        return None
+
+    def say(line: str) -> None:
+        if progress:
+            print(f"tuner: re-timing: {line}", file=sys.stderr, flush=True)
+
+    try:
+        both = retime_fronts(store, [name, previous], progress=say)
+    except ArtifactMissing as exc:
+        print(f"tuner: the fronts were not re-timed: {exc}", file=sys.stderr, flush=True)
+        return None
+    return both[name], both[previous]
+
+
 def nightly(
     spec: StudySpec | str | Path | Mapping[str, Any],
     *,
@@ -217,6 +248,7 @@ def nightly(
         reference = resolve_reference_point(
             spec, [*records, *previous_records], previous_attrs.get("reference_point")
         )
+        retimed = _retime_both(store, name, previous, progress) if spec.nightly.retime else None
         report = compare_nights(
             spec,
             date=date,
@@ -227,6 +259,7 @@ def nightly(
             previous_records=previous_records,
             reference_point=reference,
             warm_start_trials=int(night.get("warm_start_trials", 0)),
+            retimed=retimed,
         )
         night["reference_point"] = reference
         night["hypervolume"] = report.hypervolume

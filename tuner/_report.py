@@ -6,6 +6,7 @@ as Markdown and HTML (with a plotly figure), and optionally posted as JSON.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import statistics
@@ -19,6 +20,7 @@ from typing import Any
 from ._spec import StudySpec
 from .storage import (
     Bound,
+    Retiming,
     TrialRecord,
     metric_value,
     mixed_machines,
@@ -80,6 +82,9 @@ class NightReport:
     drift_settings: int = 0
     machines: str | None = None
     machine_speed: float | None = None
+    retimed: str | None = None
+    stored_hypervolume: float | None = None
+    previous_stored_hypervolume: float | None = None
 
     @property
     def regressed(self) -> bool:
@@ -124,6 +129,9 @@ class NightReport:
             "same_settings_ratio": self.drift,
             "machines": self.machines,
             "machine_speed_ratio": self.machine_speed,
+            "retimed": self.retimed,
+            "stored_hypervolume": self.stored_hypervolume,
+            "previous_stored_hypervolume": self.previous_stored_hypervolume,
             "front": [point(r) for r in self.front],
             "new_points": [point(r) for r in self.new_points],
             "lost_points": [point(r) for r in self.lost_points],
@@ -186,18 +194,31 @@ def compare_nights(
     previous_records: Sequence[TrialRecord] = (),
     reference_point: Mapping[str, float],
     warm_start_trials: int = 0,
+    retimed: tuple[Retiming, Retiming] | None = None,
 ) -> NightReport:
     """Compare tonight's trials with last night's and decide whether the night regressed.
 
     A regression is a hypervolume drop of more than ``nightly.regression_threshold``
     (relative), or a constraint of the spec that last night's trials met and none of
-    tonight's does.
+    tonight's does. With ``retimed`` (tonight's and last night's fronts timed again side
+    by side, see :func:`tuner._retime.retime_fronts`) the re-timed trials are judged on
+    their re-timed latencies; the hypervolumes as stored are reported beside.
     """
     objectives = dict(spec.objectives)
+    reference = dict(reference_point)
+    stored_hv = previous_stored_hv = None
+    note = None
+    if retimed is not None:
+        stored_hv = night_hypervolume(pareto_front(records, objectives), objectives, reference)
+        previous_stored_hv = night_hypervolume(
+            pareto_front(previous_records, objectives), objectives, reference
+        )
+        records = with_retimed(records, retimed[0])
+        previous_records = with_retimed(previous_records, retimed[1])
+        note = _retimed_note(retimed)
     acc = accuracy_metric(objectives)
     front = pareto_front(records, objectives)
     previous_front = pareto_front(previous_records, objectives) if previous_study else []
-    reference = dict(reference_point)
     hv = night_hypervolume(front, objectives, reference)
     prev_hv = night_hypervolume(previous_front, objectives, reference) if previous_study else None
     last_keys = {_key(r) for r in previous_front}
@@ -278,6 +299,40 @@ def compare_nights(
         drift_settings=drift_settings,
         machines=machines,
         machine_speed=machine_speed,
+        retimed=note,
+        stored_hypervolume=stored_hv,
+        previous_stored_hypervolume=previous_stored_hv,
+    )
+
+
+def with_retimed(records: Sequence[TrialRecord], retiming: Retiming) -> list[TrialRecord]:
+    """``records`` with the re-timed trials' latencies (objective values and metrics)
+    replaced by their re-timed ones; the other trials as stored."""
+    by_number = {t.number: t.retimed for t in retiming.trials}
+    out = []
+    for r in records:
+        retimed = by_number.get(r.number)
+        if retimed is None:
+            out.append(r)
+            continue
+        values = {m: retimed.get(m, v) for m, v in r.values.items()}
+        out.append(dataclasses.replace(r, values=values, metrics={**r.metrics, **retimed}))
+    return out
+
+
+def _retimed_note(retimed: tuple[Retiming, Retiming]) -> str:
+    tonight, last = retimed
+    left = len(tonight.skipped) + len(last.skipped)
+    kept = (
+        f"; {left} front trial(s) whose model could not be timed keep their stored figures"
+        if left
+        else ""
+    )
+    return (
+        f"Both nights' fronts were timed again side by side on {tonight.machine} "
+        f"({tonight.when}, {tonight.rounds} rounds, {len(tonight.trials)} models tonight and "
+        f"{len(last.trials)} last night): the fronts, hypervolumes and latencies below use "
+        f"those figures{kept}."
     )
 
 
@@ -343,7 +398,7 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
     change = report.hypervolume_change
     summary = [
         [
-            "hypervolume",
+            "hypervolume" + (", re-timed side by side" if report.retimed else ""),
             f"{report.hypervolume:.4g}",
             "-" if report.previous_hypervolume is None else f"{report.previous_hypervolume:.4g}",
             "-" if change is None else f"{100 * change:+.1f}%",
@@ -357,6 +412,17 @@ def _sections(report: NightReport) -> list[tuple[str, list[str], list[list[str]]
             else f"{len(report.new_points)} new, {len(report.lost_points)} lost",
         ],
     ]
+    if report.retimed and report.stored_hypervolume is not None:
+        stored, last_stored = report.stored_hypervolume, report.previous_stored_hypervolume
+        summary.insert(
+            1,
+            [
+                "hypervolume as each trial timed itself",
+                f"{stored:.4g}",
+                "-" if last_stored is None else f"{last_stored:.4g}",
+                f"{100 * (stored - last_stored) / last_stored:+.1f}%" if last_stored else "-",
+            ],
+        )
     reference = ", ".join(f"{m} {show_metric(m, v)}" for m, v in report.reference_point.items())
     out = [
         (
@@ -467,6 +533,8 @@ def _headline(report: NightReport) -> tuple[str, list[str]]:
         )
     else:
         lines.append("No earlier night of this spec in the store: nothing to compare with.")
+    if report.retimed:
+        lines.append(report.retimed)
     if report.machines:
         lines.append(
             f"Tonight's and last night's trials: {report.machines}; a change in latency may "

@@ -13,15 +13,17 @@ and the dashboard show it beside them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo.config as dynamo_config
 
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
 from ._exceptions import SpecError, first_line, storage_error
@@ -37,6 +39,7 @@ from .storage import (
     read_records,
     study_objectives,
 )
+from .storage._outage import ride_out
 from .storage.keys import RETIMED_ATTR
 
 # The figures re-timed: latency at batch 1 and at the spec's batch size, median and p90.
@@ -54,6 +57,7 @@ class _Candidate:
     runtime: str
     batch_size: int
     threads: int
+    compiled: bool
     timings: dict[str, _Timing]  # "" for batch 1, "_batch" for the batch size
     p50: dict[str, list[float]] = field(default_factory=dict)
     p90: dict[str, list[float]] = field(default_factory=dict)
@@ -106,7 +110,7 @@ def _candidate(tm: TrialModel, record: TrialRecord) -> _Candidate:
             timings[suffix] = functools.partial(
                 runner.latency, tm.example, batch_size=size, warmup=warmup, repeats=repeats
             )
-        return _Candidate(record, runtime, batch_size, threads, timings)
+        return _Candidate(record, runtime, batch_size, threads, False, timings)
     device = str(metrics.get("latency_device") or "cpu")
     model = _torch_model(tm, device)
     default = str(tm.measure.get("compile", "auto")) == "always"
@@ -125,7 +129,7 @@ def _candidate(tm: TrialModel, record: TrialRecord) -> _Candidate:
         )
         warmup, repeats = _passes(tm, suffix)
         timings[suffix] = functools.partial(timer.time, warmup=warmup, repeats=repeats)
-    return _Candidate(record, runtime, batch_size, threads, timings)
+    return _Candidate(record, runtime, batch_size, threads, compiled, timings)
 
 
 def _not_here(record: TrialRecord) -> str | None:
@@ -137,6 +141,188 @@ def _not_here(record: TrialRecord) -> str | None:
     return None
 
 
+@dataclass
+class _Front:
+    """One study's front, its models made ready to time and the trials that could not be."""
+
+    name: str
+    study: Any
+    objectives: dict[str, str]
+    front: list[TrialRecord]
+    candidates: list[_Candidate]
+    skipped: dict[int, str]
+
+
+def _prepare(
+    storage: Any, study_name: str, folder: str | Path | None, say: Callable[[str], None], of: str
+) -> _Front:
+    """``study_name``'s front, each kept model loaded and built as its trial shipped it;
+    progress lines name trials as ``trial N`` + ``of``."""
+    try:
+        study = load_study_readonly(storage, study_name)
+        records = read_records(storage, study_name)
+    except StoreError as exc:
+        raise storage_error(exc) from exc
+    objectives = study_objectives(study)
+    front = pareto_front(records, objectives)
+    out = _Front(study_name, study, objectives, front, [], {})
+    for index, record in enumerate(front, start=1):
+        reason = _not_here(record)
+        status = artifact_status(study, record.number, folder=folder)
+        if reason is None and status.path is None:
+            reason = status.reason or "no model kept"
+        if reason is None and status.path is not None:
+            try:
+                candidate = _candidate(load_trial_model(status.path), record)
+            except Exception as exc:  # noqa: BLE001 - one model that cannot be built is reported
+                reason = first_line(exc)
+            else:
+                out.candidates.append(candidate)
+                say(f"trial {record.number}{of} ready ({candidate.runtime}) [{index}/{len(front)}]")
+                continue
+        out.skipped[record.number] = str(reason)
+        say(f"trial {record.number}{of}: not re-timed: {reason}")
+    return out
+
+
+def _time_in_turns(pool: list[_Candidate], rounds: int, say: Callable[[str], None]) -> list[float]:
+    """Time every model of ``pool`` ``rounds`` times, each round in a rotated order, with the
+    yardstick timed at the start of each round; returns the yardstick's timings."""
+    devices = {str(c.record.metrics.get("latency_device") or "cpu") for c in pool}
+    # The yardstick as the trials timed it: on their device and with their threads (on the
+    # CPU with one thread where they differ).
+    device = next(iter(devices)) if len(devices) == 1 else "cpu"
+    threads = {c.threads for c in pool}
+    yardstick: list[float] = []
+    for k in range(rounds):
+        yardstick.append(
+            reference_ms(device, threads=next(iter(threads)) if len(threads) == 1 else 1)
+        )
+        shift = -(-k * len(pool) // rounds) % len(pool)  # rounded up: distinct for 2 models
+        for candidate in pool[shift:] + pool[:shift]:
+            for suffix, timing in candidate.timings.items():
+                p50, p90 = timing()
+                candidate.p50.setdefault(suffix, []).append(p50)
+                candidate.p90.setdefault(suffix, []).append(p90)
+        say(f"round {k + 1}/{rounds} done")
+    return yardstick
+
+
+def _check_rounds(rounds: Any) -> None:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise SpecError(f"rounds: got {rounds!r}; expected an integer >= 1")
+
+
+def _retimed_trial(candidate: _Candidate) -> RetimedTrial:
+    retimed: dict[str, float] = {}
+    for suffix in candidate.timings:
+        retimed[f"latency_ms{suffix}"] = statistics.median(candidate.p50[suffix])
+        retimed[f"latency_ms{suffix}_p90"] = statistics.median(candidate.p90[suffix])
+    metrics = candidate.record.metrics
+    stored = {
+        m: float(metrics[m])
+        for m in (*LATENCY_METRICS, "latency_reference_ms")
+        if _number(metrics.get(m))
+    }
+    machine = metrics.get("latency_machine")
+    return RetimedTrial(
+        number=candidate.record.number,
+        runtime=candidate.runtime,
+        batch_size=candidate.batch_size,
+        compiled=candidate.compiled,
+        stored=stored,
+        retimed=retimed,
+        stored_machine=None if machine is None else str(machine),
+    )
+
+
+def retime_fronts(
+    storage: Any,
+    study_names: Sequence[str],
+    *,
+    rounds: int = DEFAULT_ROUNDS,
+    folder: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    save: bool = True,
+) -> dict[str, Retiming]:
+    """Time every front trial's kept model of each study again, all side by side in one
+    pool on this machine, so that the studies' fronts compare (two nights of a sweep).
+
+    Args:
+        storage: an open Optuna storage (writable when ``save``).
+        study_names: the studies.
+        rounds: times each model is timed, in rotated orders; the medians are kept.
+        folder: the artifacts root, when it moved since the studies ran.
+        progress: called with a line as each model is ready and each round ends.
+        save: keep each study's result on it (:data:`~tuner.storage.keys.RETIMED_ATTR`).
+
+    Returns:
+        Each study's re-timing; a study none of whose front trials could be timed has no
+        re-timed trial, and says why in its ``skipped``.
+
+    Raises:
+        SpecError: ``rounds`` is not a whole number of at least 1.
+        ArtifactMissing: no front trial of any of the studies can be timed here.
+    """
+    _check_rounds(rounds)
+    say = progress or (lambda _line: None)
+    several = len(study_names) > 1
+    # Every front model is compiled (where its trial was) before any is timed, so one model
+    # class may be compiled for many shapes at once: past dynamo's recompile limit the
+    # compile would reset dynamo, and the models compiled before would run recompiled
+    # without their settings. The limit is raised for as many compiles as are made here.
+    with dynamo_config.patch(recompile_limit=1024, accumulated_recompile_limit=1024):
+        fronts = [
+            _prepare(storage, n, folder, say, f" of {n}" if several else "") for n in study_names
+        ]
+    pool = [c for f in fronts for c in f.candidates]
+    if not pool:
+        why = "; ".join(
+            f"trial {n}{f' of {f.name}' if several else ''}: {r}"
+            for f in fronts
+            for n, r in f.skipped.items()
+        )
+        names = ", ".join(repr(n) for n in study_names)
+        raise ArtifactMissing(
+            f"no front trial of {names} can be re-timed here ({why or 'the front is empty'})"
+        )
+    yardstick = _time_in_turns(pool, rounds, say)
+    devices = {str(c.record.metrics.get("latency_device") or "cpu") for c in pool}
+    machine = " / ".join(sorted(machine_name(d) for d in devices))
+    at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    results = {}
+    for f in fronts:
+        trials = [_retimed_trial(c) for c in f.candidates]
+        stored = {r.number: r.values for r in f.front}
+        values = {t.number: {**stored[t.number], **t.retimed} for t in trials}
+        result = Retiming(
+            study=f.name,
+            machine=machine,
+            at=at,
+            rounds=rounds,
+            reference_ms=statistics.median(yardstick),
+            reference_spread=max(yardstick) / min(yardstick) - 1.0,
+            trials=trials,
+            skipped=f.skipped,
+            dominated=dominated_by(values, f.objectives),
+        )
+        if save and not _keep(storage, f, result, say):
+            result = dataclasses.replace(result, kept=False)
+        results[f.name] = result
+    return results
+
+
+def _keep(storage: Any, front: _Front, result: Retiming, say: Callable[[str], None]) -> bool:
+    """Keep ``result`` on its study; where the store refuses (locked, read-only, gone), say
+    so and go on (``False``): the timings are returned all the same."""
+    try:
+        ride_out(lambda: front.study.set_user_attr(RETIMED_ATTR, result.as_dict()), storage)
+    except Exception as exc:  # noqa: BLE001 - the re-timing is still returned and printed
+        say(f"the re-timing of {front.name!r} was not kept on the study: {first_line(exc)}")
+        return False
+    return True
+
+
 def retime_front(
     storage: Any,
     study_name: str,
@@ -146,115 +332,11 @@ def retime_front(
     progress: Callable[[str], None] | None = None,
     save: bool = True,
 ) -> Retiming:
-    """Time every front trial's kept model again, side by side on this machine.
-
-    Args:
-        storage: an open Optuna storage (writable when ``save``).
-        study_name: the study.
-        rounds: times each model is timed, in rotated orders; the medians are kept.
-        folder: the artifacts root, when it moved since the study ran.
-        progress: called with a line as each model is ready and each round ends.
-        save: keep the result on the study (:data:`~tuner.storage.keys.RETIMED_ATTR`).
-
-    Raises:
-        SpecError: ``rounds`` is not a whole number of at least 1.
-        ArtifactMissing: no front trial has a model that can be timed here (why each not).
-    """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise SpecError(f"rounds: got {rounds!r}; expected an integer >= 1")
-    say = progress or (lambda _line: None)
-    try:
-        study = load_study_readonly(storage, study_name)
-        records = read_records(storage, study_name)
-    except StoreError as exc:
-        raise storage_error(exc) from exc
-    objectives = study_objectives(study)
-    front = pareto_front(records, objectives)
-    skipped: dict[int, str] = {}
-    candidates: list[_Candidate] = []
-    for index, record in enumerate(front, start=1):
-        reason = _not_here(record)
-        status = artifact_status(study, record.number, folder=folder)
-        if reason is None and status.path is None:
-            reason = status.reason or "no model kept"
-        if reason is not None:
-            skipped[record.number] = reason
-            say(f"trial {record.number}: not re-timed: {reason}")
-            continue
-        assert status.path is not None
-        try:
-            candidate = _candidate(load_trial_model(status.path), record)
-        except Exception as exc:  # noqa: BLE001 - one model that cannot be built is reported
-            skipped[record.number] = first_line(exc)
-            say(f"trial {record.number}: not re-timed: {first_line(exc)}")
-            continue
-        candidates.append(candidate)
-        say(f"trial {record.number} ready ({candidate.runtime}) [{index}/{len(front)}]")
-    if not candidates:
-        why = "; ".join(f"trial {n}: {r}" for n, r in skipped.items()) or "the front is empty"
-        raise ArtifactMissing(f"no front trial of {study_name!r} can be re-timed here ({why})")
-
-    devices = {str(c.record.metrics.get("latency_device") or "cpu") for c in candidates}
-    # The yardstick as the trials timed it: on their device and with their threads (on the
-    # CPU with one thread where they differ).
-    yardstick_device = next(iter(devices)) if len(devices) == 1 else "cpu"
-    threads = {c.threads for c in candidates}
-    yardstick_threads = next(iter(threads)) if len(threads) == 1 else 1
-    yardstick: list[float] = []
-    for k in range(rounds):
-        yardstick.append(reference_ms(yardstick_device, threads=yardstick_threads))
-        shift = k * len(candidates) // rounds
-        for candidate in candidates[shift:] + candidates[:shift]:
-            for suffix, timing in candidate.timings.items():
-                p50, p90 = timing()
-                candidate.p50.setdefault(suffix, []).append(p50)
-                candidate.p90.setdefault(suffix, []).append(p90)
-        say(f"round {k + 1}/{rounds} done")
-
-    trials = []
-    for candidate in candidates:
-        retimed: dict[str, float] = {}
-        for suffix in candidate.timings:
-            retimed[f"latency_ms{suffix}"] = statistics.median(candidate.p50[suffix])
-            retimed[f"latency_ms{suffix}_p90"] = statistics.median(candidate.p90[suffix])
-        metrics = candidate.record.metrics
-        stored = {
-            m: float(metrics[m])
-            for m in (*LATENCY_METRICS, "latency_reference_ms")
-            if _number(metrics.get(m))
-        }
-        machine = metrics.get("latency_machine")
-        trials.append(
-            RetimedTrial(
-                number=candidate.record.number,
-                runtime=candidate.runtime,
-                batch_size=candidate.batch_size,
-                stored=stored,
-                retimed=retimed,
-                stored_machine=None if machine is None else str(machine),
-            )
-        )
-    values = {
-        t.number: {**next(r.values for r in front if r.number == t.number), **t.retimed}
-        for t in trials
-    }
-    result = Retiming(
-        study=study_name,
-        machine=" / ".join(sorted(machine_name(d) for d in devices)),
-        at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        rounds=rounds,
-        reference_ms=statistics.median(yardstick),
-        reference_spread=max(yardstick) / min(yardstick) - 1.0,
-        trials=trials,
-        skipped=skipped,
-        dominated=dominated_by(values, objectives),
-    )
-    if save:
-        try:
-            study.set_user_attr(RETIMED_ATTR, result.as_dict())
-        except StoreError as exc:
-            raise storage_error(exc) from exc
-    return result
+    """Time every front trial's kept model of ``study_name`` again, side by side on this
+    machine (:func:`retime_fronts` for one study; the same arguments and errors)."""
+    return retime_fronts(
+        storage, [study_name], rounds=rounds, folder=folder, progress=progress, save=save
+    )[study_name]
 
 
 def _number(value: Any) -> bool:
@@ -291,8 +373,17 @@ def retime(
     """
     from .storage import open_storage, resolve_url
 
+    _check_rounds(rounds)
+    url = resolve_url(storage)
     try:
-        store = open_storage(resolve_url(storage), heartbeat=False)
+        # Read-only first: a mistyped URL must not create a store, nor a missing study
+        # leave one behind.
+        reader = open_storage(url, read_only=True, heartbeat=False)
+        try:
+            load_study_readonly(reader, study_name)
+        finally:
+            reader.engine.dispose()
+        store = open_storage(url, heartbeat=False)
     except StoreError as exc:
         raise storage_error(exc) from exc
     try:

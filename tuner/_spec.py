@@ -288,12 +288,16 @@ class NightlySpec:
     """How ``tuner nightly`` judges a night against the last one.
 
     ``reference_point`` fixes the hypervolume's reference per objective (maximized
-    objectives default to 0; others to the value the first night recorded).
+    objectives default to 0; others to the value the first night recorded). With
+    ``retime`` both nights' fronts are timed again side by side before they are compared
+    (see ``tuner._retime``), so that a machine faster or slower on one night does not move
+    the verdict.
     """
 
     reference_point: dict[str, float] = field(default_factory=dict)
     regression_threshold: float = 0.02
     webhook: str | None = None
+    retime: bool = False
 
 
 @dataclass(frozen=True)
@@ -484,6 +488,7 @@ class StudySpec:
                 "reference_point": dict(self.nightly.reference_point),
                 "regression_threshold": self.nightly.regression_threshold,
                 "webhook": self.nightly.webhook,
+                "retime": self.nightly.retime,
             },
         }
 
@@ -828,9 +833,10 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
             "reference_point": raw.reference_point,
             "regression_threshold": raw.regression_threshold,
             "webhook": raw.webhook,
+            "retime": raw.retime,
         }
     raw = _mapping("nightly", raw if raw is not None else {})
-    _check_keys("nightly", raw, ("reference_point", "regression_threshold", "webhook"))
+    _check_keys("nightly", raw, ("reference_point", "regression_threshold", "webhook", "retime"))
     reference = _mapping("nightly.reference_point", raw.get("reference_point") or {})
     for metric, value in reference.items():
         if metric not in objectives:
@@ -852,10 +858,14 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
         not isinstance(webhook, str) or not re.match(r"^https?://[^\s/]+", webhook)
     ):
         raise _field("nightly.webhook", webhook, "an http:// or https:// URL")
+    retime = raw.get("retime", False)
+    if not isinstance(retime, bool):
+        raise _field("nightly.retime", retime, "true or false")
     return NightlySpec(
         reference_point={str(k): float(v) for k, v in reference.items()},
         regression_threshold=float(threshold),
         webhook=webhook,
+        retime=retime,
     )
 
 

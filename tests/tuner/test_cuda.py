@@ -155,3 +155,9 @@ def test_a_gpu_study_with_float8_completes_or_says_why_not(sqlite_url: str, tmp_
             assert attrs["float8_layers"] and attrs["compiled"]
         if trial.params["quantize"] == "int8":
             assert attrs["int8_layers"]
+    # The front timed again side by side on the GPU, each model as its trial shipped it.
+    retimed = tuner.retime(spec["name"], storage=sqlite_url, rounds=2)
+    assert retimed.machine == torch.cuda.get_device_name(0) and not retimed.skipped
+    for trial in retimed.trials:
+        assert trial.compiled and trial.runtime == "torch"
+        assert trial.retimed["latency_ms"] > 0 and trial.retimed["latency_ms_batch"] > 0

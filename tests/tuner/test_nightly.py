@@ -290,6 +290,7 @@ def test_second_run_of_a_night_exits_at_once_while_the_first_holds_it(
         (["--date", "2025-02-30"], {}, "date: got '2025-02-30'"),
         ([], {"nightly": {"regression_threshold": 5}}, "nightly.regression_threshold"),
         ([], {"nightly": {"reference_point": {"acc": 0}}}, "nightly.reference_point.acc"),
+        ([], {"nightly": {"retime": "yes"}}, "nightly.retime': got 'yes'; expected true or false"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -329,3 +330,93 @@ def test_a_night_whose_store_stays_down_exits_with_its_own_code(
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines[-1].startswith("error: study store") and "unreachable for 2 s" in lines[-1], err
     assert "Traceback" not in err
+
+
+def _copy_timed_faster(url: str, study_name: str, to_url: str, factor: float) -> float:
+    """A copy of a night into ``to_url`` as a worker would have recorded it had the machine
+    run ``1 / factor`` times faster: every latency times ``factor``, the kept models the
+    same. Returns the night's first trial's latency as it really was timed."""
+    night = optuna.load_study(study_name=study_name, storage=url)
+    copy = optuna.create_study(study_name=study_name, storage=to_url, directions=night.directions)
+    copy.set_metric_names(night.metric_names)
+    for key, value in night.user_attrs.items():
+        copy.set_user_attr(key, value)
+    names = night.metric_names
+    for trial in night.trials:
+        attrs = {
+            k: v * factor if k.startswith("latency_ms") and isinstance(v, float) else v
+            for k, v in trial.user_attrs.items()
+        }
+        values = [v * factor if n == "latency_ms" else v for n, v in zip(names, trial.values)]
+        copy.add_trial(
+            create_trial(
+                params=trial.params,
+                distributions=trial.distributions,
+                values=values,
+                user_attrs=attrs,
+            )
+        )
+    return float(night.trials[0].user_attrs["latency_ms"])
+
+
+def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_machine(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    # One trial a night, the same settings both nights (each night seeds its own training):
+    # the same architecture, trained to about the same accuracy.
+    one = {"n_trials": 1, "max_epochs": 5}
+    space = {
+        "optimizer": "adamw",
+        "lr": 0.01,
+        "batch_size": 64,
+        "hidden_units": 32,
+        "prune_threshold": 0.0,
+        "quantize": "none",
+    }
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    # Enough timed passes that a trial's own latency is steady.
+    measure = {"batch_size": 8, "warmup": 5, "repeats": 30, "compile": "never"}
+    night_1 = nightly(
+        tiny_spec(budget=one, search_space=space, measure=measure),
+        date="2025-04-01",
+        storage=first,
+        report_dir=tmp_path,
+    )
+    (trial,) = night_1.report.front
+    # Last night as the store would hold it had the machine run ten times faster then.
+    nights_url = f"sqlite:///{tmp_path / 'nights.db'}"
+    latency = _copy_timed_faster(first, "tiny-2025-04-01", nights_url, 0.1)
+    judged = tiny_spec(
+        budget=one,
+        search_space=space,
+        measure=measure,
+        nightly={
+            "retime": True,
+            "regression_threshold": 0.2,
+            "reference_point": {
+                "accuracy": 0.0,
+                "size_bytes": 2 * trial.values["size_bytes"],
+                "latency_ms": 3 * latency,
+            },
+        },
+    )
+    result = nightly(judged, date="2025-04-02", storage=nights_url, report_dir=tmp_path)
+    report = result.report
+    # As each trial timed itself, tonight lost more of last night's hypervolume than the
+    # threshold allows ...
+    assert report.previous_stored_hypervolume is not None and report.stored_hypervolume
+    assert report.stored_hypervolume < 0.8 * report.previous_stored_hypervolume
+    # ... but timed side by side the two models are as fast: no regression.
+    assert report.previous_hypervolume
+    assert abs(report.hypervolume / report.previous_hypervolume - 1) < 0.2
+    assert result.exit_code == 0 and report.verdict == "as good as last night", report.reasons
+    markdown = (tmp_path / "tiny-2025-04-02.md").read_text()
+    assert "Both nights' fronts were timed again side by side on " in markdown
+    assert "| hypervolume, re-timed side by side |" in markdown
+    assert "| hypervolume as each trial timed itself |" in markdown
+    # Each night keeps its re-timing, for the dashboard.
+    store = open_storage(nights_url, read_only=True, heartbeat=False)
+    for name in ("tiny-2025-04-01", "tiny-2025-04-02"):
+        kept = optuna.load_study(study_name=name, storage=store).user_attrs["tuner.retimed"]
+        assert [t["number"] for t in kept["trials"]] == [0]
+    store.engine.dispose()

@@ -21,8 +21,8 @@ def _tuner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def _two_widths(tiny_spec: Any, **overrides: Any) -> dict[str, Any]:
     """Two digits MLPs, 16 and 2048 units wide, every model kept: the wide one is timed
     several times slower than the narrow one on any CPU."""
-    return tiny_spec(
-        search_space={
+    settings: dict[str, Any] = {
+        "search_space": {
             "optimizer": "adamw",
             "lr": 0.01,
             "batch_size": 64,
@@ -30,11 +30,11 @@ def _two_widths(tiny_spec: Any, **overrides: Any) -> dict[str, Any]:
             "prune_threshold": 0.0,
             "quantize": "none",
         },
-        sampler={"name": "grid", "seed": 0},
-        budget={"n_trials": 2, "max_epochs": 1},
-        artifacts={"keep": "all"},
-        **overrides,
-    )
+        "sampler": {"name": "grid", "seed": 0},
+        "budget": {"n_trials": 2, "max_epochs": 1},
+        "artifacts": {"keep": "all"},
+    }
+    return tiny_spec(**{**settings, **overrides})
 
 
 def _timed_at_a_fast_moment(url: str) -> tuple[int, int]:
@@ -157,6 +157,7 @@ def test_retime_times_each_runtime_as_the_trial_did(
     result = tuner.retime("tiny", storage=sqlite_url, rounds=2, progress=lines.append)
     (trial,) = result.trials
     assert trial.runtime == measure["runtime"] and trial.batch_size == 8
+    assert trial.compiled == (measure["runtime"] == "torch")
     for metric in ("latency_ms", "latency_ms_batch"):
         assert trial.retimed[metric] > 0 and trial.stored[metric] > 0
     assert lines == [
@@ -172,3 +173,29 @@ def test_bad_rounds_is_one_line() -> None:
 
     with pytest.raises(SpecError, match=r"^rounds: got 0; expected an integer >= 1$"):
         retime_front(None, "tiny", rounds=0)
+
+
+def test_a_store_without_the_study_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    out = _tuner("retime", "tiny", "--storage", f"sqlite:///{typo}", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line == f"error: no study store at 'sqlite:///{typo}': {typo} does not exist"
+    assert not typo.exists()
+
+
+def test_a_re_timing_the_store_refuses_to_keep_is_said_and_still_returned(
+    tiny_spec: Any, sqlite_url: str
+) -> None:
+    import tuner
+    from tuner._retime import _keep, _prepare
+    from tuner.storage import open_storage
+
+    tuner.run(_two_widths(tiny_spec, budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
+    store = open_storage(sqlite_url, heartbeat=False)
+    lines: list[str] = []
+    front = _prepare(store, "tiny", None, lines.append, "")
+    result = tuner.retime("tiny", storage=sqlite_url, rounds=1)
+    optuna.delete_study(study_name="tiny", storage=store)  # gone while it was timed
+    assert not _keep(store, front, result, lines.append)
+    assert lines[-1].startswith("the re-timing of 'tiny' was not kept on the study: ")
