@@ -369,8 +369,10 @@ def _retimed_section(url: str, summary: StudySummary, page: StudyPage) -> None:
         )
         if newer:
             listed = ", ".join(str(n) for n in newer)
+            kind = "trial" if len(newer) == 1 else "trials"
+            was = "was" if len(newer) == 1 else "were"
             st.caption(
-                f"The front has changed since: trial(s) {listed} were not on it then; "
+                f"The front has changed since: {kind} {listed} {was} not on it then; "
                 f"`{_trials.retime_command(page.name, url)}` times it again."
             )
 

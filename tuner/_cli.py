@@ -214,10 +214,12 @@ def _print_front(
     *,
     title: str,
     retime: str | None = None,
+    retimed: Any = None,
 ) -> None:
     """The front as a table, with a warning where its latencies do not compare (timed on
     several kinds of machine, or while the machine's speed moved) and then ``retime``, the
-    command that times it again side by side."""
+    command that times it again side by side; and what its last re-timing (``retimed``, a
+    :class:`~tuner.storage.Retiming`) found."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -257,6 +259,32 @@ def _print_front(
         console.print(f"note: {escape(moved)}", highlight=False)
     if (mixed or moved) and retime:
         console.print(f"  {retime}   times the front again side by side here", markup=False)
+    if retimed is not None:
+        _print_retimed(console, front, retimed, retime)
+
+
+def _print_retimed(console: Any, front: Sequence[Any], retimed: Any, retime: str | None) -> None:
+    """A line on the front's last re-timing: the trials it took off, those new since."""
+    numbers = {r.number for r in front}
+    timed = {t.number for t in retimed.trials}
+    console.print(
+        f"re-timed side by side on {retimed.machine} ({retimed.when}): "
+        f"{len(timed & numbers)} of these trials",
+        markup=False,
+    )
+    for number, by in retimed.dominated.items():
+        if number in numbers:
+            console.print(
+                f"[bold yellow]warning:[/] trial {number} is off the front once timed together "
+                f"with trial {by}",
+                highlight=False,
+            )
+    newer = sorted(numbers - timed - set(retimed.skipped))
+    if newer:
+        listed = ", ".join(str(n) for n in newer)
+        again = f": {retime} times it again" if retime else ""
+        kind = "trial" if len(newer) == 1 else "trials"
+        console.print(f"{kind} {listed} joined the front since{again}", markup=False)
 
 
 # --- status / best -----------------------------------------------------------------
@@ -363,7 +391,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = read_records(store, args.study)
     except StoreError as exc:
         raise storage_error(exc) from exc
-    from .storage import load_study_readonly, show_epochs, study_objectives
+    from .storage import load_study_readonly, show_epochs, stored_retiming, study_objectives
 
     study = load_study_readonly(store, args.study)
     objectives = study_objectives(study)
@@ -420,6 +448,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         objectives,
         title="Pareto front",
         retime=retime_command(args.study, storage=args.storage),
+        retimed=stored_retiming(study.user_attrs),
     )
     return EXIT_OK
 
@@ -446,13 +475,15 @@ def _cmd_best(args: argparse.Namespace) -> int:
         load_study_readonly,
         pareto_front,
         read_records,
+        stored_retiming,
         study_objectives,
     )
     from .storage.commands import retime_command
 
     store = _open_readonly(args.storage)
     try:
-        objectives = study_objectives(load_study_readonly(store, args.study))
+        study = load_study_readonly(store, args.study)
+        objectives = study_objectives(study)
         front = pareto_front(read_records(store, args.study), objectives)
     except StoreError as exc:
         raise storage_error(exc) from exc
@@ -479,6 +510,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         objectives,
         title=f"Pareto front of {args.study}",
         retime=retime_command(args.study, storage=args.storage),
+        retimed=stored_retiming(study.user_attrs),
     )
     return EXIT_OK
 

@@ -375,3 +375,22 @@ def test_a_retimed_front_is_shown_beside_the_stored_figures(
     assert all(float(v) > 0 for v in table["batch 1 ms now"])
     notes = [c.value for c in section.caption]
     assert any(n.startswith("Yardstick now ") for n in notes), notes
+
+    # A trial that joins the front after the re-timing: the page says the front changed.
+    study = optuna.load_study(study_name="tiny", storage=copy)
+    last = next(t for t in reversed(study.trials) if t.state.name == "COMPLETE")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=last.params,
+            distributions=last.distributions,
+            values=[1.0, 100 * last.values[1], 100 * last.values[2]],
+        )
+    )
+    st.cache_data.clear()
+    at = _run(app_path, copy, monkeypatch, study="tiny")
+    (section,) = [e for e in at.expander if "re-timed" in e.label]
+    changed = [c.value for c in section.caption if c.value.startswith("The front has changed")]
+    assert changed == [
+        f"The front has changed since: trial {len(study.trials) - 1} was not on it then; "
+        f"`tuner retime tiny --storage {copy}` times it again."
+    ]

@@ -100,6 +100,32 @@ def test_retime_takes_off_the_front_a_trial_timed_at_a_fast_moment(
     assert retimed[fast] > retimed[narrow] > 0
     after = {r.number: r.values for r in read_records(store, "tiny")}
     assert all(after[r.number] == r.values for r in before)
+    # A trial that joins the front later: the most accurate, and the largest and slowest.
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    wide = next(t for t in study.trials if t.params["hidden_units"] == 2048)
+    accuracy, size, latency = wide.values
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=wide.params,
+            distributions=wide.distributions,
+            values=[1.0, 10 * size, 10 * latency],
+        )
+    )
+    # The front printed later says what the re-timing found, and what changed since.
+    best = _tuner("best", "tiny", "--storage", sqlite_url, cwd=tmp_path)
+    flat = " ".join(best.stdout.split())
+    assert (
+        f"re-timed side by side on {kept.machine} ({kept.when}): {len(front)} of these trials"
+        in flat
+    )
+    assert f"warning: trial {fast} is off the front once timed together with trial {narrow}" in (
+        flat
+    )
+    joined = len(study.trials) - 1
+    assert (
+        f"trial {joined} joined the front since: tuner retime tiny --storage {sqlite_url} "
+        "times it again"
+    ) in flat, best.stdout
 
 
 def test_retime_reports_the_front_trials_it_cannot_time(
