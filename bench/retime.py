@@ -9,6 +9,12 @@ every trial's model is timed again side by side, in rotated rounds, through the 
 as ``tuner retime`` (which re-times the front's models; here every trial's, to see the
 spread): once with the machine quiet, once with the neighbour busy again.
 
+On the 2-core VM this was written on, neither this neighbour nor a CPU hog on the timing
+thread's own core moved these medians: a pass of a fraction of a millisecond, timed 30 times,
+fits between the scheduler's switches, and a median rides out the passes that do not. What
+moved stored latencies there was the machine's own speed over minutes, which no neighbour
+reproduced; the table then shows how closely re-timing agrees with the trials' own figures.
+
 Prints, over the same-architecture trials, the latency at batch 1 and at batch 32: the
 fastest, the median, the slowest and the slowest over the fastest; and how many trials the
 Pareto front (accuracy, size, latency) holds with each set of figures. Where the models are

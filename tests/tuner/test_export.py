@@ -273,3 +273,24 @@ def test_onnxruntime_measurement_makes_the_front_the_figures_of_the_onnx_file(
     assert out.stat().st_size == attrs["size_bytes"]
     assert _onnx_accuracy(out) == pytest.approx(attrs["test_accuracy"], abs=1e-9)
     assert "size_bytes of the exported file differs" not in printed
+
+
+def test_a_loaded_program_runs_without_the_per_call_input_check(tmp_path: Path) -> None:
+    from torch.export import _unlift
+
+    from tuner._artifacts import load_program
+    from tuner._formats import exported_program
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    inputs = torch.randn(5, 8)
+    path = tmp_path / "model.pt2"
+    torch.export.save(exported_program(model, inputs), str(path))
+    as_exported = torch.export.load(str(path)).module()
+    check = _unlift._check_input_constraints_pre_hook
+    assert check in as_exported._forward_pre_hooks.values()  # what .module() adds
+
+    loaded = load_program(str(path))
+    assert check not in loaded._forward_pre_hooks.values()
+    with torch.no_grad():
+        assert torch.allclose(loaded(inputs), model(inputs))
+        assert torch.allclose(loaded(inputs[:1]), as_exported(inputs[:1]))
