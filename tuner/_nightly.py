@@ -21,9 +21,9 @@ import optuna
 from ._dispatch import BACKENDS
 from ._exceptions import (
     EXIT_REGRESSED,
-    ArtifactMissing,
     NightLocked,
     SpecError,
+    first_line,
     storage_error,
 )
 from ._report import (
@@ -145,8 +145,10 @@ def _retime_both(
     store: Any, name: str, previous: str | None, progress: bool
 ) -> tuple[Retiming, Retiming] | None:
     """Tonight's and last night's fronts timed again side by side (``nightly.retime``);
-    ``None`` on the first night, or where neither front has a model that can be timed (the
-    nights are then judged as each trial timed itself, and the run says why)."""
+    ``None`` on the first night, or where either night has no model that could be timed, or
+    the re-timing failed: the nights are then judged as each trial timed itself (one
+    night's re-timed figures against the other's stored ones would compare less), and the
+    run says why. A failed re-timing never costs the night its report."""
     if not previous:
         return None
 
@@ -154,11 +156,23 @@ def _retime_both(
         if progress:
             print(f"tuner: re-timing: {line}", file=sys.stderr, flush=True)
 
+    def judged_as_stored(why: str) -> None:
+        print(
+            f"tuner: the nights are judged as each trial timed itself: {why}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     try:
         both = retime_fronts(store, [name, previous], progress=say)
-    except ArtifactMissing as exc:
-        print(f"tuner: the fronts were not re-timed: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # noqa: BLE001 - the night is still judged and reported
+        judged_as_stored(f"the fronts could not be re-timed ({first_line(exc)})")
         return None
+    for night in (name, previous):
+        if not both[night].trials:
+            why = "; ".join(f"trial {n}: {r}" for n, r in both[night].skipped.items())
+            judged_as_stored(f"no front model of {night!r} could be re-timed ({why})")
+            return None
     return both[name], both[previous]
 
 
@@ -263,6 +277,7 @@ def nightly(
         )
         night["reference_point"] = reference
         night["hypervolume"] = report.hypervolume
+        night["retimed"] = report.retimed is not None  # the hypervolume of re-timed fronts
         night["regressed"] = report.regressed
         study.set_user_attr(NIGHTLY_ATTR, night)
         files = write_report(report, report_dir)

@@ -201,20 +201,23 @@ def compare_nights(
     A regression is a hypervolume drop of more than ``nightly.regression_threshold``
     (relative), or a constraint of the spec that last night's trials met and none of
     tonight's does. With ``retimed`` (tonight's and last night's fronts timed again side
-    by side, see :func:`tuner._retime.retime_fronts`) the re-timed trials are judged on
-    their re-timed latencies; the hypervolumes as stored are reported beside.
+    by side, see :func:`tuner._retime.retime_fronts`) each night is judged on its stored
+    front alone, with the re-timed latencies: the other trials hold latencies timed at
+    another moment, and set beside re-timed ones they would not compare. The hypervolumes
+    as stored are reported beside.
     """
     objectives = dict(spec.objectives)
     reference = dict(reference_point)
     stored_hv = previous_stored_hv = None
     note = None
+    counted = records
     if retimed is not None:
-        stored_hv = night_hypervolume(pareto_front(records, objectives), objectives, reference)
-        previous_stored_hv = night_hypervolume(
-            pareto_front(previous_records, objectives), objectives, reference
-        )
-        records = with_retimed(records, retimed[0])
-        previous_records = with_retimed(previous_records, retimed[1])
+        stored_front = pareto_front(records, objectives)
+        previous_stored = pareto_front(previous_records, objectives)
+        stored_hv = night_hypervolume(stored_front, objectives, reference)
+        previous_stored_hv = night_hypervolume(previous_stored, objectives, reference)
+        records = with_retimed(stored_front, retimed[0])
+        previous_records = with_retimed(previous_stored, retimed[1])
         note = _retimed_note(retimed)
     acc = accuracy_metric(objectives)
     front = pareto_front(records, objectives)
@@ -228,7 +231,8 @@ def compare_nights(
     drift, drift_settings = _drift(records, previous_front, objectives)
     # Latencies from different kinds of machine do not compare: a night on another machine
     # can move the front's latencies with no change in the models.
-    timed = any(m.startswith("latency") for m in objectives)
+    # Re-timed fronts were timed on one machine at one moment: neither applies to them.
+    timed = any(m.startswith("latency") for m in objectives) and retimed is None
     machine_speed = (
         _yardstick_ratio(records, previous_records) if previous_study and timed else None
     )
@@ -272,7 +276,7 @@ def compare_nights(
         if c.regressed:
             reasons.append(f"no trial meets {c.text} any more (last night {c.last_meeting} did)")
     counts: dict[str, int] = {}
-    for r in records:
+    for r in counted:
         counts[r.state] = counts.get(r.state, 0) + 1
     return NightReport(
         spec_name=spec.name,
@@ -294,7 +298,7 @@ def compare_nights(
         counts=counts,
         warm_start_trials=warm_start_trials,
         reasons=reasons,
-        all_trials=list(records),
+        all_trials=list(counted),
         drift=drift,
         drift_settings=drift_settings,
         machines=machines,
@@ -331,8 +335,8 @@ def _retimed_note(retimed: tuple[Retiming, Retiming]) -> str:
     return (
         f"Both nights' fronts were timed again side by side on {tonight.machine} "
         f"({tonight.when}, {tonight.rounds} rounds, {len(tonight.trials)} models tonight and "
-        f"{len(last.trials)} last night): the fronts, hypervolumes and latencies below use "
-        f"those figures{kept}."
+        f"{len(last.trials)} last night): each night is judged on its front with those "
+        f"latencies (the fronts, hypervolumes, constraints and latencies below){kept}."
     )
 
 

@@ -348,6 +348,12 @@ def test_a_study_timed_while_the_machine_slowed_says_so(
     assert any(c.value.startswith(hint) for c in at.caption), [c.value for c in at.caption]
 
 
+def _reread(st: Any) -> None:
+    """Drop what the page cached, as its few seconds' cache would have lapsed."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
 def test_a_retimed_front_is_shown_beside_the_stored_figures(
     app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -366,7 +372,7 @@ def test_a_retimed_front_is_shown_beside_the_stored_figures(
     front = [r.number for r in pareto_front(_records(copy), objectives)]
     result = retime_front(store, "tiny", rounds=1)
     store.engine.dispose()
-    st.cache_data.clear()  # the page reads the store again after a few seconds
+    _reread(st)
     at = _run(app_path, copy, monkeypatch, study="tiny")
     (section,) = [e for e in at.expander if "re-timed" in e.label]
     assert section.label.startswith(f"Front re-timed side by side on {result.machine}")
@@ -386,7 +392,7 @@ def test_a_retimed_front_is_shown_beside_the_stored_figures(
             values=[1.0, 100 * last.values[1], 100 * last.values[2]],
         )
     )
-    st.cache_data.clear()
+    _reread(st)
     at = _run(app_path, copy, monkeypatch, study="tiny")
     (section,) = [e for e in at.expander if "re-timed" in e.label]
     changed = [c.value for c in section.caption if c.value.startswith("The front has changed")]
