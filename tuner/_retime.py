@@ -26,7 +26,7 @@ import torch
 import torch._dynamo.config as dynamo_config
 
 from ._artifacts import ArtifactMissing, TrialModel, artifact_status, load_trial_model
-from ._exceptions import SpecError, first_line, storage_error
+from ._exceptions import ExportError, SpecError, first_line, storage_error
 from ._measure import latency_timer, machine_name, reference_ms, to_eval
 from .storage import (
     RetimedTrial,
@@ -201,7 +201,13 @@ def _time_in_turns(pool: list[_Candidate], rounds: int, say: Callable[[str], Non
         shift = -(-k * len(pool) // rounds) % len(pool)  # rounded up: distinct for 2 models
         for candidate in pool[shift:] + pool[:shift]:
             for suffix, timing in candidate.timings.items():
-                p50, p90 = timing()
+                try:
+                    p50, p90 = timing()
+                except Exception as exc:  # a model that ran when the trial timed it
+                    raise ExportError(
+                        f"trial {candidate.record.number}'s model failed as it was timed "
+                        f"again: {first_line(exc)}"
+                    ) from exc
                 candidate.p50.setdefault(suffix, []).append(p50)
                 candidate.p90.setdefault(suffix, []).append(p90)
         say(f"round {k + 1}/{rounds} done")
@@ -263,6 +269,7 @@ def retime_fronts(
     Raises:
         SpecError: ``rounds`` is not a whole number of at least 1.
         ArtifactMissing: no front trial of any of the studies can be timed here.
+        ExportError: a model failed as it was timed (one line naming its trial).
     """
     _check_rounds(rounds)
     say = progress or (lambda _line: None)
