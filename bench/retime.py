@@ -38,7 +38,7 @@ import numpy as np
 
 import tuner
 from tuner._artifacts import artifact_status, load_trial_model
-from tuner._retime import _candidate, _retimed_trial, _time_in_turns
+from tuner._retime import _candidate, _devices, _retimed_trial, _time_in_turns
 from tuner.storage import (
     load_study_readonly,
     open_storage,
@@ -81,6 +81,10 @@ def _neighbour(threads: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", NEIGHBOUR], env=env)
 
 
+def _say(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
 def _retime_all(url: str, rounds: int) -> dict[int, dict[str, float]]:
     """Every complete trial's model timed again, side by side (the front's path, all trials)."""
     store = open_storage(url, heartbeat=False)
@@ -92,7 +96,7 @@ def _retime_all(url: str, rounds: int) -> dict[int, dict[str, float]]:
         path = artifact_status(study, record.number).path
         assert path is not None, f"trial {record.number} kept no model"
         pool.append(_candidate(load_trial_model(path), record))
-    _time_in_turns(pool, rounds, lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    _time_in_turns(pool, _devices(pool), rounds, _say)
     store.engine.dispose()
     return {c.record.number: _retimed_trial(c).retimed for c in pool}
 

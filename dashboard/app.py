@@ -364,9 +364,7 @@ def _retimed_section(url: str, summary: StudySummary, page: StudyPage) -> None:
                 st.warning(sentence)
             else:
                 st.caption(sentence)
-        newer = sorted(
-            set(page.info.front_numbers) - {t.number for t in result.trials} - set(result.skipped)
-        )
+        newer = result.joined(page.info.front_numbers)
         if newer:
             listed = ", ".join(str(n) for n in newer)
             kind = "trial" if len(newer) == 1 else "trials"

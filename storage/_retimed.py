@@ -6,7 +6,7 @@ dashboard and scripts read it back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,12 @@ class Retiming:
     skipped: dict[int, str] = field(default_factory=dict)
     dominated: dict[int, int] = field(default_factory=dict)
     kept: bool = field(default=True, compare=False)
+
+    def joined(self, front: Iterable[int]) -> list[int]:
+        """The trials of ``front`` (trial numbers) that joined the front since: this
+        re-timing neither timed them nor said why not."""
+        seen = {t.number for t in self.trials} | set(self.skipped)
+        return sorted(set(front) - seen)
 
     @property
     def when(self) -> str:

@@ -279,7 +279,7 @@ def _print_retimed(console: Any, front: Sequence[Any], retimed: Any, retime: str
                 f"with trial {by}",
                 highlight=False,
             )
-    newer = sorted(numbers - timed - set(retimed.skipped))
+    newer = retimed.joined(numbers)
     if newer:
         listed = ", ".join(str(n) for n in newer)
         again = f": {retime} times it again" if retime else ""

@@ -16,11 +16,14 @@ def add_parser(sub: Any) -> None:
         help="time the front's kept models again, side by side on this machine",
     )
     p.add_argument("study", help="study name")
+    from ._retime import DEFAULT_ROUNDS
+
     p.add_argument(
         "--rounds",
         type=positive_int,
-        default=3,
-        help="times each model is timed, in rotated orders; the medians are kept (default 3)",
+        default=DEFAULT_ROUNDS,
+        help="times each model is timed, in rotated orders; the medians are kept "
+        f"(default {DEFAULT_ROUNDS})",
     )
     p.add_argument(
         "--artifacts",

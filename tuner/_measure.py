@@ -390,22 +390,8 @@ def reference_ms(device: str = "cpu", *, threads: int = 1, repeats: int = 15) ->
     generator = torch.Generator(device=target).manual_seed(0)
     a = torch.randn(rows, inner, generator=generator, device=target)
     b = torch.randn(inner, outer, generator=generator, device=target)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    timings_ms: list[float] = []
-    try:
-        with torch.inference_mode():
-            for _ in range(3):
-                torch.mm(a, b)
-            for _ in range(repeats):
-                _synchronize(target)
-                start = time.perf_counter()
-                torch.mm(a, b)
-                _synchronize(target)
-                timings_ms.append((time.perf_counter() - start) * 1000.0)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return float(np.median(timings_ms))
+    product = LatencyTimer(functools.partial(torch.mm, mat2=b), a, threads, 0.0, frozen=False)
+    return product.time(warmup=3, repeats=repeats)[0]
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

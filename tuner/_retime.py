@@ -185,10 +185,17 @@ def _prepare(
     return out
 
 
-def _time_in_turns(pool: list[_Candidate], rounds: int, say: Callable[[str], None]) -> list[float]:
-    """Time every model of ``pool`` ``rounds`` times, each round in a rotated order, with the
-    yardstick timed at the start of each round; returns the yardstick's timings."""
-    devices = {str(c.record.metrics.get("latency_device") or "cpu") for c in pool}
+def _devices(pool: list[_Candidate]) -> set[str]:
+    """The devices the pool's models were timed on."""
+    return {str(c.record.metrics.get("latency_device") or "cpu") for c in pool}
+
+
+def _time_in_turns(
+    pool: list[_Candidate], devices: set[str], rounds: int, say: Callable[[str], None]
+) -> list[float]:
+    """Time every model of ``pool`` (timed on ``devices``) ``rounds`` times, each round in a
+    rotated order, with the yardstick timed at the start of each round; returns the
+    yardstick's timings."""
     # The yardstick as the trials timed it: on their device and with their threads (on the
     # CPU with one thread where they differ).
     device = next(iter(devices)) if len(devices) == 1 else "cpu"
@@ -293,8 +300,8 @@ def retime_fronts(
         raise ArtifactMissing(
             f"no front trial of {names} can be re-timed here ({why or 'the front is empty'})"
         )
-    yardstick = _time_in_turns(pool, rounds, say)
-    devices = {str(c.record.metrics.get("latency_device") or "cpu") for c in pool}
+    devices = _devices(pool)
+    yardstick = _time_in_turns(pool, devices, rounds, say)
     machine = " / ".join(sorted(machine_name(d) for d in devices))
     at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     results = {}
