@@ -332,14 +332,23 @@ def test_a_night_whose_store_stays_down_exits_with_its_own_code(
     assert "Traceback" not in err
 
 
-def _copy_timed_faster(url: str, study_name: str, to_url: str, factor: float) -> float:
+def _copy_timed_faster(
+    url: str,
+    study_name: str,
+    to_url: str,
+    factor: float,
+    *,
+    as_night: tuple[str, dict[str, Any]] | None = None,
+) -> float:
     """A copy of a night into ``to_url`` as a worker would have recorded it had the machine
     run ``1 / factor`` times faster: every latency times ``factor``, the kept models the
-    same. Returns the night's first trial's latency as it really was timed."""
+    same. ``as_night`` stores it under another night's name and record instead. Returns
+    the night's first trial's latency as it really was timed."""
     night = optuna.load_study(study_name=study_name, storage=url)
-    copy = optuna.create_study(study_name=study_name, storage=to_url, directions=night.directions)
+    name, record = as_night or (study_name, night.user_attrs["tuner.nightly"])
+    copy = optuna.create_study(study_name=name, storage=to_url, directions=night.directions)
     copy.set_metric_names(night.metric_names)
-    for key, value in night.user_attrs.items():
+    for key, value in {**night.user_attrs, "tuner.nightly": record}.items():
         copy.set_user_attr(key, value)
     names = night.metric_names
     for trial in night.trials:
@@ -362,8 +371,9 @@ def _copy_timed_faster(url: str, study_name: str, to_url: str, factor: float) ->
 def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_machine(
     tmp_path: Path, tiny_spec: Any
 ) -> None:
-    # One trial a night, the same settings and, with no sampler seed, the same training
-    # seed both nights: the same model.
+    # One trial a night. Tonight's trial is night 1's, as measured, and so is last night's,
+    # but stored as if timed on a machine a hundred times faster: the same model file both
+    # nights, so only the machine differs.
     one = {"n_trials": 1, "max_epochs": 5}
     sampler = {"name": "random"}
     space = {
@@ -384,9 +394,12 @@ def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_
         report_dir=tmp_path,
     )
     (trial,) = night_1.report.front
-    # Last night as the store would hold it had the machine run a hundred times faster then.
     nights_url = f"sqlite:///{tmp_path / 'nights.db'}"
     latency = _copy_timed_faster(first, "tiny-2025-04-01", nights_url, 0.01)
+    tonight = {"date": "2025-04-02", "warm_started_from": "tiny-2025-04-01", "warm_start_trials": 1}
+    _copy_timed_faster(
+        first, "tiny-2025-04-01", nights_url, 1.0, as_night=("tiny-2025-04-02", tonight)
+    )
     judged = tiny_spec(
         budget=one,
         search_space=space,
@@ -395,7 +408,6 @@ def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_
         nightly={
             "retime": True,
             "regression_threshold": 0.1,
-            # Far enough that the machine may run a few times slower when re-timing.
             "reference_point": {
                 "accuracy": 0.0,
                 "size_bytes": 2 * trial.values["size_bytes"],
@@ -403,13 +415,15 @@ def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_
             },
         },
     )
+    # Tonight's budget is already met: the run trains nothing, then judges the night.
     result = nightly(judged, date="2025-04-02", storage=nights_url, report_dir=tmp_path)
+    assert result.trials_run == 0
     report = result.report
     # As each trial timed itself, tonight lost more of last night's hypervolume than the
     # threshold allows ...
     assert report.previous_stored_hypervolume is not None and report.stored_hypervolume
     assert report.stored_hypervolume < 0.9 * report.previous_stored_hypervolume
-    # ... but timed side by side the two models are as fast: no regression.
+    # ... but timed side by side the same model is as fast: no regression.
     assert report.previous_hypervolume
     assert abs(report.hypervolume / report.previous_hypervolume - 1) < 0.1
     assert result.exit_code == 0 and report.verdict == "as good as last night", report.reasons
