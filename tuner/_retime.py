@@ -61,6 +61,7 @@ class _Candidate:
     timings: dict[str, _Timing]  # "" for batch 1, "_batch" for the batch size
     p50: dict[str, list[float]] = field(default_factory=dict)
     p90: dict[str, list[float]] = field(default_factory=dict)
+    failed: str | None = None  # why the model stopped running as it was timed again
 
 
 def _threads(tm: TrialModel, record: TrialRecord) -> int:
@@ -207,18 +208,24 @@ def _time_in_turns(
         )
         shift = -(-k * len(pool) // rounds) % len(pool)  # rounded up: distinct for 2 models
         for candidate in pool[shift:] + pool[:shift]:
-            for suffix, timing in candidate.timings.items():
-                try:
-                    p50, p90 = timing()
-                except Exception as exc:  # a model that ran when the trial timed it
-                    raise ExportError(
-                        f"trial {candidate.record.number}'s model failed as it was timed "
-                        f"again: {first_line(exc)}"
-                    ) from exc
-                candidate.p50.setdefault(suffix, []).append(p50)
-                candidate.p90.setdefault(suffix, []).append(p90)
+            if candidate.failed is None:
+                _time_once(candidate, say)
         say(f"round {k + 1}/{rounds} done")
     return yardstick
+
+
+def _time_once(candidate: _Candidate, say: Callable[[str], None]) -> None:
+    """Time ``candidate`` once at each batch size; a model that fails (one that ran when
+    its trial timed it) is left out of the rounds after, and the others go on."""
+    for suffix, timing in candidate.timings.items():
+        try:
+            p50, p90 = timing()
+        except Exception as exc:  # noqa: BLE001 - reported on the trial, not raised
+            candidate.failed = f"its model failed as it was timed again: {first_line(exc)}"
+            say(f"trial {candidate.record.number}: not re-timed: {candidate.failed}")
+            return
+        candidate.p50.setdefault(suffix, []).append(p50)
+        candidate.p90.setdefault(suffix, []).append(p90)
 
 
 def _check_rounds(rounds: Any) -> None:
@@ -276,7 +283,8 @@ def retime_fronts(
     Raises:
         SpecError: ``rounds`` is not a whole number of at least 1.
         ArtifactMissing: no front trial of any of the studies can be timed here.
-        ExportError: a model failed as it was timed (one line naming its trial).
+        ExportError: every model failed as it was timed (one line naming the trials); a
+            model that fails while others run is listed in ``skipped``, with the reason.
     """
     _check_rounds(rounds)
     say = progress or (lambda _line: None)
@@ -302,6 +310,15 @@ def retime_fronts(
         )
     devices = _devices(pool)
     yardstick = _time_in_turns(pool, devices, rounds, say)
+    failed = [c for c in pool if c.failed is not None]
+    if len(failed) == len(pool):
+        raise ExportError(
+            "no front model could be timed again: "
+            + "; ".join(f"trial {c.record.number}: {c.failed}" for c in failed)
+        )
+    for f in fronts:
+        f.skipped.update({c.record.number: str(c.failed) for c in f.candidates if c.failed})
+        f.candidates = [c for c in f.candidates if c.failed is None]
     machine = " / ".join(sorted(machine_name(d) for d in devices))
     at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     results = {}

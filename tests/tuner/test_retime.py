@@ -225,3 +225,53 @@ def test_a_re_timing_the_store_refuses_to_keep_is_said_and_still_returned(
     optuna.delete_study(study_name="tiny", storage=store)  # gone while it was timed
     assert not _keep(store, front, result, lines.append)
     assert lines[-1].startswith("the re-timing of 'tiny' was not kept on the study: ")
+
+
+def test_a_model_that_fails_as_it_is_timed_again_is_left_out_and_the_others_kept(
+    tiny_spec: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner
+    from tuner import _retime
+    from tuner._exceptions import ExportError
+    from tuner.storage import stored_retiming
+
+    tuner.run(_two_widths(tiny_spec), storage=sqlite_url)
+    narrow, fast = _timed_at_a_fast_moment(sqlite_url)
+    real = _retime._candidate
+    calls = {"n": 0}
+
+    def fails_in_the_second_round(tm: Any, record: Any) -> Any:
+        # A fault no CPU model makes here (a GPU that runs out of memory mid-way): the
+        # wide model times once, then raises.
+        candidate = real(tm, record)
+        if record.number == fast:
+            first = candidate.timings["_batch"]
+
+            def timing() -> tuple[float, float]:
+                calls["n"] += 1
+                if calls["n"] > 1:
+                    raise RuntimeError("out of memory\nmore lines")
+                return first()
+
+            candidate.timings["_batch"] = timing
+        return candidate
+
+    monkeypatch.setattr(_retime, "_candidate", fails_in_the_second_round)
+    lines: list[str] = []
+    result = tuner.retime("tiny", storage=sqlite_url, rounds=3, progress=lines.append)
+    reason = "its model failed as it was timed again: out of memory"
+    assert result.skipped[fast] == reason
+    retimed = {t.number for t in result.trials}
+    assert fast not in retimed and narrow in retimed
+    assert f"trial {fast}: not re-timed: {reason}" in lines and "round 3/3 done" in lines
+    # The trial it would have dominated is judged without it, and the result is kept.
+    assert result.dominated == {}
+    kept = stored_retiming(optuna.load_study(study_name="tiny", storage=sqlite_url).user_attrs)
+    assert kept is not None and kept.skipped[fast] == reason
+
+    # Every model failing is one line naming each.
+    monkeypatch.setattr(
+        _retime, "_time_once", lambda c, say: setattr(c, "failed", "its model failed: boom")
+    )
+    with pytest.raises(ExportError, match=r"^no front model could be timed again: trial \d+: its"):
+        tuner.retime("tiny", storage=sqlite_url, rounds=1)
