@@ -413,13 +413,19 @@ def artifact_status(
     study: optuna.Study, number: int, *, folder: str | Path | None = None
 ) -> ArtifactStatus:
     """Find trial ``number``'s model file; ``folder`` overrides the recorded one."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not trials:
+    storage = study_storage(study)
+    try:
+        # One row read, not the study's trials: re-timing asks this of every front trial.
+        trial = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(study.study_name), number
+            )
+        )
+    except KeyError:
         last = len(study.get_trials(deepcopy=False)) - 1
         raise StorageError(
             f"trial: study {study.study_name!r} has no trial {number}; expected 0..{last}"
-        )
-    trial = trials[0]
+        ) from None
     attrs = trial.user_attrs
     if trial.state != optuna.trial.TrialState.COMPLETE:
         return ArtifactStatus(
