@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import copy
 import io
 import logging
 import tempfile
@@ -33,6 +32,7 @@ from torch import nn
 from ._artifacts import TrialModel
 from ._exceptions import ExportError, SpecError, first_line
 from ._logs import logs_below
+from ._pt2e_patterns import copy_graph
 from ._tracing import tracing
 
 FORMATS = ("onnx", "pt2", "state_dict")
@@ -612,7 +612,7 @@ def _graph_weights_only(model: nn.Module) -> nn.Module:
     dropped = [n for n in names if unread(n)]
     if not dropped:
         return model
-    slim = copy.deepcopy(model)
+    slim = copy_graph(model)
     for name in dropped:
         owner_path, _, leaf = name.rpartition(".")
         owner = slim.get_submodule(owner_path) if owner_path else slim

@@ -49,7 +49,6 @@ entry is for PyTorch quantized tensors, which a user's own model may still carry
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import logging
@@ -431,7 +430,7 @@ def _evaluating(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
             for module, training in modes:
                 module.training = training
     else:
-        moved = copy.deepcopy(model).to(device)
+        moved = copy_graph(model).to(device)
         to_eval(moved)
         yield moved
 

@@ -96,3 +96,21 @@ def test_copies_of_exported_graphs_raise_no_deprecation_warning_and_run_the_same
     x = torch.randn(8, 16)
     assert torch.equal(copied(x), graph(x))
     assert copied.graph is not graph.graph and copied._in_spec is graph._in_spec
+
+
+def test_exporting_an_int8_graph_raises_no_deprecation_warning() -> None:
+    # A QAT trial's kept graph is exported from a copy without its float weights; that
+    # copy printed torch's LeafSpec FutureWarning in every such trial's output.
+    import warnings
+
+    from tuner._compression import quantize
+    from tuner._formats import exported_program
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    graph, _ = quantize(model.eval(), mode="int8", calibration_inputs=torch.randn(64, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        program = exported_program(graph, torch.randn(1, 16))
+    assert not [w for w in caught if "LeafSpec" in str(w.message)]
+    x = torch.randn(8, 16)
+    assert torch.equal(program.module()(x), graph(x))
