@@ -213,14 +213,30 @@ def retiming_notes(result: Retiming) -> list[tuple[bool, str]]:
     if not result.dominated:
         notes.append((False, "every re-timed trial stays on the front"))
     notes += [(True, f"trial {n} was not re-timed: {why}") for n, why in result.skipped.items()]
-    recorded = sorted(
-        t.stored["latency_reference_ms"]
-        for t in result.trials
-        if "latency_reference_ms" in t.stored
-    )
-    then = f"; the trials recorded {recorded[0]:.3f}-{recorded[-1]:.3f} ms" if recorded else ""
+    # What the trials recorded, a range per kind of machine: a GPU's yardstick and a CPU's,
+    # or two CPUs', are not one range. A trial that named no machine counts as this one, as
+    # in the rows.
+    recorded: dict[str, list[float]] = {}
+    for t in result.trials:
+        if "latency_reference_ms" in t.stored:
+            machine = t.stored_machine or result.machine
+            recorded.setdefault(machine, []).append(t.stored["latency_reference_ms"])
+    ranges = {machine: _range(values) for machine, values in recorded.items()}
+    if list(ranges) == [result.machine]:
+        then = f"; the trials recorded {ranges[result.machine]} ms"
+    elif ranges:
+        then = "; the trials recorded " + ", ".join(
+            f"{span} ms on {machine}" for machine, span in sorted(ranges.items())
+        )
+    else:
+        then = ""
     spread = f"{100 * result.reference_spread:.0f}%"
     notes.append(
         (False, f"yardstick now {result.reference_ms:.3f} ms (its rounds within {spread}){then}")
     )
     return notes
+
+
+def _range(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.3f}" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}-{high:.3f}"

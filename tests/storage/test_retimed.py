@@ -68,3 +68,32 @@ def test_rows_name_where_trials_were_timed_only_where_that_differs() -> None:
     (row,) = retiming_rows(_retiming(trials=[elsewhere]))
     assert row["stored on"] == "CPU B" and row["batch 8 ms now"] == "-"
     assert row["batch 1 change"] == "4,000x"
+
+
+def test_the_yardstick_the_trials_recorded_is_a_range_per_kind_of_machine() -> None:
+    from tuner.storage import retiming_notes
+
+    def trial(number: int, reference: float, machine: str | None) -> RetimedTrial:
+        stored = {"latency_ms": 0.2, "latency_reference_ms": reference}
+        return RetimedTrial(number, "torch", 32, stored, {"latency_ms": 0.2}, machine)
+
+    def yardstick(result: Retiming) -> str:
+        (line,) = [text for _, text in retiming_notes(result) if text.startswith("yardstick")]
+        return line
+
+    here = _retiming(trials=[trial(1, 0.171, "CPU A"), trial(2, 0.165, None)], dominated={})
+    assert yardstick(here) == (
+        "yardstick now 0.170 ms (its rounds within 2%); the trials recorded 0.165-0.171 ms"
+    )
+    # A GPU's yardstick is not one range with a CPU's.
+    mixed = _retiming(
+        machine="CPU A / GPU B",
+        trials=[trial(1, 0.171, "CPU A"), trial(2, 0.012, "GPU B"), trial(3, 0.168, "CPU A")],
+        dominated={},
+    )
+    assert yardstick(mixed).endswith(
+        "; the trials recorded 0.168-0.171 ms on CPU A, 0.012 ms on GPU B"
+    )
+    assert yardstick(_retiming(trials=[], dominated={})) == (
+        "yardstick now 0.170 ms (its rounds within 2%)"
+    )
