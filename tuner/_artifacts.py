@@ -64,8 +64,9 @@ def load_program(source: Any) -> nn.Module:
     An int8 graph calls the quantize and dequantize ops that torchao registers on import; a
     process that never quantized anything has not imported it, and loading fails there.
     """
-    import torchao  # noqa: F401  (registers the ops an int8 graph calls)
+    from ._compression import import_torchao
 
+    import_torchao()  # registers the ops an int8 graph calls
     module = torch.export.load(source).module()
     if hasattr(module, "validate_inputs"):
         setattr(module, "validate_inputs", False)  # noqa: B010 - a flag, not a submodule

@@ -917,7 +917,7 @@ def check_float8_device(device: torch.device) -> None:
 
 
 def _quantize_linear_float8(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
-    _import_torchao()
+    import_torchao()
     from torchao.quantization import (
         Float8DynamicActivationFloat8WeightConfig,
         PerTensor,
@@ -938,7 +938,7 @@ def _quantize_linear_float8(model: nn.Module, keep_float: tuple[str, ...] = ()) 
     return model
 
 
-def _import_torchao() -> None:
+def import_torchao() -> None:
     """Import torchao once, without its notes that CUDA-only kernels are absent on this host.
 
     On a CPU-only install torchao logs a warning per optional CUDA extension it cannot load;
@@ -977,7 +977,7 @@ def _torchao_linear(
 
 
 def _quantize_linear_dynamic(model: nn.Module, keep_float: tuple[str, ...] = ()) -> nn.Module:
-    _import_torchao()
+    import_torchao()
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     try:
@@ -1162,7 +1162,7 @@ def _convert(prepared: nn.Module, example: torch.Tensor) -> nn.Module:
 def _quantize_pt2e(
     model: nn.Module, calibration_inputs: torch.Tensor | None, keep_float: tuple[str, ...] = ()
 ) -> nn.Module:
-    _import_torchao()
+    import_torchao()
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     inputs = _example_batch(calibration_inputs, "int8")
@@ -1371,7 +1371,7 @@ def quantize_aware(
     Returns:
         The int8 graph (a copy; ``model`` is never changed), in eval mode.
     """
-    _import_torchao()
+    import_torchao()
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tuner._compression import _import_torchao
+from tuner._compression import import_torchao
 
 
 @pytest.fixture
 def patterns(monkeypatch: pytest.MonkeyPatch) -> Any:
     """torchao's ``qat_utils`` with the cache installed (and empty), and the real captures."""
-    _import_torchao()
+    import_torchao()
     from torchao.quantization.pt2e import qat_utils
 
     captures: list[object] = []
