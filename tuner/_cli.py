@@ -531,6 +531,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
         "tuner._cli_nightly",
         "tuner._cli_export",
         "tuner._cli_retime",
+        "tuner._cli_delete",
         "tuner._cli_tensorboard",
     ):
         try:

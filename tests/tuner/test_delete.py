@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+TUNER = [sys.executable, "-m", "tuner._cli"]
+
+
+def _tuner(*args: str, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(
+        [*TUNER, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False, **kwargs
+    )
+
+
+def _studies(tiny_spec: Any, url: str, *names: str) -> dict[str, list[Path]]:
+    """Studies of one trial each in one store, every model kept: each one's folders
+    (models, runs)."""
+    import tuner
+
+    folders = {}
+    for name in names:
+        spec = tiny_spec(name, budget={"n_trials": 1, "max_epochs": 1}, artifacts={"keep": "all"})
+        tuner.run(spec, storage=url)
+        study = optuna.load_study(study_name=name, storage=url)
+        attrs = study.trials[0].user_attrs
+        folders[name] = [Path(attrs["artifact_store"]), Path(attrs["tensorboard"]).parent]
+        assert all(f.is_dir() and any(f.iterdir()) for f in folders[name]), folders
+    return folders
+
+
+def test_delete_removes_the_study_and_its_files_and_leaves_the_others(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    folders = _studies(tiny_spec, sqlite_url, "tiny", "other")
+    models, runs = folders["tiny"]
+
+    out = _tuner("delete", "tiny", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"deleted study 'tiny' (1 trial) from {sqlite_url}"
+    assert {line.split(" (")[0] for line in lines[1:]} == {f"removed {models}", f"removed {runs}"}
+    assert all(line.endswith(" KB)") for line in lines[1:]), out.stdout
+    assert not models.exists() and not runs.exists()
+    assert optuna.get_all_study_names(sqlite_url) == ["other"]
+    # The other study, its models and runs are as they were.
+    assert all(f.is_dir() and any(f.iterdir()) for f in folders["other"])
+    from tuner._artifacts import artifact_status
+
+    other = optuna.load_study(study_name="other", storage=sqlite_url)
+    kept = artifact_status(other, 0).path
+    assert kept is not None and kept.is_file()
+
+    # Deleting it again is the one line a missing study gets.
+    again = _tuner("delete", "tiny", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.strip() == "error: no study named 'tiny'; studies in this store: other"
+
+
+def test_delete_asks_first_and_without_a_terminal_needs_yes(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    folders = _studies(tiny_spec, sqlite_url, "tiny")
+    out = _tuner("delete", "tiny", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(
+        "error: --yes: not given; with no terminal to ask at, it is needed to delete study "
+        f"'tiny' (1 trial) from {sqlite_url} and "
+    )
+    assert optuna.get_all_study_names(sqlite_url) == ["tiny"]
+
+    def at_a_terminal(answer: str) -> subprocess.CompletedProcess[str]:
+        main, terminal = pty.openpty()
+        try:
+            os.write(main, answer.encode())
+            return _tuner("delete", "tiny", "--storage", sqlite_url, cwd=tmp_path, stdin=terminal)
+        finally:
+            os.close(main)
+            os.close(terminal)
+
+    no = at_a_terminal("\n")  # the default is no
+    assert no.returncode == 1 and "nothing deleted" in no.stderr
+    assert "tiny" in optuna.get_all_study_names(sqlite_url)
+    assert all(f.is_dir() for f in folders["tiny"])
+    yes = at_a_terminal("y\n")
+    assert yes.returncode == 0, yes.stderr
+    assert optuna.get_all_study_names(sqlite_url) == []
+    assert not any(f.exists() for f in folders["tiny"])
+
+
+def test_a_study_with_running_trials_is_deleted_only_with_force(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    folders = _studies(tiny_spec, sqlite_url, "tiny")
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    running = study.ask().number  # a worker's trial in flight
+
+    out = _tuner("delete", "tiny", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: study 'tiny' has 1 trial running ({running}); stop its sweep first, or "
+        "pass --force"
+    )
+    assert "tiny" in optuna.get_all_study_names(sqlite_url)
+
+    forced = _tuner(
+        "delete", "tiny", "--yes", "--force", "--keep-files", "--storage", sqlite_url, cwd=tmp_path
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert optuna.get_all_study_names(sqlite_url) == []
+    # --keep-files: the store only; the folders stay, and are named.
+    for folder in folders["tiny"]:
+        assert folder.is_dir() and f"left {folder}: kept (--keep-files)" in forced.stdout
+
+
+def test_a_mistyped_store_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    out = _tuner("delete", "tiny", "--yes", "--storage", f"sqlite:///{typo}", cwd=tmp_path)
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line == f"error: no study store at 'sqlite:///{typo}': {typo} does not exist"
+    assert not typo.exists()
+
+
+def test_only_folders_named_after_the_study_are_removed(tmp_path: Path) -> None:
+    from tuner._delete import _owned
+
+    assert _owned("tiny", tmp_path / "tuner-artifacts" / "tiny")
+    assert _owned("tiny", tmp_path / "tuner-artifacts" / "tensorboard" / "tiny")
+    assert not _owned("tiny", tmp_path / "tuner-artifacts")
+    assert not _owned("tiny", tmp_path)
+
+
+@pytest.mark.postgres
+def test_delete_on_postgres(tmp_path: Path, tiny_spec: Any, postgres_url: str) -> None:
+    import tuner
+
+    # A server store keeps models and runs where the spec says (else ./tuner-artifacts).
+    spec = tiny_spec(
+        budget={"n_trials": 1, "max_epochs": 1},
+        artifacts={"keep": "all", "path": str(tmp_path / "artifacts")},
+    )
+    tuner.run(spec, storage=postgres_url)
+    models = tmp_path / "artifacts" / "tiny"
+    assert models.is_dir()
+    out = _tuner("delete", "tiny", "--yes", "--storage", postgres_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "tiny" not in optuna.get_all_study_names(postgres_url)
+    assert not models.exists() and not (tmp_path / "artifacts" / "tensorboard" / "tiny").exists()

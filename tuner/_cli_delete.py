@@ -1,0 +1,105 @@
+"""``tuner delete``: a study out of the store, with the models and runs its trials kept."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._cli import _console, _storage_arg
+from ._exceptions import EXIT_FAILED, EXIT_OK, SpecError, storage_error
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "delete",
+        help="delete a study: its trials, kept models and TensorBoard runs",
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument("--yes", action="store_true", help="delete without asking")
+    p.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="delete the study from the store only; its kept models and runs stay on disk",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete a study with running trials (their workers will fail to record them)",
+    )
+    _storage_arg(p)
+    p.set_defaults(func=_cmd_delete)
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} bytes"
+    value = n / 1024
+    for unit in ("KB", "MB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GB"
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from ._delete import delete_study, running_trials, study_files
+    from .storage import (
+        StoreError,
+        load_study_readonly,
+        mask_url,
+        open_storage,
+        read_records,
+        resolve_url,
+    )
+
+    url = resolve_url(args.storage)
+    shown = mask_url(url)
+    try:
+        # Read-only first: a mistyped URL must not create a store.
+        reader = open_storage(url, read_only=True, heartbeat=False)
+        try:
+            load_study_readonly(reader, args.study)
+            records = read_records(reader, args.study)
+        finally:
+            reader.engine.dispose()
+    except StoreError as exc:
+        raise storage_error(exc) from exc
+    running = running_trials(records)
+    if running and not args.force:
+        raise SpecError(
+            f"study {args.study!r} has {_trials(len(running))} running "
+            f"({', '.join(map(str, running))}); stop its sweep first, or pass --force"
+        )
+    folders = [] if args.keep_files else study_files(args.study, records)
+    what = f"study {args.study!r} ({_trials(len(records))}) from {shown}"
+    if folders:
+        what += " and " + ", ".join(str(f) for f in folders)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SpecError(
+                f"--yes: not given; with no terminal to ask at, it is needed to delete {what}"
+            )
+        answer = input(f"delete {what}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        store = open_storage(url, heartbeat=False)
+    except StoreError as exc:
+        raise storage_error(exc) from exc
+    try:
+        deleted = delete_study(store, args.study, files=not args.keep_files)
+    finally:
+        store.engine.dispose()
+    console = _console()
+    console.print(f"deleted study {args.study!r} ({_trials(deleted.trials)}) from {shown}")
+    for folder, size in deleted.removed.items():
+        console.print(f"removed {folder} ({_size(size)})", markup=False)
+    for folder, why in deleted.left.items():
+        console.print(f"left {folder}: {why}", markup=False)
+    return EXIT_OK
