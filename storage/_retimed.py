@@ -16,6 +16,9 @@ from ._format import show_metric
 from ._records import pareto_mask
 from .keys import RETIMED_ATTR
 
+# How many times a re-timing times each model, in rotated orders, unless told otherwise.
+DEFAULT_ROUNDS = 3
+
 
 @dataclass(frozen=True)
 class RetimedTrial:

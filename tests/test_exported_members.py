@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import tuner
 import tuner.storage
 
@@ -29,6 +31,28 @@ def test_import_tuner_does_not_load_heavy_dependencies() -> None:
     code = "import sys, tuner; print(' '.join(m for m in ('torch', 'ray', 'streamlit', 'plotly') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_cli_reads_a_store_without_loading_torch(tmp_path: Path) -> None:
+    # torch and its compiler take seconds to import: `tuner --help`, `status` and `best`
+    # answer in well under one.
+    import subprocess
+    import sys
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=["maximize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.5]))
+    heavy = "print('loaded:', *(m for m in ('torch', 'ray', 'streamlit') if m in sys.modules))"
+    for args in (["--help"], ["status", "--storage", url], ["best", "s", "--storage", url]):
+        code = (
+            "import sys; from tuner._cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n{heavy}"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines()[-1] == "loaded:", (args, out.stdout[-200:])
 
 
 def _defined_public(module: object) -> set[str]:

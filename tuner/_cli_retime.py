@@ -16,7 +16,7 @@ def add_parser(sub: Any) -> None:
         help="time the front's kept models again, side by side on this machine",
     )
     p.add_argument("study", help="study name")
-    from ._retime import DEFAULT_ROUNDS
+    from .storage._retimed import DEFAULT_ROUNDS
 
     p.add_argument(
         "--rounds",

@@ -40,11 +40,11 @@ from .storage import (
     study_objectives,
 )
 from .storage._outage import ride_out
+from .storage._retimed import DEFAULT_ROUNDS
 from .storage.keys import RETIMED_ATTR
 
 # The figures re-timed: latency at batch 1 and at the spec's batch size, median and p90.
 LATENCY_METRICS = ("latency_ms", "latency_ms_p90", "latency_ms_batch", "latency_ms_batch_p90")
-DEFAULT_ROUNDS = 3
 
 
 # One timing: median and p90 milliseconds of one pass.
