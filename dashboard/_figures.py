@@ -34,6 +34,7 @@ from ._views.history import (
     even_sample,
     step_points,
 )
+from ._views.overview import NightTrend
 
 FRONT = "#1f77b4"
 BEST = "#d62728"
@@ -430,5 +431,80 @@ def retimed_front(
         height=360,
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=1.12),
+    )
+    return fig
+
+
+def night_trend(trend: NightTrend) -> go.Figure:
+    """Each night's hypervolume (against one reference point) and the best of each maximized
+    objective on its front, night by night; the nights their report judged regressed in red."""
+    rows = 1 + len(trend.best)
+    fig = make_subplots(
+        rows=rows,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=["hypervolume", *(f"best {name} on the front" for name in trend.best)],
+    )
+    changes = [trend.change(i) for i in range(len(trend.dates))]
+    notes = [
+        f"{study}<br>{finished} trials finished"
+        + ("" if change is None else f"<br>{change:+.1%} on the night before")
+        + ("<br>judged regressed" if regressed else "")
+        + ("<br>(judged on fronts re-timed side by side)" if retimed else "")
+        for study, finished, change, regressed, retimed in zip(
+            trend.studies, trend.finished, changes, trend.regressed, trend.retimed
+        )
+    ]
+    fig.add_trace(
+        go.Scatter(
+            x=trend.dates,
+            y=trend.hypervolume,
+            mode="lines+markers",
+            line=dict(color=FRONT),
+            name="hypervolume",
+            text=notes,
+            hovertemplate="%{x}: %{y:.4g}<br>%{text}<extra></extra>",
+            showlegend=False,
+        ),
+        row=1,
+        col=1,
+    )
+    bad = [i for i, regressed in enumerate(trend.regressed) if regressed]
+    if bad:
+        fig.add_trace(
+            go.Scatter(
+                x=[trend.dates[i] for i in bad],
+                y=[trend.hypervolume[i] for i in bad],
+                mode="markers",
+                marker=dict(color=BEST, size=12, symbol="x"),
+                name="judged regressed",
+                text=[notes[i] for i in bad],
+                hovertemplate="%{x}: %{y:.4g}<br>%{text}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    for row, (name, values) in enumerate(trend.best.items(), start=2):
+        scale = display_scale(name)
+        fig.add_trace(
+            go.Scatter(
+                x=trend.dates,
+                y=[None if v is None else v * scale for v in values],
+                mode="lines+markers",
+                line=dict(color=FRONT),
+                name=name,
+                showlegend=False,
+                hovertemplate="%{x}: %{y:.4g}<extra>" + name + "</extra>",
+            ),
+            row=row,
+            col=1,
+        )
+        fig.update_yaxes(title_text=axis_title(name), row=row, col=1)
+    fig.update_xaxes(type="category", title_text="night", row=rows, col=1)
+    fig.update_layout(
+        height=220 * rows + 40,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.08),
     )
     return fig

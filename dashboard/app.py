@@ -24,6 +24,7 @@ from tuner.dashboard._views import front as _front
 from tuner.dashboard._views import importance as _importance_data
 from tuner.dashboard._views import overview as _overview
 from tuner.dashboard._views import trials as _trials
+from tuner.dashboard._views.overview import NightTrend
 from tuner.dashboard._views.page import StudyPage, study_page_data
 from tuner.storage import (
     StoreError,
@@ -33,6 +34,7 @@ from tuner.storage import (
     count_states,
     mask_url,
     mixed_machines,
+    nights,
     open_storage,
     read_best_values,
     read_records,
@@ -85,6 +87,12 @@ def _summaries(url: str) -> list[StudySummary]:
 @st.cache_data(ttl=5, show_spinner=False)
 def _best_values(url: str) -> dict[str, dict[str, float]]:
     return read_best_values(_store(url))
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _night_trend(url: str, spec_name: str, _studies: list[StudySummary]) -> NightTrend:
+    # A night's front and hypervolume change only while it runs: read at most every 10 s.
+    return _overview.night_trend(spec_name, nights(_store(url), spec_name), _studies)
 
 
 @st.cache_data(ttl=2, show_spinner=False)
@@ -233,6 +241,19 @@ def overview(url: str) -> None:
             f"({'running' if latest.is_running else 'finished'})"
         )
         _studies_table(group.studies, best, key=f"nightly-{group.name}")
+        if len(group.studies) > 1:
+            trend = _night_trend(url, group.name, group.studies)
+            st.caption(
+                "Each night's front: its hypervolume against one reference point (the latest "
+                "report's), higher is better, and its best "
+                + ", ".join(trend.best)
+                + ". Hover a night for its trials and its change on the night before."
+            )
+            st.plotly_chart(
+                _figures.night_trend(trend),
+                key=f"nights-{group.name}",
+                config={"displaylogo": False},
+            )
 
 
 def _studies_table(

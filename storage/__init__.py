@@ -25,6 +25,7 @@ from ._format import (
     sparsity_label,
     speed_spread,
 )
+from ._nights import NightSummary, nights
 from ._outage import StoreUnavailable
 from ._rdb import open_storage
 from ._readers import count_states, read_best_values, read_records, read_studies
@@ -48,12 +49,13 @@ from ._retimed import (
 from ._url import DEFAULT_URL, ENV_VAR, mask_url, resolve_url
 
 # What reading a store takes (the CLI, the dashboard, a notebook). The study manager's
-# own plumbing (locks, outage riding, nights, batched writes) is imported from the
+# own plumbing (locks, outage riding, warm starts, batched writes) is imported from the
 # private modules by tuner itself.
 __all__ = [
     "DEFAULT_URL",
     "ENV_VAR",
     "Bound",
+    "NightSummary",
     "RetimedTrial",
     "Retiming",
     "StoreError",
@@ -72,6 +74,7 @@ __all__ = [
     "metric_unit",
     "metric_value",
     "mixed_machines",
+    "nights",
     "open_storage",
     "pareto_front",
     "pareto_mask",

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.storage import StudySummary, show_metric
-from tuner.storage.keys import SPEC_NAME_ATTR
+from tuner.storage import NightSummary, StudySummary, show_metric
+from tuner.storage.keys import NIGHTLY_ATTR, SPEC_NAME_ATTR
 
 
 @dataclass(frozen=True)
@@ -74,3 +74,59 @@ def overview_rows(
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class NightTrend:
+    """A nightly spec's nights, oldest first: each one's hypervolume against one reference
+    point (so that they compare), the best value on its front of each maximized objective,
+    and what its morning report judged."""
+
+    spec_name: str
+    dates: list[str]
+    studies: list[str]
+    finished: list[int]
+    hypervolume: list[float | None]
+    best: dict[str, list[float | None]]
+    regressed: list[bool]
+    retimed: list[bool]
+
+    def change(self, index: int) -> float | None:
+        """Night ``index``'s hypervolume over the night before's, less 1."""
+        if index == 0:
+            return None
+        now, before = self.hypervolume[index], self.hypervolume[index - 1]
+        if now is None or before is None or before <= 0:
+            return None
+        return now / before - 1.0
+
+
+def night_trend(
+    spec_name: str, nights: Sequence[NightSummary], summaries: Sequence[StudySummary]
+) -> NightTrend:
+    """The trend of ``nights`` (:func:`tuner.storage.nights`); ``summaries`` give each
+    night's report (the ``tuner.nightly`` attribute: regressed, judged on re-timed fronts)."""
+    reports = {s.name: s.user_attrs.get(NIGHTLY_ATTR) for s in summaries}
+    objectives = nights[0].objectives if nights else {}
+    maximized = [n for n, d in objectives.items() if d == "maximize"] or list(objectives)[:1]
+    best: dict[str, list[float | None]] = {name: [] for name in maximized}
+    for night in nights:
+        for name in maximized:
+            values = [v[name] for v in night.front if name in v]
+            pick = max if objectives[name] == "maximize" else min
+            best[name].append(pick(values) if values else None)
+
+    def reported(night: NightSummary, key: str) -> bool:
+        report = reports.get(night.study_name)
+        return isinstance(report, Mapping) and bool(report.get(key))
+
+    return NightTrend(
+        spec_name=spec_name,
+        dates=[n.date for n in nights],
+        studies=[n.study_name for n in nights],
+        finished=[n.n_finished for n in nights],
+        hypervolume=[n.hypervolume for n in nights],
+        best=best,
+        regressed=[reported(n, "regressed") for n in nights],
+        retimed=[reported(n, "retimed") for n in nights],
+    )

@@ -400,3 +400,44 @@ def test_a_retimed_front_is_shown_beside_the_stored_figures(
         f"The front has changed since: trial {len(study.trials) - 1} was not on it then; "
         f"`tuner retime tiny --storage {copy}` times it again."
     ]
+
+
+def test_a_nightly_spec_draws_its_nights_hypervolume_and_best_accuracy(
+    app_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuner.storage import nights
+    from tuner.storage.keys import NIGHTLY_ATTR, SPEC_NAME_ATTR
+
+    url = f"sqlite:///{tmp_path / 'nights.db'}"
+    reference = {"accuracy": 0.0, "size_bytes": 100_000.0, "latency_ms": 2.0}
+    # Three nights as tuner nightly records them: the second better, the third judged
+    # regressed by its report.
+    fronts = {
+        "2026-11-01": [(0.90, 40_000.0, 0.5), (0.85, 20_000.0, 0.4)],
+        "2026-11-02": [(0.94, 30_000.0, 0.4), (0.88, 10_000.0, 0.3)],
+        "2026-11-03": [(0.80, 60_000.0, 0.9)],
+    }
+    for date, points in fronts.items():
+        study = optuna.create_study(
+            study_name=f"digits-{date}", storage=url, directions=list(OBJ.values())
+        )
+        for values in points:
+            study.add_trial(optuna.trial.create_trial(values=list(values)))
+        study.set_user_attr(SPEC_NAME_ATTR, "digits")
+        study.set_user_attr(
+            NIGHTLY_ATTR,
+            {"date": date, "reference_point": reference, "regressed": date == "2026-11-03"},
+        )
+        study.set_metric_names(list(OBJ))
+    at = _run(app_path, url, monkeypatch)
+    assert "Nightly: digits" in [s.value for s in at.subheader]
+    (figure,) = _figures(at)
+    traces = {t.get("name"): t for t in figure["data"]}
+    line = traces["hypervolume"]
+    assert line["x"] == list(fronts)
+    expected = [n.hypervolume for n in nights(open_storage(url, read_only=True), "digits")]
+    assert line["y"] == pytest.approx(expected)
+    assert expected[1] > expected[0] > expected[2] > 0
+    assert traces["judged regressed"]["x"] == ["2026-11-03"]
+    assert traces["accuracy"]["y"] == pytest.approx([90.0, 94.0, 80.0])  # in %
+    assert "+" in line["text"][1] and "on the night before" in line["text"][1]
