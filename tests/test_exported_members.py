@@ -34,8 +34,8 @@ def test_import_tuner_does_not_load_heavy_dependencies() -> None:
 
 
 def test_the_cli_reads_a_store_without_loading_torch(tmp_path: Path) -> None:
-    # torch and its compiler take seconds to import: `tuner --help`, `status` and `best`
-    # answer in well under one.
+    # torch and its compiler take seconds to import: `tuner --help`, `status`, `best` and
+    # `pick` answer in about one.
     import subprocess
     import sys
 
@@ -45,7 +45,8 @@ def test_the_cli_reads_a_store_without_loading_torch(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="s", storage=url, directions=["maximize"])
     study.add_trial(optuna.trial.create_trial(values=[0.5]))
     heavy = "print('loaded:', *(m for m in ('torch', 'ray', 'streamlit') if m in sys.modules))"
-    for args in (["--help"], ["status", "--storage", url], ["best", "s", "--storage", url]):
+    commands = [["--help"], ["status"], ["best", "s"], ["pick", "s", "--json"]]
+    for args in [c if c == ["--help"] else [*c, "--storage", url] for c in commands]:
         code = (
             "import sys; from tuner._cli import main\n"
             f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n{heavy}"

@@ -29,15 +29,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
-from torch import nn
 
 from ._exceptions import ArtifactMissing, StorageError
 from .storage import keys
 from .storage._optuna import rdb_backend, study_storage
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
     from ._spec import StudySpec
+
+# torch loads where a model is read or written, not on import: `tuner pick` and the
+# other commands that only look a trial's file up stay quick.
 
 DEFAULT_FOLDER = "tuner-artifacts"
 ENV_VAR = "TUNER_ARTIFACTS"
@@ -67,6 +71,8 @@ def load_program(source: Any) -> nn.Module:
     from ._compression import import_torchao
 
     import_torchao()  # registers the ops an int8 graph calls
+    import torch
+
     module = torch.export.load(source).module()
     if hasattr(module, "validate_inputs"):
         setattr(module, "validate_inputs", False)  # noqa: B010 - a flag, not a submodule
@@ -143,6 +149,8 @@ def save_trial_model(tm: TrialModel, path: Path) -> None:
         "float_layers": tm.float_layers,
         "qat_program": tm.qat_program,
     }
+    import torch
+
     torch.save(payload, path)
 
 
@@ -152,6 +160,8 @@ def load_trial_model(path: Path) -> TrialModel:
     The float model is a pickled module: the classes it uses (a user workload's module)
     must be importable, as they were when the trial ran.
     """
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
