@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 
 from tuner.storage import Retiming, TrialRecord
 
+from ._views.compare import Comparison, front_line
 from ._views.front import (
     COMPRESSION_SHAPES,
     FrontInfo,
@@ -504,6 +505,63 @@ def night_trend(trend: NightTrend) -> go.Figure:
     fig.update_xaxes(type="category", title_text="night", row=rows, col=1)
     fig.update_layout(
         height=220 * rows + 40,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.08),
+    )
+    return fig
+
+
+# One colour per compared study (plotly's default cycle, which the other charts start with).
+STUDY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+
+
+def compare_fronts(comparison: Comparison, x: str, y: str) -> go.Figure:
+    """Each study's trials (faint) and its front on ``x`` and ``y`` (a staircase), one colour
+    per study; the trials on the joint front of every objective are drawn larger."""
+    objectives = comparison.objectives
+    sx, sy = display_scale(x), display_scale(y)
+    # Between two front points, the better y is reached at the second point's x when x is
+    # minimized (across, then up or down), and at the first point's when it is maximized.
+    shape = "hv" if objectives[x] == "minimize" else "vh"
+    fig = go.Figure()
+    for i, study in enumerate(comparison.studies):
+        color = STUDY_COLORS[i % len(STUDY_COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=[r.values[x] * sx for r in study.trials],
+                y=[r.values[y] * sy for r in study.trials],
+                mode="markers",
+                marker=dict(color=color, size=5, opacity=0.25),
+                name=f"{study.name}: every trial",
+                legendgroup=study.name,
+                showlegend=False,
+                customdata=[[study.name, r.number] for r in study.trials],
+                hovertemplate="%{customdata[0]} trial %{customdata[1]}<br>"
+                f"{x}: %{{x}}<br>{y}: %{{y}}<extra></extra>",
+            )
+        )
+        line = front_line(study.front, x, y, objectives)
+        fig.add_trace(
+            go.Scatter(
+                x=[r.values[x] * sx for r in line],
+                y=[r.values[y] * sy for r in line],
+                mode="lines+markers",
+                line=dict(color=color, shape=shape),
+                marker=dict(
+                    color=color,
+                    size=[13 if r.number in study.joint else 8 for r in line],
+                ),
+                name=study.name,
+                legendgroup=study.name,
+                customdata=[[study.name, r.number] for r in line],
+                hovertemplate="%{customdata[0]} trial %{customdata[1]}<br>"
+                f"{x}: %{{x}}<br>{y}: %{{y}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        xaxis_title=axis_title(x, objectives[x]),
+        yaxis_title=axis_title(y, objectives[y]),
+        height=480,
         margin=dict(l=10, r=10, t=30, b=10),
         legend=dict(orientation="h", y=1.08),
     )

@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from tuner.dashboard import PASSWORD_ENV, _figures
+from tuner.dashboard._views import compare as _compare
 from tuner.dashboard._views import front as _front
 from tuner.dashboard._views import importance as _importance_data
 from tuner.dashboard._views import overview as _overview
@@ -195,6 +196,16 @@ def _go(study: str | None = None, trial: int | None = None) -> None:
     st.rerun()
 
 
+def _go_compare(names: list[str]) -> None:
+    params = st.query_params
+    for key in list(params):
+        with contextlib.suppress(Exception):
+            del params[key]
+    params["compare"] = names
+    st.session_state["nav"] = st.session_state.get("nav", 0) + 1
+    st.rerun()
+
+
 def _nav_key(name: str) -> str:
     return f"{name}-{st.session_state.get('nav', 0)}"
 
@@ -273,6 +284,85 @@ def _studies_table(
     rows = event.selection.rows if event is not None else []
     if rows:
         _go(study=str(frame.iloc[rows[0]]["study"]))
+
+
+# --- studies compared --------------------------------------------------------------
+
+
+@st.cache_data(ttl=5, max_entries=16, show_spinner=False)
+def _records(url: str, name: str) -> list[TrialRecord]:
+    return read_records(_store(url), name)
+
+
+def compare_page(url: str, names: list[str]) -> None:
+    st.title("Compare studies")
+    known = {s.name: s for s in _summaries(url)}
+    for name in names:
+        if name not in known:
+            st.error(f"No study named {name!r} in this store.")
+    names = [n for n in dict.fromkeys(names) if n in known]
+    if len(names) < 2:
+        st.info("Pick two or more studies of this store to compare, in the sidebar.")
+        return
+    comparison = _compare.compare_fronts(
+        {n: (known[n].objectives, _records(url, n)) for n in names}
+    )
+    objectives = list(comparison.objectives)
+    shared = " · ".join(
+        f"{n} {'↑' if d == 'maximize' else '↓'}" for n, d in comparison.objectives.items()
+    )
+    st.caption(f"{', '.join(names)}  |  compared on: {shared or 'nothing'}")
+    if comparison.left_out:
+        st.caption(
+            "Left out (not in every study, or not the same way round in each): "
+            + ", ".join(comparison.left_out)
+        )
+    if len(objectives) < 2:
+        st.warning(
+            "These studies share fewer than two objectives, each the same way round: "
+            "there is no trade-off to compare."
+        )
+        return
+    if not any(s.trials for s in comparison.studies):
+        st.info("No complete trial in these studies yet.")
+        return
+    x_default = objectives[-1] if len(objectives) >= 3 else objectives[1]
+    left, right = st.columns(2)
+    x = left.selectbox("x axis", objectives, index=objectives.index(x_default), key="cx")
+    y_choices = [n for n in objectives if n != x]
+    y = right.selectbox("y axis", y_choices, index=0, key="cy")
+    st.caption(
+        "Each study's front on these two objectives (its other trials faint); larger points "
+        "are on the joint front of every objective: no trial of any of these studies is "
+        "better on all of them. Click a point to open its trial."
+    )
+    event = st.plotly_chart(
+        _figures.compare_fronts(comparison, x, y),
+        on_select="rerun",
+        selection_mode="points",
+        key=_nav_key("compare-chart"),
+        config={"displaylogo": False},
+    )
+    picked = _selected_study_trial(event)
+    if picked is not None:
+        _go(study=picked[0], trial=picked[1])
+    st.caption(
+        "Hypervolume: the share of one box (the best to the worst value of each objective "
+        "over every study's trials) that the study's front dominates; higher is better."
+    )
+    st.dataframe(pd.DataFrame(comparison.rows()), hide_index=True)
+
+
+def _selected_study_trial(event: Any) -> tuple[str, int] | None:
+    try:
+        points = event.selection.points
+    except AttributeError:
+        return None
+    for point in points:
+        custom = point.get("customdata")
+        if isinstance(custom, list) and len(custom) == 2:
+            return str(custom[0]), int(custom[1])
+    return None
 
 
 # --- the study page ----------------------------------------------------------------
@@ -749,7 +839,23 @@ def _pages(url: str) -> None:
             )
             if pick is not None and pick != study:
                 _go(study=pick)
-    if not study:
+            chosen = st.multiselect(
+                "Compare studies",
+                names,
+                default=[n for n in params.get_all("compare") if n in names],
+                placeholder="two or more",
+                key=_nav_key("sidebar-compare"),
+            )
+            if (
+                len(chosen) > 1
+                and chosen != params.get_all("compare")
+                and st.button("Compare", key=_nav_key("compare"))
+            ):
+                _go_compare(chosen)
+    compared = params.get_all("compare")
+    if not study and len(compared) > 1:
+        compare_page(url, compared)
+    elif not study:
         overview(url)
     elif params.get("trial") is not None:
         trial_page(url, study, str(params.get("trial")))

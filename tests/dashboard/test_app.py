@@ -441,3 +441,40 @@ def test_a_nightly_spec_draws_its_nights_hypervolume_and_best_accuracy(
     assert traces["judged regressed"]["x"] == ["2026-11-03"]
     assert traces["accuracy"]["y"] == pytest.approx([90.0, 94.0, 80.0])  # in %
     assert "+" in line["text"][1] and "on the night before" in line["text"][1]
+
+
+def test_studies_compared_side_by_side(
+    app_path: Path, dashboard_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real study, and a copy with every model 10% larger: the copy holds no point of
+    # the joint front.
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    optuna.copy_study(from_study_name="tiny", from_storage=dashboard_store, to_storage=url)
+    source = optuna.load_study(study_name="tiny", storage=url)
+    larger = optuna.create_study(
+        study_name="tiny-larger", storage=url, directions=source.directions
+    )
+    larger.set_metric_names(list(OBJ))
+    for t in source.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        accuracy, size, latency = t.values
+        larger.add_trial(optuna.trial.create_trial(values=[accuracy, size * 1.1, latency]))
+    monkeypatch.setenv("TUNER_STORAGE", url)
+    monkeypatch.delenv("TUNER_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(str(app_path), default_timeout=60)
+    at.query_params["compare"] = ["tiny", "tiny-larger"]
+    at.run()
+    assert not at.exception, at.exception[0].message if at.exception else ""
+    assert at.title[0].value == "Compare studies"
+    (figure,) = _figures(at)
+    fronts = [t for t in figure["data"] if t.get("mode") == "lines+markers"]
+    assert [t["name"] for t in fronts] == ["tiny", "tiny-larger"]
+    table = at.dataframe[0].value.set_index("study")
+    joint = table.loc["tiny", "on the joint front"]
+    assert table.loc["tiny-larger", "on the joint front"].startswith("0 of ")
+    assert joint.split(" of ")[0] == joint.split(" of ")[1] != "0"
+    assert table.loc["tiny", "hypervolume"] > table.loc["tiny-larger", "hypervolume"]
+    # A study that is not in the store is named; with one left, there is nothing to compare.
+    at.query_params["compare"] = ["tiny", "nope"]
+    at.run()
+    assert [e.value for e in at.error] == ["No study named 'nope' in this store."]
+    assert not _figures(at)
