@@ -502,7 +502,9 @@ def night_trend(trend: NightTrend) -> go.Figure:
             col=1,
         )
         fig.update_yaxes(title_text=axis_title(name), row=row, col=1)
-    fig.update_xaxes(type="category", title_text="night", row=rows, col=1)
+    # Every row's axis a category one: dates typed as dates would not match the shared axis.
+    fig.update_xaxes(type="category")
+    fig.update_xaxes(title_text="night", row=rows, col=1)
     fig.update_layout(
         height=220 * rows + 40,
         margin=dict(l=10, r=10, t=30, b=10),

@@ -90,10 +90,16 @@ def _best_values(url: str) -> dict[str, dict[str, float]]:
     return read_best_values(_store(url))
 
 
+# The nights drawn under a nightly spec: the latest ones, so that the overview reads a
+# bounded number of studies however long the spec has run.
+MAX_NIGHTS = 60
+
+
 @st.cache_data(ttl=10, show_spinner=False)
 def _night_trend(url: str, spec_name: str, _studies: list[StudySummary]) -> NightTrend:
     # A night's front and hypervolume change only while it runs: read at most every 10 s.
-    return _overview.night_trend(spec_name, nights(_store(url), spec_name), _studies)
+    found = nights(_store(url), spec_name, last=MAX_NIGHTS)
+    return _overview.night_trend(spec_name, found, _studies)
 
 
 @st.cache_data(ttl=2, show_spinner=False)

@@ -72,8 +72,10 @@ def nights(
     spec_name: str,
     *,
     reference_point: Mapping[str, float] | None = None,
+    last: int | None = None,
 ) -> list[NightSummary]:
-    """Every night of ``spec_name``, oldest first, each with its front and hypervolume.
+    """Every night of ``spec_name`` (the ``last`` ones only, where given), oldest first,
+    each with its front and hypervolume.
 
     All nights are measured against one reference point, so their hypervolumes
     compare: ``reference_point`` if given, else the one the latest night's report used.
@@ -84,6 +86,8 @@ def nights(
             print(night.date, night.hypervolume, len(night.front))
     """
     found = night_studies(storage, spec_name)
+    if last is not None:
+        found = found[-last:] if last > 0 else []
     loaded = []
     for date, name in found:
         study = optuna.load_study(study_name=name, storage=storage)

@@ -34,8 +34,8 @@ def test_import_tuner_does_not_load_heavy_dependencies() -> None:
 
 
 def test_the_cli_reads_a_store_without_loading_torch(tmp_path: Path) -> None:
-    # torch and its compiler take seconds to import: `tuner --help`, `status`, `best` and
-    # `pick` answer in about one.
+    # torch and its compiler take seconds to import: `tuner --help`, `status`, `best`,
+    # `pick` and `delete` answer in about one.
     import subprocess
     import sys
 
@@ -46,10 +46,12 @@ def test_the_cli_reads_a_store_without_loading_torch(tmp_path: Path) -> None:
     study.add_trial(optuna.trial.create_trial(values=[0.5]))
     heavy = "print('loaded:', *(m for m in ('torch', 'ray', 'streamlit') if m in sys.modules))"
     commands = [["--help"], ["status"], ["best", "s"], ["pick", "s", "--json"]]
+    commands.append(["delete", "s", "--yes", "--keep-files"])  # last: the study is gone after
     for args in [c if c == ["--help"] else [*c, "--storage", url] for c in commands]:
         code = (
             "import sys; from tuner._cli import main\n"
-            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n{heavy}"
+            f"try:\n    code = main({args!r})\nexcept SystemExit as exc:\n    code = exc.code\n"
+            f"{heavy}\nsys.exit(code)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

@@ -426,6 +426,8 @@ def artifact_status(
     """Find trial ``number``'s model file; ``folder`` overrides the recorded one."""
     storage = study_storage(study)
     try:
+        if not 0 <= number < 2**31:  # the store's integer column; a larger one overflows
+            raise KeyError(number)
         # One row read, not the study's trials: re-timing asks this of every front trial.
         trial = storage.get_trial(
             storage.get_trial_id_from_study_id_trial_number(

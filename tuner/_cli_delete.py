@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._cli import _console, _storage_arg
+from ._cli import _storage_arg
 from ._exceptions import EXIT_FAILED, EXIT_OK, SpecError, storage_error
 
 
@@ -75,16 +75,20 @@ def _cmd_delete(args: argparse.Namespace) -> int:
             f"study {args.study!r} has {_trials(len(running))} running "
             f"({', '.join(map(str, running))}); stop its sweep first, or pass --force"
         )
-    folders = [] if args.keep_files else study_files(args.study, records)
     what = f"study {args.study!r} ({_trials(len(records))}) from {shown}"
-    if folders:
-        what += " and " + ", ".join(str(f) for f in folders)
+    kept = study_files(args.study, records)
+    if kept and not args.keep_files:
+        what += f" and the {kept.describe()} its trials kept"
     if not args.yes:
         if not sys.stdin.isatty():
             raise SpecError(
                 f"--yes: not given; with no terminal to ask at, it is needed to delete {what}"
             )
-        answer = input(f"delete {what}? [y/N] ").strip().lower()
+        try:
+            answer = input(f"delete {what}? [y/N] ").strip().lower()
+        except (EOFError, KeyboardInterrupt):
+            answer = ""
+            print(file=sys.stderr)
         if answer not in ("y", "yes"):
             print("nothing deleted", file=sys.stderr)
             return EXIT_FAILED
@@ -93,13 +97,13 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     except StoreError as exc:
         raise storage_error(exc) from exc
     try:
-        deleted = delete_study(store, args.study, files=not args.keep_files)
+        deleted = delete_study(store, args.study, files=not args.keep_files, force=args.force)
     finally:
         store.engine.dispose()
-    console = _console()
-    console.print(f"deleted study {args.study!r} ({_trials(deleted.trials)}) from {shown}")
-    for folder, size in deleted.removed.items():
-        console.print(f"removed {folder} ({_size(size)})", markup=False)
-    for folder, why in deleted.left.items():
-        console.print(f"left {folder}: {why}", markup=False)
+    lines = [f"deleted study {args.study!r} ({_trials(deleted.trials)}) from {shown}"]
+    if deleted.models or deleted.runs:
+        lines.append(f"removed {deleted.describe()} of its trials ({_size(deleted.size)})")
+    lines += [f"removed {folder}" for folder in deleted.removed]
+    lines += [f"left {path}: {why}" for path, why in deleted.left.items()]
+    print("\n".join(lines))
     return EXIT_OK

@@ -1,25 +1,87 @@
-"""Delete a study: its trials from the store, then its kept models and TensorBoard files.
+"""Delete a study: its trials from the store, then the files its trials kept.
 
 Optuna's ``delete_study`` removes the rows and leaves every file the trials wrote: a
 study's kept models (one per front trial at least, each a compressed model of a few KB to
-many MB) and its TensorBoard runs stay on disk with nothing left that names them. Here the
-store goes first, in one transaction, so that a failure never leaves a study whose files
-are gone; the folders the trials recorded follow. A folder is removed only where it is
-the study's own (named after the study, and the TensorBoard one inside ``tensorboard``),
-whatever a trial recorded.
+many MB) and its TensorBoard runs stay on disk with nothing left that names them.
+
+Here the store goes first, and is read back to make sure the study is gone, so that a
+failure never leaves a study whose files are gone. Then exactly the files the trials
+recorded are removed: each trial's model file (``<artifact_store>/<artifact_id>``) and its
+TensorBoard run (``<root>/tensorboard/<study>/trial-NNNNN``). The study's folders go last,
+and only once nothing else is in them: a same-named study of another store kept in the
+same folder, or anything a person put there, is left as it was.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import StorageError, first_line, storage_error
+from ._exceptions import SpecError, StorageError, first_line, storage_error
 from .storage import StoreError, load_study_readonly, read_records
-from .storage.keys import ARTIFACT_STORE_ATTR, TENSORBOARD_ATTR
+from .storage._locks import LockHeld, acquire_lock
+from .storage.keys import ARTIFACT_ID_ATTR, ARTIFACT_STORE_ATTR, TENSORBOARD_ATTR
+
+# What tuner names a model file (a UUID) and a trial's TensorBoard run.
+_ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_RUN = re.compile(r"^trial-\d+$")
+# The study-level TensorBoard file (the HParams experiment) beside the trials' runs.
+_EVENTS = "events.out.tfevents."
+
+
+@dataclass
+class StudyFiles:
+    """The files a study's trials recorded, and the folders that hold them."""
+
+    models: list[Path] = field(default_factory=list)
+    runs: list[Path] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.models or self.runs)
+
+    def describe(self) -> str:
+        return _describe(len(self.models), len(self.runs))
+
+
+def _describe(models: int, runs: int) -> str:
+    """``2 model files and 3 TensorBoard runs``."""
+    parts = [f"{models} model file{'' if models == 1 else 's'}"] if models else []
+    parts += [f"{runs} TensorBoard run{'' if runs == 1 else 's'}"] if runs else []
+    return " and ".join(parts)
+
+
+def study_files(study_name: str, records: Iterable[Any]) -> StudyFiles:
+    """What ``study_name``'s trials recorded (a trial run elsewhere may name files this
+    machine lacks); a path not of the shape tuner writes is not taken."""
+    out = StudyFiles()
+    folders: set[Path] = set()
+    for record in records:
+        store, artifact = (
+            record.metrics.get(ARTIFACT_STORE_ATTR),
+            record.metrics.get(ARTIFACT_ID_ATTR),
+        )
+        if isinstance(store, str) and isinstance(artifact, str) and _ARTIFACT_ID.match(artifact):
+            folder = Path(store)
+            if folder.name == study_name:
+                out.models.append(folder / artifact)
+                folders.add(folder)
+        run = record.metrics.get(TENSORBOARD_ATTR)
+        if isinstance(run, str):
+            path = Path(run)
+            if _RUN.match(path.name) and path.parent.name == study_name:
+                out.runs.append(path)
+                folders.add(path.parent)
+    out.folders = sorted(folders)
+    return out
+
+
+def running_trials(records: Iterable[Any]) -> list[int]:
+    return [r.number for r in records if r.state == "RUNNING"]
 
 
 @dataclass
@@ -29,79 +91,136 @@ class Deleted:
     Attributes:
         study: the study's name.
         trials: how many trials it had.
-        removed: each folder removed, with its files' total bytes.
-        left: folders the trials recorded that were not removed, and why.
+        models: how many of its trials' model files were removed.
+        runs: how many of its trials' TensorBoard runs were removed.
+        size: the bytes removed.
+        removed: the study's folders removed (empty once its files were).
+        left: what was not removed, and why.
     """
 
     study: str
     trials: int
-    removed: dict[Path, int] = field(default_factory=dict)
+    models: int = 0
+    runs: int = 0
+    size: int = 0
+    removed: list[Path] = field(default_factory=list)
     left: dict[Path, str] = field(default_factory=dict)
 
-
-def study_files(study_name: str, records: Iterable[Any]) -> list[Path]:
-    """The folders ``study_name``'s trials recorded: its kept models' and its TensorBoard
-    runs' (a trial run elsewhere may name a folder this machine lacks)."""
-    folders: set[Path] = set()
-    for record in records:
-        store = record.metrics.get(ARTIFACT_STORE_ATTR)
-        if isinstance(store, str) and store:
-            folders.add(Path(store))
-        log = record.metrics.get(TENSORBOARD_ATTR)
-        if isinstance(log, str) and log:
-            folders.add(Path(log).parent)
-    return sorted(folders)
+    def describe(self) -> str:
+        return _describe(self.models, self.runs)
 
 
-def _owned(study_name: str, folder: Path) -> bool:
-    """Whether ``folder`` is one tuner made for the study alone: its models live in
-    ``<root>/<study>``, its runs in ``<root>/tensorboard/<study>``."""
-    return folder.name == study_name and folder.resolve() not in (Path.home(), Path.cwd())
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def running_trials(records: Iterable[Any]) -> list[int]:
-    return [r.number for r in records if r.state == "RUNNING"]
-
-
-def delete_study(storage: Any, study_name: str, *, files: bool = True) -> Deleted:
+def delete_study(
+    storage: Any, study_name: str, *, files: bool = True, force: bool = False
+) -> Deleted:
     """Delete ``study_name`` from ``storage`` (an open, writable Optuna storage), then, with
-    ``files``, the folders its trials recorded.
+    ``files``, the files its trials recorded and its folders once empty.
 
     Raises:
-        StorageError: there is no such study, or the store refused the deletion (nothing
-            was removed then).
+        SpecError: trials are running, or a nightly run holds the study (unless ``force``).
+        StorageError: there is no such study, or the store did not delete it (no file was
+            removed then).
     """
     try:
-        load_study_readonly(storage, study_name)
-        records = read_records(storage, study_name)
+        lock = acquire_lock(storage, f"nightly:{study_name}")
+    except LockHeld as exc:
+        if not force:
+            raise SpecError(
+                f"study {study_name!r} is a night that a nightly run is working on "
+                f"({exc.holder.describe()}); wait for it, or pass --force"
+            ) from exc
+        lock = None
     except StoreError as exc:
         raise storage_error(exc) from exc
-    folders = study_files(study_name, records)
+    try:
+        try:
+            load_study_readonly(storage, study_name)
+            records = read_records(storage, study_name)
+        except StoreError as exc:
+            raise storage_error(exc) from exc
+        running = running_trials(records)
+        if running and not force:
+            raise SpecError(
+                f"study {study_name!r} has {len(running)} trial"
+                f"{'' if len(running) == 1 else 's'} running ({', '.join(map(str, running))}); "
+                "stop its sweep first, or pass --force"
+            )
+        kept = study_files(study_name, records)
+        _delete_rows(storage, study_name)
+    finally:
+        if lock is not None:
+            lock.release()
+    out = Deleted(study_name, len(records))
+    if not files:
+        out.left = {folder: "kept (--keep-files)" for folder in kept.folders}
+        return out
+    for path in [*kept.models, *kept.runs]:
+        if not path.exists():
+            continue
+        try:
+            size = _size(path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except OSError as exc:
+            out.left[path] = f"could not be removed: {first_line(exc)}"
+        else:
+            out.size += size
+            if path in kept.runs:
+                out.runs += 1
+            else:
+                out.models += 1
+    # The deepest first: a study named "tensorboard" keeps its models in the folder that
+    # holds its runs' folder.
+    for folder in sorted(kept.folders, key=lambda p: len(p.parts), reverse=True):
+        _remove_if_only_ours(folder, out)
+    return out
+
+
+def _delete_rows(storage: Any, study_name: str) -> None:
+    """Delete the study's rows and check that they are gone: Optuna's delete swallows an
+    integrity error (a worker writing to the study meanwhile) and rolls back."""
     try:
         storage.delete_study(storage.get_study_id_from_name(study_name))
     except Exception as exc:  # noqa: BLE001 - the store's own error, one line
         raise StorageError(
-            f"study {study_name!r} was not deleted (nothing was removed): {first_line(exc)}"
+            f"study {study_name!r} was not deleted (no file was removed): {first_line(exc)}"
         ) from exc
-    out = Deleted(study_name, len(records))
-    if not files:
-        out.left = {folder: "kept (--keep-files)" for folder in folders}
-        return out
-    for folder in folders:
-        if not folder.is_dir():
-            out.left[folder] = "not on this machine"
-        elif not _owned(study_name, folder):
-            out.left[folder] = f"not a folder of the study's own (not named {study_name!r})"
-        else:
-            size = _size(folder)
-            try:
-                shutil.rmtree(folder)
-            except OSError as exc:
-                out.left[folder] = f"could not be removed: {first_line(exc)}"
-            else:
-                out.removed[folder] = size
-    return out
+    try:
+        storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return
+    raise StorageError(
+        f"study {study_name!r} was not deleted (no file was removed): the store rolled the "
+        "deletion back, most likely because a worker wrote to the study meanwhile; stop its "
+        "sweep and run the command again"
+    )
+
+
+def _remove_if_only_ours(folder: Path, out: Deleted) -> None:
+    """Remove the study's ``folder`` where nothing but its study-level TensorBoard file is
+    left in it; else say what is there."""
+    if not folder.is_dir():
+        out.left[folder] = "not on this machine"
+        return
+    rest = list(folder.iterdir())
+    others = [p for p in rest if not (p.is_file() and p.name.startswith(_EVENTS))]
+    if others:
+        n = len(others)
+        out.left[folder] = (
+            f"it holds {n} other {'entry' if n == 1 else 'entries'}, not this study's"
+        )
+        return
+    try:
+        for path in rest:
+            out.size += _size(path)
+            path.unlink()
+        folder.rmdir()
+    except OSError as exc:
+        out.left[folder] = f"could not be removed: {first_line(exc)}"
+    else:
+        out.removed.append(folder)

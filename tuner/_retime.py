@@ -62,6 +62,7 @@ class _Candidate:
     p50: dict[str, list[float]] = field(default_factory=dict)
     p90: dict[str, list[float]] = field(default_factory=dict)
     failed: str | None = None  # why the model stopped running as it was timed again
+    label: str = ""  # "trial N", and " of STUDY" where several studies are timed
 
 
 def _threads(tm: TrialModel, record: TrialRecord) -> int:
@@ -178,6 +179,7 @@ def _prepare(
             except Exception as exc:  # noqa: BLE001 - one model that cannot be built is reported
                 reason = first_line(exc)
             else:
+                candidate.label = f"trial {record.number}{of}"
                 out.candidates.append(candidate)
                 say(f"trial {record.number}{of} ready ({candidate.runtime}) [{index}/{len(front)}]")
                 continue
@@ -222,7 +224,7 @@ def _time_once(candidate: _Candidate, say: Callable[[str], None]) -> None:
             p50, p90 = timing()
         except Exception as exc:  # noqa: BLE001 - reported on the trial, not raised
             candidate.failed = f"its model failed as it was timed again: {first_line(exc)}"
-            say(f"trial {candidate.record.number}: not re-timed: {candidate.failed}")
+            say(f"{candidate.label}: not re-timed: {candidate.failed}")
             return
         candidate.p50.setdefault(suffix, []).append(p50)
         candidate.p90.setdefault(suffix, []).append(p90)
@@ -314,7 +316,7 @@ def retime_fronts(
     if len(failed) == len(pool):
         raise ExportError(
             "no front model could be timed again: "
-            + "; ".join(f"trial {c.record.number}: {c.failed}" for c in failed)
+            + "; ".join(f"{c.label}: {c.failed}" for c in failed)
         )
     for f in fronts:
         f.skipped.update({c.record.number: str(c.failed) for c in f.candidates if c.failed})

@@ -107,7 +107,7 @@ def night_trend(
     """The trend of ``nights`` (:func:`tuner.storage.nights`); ``summaries`` give each
     night's report (the ``tuner.nightly`` attribute: regressed, judged on re-timed fronts)."""
     reports = {s.name: s.user_attrs.get(NIGHTLY_ATTR) for s in summaries}
-    objectives = nights[0].objectives if nights else {}
+    objectives = nights[-1].objectives if nights else {}  # the spec as it is now
     maximized = [n for n, d in objectives.items() if d == "maximize"] or list(objectives)[:1]
     best: dict[str, list[float | None]] = {name: [] for name in maximized}
     for night in nights:

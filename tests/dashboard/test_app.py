@@ -441,6 +441,12 @@ def test_a_nightly_spec_draws_its_nights_hypervolume_and_best_accuracy(
     assert traces["judged regressed"]["x"] == ["2026-11-03"]
     assert traces["accuracy"]["y"] == pytest.approx([90.0, 94.0, 80.0])  # in %
     assert "+" in line["text"][1] and "on the night before" in line["text"][1]
+    # One shared axis of nights, every row's a category axis (dates typed as dates would not
+    # line up with the row below).
+    axes = [v for k, v in figure["layout"].items() if k.startswith("xaxis")]
+    assert len(axes) == 2 and all(a["type"] == "category" for a in axes)
+    latest = nights(open_storage(url, read_only=True), "digits", last=2)
+    assert [n.date for n in latest] == ["2026-11-02", "2026-11-03"]
 
 
 def test_studies_compared_side_by_side(
@@ -455,7 +461,11 @@ def test_studies_compared_side_by_side(
         study_name="tiny-larger", storage=url, directions=source.directions
     )
     larger.set_metric_names(list(OBJ))
+    # The trials that break none of the study's constraints (the others are not compared).
+    feasible = {r.number for r in _records(dashboard_store) if r.feasible}
     for t in source.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+        if t.number not in feasible:
+            continue
         accuracy, size, latency = t.values
         larger.add_trial(optuna.trial.create_trial(values=[accuracy, size * 1.1, latency]))
     monkeypatch.setenv("TUNER_STORAGE", url)

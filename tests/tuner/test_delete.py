@@ -46,8 +46,10 @@ def test_delete_removes_the_study_and_its_files_and_leaves_the_others(
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"deleted study 'tiny' (1 trial) from {sqlite_url}"
-    assert {line.split(" (")[0] for line in lines[1:]} == {f"removed {models}", f"removed {runs}"}
-    assert all(line.endswith(" KB)") for line in lines[1:]), out.stdout
+    assert lines[1].startswith("removed 1 model file and 1 TensorBoard run of its trials (")
+    assert lines[1].endswith(" KB)") and sorted(lines[2:]) == sorted(
+        [f"removed {models}", f"removed {runs}"]
+    ), out.stdout
     assert not models.exists() and not runs.exists()
     assert optuna.get_all_study_names(sqlite_url) == ["other"]
     # The other study, its models and runs are as they were.
@@ -71,9 +73,10 @@ def test_delete_asks_first_and_without_a_terminal_needs_yes(
     out = _tuner("delete", "tiny", "--storage", sqlite_url, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == ""
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(
+    assert line == (
         "error: --yes: not given; with no terminal to ask at, it is needed to delete study "
-        f"'tiny' (1 trial) from {sqlite_url} and "
+        f"'tiny' (1 trial) from {sqlite_url} and the 1 model file and 1 TensorBoard run its "
+        "trials kept"
     )
     assert optuna.get_all_study_names(sqlite_url) == ["tiny"]
 
@@ -88,6 +91,8 @@ def test_delete_asks_first_and_without_a_terminal_needs_yes(
 
     no = at_a_terminal("\n")  # the default is no
     assert no.returncode == 1 and "nothing deleted" in no.stderr
+    eof = at_a_terminal("\x04")  # Ctrl-D
+    assert eof.returncode == 1 and eof.stderr.strip() == "nothing deleted", eof.stderr
     assert "tiny" in optuna.get_all_study_names(sqlite_url)
     assert all(f.is_dir() for f in folders["tiny"])
     yes = at_a_terminal("y\n")
@@ -130,13 +135,56 @@ def test_a_mistyped_store_is_one_line_and_creates_nothing(tmp_path: Path) -> Non
     assert not typo.exists()
 
 
-def test_only_folders_named_after_the_study_are_removed(tmp_path: Path) -> None:
-    from tuner._delete import _owned
+def test_files_of_other_studies_are_left_whatever_the_names(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    import tuner
 
-    assert _owned("tiny", tmp_path / "tuner-artifacts" / "tiny")
-    assert _owned("tiny", tmp_path / "tuner-artifacts" / "tensorboard" / "tiny")
-    assert not _owned("tiny", tmp_path / "tuner-artifacts")
-    assert not _owned("tiny", tmp_path)
+    # A study named like the folder that holds every study's TensorBoard runs...
+    folders = _studies(tiny_spec, sqlite_url, "other", "tensorboard")
+    out = _tuner("delete", "tensorboard", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert all(f.is_dir() and any(f.iterdir()) for f in folders["other"]), out.stdout
+    tensorboard_models = folders["tensorboard"][0]
+    assert tensorboard_models.is_dir()  # it holds the other studies' runs
+    assert f"left {tensorboard_models}: it holds 1 other entry, not this study's" in out.stdout
+
+    # ...and a study of the same name in a second store beside the first: both keep their
+    # model files under ./tuner-artifacts/<name> (their TensorBoard runs share folders,
+    # trial-00000 for both first trials, and cannot be told apart).
+    second = f"sqlite:///{tmp_path / 'second.db'}"
+    spec = tiny_spec("other", budget={"n_trials": 1, "max_epochs": 1}, artifacts={"keep": "all"})
+    tuner.run(spec, storage=second)
+    theirs = optuna.load_study(study_name="other", storage=second).trials[0].user_attrs
+    out = _tuner("delete", "other", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (Path(theirs["artifact_store"]) / theirs["artifact_id"]).is_file()
+    assert f"left {theirs['artifact_store']}: it holds 1 other entry" in out.stdout
+    assert optuna.get_all_study_names(second) == ["other"]
+
+
+def test_a_night_a_nightly_run_holds_is_deleted_only_with_force(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str
+) -> None:
+    from tuner.storage import open_storage
+    from tuner.storage._locks import acquire_lock
+
+    _studies(tiny_spec, sqlite_url, "tiny")
+    store = open_storage(sqlite_url, heartbeat=False)
+    lock = acquire_lock(store, "nightly:tiny")  # a live nightly run working on the night
+    try:
+        out = _tuner("delete", "tiny", "--yes", "--storage", sqlite_url, cwd=tmp_path)
+        assert out.returncode == 2
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("error: study 'tiny' is a night that a nightly run is working on")
+        assert line.endswith("wait for it, or pass --force")
+        assert optuna.get_all_study_names(sqlite_url) == ["tiny"]
+        forced = _tuner("delete", "tiny", "--yes", "--force", "--storage", sqlite_url, cwd=tmp_path)
+        assert forced.returncode == 0, forced.stderr
+        assert optuna.get_all_study_names(sqlite_url) == []
+    finally:
+        lock.release()
+        store.engine.dispose()
 
 
 @pytest.mark.postgres
@@ -150,8 +198,9 @@ def test_delete_on_postgres(tmp_path: Path, tiny_spec: Any, postgres_url: str) -
     )
     tuner.run(spec, storage=postgres_url)
     models = tmp_path / "artifacts" / "tiny"
-    assert models.is_dir()
+    runs = tmp_path / "artifacts" / "tensorboard" / "tiny"
+    assert models.is_dir() and runs.is_dir()
     out = _tuner("delete", "tiny", "--yes", "--storage", postgres_url, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "tiny" not in optuna.get_all_study_names(postgres_url)
-    assert not models.exists() and not (tmp_path / "artifacts" / "tensorboard" / "tiny").exists()
+    assert not models.exists() and not runs.exists()
