@@ -12,9 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tuner.storage import Retiming, TrialRecord
+from tuner.storage import Comparison, Retiming, TrialRecord
 
-from ._views.compare import Comparison, front_line
 from ._views.front import (
     COMPRESSION_SHAPES,
     FrontInfo,
@@ -25,6 +24,7 @@ from ._views.front import (
     display_scale,
     drawn_kinds,
     front_2d,
+    front_line,
     parallel_dimensions,
     point_groups,
 )

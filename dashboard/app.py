@@ -20,7 +20,6 @@ import pandas as pd
 import streamlit as st
 
 from tuner.dashboard import PASSWORD_ENV, _figures
-from tuner.dashboard._views import compare as _compare
 from tuner.dashboard._views import front as _front
 from tuner.dashboard._views import importance as _importance_data
 from tuner.dashboard._views import overview as _overview
@@ -32,6 +31,7 @@ from tuner.storage import (
     StoreUnavailable,
     StudySummary,
     TrialRecord,
+    compare_fronts,
     count_states,
     mask_url,
     mixed_machines,
@@ -310,9 +310,7 @@ def compare_page(url: str, names: list[str]) -> None:
     if len(names) < 2:
         st.info("Pick two or more studies of this store to compare, in the sidebar.")
         return
-    comparison = _compare.compare_fronts(
-        {n: (known[n].objectives, _records(url, n)) for n in names}
-    )
+    comparison = compare_fronts({n: (known[n].objectives, _records(url, n)) for n in names})
     objectives = list(comparison.objectives)
     shared = " · ".join(
         f"{n} {'↑' if d == 'maximize' else '↓'}" for n, d in comparison.objectives.items()
@@ -353,8 +351,9 @@ def compare_page(url: str, names: list[str]) -> None:
     if picked is not None:
         _go(study=picked[0], trial=picked[1])
     st.caption(
-        "Hypervolume: the share of one box (the best to the worst value of each objective "
-        "over every study's trials) that the study's front dominates; higher is better."
+        "Hypervolume: the share of one box that the study's front dominates, higher is "
+        "better; the box spans each objective from its best value over every study's trials "
+        "to a tenth of that range past the worst."
     )
     st.dataframe(pd.DataFrame(comparison.rows()), hide_index=True)
 

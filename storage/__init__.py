@@ -9,6 +9,7 @@ the dashboard. This package imports neither ``tuner`` nor the dashboard.
 from __future__ import annotations
 
 from ._bounds import Bound, best_within, bounds_from_spec, metric_value, rank
+from ._compare import Comparison, StudyFront, compare_fronts, compare_studies
 from ._errors import StoreError
 from ._format import (
     column_format,
@@ -55,16 +56,20 @@ __all__ = [
     "DEFAULT_URL",
     "ENV_VAR",
     "Bound",
+    "Comparison",
     "NightSummary",
     "RetimedTrial",
     "Retiming",
     "StoreError",
     "StoreUnavailable",
+    "StudyFront",
     "StudySummary",
     "TrialRecord",
     "best_within",
     "bounds_from_spec",
     "column_format",
+    "compare_fronts",
+    "compare_studies",
     "count_states",
     "dominated_by",
     "hypervolume",

@@ -532,6 +532,7 @@ def _extra_commands() -> list[Callable[[Any], None]]:
         "tuner._cli_export",
         "tuner._cli_retime",
         "tuner._cli_delete",
+        "tuner._cli_compare",
         "tuner._cli_tensorboard",
     ):
         try:

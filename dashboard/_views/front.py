@@ -430,3 +430,15 @@ def budget_fields(info: FrontInfo) -> list[BudgetField]:
         label = f"{side} {metric} ({unit})" if unit else f"{side} {metric}"
         out.append(BudgetField(metric, side, label, scale, budget_step(metric, typical)))
     return out
+
+
+def front_line(
+    front: Sequence[TrialRecord], x: str, y: str, objectives: Mapping[str, str]
+) -> list[TrialRecord]:
+    """The trials of ``front`` that are on the front of ``x`` and ``y`` alone, in order of
+    ``x``: the staircase drawn for the study."""
+    if not front:
+        return []
+    values = np.array([[r.values[x], r.values[y]] for r in front], dtype=float)
+    mask = pareto_mask(values, [objectives[x], objectives[y]])
+    return sorted((r for r, keep in zip(front, mask) if keep), key=lambda r: r.values[x])

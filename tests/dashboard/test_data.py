@@ -222,32 +222,7 @@ def test_budget_steps_follow_the_size_of_the_numbers() -> None:
     assert fronts.budget_step("latency_ms", float("nan")) == 0.01
 
 
-def test_studies_compared_on_one_box_and_the_joint_front() -> None:
-    from tuner.dashboard._views import compare
-
-    # B is better everywhere but at the small end, where A's smallest model is alone.
+def test_the_staircase_of_two_objectives_is_in_order_of_x() -> None:
     a = [_trial(0, 0.80, 10_000, 0.2), _trial(1, 0.90, 50_000, 0.5), _trial(2, 0.85, 60_000, 0.6)]
-    b = [_trial(0, 0.85, 20_000, 0.2), _trial(1, 0.95, 50_000, 0.4)]
-    b.append(_trial(2, 0.99, 1, 0.1, state="FAIL"))  # failed: not compared
-    both = compare.compare_fronts({"a": (OBJ, a), "b": (OBJ, b)})
-    assert both.objectives == OBJ and both.left_out == []
-    by = {s.name: s for s in both.studies}
-    assert [r.number for r in by["a"].front] == [0, 1] and len(by["b"].trials) == 2
-    assert by["a"].joint == [0] and sorted(by["b"].joint) == [0, 1]
-    assert 0 < by["a"].hypervolume < by["b"].hypervolume < 1
-    rows = {r["study"]: r for r in both.rows()}
-    assert rows["b"]["on the joint front"] == "2 of 3" and rows["b"]["best accuracy"] == "95.0%"
-    # A study set beside itself gets the same share of the box twice.
-    same = compare.compare_fronts({"a": (OBJ, a), "a2": (OBJ, a)})
-    assert same.studies[0].hypervolume == pytest.approx(same.studies[1].hypervolume)
-
-    # Objectives not shared, or turned the other way, are left out and named.
-    other = {"accuracy": "maximize", "latency_ms": "maximize", "flops": "minimize"}
-    narrowed = compare.compare_fronts({"a": (OBJ, a), "c": (other, [])})
-    assert narrowed.objectives == {"accuracy": "maximize"}
-    assert narrowed.left_out == ["flops", "latency_ms", "size_bytes"]
-    assert all(s.front == [] for s in narrowed.studies)
-
-    # The staircase of two objectives alone, in order of x.
-    line = compare.front_line(by["a"].front, "size_bytes", "accuracy", OBJ)
+    line = fronts.front_line(a, "size_bytes", "accuracy", OBJ)
     assert [r.number for r in line] == [0, 1]

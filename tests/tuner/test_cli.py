@@ -276,3 +276,52 @@ def test_a_front_measured_on_two_kinds_of_machine_says_so(
         f"warning: latencies were measured on 2 kinds of machine: {machine_name('cpu')} "
         "(1 trial), Example Vendor CPU 9000 (1 trial)"
     ) in flat, best.stdout
+
+
+def test_compare_two_studies_on_the_objectives_they_share(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    objectives = {"accuracy": "maximize", "size_bytes": "minimize", "latency_ms": "minimize"}
+    # (accuracy, size_bytes, latency_ms): the Transformer's second point is better than the
+    # CNN's on every objective; the CNN keeps the smallest model.
+    points = {
+        "cnn": [(0.80, 10_000.0, 0.2), (0.90, 50_000.0, 0.5)],
+        "transformer": [(0.85, 20_000.0, 0.2), (0.95, 50_000.0, 0.4)],
+    }
+    for name, values in points.items():
+        study = optuna.create_study(
+            study_name=name, storage=url, directions=list(objectives.values())
+        )
+        study.set_metric_names(list(objectives))
+        for v in values:
+            study.add_trial(optuna.trial.create_trial(values=list(v)))
+    other = optuna.create_study(study_name="batch", storage=url, directions=["maximize"] * 2)
+    other.set_metric_names(["accuracy", "latency_ms"])  # latency the other way round
+
+    out = _tuner("compare", "cnn", "transformer", "--storage", url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["cnn"][:3] == ["2", "2", "1 of 3"] and rows["transformer"][2] == "2 of 3"
+    assert float(rows["transformer"][3]) > float(rows["cnn"][3]) > 0
+    flat = " ".join(out.stdout.split())
+    assert "joint front: 3 trials" in flat and "transformer holds 2, cnn holds 1" in flat
+
+    data = json.loads(_tuner("compare", "cnn", "transformer", "--json", "--storage", url,
+                             cwd=tmp_path).stdout)  # fmt: skip
+    assert data["objectives"] == objectives
+    assert [(s["study"], s["joint_front"]) for s in data["studies"]] == [
+        ("cnn", [0]),
+        ("transformer", [0, 1]),
+    ]
+
+    for args, line in (
+        (["cnn"], "error: studies: got ['cnn']; expected two or more study names"),
+        (["cnn", "rnn"], "error: no study named 'rnn'; studies in this store: batch, cnn, "),
+        (["cnn", "batch"], "error: studies: cnn, batch share fewer than two objectives the "),
+    ):
+        bad = _tuner("compare", *args, "--storage", url, cwd=tmp_path)
+        assert bad.returncode == 2 and bad.stderr.startswith(line), bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1

@@ -3,10 +3,11 @@
 Two studies of the same task (a CNN and a Transformer, the torch runtime and ONNX
 Runtime, last month's spec and this one's) answer "which trade-off is better" only on
 common ground: the objectives both have, each the same way round, measured against one
-box. Here the box spans the best and the worst value of each objective over every
-study's feasible trials, each study's front gets its share of that box (its
-hypervolume), and the joint front, the trials no trial of any study dominates, is
-counted by study.
+box. Here the box spans, for each objective, from the best value over every study's
+feasible trials to a tenth of that range past the worst (so that a front point that is the
+worst on one objective still counts), each study's front gets its share of that box (its
+hypervolume), and the joint front, the trials no trial of any study dominates, is counted
+by study.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from tuner.storage import TrialRecord, hypervolume, pareto_mask, show_metric
+from ._format import show_metric
+from ._readers import read_records
+from ._records import (
+    TrialRecord,
+    hypervolume,
+    load_study_readonly,
+    pareto_mask,
+    study_objectives,
+)
+
+# How far past the worst value the box reaches, as a share of each objective's range.
+MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,8 @@ def compare_fronts(
         empty = [StudyFront(s, pools[s], [], 0.0, []) for s in studies]
         return Comparison(common, empty, left_out)
     # One box for all: each objective scaled to [0, 1] between its best and worst value
-    # over every study's trials, minimized; a study's hypervolume is its share of the box.
+    # over every study's trials, minimized, and the box's far corner a tenth past the
+    # worst; a study's hypervolume is its share of the box.
     signs = np.array([-1.0 if w == "maximize" else 1.0 for w in ways])
     raw = np.array([[r.values[n] for n in names] for r in everything], dtype=float) * signs
     ideal, worst = raw.min(axis=0), raw.max(axis=0)
@@ -111,20 +124,22 @@ def compare_fronts(
     on_joint = pareto_mask(np.array([[r.values[n] for n in names] for _, r in members]), ways)
     out = []
     for study, front in fronts.items():
-        # The reference is the box's worst corner: a point on its worst edge adds nothing.
-        share = hypervolume(scaled(front), ["minimize"] * len(names), [1.0] * len(names))
+        corner = [1.0 + MARGIN] * len(names)
+        box = (1.0 + MARGIN) ** len(names)
+        share = hypervolume(scaled(front), ["minimize"] * len(names), corner) / box
         joint = [r.number for (owner, r), keep in zip(members, on_joint) if keep and owner == study]
         out.append(StudyFront(study, pools[study], front, share, joint))
     return Comparison(common, out, left_out)
 
 
-def front_line(
-    front: Sequence[TrialRecord], x: str, y: str, objectives: Mapping[str, str]
-) -> list[TrialRecord]:
-    """The trials of ``front`` that are on the front of ``x`` and ``y`` alone, in order of
-    ``x``: the staircase drawn for the study."""
-    if not front:
-        return []
-    values = np.array([[r.values[x], r.values[y]] for r in front], dtype=float)
-    mask = pareto_mask(values, [objectives[x], objectives[y]])
-    return sorted((r for r, keep in zip(front, mask) if keep), key=lambda r: r.values[x])
+def compare_studies(storage: Any, names: Sequence[str]) -> Comparison:
+    """Read ``names`` from ``storage`` and compare them (:func:`compare_fronts`).
+
+    Raises:
+        StoreError: a study is not in the store (the line lists those that are).
+    """
+    studies = {}
+    for name in dict.fromkeys(names):
+        study = load_study_readonly(storage, name)
+        studies[name] = (study_objectives(study), read_records(storage, name))
+    return compare_fronts(studies)
