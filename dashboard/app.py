@@ -203,11 +203,7 @@ def _go(study: str | None = None, trial: int | None = None) -> None:
 
 
 def _go_compare(names: list[str]) -> None:
-    params = st.query_params
-    for key in list(params):
-        with contextlib.suppress(Exception):
-            del params[key]
-    params["compare"] = names
+    st.query_params.from_dict({"compare": names})
     st.session_state["nav"] = st.session_state.get("nav", 0) + 1
     st.rerun()
 

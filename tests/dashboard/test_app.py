@@ -470,11 +470,15 @@ def test_studies_compared_side_by_side(
         larger.add_trial(optuna.trial.create_trial(values=[accuracy, size * 1.1, latency]))
     monkeypatch.setenv("TUNER_STORAGE", url)
     monkeypatch.delenv("TUNER_DASHBOARD_PASSWORD", raising=False)
+    # Chosen in the sidebar, as a user does; the page's URL then names both studies.
     at = AppTest.from_file(str(app_path), default_timeout=60)
-    at.query_params["compare"] = ["tiny", "tiny-larger"]
     at.run()
+    (chooser,) = at.sidebar.multiselect
+    chooser.set_value(["tiny", "tiny-larger"]).run()
+    next(b for b in at.sidebar.button if b.label == "Compare").click().run()
     assert not at.exception, at.exception[0].message if at.exception else ""
     assert at.title[0].value == "Compare studies"
+    assert at.query_params["compare"] == ["tiny", "tiny-larger"]
     (figure,) = _figures(at)
     fronts = [t for t in figure["data"] if t.get("mode") == "lines+markers"]
     assert [t["name"] for t in fronts] == ["tiny", "tiny-larger"]
