@@ -212,18 +212,21 @@ def _nav_key(name: str) -> str:
     return f"{name}-{st.session_state.get('nav', 0)}"
 
 
-def _selected_number(event: Any) -> int | None:
+def _clicked_chart(fig: Any, key: str) -> Any:
+    """Draw ``fig`` so that a click on a point reruns the page; the clicked point's
+    ``customdata``, or None."""
+    event = st.plotly_chart(
+        fig,
+        on_select="rerun",
+        selection_mode="points",
+        key=_nav_key(key),
+        config={"displaylogo": False},
+    )
     try:
         points = event.selection.points
     except AttributeError:
         return None
-    for point in points:
-        custom = point.get("customdata")
-        if isinstance(custom, list) and custom:
-            custom = custom[0]
-        if custom is not None:
-            return int(custom)
-    return None
+    return next((p["customdata"] for p in points if p.get("customdata") is not None), None)
 
 
 # --- the overview ------------------------------------------------------------------
@@ -336,34 +339,15 @@ def compare_page(url: str, names: list[str]) -> None:
         "are on the joint front of every objective: no trial of any of these studies is "
         "better on all of them. Click a point to open its trial."
     )
-    event = st.plotly_chart(
-        _figures.compare_fronts(comparison, x, y),
-        on_select="rerun",
-        selection_mode="points",
-        key=_nav_key("compare-chart"),
-        config={"displaylogo": False},
-    )
-    picked = _selected_study_trial(event)
-    if picked is not None:
-        _go(study=picked[0], trial=picked[1])
+    picked = _clicked_chart(_figures.compare_fronts(comparison, x, y), "compare-chart")
+    if isinstance(picked, list) and len(picked) == 2:  # [study, trial]
+        _go(study=str(picked[0]), trial=int(picked[1]))
     st.caption(
         "Hypervolume: the share of one box that the study's front dominates, higher is "
         "better; the box spans each objective from its best value over every study's trials "
         "to a tenth of that range past the worst."
     )
     st.dataframe(pd.DataFrame(comparison.rows()), hide_index=True)
-
-
-def _selected_study_trial(event: Any) -> tuple[str, int] | None:
-    try:
-        points = event.selection.points
-    except AttributeError:
-        return None
-    for point in points:
-        custom = point.get("customdata")
-        if isinstance(custom, list) and len(custom) == 2:
-            return str(custom[0]), int(custom[1])
-    return None
 
 
 # --- the study page ----------------------------------------------------------------
@@ -575,16 +559,9 @@ def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         f"every objective); grey: dominated; red x: breaks a constraint{note}. "
         f"{shapes}Hover for parameters and metrics; click a point to open its trial."
     )
-    event = st.plotly_chart(
-        fig,
-        on_select="rerun",
-        selection_mode="points",
-        key=_nav_key("pareto2d"),
-        config={"displaylogo": False},
-    )
-    number = _selected_number(event)
-    if number is not None:
-        _go(study=page.name, trial=number)
+    picked = _clicked_chart(fig, "pareto2d")
+    if picked is not None:  # the trial's number, first where the point carries more
+        _go(study=page.name, trial=int(picked[0] if isinstance(picked, list) else picked))
 
 
 def _pareto_3d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
