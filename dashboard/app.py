@@ -186,6 +186,8 @@ def _gate() -> None:
 
 def _go(study: str | None = None, trial: int | None = None) -> None:
     params = st.query_params
+    if "compare" in params:  # a study or a trial opened from the compared fronts
+        del params["compare"]
     for key, value in (("study", study), ("trial", trial)):
         if value is None:
             if key in params:
