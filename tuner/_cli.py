@@ -561,9 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # User workloads named 'package.module:function' are imported from where tuner runs.
+    # User workloads named 'package.module:function' are imported from where tuner runs:
+    # searched after the installed packages, so that a file there named like one of them
+    # (optuna.py, ray.py) does not take its place.
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     import logging
