@@ -445,11 +445,10 @@ def _process_main() -> None:
     import sys
 
     payload = json.loads(sys.stdin.read())
-    # The parent's import path, so user workloads it could import are found here too,
-    # after this interpreter's own entries (as in the parent).
-    for entry in payload.pop("sys_path"):
+    # The parent's import path, so user workloads it could import are found here too.
+    for entry in reversed(payload.pop("sys_path")):
         if entry not in sys.path:
-            sys.path.append(entry)
+            sys.path.insert(0, entry)
     report = payload.pop("report", None)
     try:
         work(WorkerJob(**payload))
@@ -505,10 +504,6 @@ class LocalProcessDispatcher(Dispatcher):
                 [
                     sys.executable,
                     "-c",
-                    # -c puts the working folder first on the import path; it goes, so
-                    # that a file there named like a package tuner imports is not taken
-                    # for it (the parent's path, passed below, has the folder last).
-                    "import sys; sys.path[:] = [p for p in sys.path if p]; "
                     "from tuner._dispatch import _process_main; _process_main()",
                 ],
                 stdin=subprocess.PIPE,

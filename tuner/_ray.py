@@ -78,9 +78,9 @@ class _Worker:
     """Body of the Ray actor: the worker loop, with the store and study held for its life."""
 
     def run(self, job: WorkerJob, paths: list[str]) -> str:
-        for path in paths:  # the driver's import path, after the worker's own entries
+        for path in paths:
             if os.path.isdir(path) and path not in sys.path:
-                sys.path.append(path)
+                sys.path.insert(0, path)
         try:
             work(job)
         except WorkerGaveUp as exc:

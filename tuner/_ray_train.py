@@ -29,9 +29,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     """Body of each Ray Train worker."""
     import ray.train
 
-    for path in config["sys_path"]:  # the driver's import path, after the worker's own
+    for path in reversed(config["sys_path"]):
         if path not in sys.path:
-            sys.path.append(path)
+            sys.path.insert(0, path)
     rank = ray.train.get_context().get_world_rank()
     run_rank(config["job"], rank, config["up"], config["down"])
 

@@ -327,27 +327,23 @@ def test_compare_two_studies_on_the_objectives_they_share(tmp_path: Path) -> Non
         assert len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_a_file_named_like_a_library_in_the_working_folder_does_not_shadow_it(
+def test_a_file_named_like_a_library_in_the_working_folder_is_one_line(
     tmp_path: Path, tiny_spec: Any
 ) -> None:
-    # A user's own optuna.py and yaml.py beside their spec; the console script and its local
-    # worker processes import the installed packages, and the folder's workloads still load.
-    for name in ("optuna", "yaml"):
-        (tmp_path / f"{name}.py").write_text(f"raise ImportError('the folder\\'s {name}.py')\n")
-    (tmp_path / "my_digits.py").write_text(
-        "from tuner._builtin_workloads import digits_mlp as train\n"
+    # A user's own yaml.py beside their spec would be imported in place of PyYAML (the
+    # folder is searched first, for workloads): one line, before anything runs.
+    path = _write(tmp_path, tiny_spec(budget={"n_trials": 1, "max_epochs": 1}))
+    (tmp_path / "yaml.py").write_text("raise ImportError('the folder\\'s yaml.py')\n")
+    run = _tuner("run", str(path), cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"error: {tmp_path / 'yaml.py'} would be imported in place of the installed yaml that "
+        "tuner uses (workloads are imported from the working folder first); rename it, or run "
+        "tuner from another folder"
     )
-    spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1}, workload="my_digits:train")
-    path = _write(tmp_path, spec)
-    console_script = Path(sys.executable).parent / "tuner"
-    run = subprocess.run(
-        [str(console_script), "run", str(path), "--workers", "2"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "TUNER_STORAGE"},
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tuner.db'}")
-    assert [t.state.name for t in trials.trials] == ["COMPLETE", "COMPLETE"]
+    assert not (tmp_path / "tuner.db").exists()
+    # A package folder of that name too; a workload module of another name is fine.
+    (tmp_path / "yaml.py").unlink()
+    (tmp_path / "optuna").mkdir()
+    (tmp_path / "optuna" / "__init__.py").write_text("")
+    assert _tuner("status", cwd=tmp_path).stderr.startswith(f"error: {tmp_path / 'optuna'} ")
