@@ -56,14 +56,15 @@ class Comparison:
     left_out: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per study: trials, front, share of the joint front, hypervolume, and the
-        best value of each objective on its front."""
+        """One row per study: its trials compared (complete, within the constraints, with a
+        value for every shared objective), front, share of the joint front, hypervolume, and
+        the best value of each objective on its front."""
         joint = sum(len(s.joint) for s in self.studies)
         rows = []
         for s in self.studies:
             row: dict[str, Any] = {
                 "study": s.name,
-                "trials": len(s.trials),
+                "trials compared": len(s.trials),
                 "front": len(s.front),
                 "on the joint front": f"{len(s.joint)} of {joint}" if joint else "-",
                 "hypervolume": round(s.hypervolume, 4),

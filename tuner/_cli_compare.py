@@ -36,10 +36,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         store.engine.dispose()
     if len(comparison.objectives) < 2:
         shared = ", ".join(comparison.objectives) or "none"
+        left = f"; left out: {', '.join(comparison.left_out)}" if comparison.left_out else ""
         raise SpecError(
             f"studies: {', '.join(names)} share fewer than two objectives the same way round "
-            f"(shared: {shared}; left out: {', '.join(comparison.left_out)}); there is no "
-            "trade-off to compare"
+            f"(shared: {shared}{left}); there is no trade-off to compare"
         )
     if args.json:
         print(json.dumps(_as_dict(comparison), indent=2))
@@ -55,7 +55,7 @@ def _as_dict(comparison: Any) -> dict[str, Any]:
         "studies": [
             {
                 "study": s.name,
-                "trials": len(s.trials),
+                "trials_compared": len(s.trials),
                 "front": [r.number for r in s.front],
                 "joint_front": s.joint,
                 "hypervolume": s.hypervolume,

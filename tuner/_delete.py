@@ -14,16 +14,17 @@ same folder, or anything a person put there, is left as it was.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._exceptions import SpecError, StorageError, first_line, storage_error
 from .storage import StoreError, load_study_readonly, read_records
-from .storage._locks import LockHeld, acquire_lock
+from .storage._locks import LockHeld, acquire_lock, read_lock
 from .storage.keys import ARTIFACT_ID_ATTR, ARTIFACT_STORE_ATTR, TENSORBOARD_ATTR
 
 # What tuner names a model file (a UUID) and a trial's TensorBoard run.
@@ -55,7 +56,7 @@ def _describe(models: int, runs: int) -> str:
     return " and ".join(parts)
 
 
-def study_files(study_name: str, records: Iterable[Any]) -> StudyFiles:
+def study_files(study_name: str, records: Sequence[Any]) -> StudyFiles:
     """What ``study_name``'s trials recorded (a trial run elsewhere may name files this
     machine lacks); a path not of the shape tuner writes is not taken."""
     out = StudyFiles()
@@ -76,6 +77,15 @@ def study_files(study_name: str, records: Iterable[Any]) -> StudyFiles:
             if _RUN.match(path.name) and path.parent.name == study_name:
                 out.runs.append(path)
                 folders.add(path.parent)
+    # A trial that never finished (stopped, killed, still running) wrote its run without
+    # recording it: its folder is in the study's runs folder, under its own number.
+    recorded = set(out.runs)
+    for runs in {p.parent for p in out.runs}:
+        for record in records:
+            path = runs / f"trial-{record.number:05d}"
+            with contextlib.suppress(OSError):  # unreadable: left, and said so at the end
+                if path not in recorded and path.is_dir():
+                    out.runs.append(path)
     out.folders = sorted(folders)
     return out
 
@@ -127,17 +137,22 @@ def delete_study(
         StorageError: there is no such study, or the store did not delete it (no file was
             removed then).
     """
+    lock = None
     try:
-        lock = acquire_lock(storage, f"nightly:{study_name}")
+        # Only a night a nightly run took has a lock row; where none has (or the store has
+        # no lock table), none is taken, and nothing is created in the store.
+        if read_lock(storage, f"nightly:{study_name}") is not None:
+            lock = acquire_lock(storage, f"nightly:{study_name}")
     except LockHeld as exc:
         if not force:
             raise SpecError(
                 f"study {study_name!r} is a night that a nightly run is working on "
                 f"({exc.holder.describe()}); wait for it, or pass --force"
             ) from exc
-        lock = None
     except StoreError as exc:
         raise storage_error(exc) from exc
+    except Exception as exc:  # noqa: BLE001 - the store's own error, one line
+        raise StorageError(f"study {study_name!r} was not deleted: {first_line(exc)}") from exc
     try:
         try:
             load_study_readonly(storage, study_name)
@@ -161,9 +176,9 @@ def delete_study(
         out.left = {folder: "kept (--keep-files)" for folder in kept.folders}
         return out
     for path in [*kept.models, *kept.runs]:
-        if not path.exists():
-            continue
         try:
+            if not path.exists():
+                continue
             size = _size(path)
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         except OSError as exc:
@@ -194,6 +209,11 @@ def _delete_rows(storage: Any, study_name: str) -> None:
         storage.get_study_id_from_name(study_name)
     except KeyError:
         return
+    except Exception as exc:  # noqa: BLE001 - the store's own error, one line
+        raise StorageError(
+            f"study {study_name!r} may or may not have been deleted (no file was removed): "
+            f"reading it back failed: {first_line(exc)}; run the command again"
+        ) from exc
     raise StorageError(
         f"study {study_name!r} was not deleted (no file was removed): the store rolled the "
         "deletion back, most likely because a worker wrote to the study meanwhile; stop its "
@@ -204,15 +224,20 @@ def _delete_rows(storage: Any, study_name: str) -> None:
 def _remove_if_only_ours(folder: Path, out: Deleted) -> None:
     """Remove the study's ``folder`` where nothing but its study-level TensorBoard file is
     left in it; else say what is there."""
-    if not folder.is_dir():
-        out.left[folder] = "not on this machine"
+    try:
+        if not folder.is_dir():
+            out.left[folder] = "not on this machine"
+            return
+        rest = list(folder.iterdir())
+        others = [p for p in rest if not (p.is_file() and p.name.startswith(_EVENTS))]
+    except OSError as exc:
+        out.left[folder] = f"could not be read: {first_line(exc)}"
         return
-    rest = list(folder.iterdir())
-    others = [p for p in rest if not (p.is_file() and p.name.startswith(_EVENTS))]
     if others:
         n = len(others)
         out.left[folder] = (
-            f"it holds {n} other {'entry' if n == 1 else 'entries'}, not this study's"
+            f"it holds {n} other {'entry' if n == 1 else 'entries'}, that no trial of this "
+            "study recorded"
         )
         return
     try:
