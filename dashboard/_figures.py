@@ -438,7 +438,8 @@ def retimed_front(
 
 def night_trend(trend: NightTrend) -> go.Figure:
     """Each night's hypervolume (against one reference point) and the best of each maximized
-    objective on its front, night by night; the nights their report judged regressed in red."""
+    objective on its front, night by night; the nights their report judged regressed in red.
+    Each point carries its night's study name (``customdata``)."""
     rows = 1 + len(trend.best)
     fig = make_subplots(
         rows=rows,
@@ -465,6 +466,7 @@ def night_trend(trend: NightTrend) -> go.Figure:
             line=dict(color=FRONT),
             name="hypervolume",
             text=notes,
+            customdata=trend.studies,
             hovertemplate="%{x}: %{y:.4g}<br>%{text}<extra></extra>",
             showlegend=False,
         ),
@@ -481,6 +483,7 @@ def night_trend(trend: NightTrend) -> go.Figure:
                 marker=dict(color=BEST, size=12, symbol="x"),
                 name="judged regressed",
                 text=[notes[i] for i in bad],
+                customdata=[trend.studies[i] for i in bad],
                 hovertemplate="%{x}: %{y:.4g}<br>%{text}<extra></extra>",
             ),
             row=1,
@@ -496,6 +499,7 @@ def night_trend(trend: NightTrend) -> go.Figure:
                 line=dict(color=FRONT),
                 name=name,
                 showlegend=False,
+                customdata=trend.studies,
                 hovertemplate="%{x}: %{y:.4g}<extra>" + name + "</extra>",
             ),
             row=row,

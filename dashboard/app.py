@@ -265,13 +265,12 @@ def overview(url: str) -> None:
                 "Each night's front: its hypervolume against one reference point (the latest "
                 "report's), higher is better, and its best "
                 + ", ".join(trend.best)
-                + ". Hover a night for its trials and its change on the night before."
+                + ". Hover a night for its trials and its change on the night before; click "
+                "it to open it."
             )
-            st.plotly_chart(
-                _figures.night_trend(trend),
-                key=f"nights-{group.name}",
-                config={"displaylogo": False},
-            )
+            night = _clicked_chart(_figures.night_trend(trend), f"nights-{group.name}")
+            if isinstance(night, str):
+                _go(study=night)
 
 
 def _studies_table(

@@ -445,6 +445,7 @@ def test_a_nightly_spec_draws_its_nights_hypervolume_and_best_accuracy(
     # line up with the row below).
     axes = [v for k, v in figure["layout"].items() if k.startswith("xaxis")]
     assert len(axes) == 2 and all(a["type"] == "category" for a in axes)
+    assert line["customdata"] == [f"digits-{d}" for d in fronts]  # a click opens the night
     latest = nights(open_storage(url, read_only=True), "digits", last=2)
     assert [n.date for n in latest] == ["2026-11-02", "2026-11-03"]
 
