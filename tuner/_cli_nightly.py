@@ -145,6 +145,14 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     print("report: " + ", ".join(str(p) for p in result.files.values()))
     if result.webhook_error:
         print(f"warning: {result.webhook_error}", file=sys.stderr)
+    for deleted in result.dropped:
+        removed = f": removed {deleted.describe()}" if deleted.models or deleted.runs else ""
+        print(
+            f"deleted the older night {deleted.study} ({deleted.trials} "
+            f"trial{'' if deleted.trials == 1 else 's'}, nightly.keep_nights){removed}"
+        )
+    for name, why in result.not_dropped.items():
+        print(f"warning: the older night {name} was kept for now: {why}", file=sys.stderr)
     return result.exit_code
 
 

@@ -18,11 +18,13 @@ from typing import Any
 
 import optuna
 
+from ._delete import Deleted, delete_study
 from ._dispatch import BACKENDS
 from ._exceptions import (
     EXIT_REGRESSED,
     NightLocked,
     SpecError,
+    TunerError,
     first_line,
     storage_error,
 )
@@ -45,7 +47,7 @@ from .storage import (
     resolve_url,
 )
 from .storage._locks import LockHeld, acquire_lock
-from .storage._nights import previous_night
+from .storage._nights import night_studies, previous_night
 from .storage._outage import ride_out
 from .storage.keys import NIGHTLY_ATTR, SPEC_NAME_ATTR, WARM_START_ATTR
 
@@ -64,10 +66,32 @@ class NightResult:
     webhook_error: str | None = None
     took_over: str | None = None
     trials_run: int = 0
+    # nightly.keep_nights: the older nights deleted (what each removed), and those that
+    # could not be, with why.
+    dropped: list[Deleted] = field(default_factory=list)
+    not_dropped: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
         return EXIT_REGRESSED if self.report.regressed else 0
+
+
+def _drop_old_nights(
+    store: Any, spec_name: str, date: str, keep: int
+) -> tuple[list[Deleted], dict[str, str]]:
+    """Delete ``spec_name``'s nights before the latest ``keep`` up to ``date`` (tonight is
+    one of them; nights dated after it are left), with their files (``nightly.keep_nights``).
+    A night that cannot be deleted now (running trials, held by a nightly run, the store
+    refused) is said and left for the next night; tonight's night stands either way."""
+    earlier = [name for d, name in night_studies(store, spec_name) if d < date]
+    dropped: list[Deleted] = []
+    not_dropped: dict[str, str] = {}
+    for name in earlier[: max(0, len(earlier) - (keep - 1))]:
+        try:
+            dropped.append(delete_study(store, name))
+        except TunerError as exc:
+            not_dropped[name] = str(exc)
+    return dropped, not_dropped
 
 
 def night_name(spec_name: str, date: str) -> str:
@@ -284,6 +308,11 @@ def nightly(
         webhook_error = None
         if spec.nightly.webhook:
             webhook_error = post_webhook(report, spec.nightly.webhook)
+        dropped, not_dropped = (
+            _drop_old_nights(store, spec.name, date, spec.nightly.keep_nights)
+            if spec.nightly.keep_nights
+            else ([], {})
+        )
     finally:
         lock.release()
         store.engine.dispose()
@@ -296,4 +325,6 @@ def nightly(
         webhook_error=webhook_error,
         took_over=took_over,
         trials_run=sum(result.counts.values()) - before,
+        dropped=dropped,
+        not_dropped=not_dropped,
     )

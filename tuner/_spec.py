@@ -291,13 +291,15 @@ class NightlySpec:
     objectives default to 0; others to the value the first night recorded). With
     ``retime`` both nights' fronts are timed again side by side before they are compared
     (see ``tuner._retime``), so that a machine faster or slower on one night does not move
-    the verdict.
+    the verdict. With ``keep_nights`` each night ends by deleting the spec's nights before
+    the latest ``keep_nights`` (tonight's included), with their kept models and runs.
     """
 
     reference_point: dict[str, float] = field(default_factory=dict)
     regression_threshold: float = 0.02
     webhook: str | None = None
     retime: bool = False
+    keep_nights: int | None = None
 
 
 @dataclass(frozen=True)
@@ -489,6 +491,11 @@ class StudySpec:
                 "regression_threshold": self.nightly.regression_threshold,
                 "webhook": self.nightly.webhook,
                 "retime": self.nightly.retime,
+                **(
+                    {"keep_nights": self.nightly.keep_nights}
+                    if self.nightly.keep_nights is not None
+                    else {}
+                ),
             },
         }
 
@@ -834,9 +841,14 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
             "regression_threshold": raw.regression_threshold,
             "webhook": raw.webhook,
             "retime": raw.retime,
+            "keep_nights": raw.keep_nights,
         }
     raw = _mapping("nightly", raw if raw is not None else {})
-    _check_keys("nightly", raw, ("reference_point", "regression_threshold", "webhook", "retime"))
+    _check_keys(
+        "nightly",
+        raw,
+        ("reference_point", "regression_threshold", "webhook", "retime", "keep_nights"),
+    )
     reference = _mapping("nightly.reference_point", raw.get("reference_point") or {})
     for metric, value in reference.items():
         if metric not in objectives:
@@ -861,11 +873,20 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
     retime = raw.get("retime", False)
     if not isinstance(retime, bool):
         raise _field("nightly.retime", retime, "true or false")
+    keep = raw.get("keep_nights")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 2):
+        raise _field(
+            "nightly.keep_nights",
+            keep,
+            "an integer >= 2 (tonight, and last night, which tomorrow's night compares with), "
+            "or none to keep every night",
+        )
     return NightlySpec(
         reference_point={str(k): float(v) for k, v in reference.items()},
         regression_threshold=float(threshold),
         webhook=webhook,
         retime=retime,
+        keep_nights=keep,
     )
 
 

@@ -291,6 +291,7 @@ def test_second_run_of_a_night_exits_at_once_while_the_first_holds_it(
         ([], {"nightly": {"regression_threshold": 5}}, "nightly.regression_threshold"),
         ([], {"nightly": {"reference_point": {"acc": 0}}}, "nightly.reference_point.acc"),
         ([], {"nightly": {"retime": "yes"}}, "nightly.retime': got 'yes'; expected true or false"),
+        ([], {"nightly": {"keep_nights": 1}}, "nightly.keep_nights': got 1; expected an integer"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -479,3 +480,38 @@ def test_re_timed_nights_are_judged_on_their_stored_fronts_alone(tiny_spec: Any)
     assert report.stored_hypervolume is not None and report.previous_stored_hypervolume
     assert report.stored_hypervolume < 0.6 * report.previous_stored_hypervolume
     assert report.machine_speed is None and report.machines is None
+
+
+def test_keep_nights_deletes_the_older_nights_with_their_files(
+    tmp_path: Path, tiny_spec: Any, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tiny_spec(
+        budget={"n_trials": 1, "max_epochs": 1},
+        artifacts={"keep": "all"},
+        nightly={"keep_nights": 2},
+    )
+    files = {}
+    for date in ("2025-03-01", "2025-03-02"):
+        night = nightly(spec, date=date, storage=sqlite_url, report_dir=tmp_path)
+        assert night.dropped == [] and night.not_dropped == {}  # two nights: both kept
+        attrs = optuna.load_study(study_name=night.study_name, storage=sqlite_url).trials[0]
+        model = Path(attrs.user_attrs["artifact_store"]) / attrs.user_attrs["artifact_id"]
+        files[date] = [model, Path(attrs.user_attrs["tensorboard"])]
+        assert all(f.exists() for f in files[date])
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    report_dir = str(tmp_path / "reports")
+    args = ["nightly", str(path), "--storage", sqlite_url, "--report-dir", report_dir]
+    assert main([*args, "--date", "2025-03-03"]) in (0, 3)
+    out = capsys.readouterr().out
+    assert (
+        "deleted the older night tiny-2025-03-01 (1 trial, nightly.keep_nights): removed 1 "
+        "model file and 1 TensorBoard run"
+    ) in out
+    assert optuna.get_all_study_names(sqlite_url) == ["tiny-2025-03-02", "tiny-2025-03-03"]
+    assert not any(f.exists() for f in files["2025-03-01"])
+    assert all(f.exists() for f in files["2025-03-02"])
+    # A night run for an earlier date deletes none of the nights after it.
+    assert main([*args, "--date", "2025-02-01"]) in (0, 3)
+    assert "deleted the older night" not in capsys.readouterr().out
+    assert len(optuna.get_all_study_names(sqlite_url)) == 3
