@@ -37,6 +37,7 @@ from ._records import (
     load_study_readonly,
     pareto_front,
     pareto_mask,
+    reference_past_worst,
     study_objectives,
 )
 from ._retimed import (
@@ -90,6 +91,7 @@ __all__ = [
     "read_records",
     "read_studies",
     "reference_ms",
+    "reference_past_worst",
     "resolve_url",
     "retiming_notes",
     "retiming_rows",

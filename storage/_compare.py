@@ -26,11 +26,9 @@ from ._records import (
     hypervolume,
     load_study_readonly,
     pareto_mask,
+    reference_past_worst,
     study_objectives,
 )
-
-# How far past the worst value the box reaches, as a share of each objective's range.
-MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -104,13 +102,14 @@ def compare_fronts(
     if len(names) < 2 or not everything:
         empty = [StudyFront(s, pools[s], [], 0.0, []) for s in studies]
         return Comparison(common, empty, left_out)
-    # One box for all: each objective scaled to [0, 1] between its best and worst value
-    # over every study's trials, minimized, and the box's far corner a tenth past the
-    # worst; a study's hypervolume is its share of the box.
+    # One box for all, each objective minimized and scaled to [0, 1] from its best value
+    # over every study's trials to the reference a tenth past the worst; a study's
+    # hypervolume is its share of the box.
     signs = np.array([-1.0 if w == "maximize" else 1.0 for w in ways])
     raw = np.array([[r.values[n] for n in names] for r in everything], dtype=float) * signs
-    ideal, worst = raw.min(axis=0), raw.max(axis=0)
-    span = np.where(worst > ideal, worst - ideal, 1.0)
+    ideal = raw.min(axis=0)
+    corner = reference_past_worst(ideal, raw.max(axis=0))
+    span = np.where(corner > ideal, corner - ideal, 1.0)
 
     def scaled(pool: Sequence[TrialRecord]) -> np.ndarray:
         values = np.array([[r.values[n] for n in names] for r in pool], dtype=float)
@@ -125,9 +124,7 @@ def compare_fronts(
     on_joint = pareto_mask(np.array([[r.values[n] for n in names] for _, r in members]), ways)
     out = []
     for study, front in fronts.items():
-        corner = [1.0 + MARGIN] * len(names)
-        box = (1.0 + MARGIN) ** len(names)
-        share = hypervolume(scaled(front), ["minimize"] * len(names), corner) / box
+        share = hypervolume(scaled(front), ["minimize"] * len(names), [1.0] * len(names))
         joint = [r.number for (owner, r), keep in zip(members, on_joint) if keep and owner == study]
         out.append(StudyFront(study, pools[study], front, share, joint))
     return Comparison(common, out, left_out)

@@ -143,6 +143,18 @@ def pareto_front(
     return front
 
 
+# A reference point taken from the trials themselves sits this share of each objective's
+# range past its worst value: at the worst value itself, a front point that is the worst on
+# one objective would add nothing to the hypervolume.
+REFERENCE_MARGIN = 0.1
+
+
+def reference_past_worst(best: np.ndarray, worst: np.ndarray) -> np.ndarray:
+    """The reference point a tenth of each objective's range past ``worst`` (both given
+    minimized, one value per objective)."""
+    return worst + REFERENCE_MARGIN * (worst - best)
+
+
 def hypervolume(points: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
     """Hypervolume dominated by ``points`` up to ``reference`` (Optuna's exact algorithm)."""
     from ._optuna import compute_hypervolume

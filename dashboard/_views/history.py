@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tuner.storage import TrialRecord, hypervolume
+from tuner.storage import TrialRecord, hypervolume, reference_past_worst
 
 from .front import complete_records
 
@@ -35,8 +35,8 @@ class HypervolumeHistory:
     """Hypervolume of the feasible front after each complete trial.
 
     Objectives are scaled so that the ideal point (best value of each objective
-    seen) is 0 and the reference point (worst value seen) is 1; the hypervolume is
-    the share of that box the front dominates, between 0 and 1.
+    seen) is 0 and the reference point (a tenth past the worst value seen, unless given)
+    is 1; the hypervolume is the share of that box the front dominates, between 0 and 1.
     """
 
     numbers: list[int]
@@ -52,8 +52,9 @@ def hypervolume_history(
 ) -> HypervolumeHistory:
     """Hypervolume after each feasible complete trial, in trial order.
 
-    The reference point is fixed for the whole history: ``reference`` if given,
-    else the worst value of each objective over the study's feasible trials.
+    The reference point is fixed for the whole history: ``reference`` if given, else a
+    tenth of each objective's range past its worst value over the study's feasible trials
+    (at the worst value itself, a front point worst on one objective would add nothing).
     Recomputed only when a trial changes the front, so 10,000 trials take well
     under a second.
     """
@@ -68,7 +69,7 @@ def hypervolume_history(
     v = raw * signs
     ideal = v.min(axis=0)
     if reference is None:
-        ref = v.max(axis=0)
+        ref = reference_past_worst(ideal, v.max(axis=0))
     else:
         ref = np.array([reference[n] for n in names], dtype=float) * signs
     span = np.where(ref - ideal > 0, ref - ideal, 1.0)

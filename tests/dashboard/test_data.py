@@ -226,3 +226,13 @@ def test_the_staircase_of_two_objectives_is_in_order_of_x() -> None:
     a = [_trial(0, 0.80, 10_000, 0.2), _trial(1, 0.90, 50_000, 0.5), _trial(2, 0.85, 60_000, 0.6)]
     line = fronts.front_line(a, "size_bytes", "accuracy", OBJ)
     assert [r.number for r in line] == [0, 1]
+
+
+def test_a_front_point_worst_on_one_objective_still_counts_in_the_hypervolume() -> None:
+    # Each trial is the best on one objective and the worst on another: both are the front.
+    trials = [_trial(0, 0.9, 20_000, 1.0), _trial(1, 0.8, 10_000, 1.0)]
+    history = histories.hypervolume_history(trials, OBJ)
+    assert 0 < history.hypervolume[0] < history.hypervolume[1] < 1
+    # The reference sits a tenth of each range past the worst value.
+    assert history.reference["size_bytes"] == pytest.approx(21_000)
+    assert history.reference["accuracy"] == pytest.approx(0.79)
