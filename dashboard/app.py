@@ -610,8 +610,8 @@ def _hypervolume(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     ideal = ", ".join(f"{n} {show_metric(n, v)}" for n, v in hv.ideal.items())
     st.caption(
         "How much of the box between the best values seen and a fixed reference point the "
-        f"feasible front dominates; it rises when a trial improves the front. Reference (worst "
-        f"feasible values): {ref}. Ideal: {ideal}."
+        f"feasible front dominates; it rises when a trial improves the front. Reference (a "
+        f"tenth of each range past the worst feasible values): {ref}. Ideal: {ideal}."
     )
     st.plotly_chart(_figures.hypervolume(hv), key="hypervolume", config={"displaylogo": False})
 

@@ -151,6 +151,8 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
             f"deleted the older night {deleted.study} ({deleted.trials} "
             f"trial{'' if deleted.trials == 1 else 's'}, nightly.keep_nights){removed}"
         )
+        for path, why in deleted.left.items():
+            print(f"warning: left {path}: {why}", file=sys.stderr)
     for name, why in result.not_dropped.items():
         print(f"warning: the older night {name} was kept for now: {why}", file=sys.stderr)
     return result.exit_code

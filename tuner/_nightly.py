@@ -83,14 +83,34 @@ def _drop_old_nights(
     one of them; nights dated after it are left), with their files (``nightly.keep_nights``).
     A night that cannot be deleted now (running trials, held by a nightly run, the store
     refused) is said and left for the next night; tonight's night stands either way."""
-    earlier = [name for d, name in night_studies(store, spec_name) if d < date]
     dropped: list[Deleted] = []
     not_dropped: dict[str, str] = {}
-    for name in earlier[: max(0, len(earlier) - (keep - 1))]:
+    try:
+        every = night_studies(store, spec_name)
+        earlier = [name for d, name in every if d < date]
+        old = earlier[: max(0, len(earlier) - (keep - 1))]
+        # A night that a kept, unfinished night (cut short before its report) warm-started
+        # from stays: resumed, that night compares with it.
+        records = {
+            s.study_name: s.user_attrs.get(NIGHTLY_ATTR) or {} for s in store.get_all_studies()
+        }
+        needed = {
+            records.get(name, {}).get("warm_started_from")
+            for _, name in every
+            if name not in old and "hypervolume" not in records.get(name, {})
+        }
+    except Exception as exc:  # noqa: BLE001 - tonight's night stands; the cleanup waits
+        return [], {"older nights": f"not looked at: {first_line(exc)}"}
+    for name in old:
+        if name in needed:
+            not_dropped[name] = "a night kept warm-started from it"
+            continue
         try:
             dropped.append(delete_study(store, name))
         except TunerError as exc:
-            not_dropped[name] = str(exc)
+            not_dropped[name] = f"{exc} (tuner delete {name} --force deletes it)"
+        except Exception as exc:  # noqa: BLE001 - tonight's night stands; the next retries
+            not_dropped[name] = first_line(exc)
     return dropped, not_dropped
 
 
@@ -263,6 +283,14 @@ def nightly(
             if not night["warm_started_from"]:
                 queue_center(study, spec)
         previous = night.get("warm_started_from")
+        if previous and previous not in {s.study_name for s in store.get_all_studies()}:
+            # Deleted since (tuner delete): tonight is judged as a first night.
+            print(
+                f"tuner nightly: last night's study {previous!r} is no longer in the store; "
+                "tonight is judged as a first night",
+                file=sys.stderr,
+            )
+            previous = None
         if previous and "warm_start_trials" not in night:
             night["warm_start_trials"] = _warm_start(study, spec, store, previous, budget)
             study.set_user_attr(NIGHTLY_ATTR, night)

@@ -426,7 +426,10 @@ def test_a_night_judged_on_fronts_re_timed_side_by_side_is_not_fooled_by_a_fast_
     # threshold allows ...
     assert report.previous_stored_hypervolume is not None and report.stored_hypervolume
     assert report.stored_hypervolume < 0.9 * report.previous_stored_hypervolume
-    # ... but timed side by side the same model is as fast: no regression.
+    # ... but timed side by side the same model is as fast: no regression. Last night was
+    # judged on its re-timed latency, not on the stored one a hundred times faster.
+    (last,) = report.previous_front
+    assert last.values["latency_ms"] > 0.1 * latency
     assert report.previous_hypervolume
     assert abs(report.hypervolume / report.previous_hypervolume - 1) < 0.1
     assert result.exit_code == 0 and report.verdict == "as good as last night", report.reasons
@@ -515,3 +518,25 @@ def test_keep_nights_deletes_the_older_nights_with_their_files(
     assert main([*args, "--date", "2025-02-01"]) in (0, 3)
     assert "deleted the older night" not in capsys.readouterr().out
     assert len(optuna.get_all_study_names(sqlite_url)) == 3
+    # A night cut short before its report (as a crash leaves it) keeps the night it
+    # warm-started from, which it compares with once resumed.
+    cut = optuna.create_study(
+        study_name="tiny-2025-03-04", storage=sqlite_url, directions=["maximize"] * 3
+    )
+    cut.set_user_attr("tuner.spec_name", "tiny")
+    cut.set_user_attr(
+        "tuner.nightly", {"date": "2025-03-04", "warm_started_from": "tiny-2025-03-03"}
+    )
+    assert main([*args, "--date", "2025-03-05"]) in (0, 3)
+    captured = capsys.readouterr()
+    assert "deleted the older night tiny-2025-02-01" in captured.out
+    assert "deleted the older night tiny-2025-03-02" in captured.out
+    assert (
+        "warning: the older night tiny-2025-03-03 was kept for now: a night kept "
+        "warm-started from it"
+    ) in captured.err
+    assert optuna.get_all_study_names(sqlite_url) == [
+        "tiny-2025-03-03",
+        "tiny-2025-03-04",
+        "tiny-2025-03-05",
+    ]
