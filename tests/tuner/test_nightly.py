@@ -540,3 +540,9 @@ def test_keep_nights_deletes_the_older_nights_with_their_files(
         "tiny-2025-03-04",
         "tiny-2025-03-05",
     ]
+    # Its last night deleted by hand, a night run again is judged as a first night.
+    optuna.delete_study(study_name="tiny-2025-03-04", storage=sqlite_url)
+    assert main([*args, "--date", "2025-03-05"]) == 0
+    captured = capsys.readouterr()
+    assert "last night's study 'tiny-2025-03-04' is no longer in the store" in captured.err
+    assert "the first night of this spec" in captured.out
