@@ -560,37 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The import names of what tuner loads as it runs: a module of one of these names in the
-# working folder, which is searched first (for workloads), would be loaded in its place.
-_LIBRARIES = (
-    *("alembic", "click", "colorlog", "mnist1d", "numpy", "onnx", "onnxruntime", "onnxscript"),
-    *("optuna", "packaging", "pandas", "plotly", "psycopg", "ray", "rich", "scipy", "sklearn"),
-    *("sqlalchemy", "streamlit", "tensorboard", "torch", "torch_pruning", "torchao", "tqdm"),
-    "yaml",
-)
-
-
-def _shadowing(folder: str) -> str | None:
-    """The first file or package in ``folder`` named like a library tuner loads, if any."""
-    for name in _LIBRARIES:
-        for path in (os.path.join(folder, f"{name}.py"), os.path.join(folder, name)):
-            if os.path.isfile(path) or os.path.isfile(os.path.join(path, "__init__.py")):
-                return path
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # User workloads named 'package.module:function' are imported from where tuner runs.
+    from ._folder import shadowing_error
+
     folder = os.getcwd()
-    hiding = _shadowing(folder)
-    if hiding is not None:
-        name = os.path.splitext(os.path.basename(hiding))[0]
-        print(
-            f"error: {hiding} would be imported in place of the installed {name} that tuner "
-            "uses (workloads are imported from the working folder first); rename it, or run "
-            "tuner from another folder",
-            file=sys.stderr,
-        )
+    error = shadowing_error(folder)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if folder not in sys.path:
         sys.path.insert(0, folder)

@@ -161,6 +161,11 @@ def submit(
     folder = Path(working_dir).resolve()
     if not folder.is_dir():
         raise SpecError(f"--working-dir: {str(working_dir)!r} is not a folder")
+    from ._folder import shadowing_error
+
+    hidden = shadowing_error(str(folder))  # the job runs in it, with it first on the path
+    if hidden is not None:
+        raise SpecError(f"--working-dir: {hidden}")
     spec = load_spec(spec_path)
     name = study_name or spec.name
     if study_name is not None:

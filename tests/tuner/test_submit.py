@@ -170,6 +170,24 @@ def test_submit_without_an_address_is_refused(tmp_path: Path, tiny_spec: Any) ->
     assert env_free.stderr.strip().splitlines()[-1].startswith("error: --address")
 
 
+def test_a_working_dir_with_a_file_named_like_a_library_is_refused(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    # The job runs in the folder it uploads, which Ray puts first on the import path.
+    shipped = tmp_path / "project"
+    shipped.mkdir()
+    (shipped / "spec.yaml").write_text(yaml.safe_dump(tiny_spec()))
+    (shipped / "ray.py").write_text("raise ImportError('the folder\\'s ray.py')\n")
+    args = ["submit", str(shipped / "spec.yaml"), "--address", "http://127.0.0.1:9"]
+    out = _tuner(*args, "--working-dir", str(shipped), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        f"error: --working-dir: {shipped / 'ray.py'} would be imported in place of the "
+        "installed ray that tuner uses (workloads are imported from the working folder "
+        "first); rename it, or run tuner from another folder"
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_a_stopped_job_leaves_no_trial_running(
