@@ -13,6 +13,7 @@ from ._compare import Comparison, StudyFront, compare_fronts, compare_studies
 from ._errors import StoreError
 from ._format import (
     column_format,
+    counted,
     latency_p90,
     metric_unit,
     mixed_machines,
@@ -71,6 +72,7 @@ __all__ = [
     "column_format",
     "compare_fronts",
     "compare_studies",
+    "counted",
     "count_states",
     "dominated_by",
     "hypervolume",

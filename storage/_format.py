@@ -81,13 +81,18 @@ def mixed_machines(metrics: Iterable[Mapping[str, Any]]) -> str | None:
     if len(counts) < 2:
         return None
     kinds = ", ".join(
-        f"{name} ({n} trial{'' if n == 1 else 's'})"
+        f"{name} ({counted(n, 'trial')})"
         for name, n in sorted(counts.items(), key=lambda item: -item[1])
     )
     return (
         f"latencies were measured on {len(counts)} kinds of machine: {kinds}; "
         "compare latencies within one kind"
     )
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 trial``, ``3 trials``: ``n`` and ``noun``, plural where ``n`` is not 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # The machine's speed is said to have moved when the yardstick timed beside the trials'

@@ -31,10 +31,6 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=_cmd_delete)
 
 
-def _trials(n: int) -> str:
-    return f"{n} trial" if n == 1 else f"{n} trials"
-
-
 def _size(n: int) -> str:
     if n < 1024:
         return f"{n:,} bytes"
@@ -47,9 +43,10 @@ def _size(n: int) -> str:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from ._delete import delete_study, running_trials, study_files
+    from ._delete import delete_study, refuse_running, study_files
     from .storage import (
         StoreError,
+        counted,
         load_study_readonly,
         mask_url,
         open_storage,
@@ -69,13 +66,9 @@ def _cmd_delete(args: argparse.Namespace) -> int:
             reader.engine.dispose()
     except StoreError as exc:
         raise storage_error(exc) from exc
-    running = running_trials(records)
-    if running and not args.force:
-        raise SpecError(
-            f"study {args.study!r} has {_trials(len(running))} running "
-            f"({', '.join(map(str, running))}); stop its sweep first, or pass --force"
-        )
-    what = f"study {args.study!r} ({_trials(len(records))}) from {shown}"
+    if not args.force:  # said before asking, and checked again as the study is deleted
+        refuse_running(args.study, records)
+    what = f"study {args.study!r} ({counted(len(records), 'trial')}) from {shown}"
     kept = study_files(args.study, records)
     if kept and not args.keep_files:
         what += f" and the {kept.describe()} its trials kept"
@@ -100,7 +93,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         deleted = delete_study(store, args.study, files=not args.keep_files, force=args.force)
     finally:
         store.engine.dispose()
-    lines = [f"deleted study {args.study!r} ({_trials(deleted.trials)}) from {shown}"]
+    lines = [f"deleted study {args.study!r} ({counted(deleted.trials, 'trial')}) from {shown}"]
     if deleted.models or deleted.runs:
         lines.append(f"removed {deleted.describe()} of its trials ({_size(deleted.size)})")
     lines += [f"removed {folder}" for folder in deleted.removed]

@@ -74,7 +74,7 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     from ._cli import backend_options
     from ._exceptions import EXIT_LOCKED, NightLocked
     from ._nightly import nightly
-    from .storage import show_metric
+    from .storage import counted, show_metric
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     options = backend_options(args)
@@ -148,8 +148,8 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     for deleted in result.dropped:
         removed = f": removed {deleted.describe()}" if deleted.models or deleted.runs else ""
         print(
-            f"deleted the older night {deleted.study} ({deleted.trials} "
-            f"trial{'' if deleted.trials == 1 else 's'}, nightly.keep_nights){removed}"
+            f"deleted the older night {deleted.study} ({counted(deleted.trials, 'trial')}, "
+            f"nightly.keep_nights){removed}"
         )
         for path, why in deleted.left.items():
             print(f"warning: left {path}: {why}", file=sys.stderr)

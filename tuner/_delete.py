@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import SpecError, StorageError, first_line, storage_error
-from .storage import StoreError, load_study_readonly, read_records
+from .storage import StoreError, counted, load_study_readonly, read_records
 from .storage._locks import LockHeld, acquire_lock, read_lock
 from .storage.keys import ARTIFACT_ID_ATTR, ARTIFACT_STORE_ATTR, TENSORBOARD_ATTR
 
@@ -51,8 +51,8 @@ class StudyFiles:
 
 def _describe(models: int, runs: int) -> str:
     """``2 model files and 3 TensorBoard runs``."""
-    parts = [f"{models} model file{'' if models == 1 else 's'}"] if models else []
-    parts += [f"{runs} TensorBoard run{'' if runs == 1 else 's'}"] if runs else []
+    parts = [counted(models, "model file")] if models else []
+    parts += [counted(runs, "TensorBoard run")] if runs else []
     return " and ".join(parts)
 
 
@@ -90,8 +90,14 @@ def study_files(study_name: str, records: Sequence[Any]) -> StudyFiles:
     return out
 
 
-def running_trials(records: Iterable[Any]) -> list[int]:
-    return [r.number for r in records if r.state == "RUNNING"]
+def refuse_running(study_name: str, records: Iterable[Any]) -> None:
+    """Raise :class:`SpecError` where trials of the study are running."""
+    running = [str(r.number) for r in records if r.state == "RUNNING"]
+    if running:
+        raise SpecError(
+            f"study {study_name!r} has {counted(len(running), 'trial')} running "
+            f"({', '.join(running)}); stop its sweep first, or pass --force"
+        )
 
 
 @dataclass
@@ -159,13 +165,8 @@ def delete_study(
             records = read_records(storage, study_name)
         except StoreError as exc:
             raise storage_error(exc) from exc
-        running = running_trials(records)
-        if running and not force:
-            raise SpecError(
-                f"study {study_name!r} has {len(running)} trial"
-                f"{'' if len(running) == 1 else 's'} running ({', '.join(map(str, running))}); "
-                "stop its sweep first, or pass --force"
-            )
+        if not force:
+            refuse_running(study_name, records)
         kept = study_files(study_name, records)
         _delete_rows(storage, study_name)
     finally:
