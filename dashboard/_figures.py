@@ -6,10 +6,12 @@ here reads the store or knows about Streamlit, so tests check the figures direct
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from tuner.storage import Comparison, Retiming, TrialRecord
@@ -36,6 +38,7 @@ from ._views.history import (
     step_points,
 )
 from ._views.overview import NightTrend
+from ._views.params import BY_FRONT, BY_NUMBER, CATEGORY, Axis, ParamSlice, colour_groups
 
 FRONT = "#1f77b4"
 BEST = "#d62728"
@@ -57,17 +60,7 @@ def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) ->
     xi, yi = names.index(x), names.index(y)
     sx, sy = display_scale(x), display_scale(y)
     budget = bool(info.bounds)
-    style = {
-        "outside budget": dict(color=OUTSIDE, size=6),
-        "dominated": dict(color=DOMINATED, size=7),
-        "breaks constraints": dict(color=BROKEN, size=8, symbol="x"),
-        "Pareto front": dict(
-            color="rgba(31,119,180,0.35)" if budget else FRONT,
-            size=10,
-            line=dict(width=1, color="white"),
-        ),
-        "front within budget": dict(color=FRONT, size=11, line=dict(width=1, color="white")),
-    }
+    style = _point_styles(budget)
     # Shapes say how each trial was compressed, where the study tried more than one way.
     kinds = compression_kinds(info)
     shown = drawn_kinds(info, rows, kinds)
@@ -138,6 +131,21 @@ def pareto_2d(info: FrontInfo, tips: Hover, rows: np.ndarray, x: str, y: str) ->
         clickmode="event+select",
     )
     return fig
+
+
+def _point_styles(budget: bool) -> dict[str, dict[str, object]]:
+    """The marker of each of :func:`~._views.front.point_groups`' kinds of point."""
+    return {
+        "outside budget": dict(color=OUTSIDE, size=6),
+        "dominated": dict(color=DOMINATED, size=7),
+        "breaks constraints": dict(color=BROKEN, size=8, symbol="x"),
+        "Pareto front": dict(
+            color="rgba(31,119,180,0.35)" if budget else FRONT,
+            size=10,
+            line=dict(width=1, color="white"),
+        ),
+        "front within budget": dict(color=FRONT, size=11, line=dict(width=1, color="white")),
+    }
 
 
 def pareto_3d(info: FrontInfo, tips: Hover, rows: np.ndarray) -> go.Figure:
@@ -298,6 +306,100 @@ def importance(scores: Mapping[str, Mapping[str, float]]) -> go.Figure:
             col=i,
         )
     fig.update_layout(height=max(300, 40 * len(params)), margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def param_slices(
+    info: FrontInfo,
+    tips: Hover,
+    slices: Sequence[ParamSlice],
+    objective: str,
+    colour: str,
+    axes: Mapping[str, Axis] | None = None,
+) -> go.Figure:
+    """``objective`` against each parameter, a panel each, three to a row.
+
+    ``colour`` is :data:`~._views.params.BY_FRONT` (the front in blue, as on the
+    Pareto chart), :data:`~._views.params.BY_NUMBER` (early trials dark, late ones
+    yellow: where the search went) or a categorical parameter, one colour per value.
+    Each point carries its trial's hover row; its first cell, the number, opens it.
+    """
+    cols = min(3, max(1, len(slices)))
+    n_rows = max(1, math.ceil(len(slices) / cols))
+    fig = make_subplots(
+        rows=n_rows,
+        cols=cols,
+        shared_yaxes=True,
+        subplot_titles=[
+            f"{s.param} ({len(s.rows)} of {s.n_trials})" if s.conditional else s.param
+            for s in slices
+        ],
+        horizontal_spacing=0.04,
+        vertical_spacing=min(0.12, 0.3 / n_rows),
+    )
+    yi = list(info.objectives).index(objective)
+    scale = display_scale(objective)
+    palette = qualitative.Plotly
+    if colour not in (BY_FRONT, BY_NUMBER):
+        drawn = np.unique(np.concatenate([s.rows for s in slices]))
+        groups = colour_groups(info, drawn, colour, axes)
+        colour_of = {label: palette[k % len(palette)] for k, label in enumerate(groups)}
+    styles = _point_styles(bool(info.bounds))
+    seen: set[str] = set()
+    for k, s in enumerate(slices):
+        row, col = divmod(k, cols)
+        at = dict(row=row + 1, col=col + 1)
+        where = {int(i): j for j, i in enumerate(s.rows)}
+        if colour == BY_NUMBER:
+            parts = [("trial", s.rows, dict(color=info.numbers[s.rows], coloraxis="coloraxis"))]
+        elif colour == BY_FRONT:
+            parts = [
+                (label, idx, styles[label]) for label, idx in point_groups(info, s.rows).items()
+            ]
+        else:
+            parts = [
+                (label, idx, dict(color=colour_of[label], size=7))
+                for label, idx in colour_groups(info, s.rows, colour, axes).items()
+            ]
+        for label, idx, marker in parts:
+            if len(idx) == 0:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=s.x[[where[int(i)] for i in idx]],
+                    y=info.values[idx, yi] * scale,
+                    mode="markers",
+                    name=label if colour != BY_NUMBER else "trial",
+                    legendgroup=label,
+                    showlegend=colour != BY_NUMBER and label not in seen,
+                    marker={"size": 7, **marker},
+                    customdata=tips.rows[idx],
+                    hovertemplate=tips.template,
+                ),
+                **at,
+            )
+            seen.add(label)
+        if s.scale == CATEGORY:
+            fig.update_xaxes(
+                tickvals=list(range(len(s.labels))),
+                ticktext=s.labels,
+                range=[-0.5, len(s.labels) - 0.5],
+                **at,
+            )
+        else:
+            fig.update_xaxes(type=s.scale, **at)
+        if col == 0:
+            fig.update_yaxes(title_text=axis_title(objective, info.objectives[objective]), **at)
+    fig.update_layout(
+        height=60 + 250 * n_rows,
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        clickmode="event+select",
+    )
+    if colour == BY_NUMBER:
+        fig.update_layout(
+            coloraxis=dict(colorscale="Viridis", colorbar=dict(title="trial", thickness=12))
+        )
     return fig
 
 

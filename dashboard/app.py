@@ -23,6 +23,7 @@ from tuner.dashboard import PASSWORD_ENV, _figures
 from tuner.dashboard._views import front as _front
 from tuner.dashboard._views import importance as _importance_data
 from tuner.dashboard._views import overview as _overview
+from tuner.dashboard._views import params as _params
 from tuner.dashboard._views import trials as _trials
 from tuner.dashboard._views.overview import NightTrend
 from tuner.dashboard._views.page import StudyPage, study_page_data
@@ -48,6 +49,7 @@ from tuner.storage import (
     speed_spread,
     stored_retiming,
 )
+from tuner.storage.keys import SPEC_ATTR
 
 REFRESH_S = 5
 MAX_2D_POINTS = 3000
@@ -60,6 +62,7 @@ TABS = [
     "History",
     "Hypervolume",
     "Importance",
+    "Parameters",
     "Learning curves",
     "Trials",
 ]
@@ -113,7 +116,11 @@ def _build_page(url: str, name: str) -> StudyPage:
         raise StoreError(f"no study named {name!r} in this store")
     records = read_records(_store(url), name)
     return study_page_data(
-        name, records, summary.objectives, _front.study_constraints(summary.user_attrs)
+        name,
+        records,
+        summary.objectives,
+        _front.study_constraints(summary.user_attrs),
+        axes=_params.param_axes(summary.user_attrs.get(SPEC_ATTR)),
     )
 
 
@@ -424,6 +431,7 @@ def _study_body(url: str, name: str) -> None:
         _history,
         _hypervolume,
         _importance_tab,
+        _params_tab,
         _curves,
         _trials_table,
     ]
@@ -627,6 +635,34 @@ def _importance_tab(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         "decrease in impurity, as Optuna's MeanDecreaseImpurity evaluator), over complete trials."
     )
     st.plotly_chart(_figures.importance(scores), key="importance", config={"displaylogo": False})
+
+
+def _params_tab(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
+    if len(info) == 0:
+        st.info("No complete trial yet.")
+        return
+    rows = _front.plot_sample(info, MAX_2D_POINTS)
+    slices = _params.param_slices(info, rows, page.axes)
+    if not slices:
+        st.info("No parameter varies among the complete trials.")
+        return
+    names = list(page.objectives)
+    left, right = st.columns(2)
+    objective = left.selectbox("objective", names, key="slice-y", bind="query-params")
+    colours = _params.colourings(info, rows)
+    colour = right.selectbox("colour by", colours, key="slice-colour", bind="query-params")
+    conditional = [s.param for s in slices if s.conditional]
+    note = f"; showing {len(rows):,} of {len(info):,} trials" if len(rows) < len(info) else ""
+    st.caption(
+        f"{objective} against each parameter, one point per complete trial{note}: where a "
+        "parameter's good values lie. Points of one categorical value are spread sideways. "
+        + (f"{', '.join(conditional)}: only the trials that sampled it. " if conditional else "")
+        + "Click a point to open its trial."
+    )
+    fig = _figures.param_slices(info, page.hover, slices, objective, colour, page.axes)
+    picked = _clicked_chart(fig, "slices")
+    if picked is not None:
+        _go(study=page.name, trial=int(picked[0] if isinstance(picked, list) else picked))
 
 
 def _curves(url: str, page: StudyPage, info: _front.FrontInfo) -> None:

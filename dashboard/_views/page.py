@@ -18,6 +18,7 @@ from .history import (
     learning_curves,
     objective_history,
 )
+from .params import Axis
 from .trials import table_rows
 
 
@@ -37,6 +38,7 @@ class StudyPage:
     counts: dict[str, int]
     info: FrontInfo
     hover: Hover
+    axes: dict[str, Axis]
 
     def record(self, number: int) -> TrialRecord | None:
         for r in self.records:
@@ -66,8 +68,14 @@ def study_page_data(
     records: Sequence[TrialRecord],
     objectives: Mapping[str, str],
     constraints: Sequence[Bound] = (),
+    *,
+    axes: Mapping[str, Axis] | None = None,
 ) -> StudyPage:
-    """The study page's records: the front and hover texts now, the rest on first use."""
+    """The study page's records: the front and hover texts now, the rest on first use.
+
+    ``axes`` says how each parameter's axis is drawn (``params.param_axes`` of the
+    study's spec).
+    """
     info = front_info(records, objectives)
     counts: dict[str, int] = {}
     for r in records:
@@ -80,4 +88,5 @@ def study_page_data(
         counts=counts,
         info=info,
         hover=hover(info.records, objectives),
+        axes=dict(axes or {}),
     )

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import sqlalchemy
@@ -47,6 +49,13 @@ def _page_text(at: AppTest) -> str:
 
 def _figures(at: AppTest) -> list[dict[str, Any]]:
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _numbers(value: Any) -> list[float]:
+    """A figure's array as sent to the browser: a list, or plotly's typed-array encoding."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
 
 
 def _records(url: str) -> list[Any]:
@@ -112,6 +121,7 @@ def test_budget_from_the_url_restricts_the_front(
         "History",
         "Hypervolume",
         "Importance",
+        "Parameters",
         "Learning curves",
     ],
 )
@@ -124,6 +134,29 @@ def test_every_view_draws_a_chart(
     if view == "Learning curves":
         names = [t.get("name") for t in figures[0]["data"]]
         assert "stopped early" in names  # early-stopped trials are visible
+
+
+def test_parameters_view_colours_by_the_choice_in_the_url(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(
+        app_path,
+        dashboard_store,
+        monkeypatch,
+        study="tiny",
+        view="Parameters",
+        **{"slice-y": "latency_ms", "slice-colour": "quantize"},
+    )
+    assert at.selectbox(key="slice-y").value == "latency_ms"
+    assert "quantize" in at.selectbox(key="slice-colour").options
+    (figure,) = _figures(at)
+    complete = {r.number: r for r in _records(dashboard_store) if r.state == "COMPLETE"}
+    legend = {t["name"] for t in figure["data"] if t.get("showlegend", True)}
+    assert legend == {r.params["quantize"] for r in complete.values()}
+    for trace in figure["data"]:
+        for y, tip in zip(_numbers(trace["y"]), trace["customdata"]):
+            assert y == pytest.approx(complete[tip[0]].values["latency_ms"])
+    assert "latency_ms against each parameter" in " ".join(c.value for c in at.caption)
 
 
 def test_trial_table_lists_every_trial(

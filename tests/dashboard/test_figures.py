@@ -264,3 +264,98 @@ def test_the_front_shapes_say_how_each_trial_was_compressed() -> None:
     )
     assert _traces(fig)["Pareto front"].marker.symbol is None
     assert not [t for t in fig.data if t.legendgroup == "compression"]
+
+
+def test_each_parameter_is_drawn_against_the_objective_on_its_own_axis(
+    dashboard_store: str,
+) -> None:
+    from tuner.dashboard._views import params
+    from tuner.storage import read_studies
+    from tuner.storage.keys import SPEC_ATTR
+
+    storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
+    records = read_records(storage, "tiny")
+    (study,) = [s for s in read_studies(storage) if s.name == "tiny"]
+    storage.engine.dispose()
+    # The axes of the spec the study was run with, as the dashboard reads them.
+    axes = params.param_axes(study.user_attrs[SPEC_ATTR])
+    page = pages.study_page_data("tiny", records, OBJ, axes=axes)
+    info = page.info
+    rows = fronts.plot_sample(info)
+    slices = {s.param: s for s in params.param_slices(info, rows, axes)}
+    by_number = {r.number: r for r in info.records}
+    varied = {
+        p
+        for p in {p for r in info.records for p in r.params}
+        if len({str(r.params[p]) for r in info.records if p in r.params}) > 1
+    }
+    assert set(slices) == varied and {"lr", "quantize", "prune_threshold"} <= varied
+
+    fig = _figures.param_slices(
+        info, page.hover, list(slices.values()), "accuracy", "quantize", axes
+    )
+    panels = [a.text for a in fig.layout.annotations]
+    order = sorted(slices)
+    assert [p.split(" (")[0] for p in panels] == order
+    axis = {p: fig.layout[f"xaxis{'' if k == 0 else k + 1}"] for k, p in enumerate(order)}
+    assert axis["lr"].type == "log" and axis["prune_threshold"].type == "linear"
+    assert list(axis["quantize"].ticktext) == ["none", "int8"]  # in the spec's order
+    sgd = sum(r.params.get("optimizer") == "sgd" for r in info.records)
+    if "momentum" in slices and 0 < sgd < len(info):
+        assert f"momentum ({sgd} of {len(info)})" in panels
+    # Every point is its trial: its objective on y, its value on x (a category's slot,
+    # spread by less than a quarter), and its colour group its quantize value.
+    points = 0
+    for trace in fig.data:
+        param = order[int((trace.xaxis or "x")[1:] or 1) - 1]
+        for x, y, tip in zip(trace.x, trace.y, trace.customdata):
+            record = by_number[int(tip[0])]
+            assert y == pytest.approx(record.values["accuracy"] * 100)
+            assert record.params["quantize"] == trace.name
+            value = record.params[param]
+            if param in ("quantize", "optimizer", "batch_size", "hidden_units"):
+                assert abs(x - list(axis[param].ticktext).index(str(value))) < 0.25
+            else:
+                assert x == pytest.approx(value)
+            points += 1
+    assert points == sum(len(s.rows) for s in slices.values())
+    assert sorted(t.name for t in fig.data if t.showlegend) == sorted(
+        {r.params["quantize"] for r in info.records}
+    )
+
+    by_trial = _figures.param_slices(
+        info, page.hover, list(slices.values()), "latency_ms", "trial number"
+    )
+    assert fig.layout.coloraxis.colorscale is None and by_trial.layout.coloraxis.colorscale
+    for trace in by_trial.data:
+        assert list(trace.marker.color) == [int(tip[0]) for tip in trace.customdata]
+
+
+def test_a_study_without_a_spec_gets_axes_from_its_values() -> None:
+    from tuner.dashboard._views import params
+
+    records = [
+        replace(
+            _trial(n, 0.9 - 0.01 * n, 1000.0 * (n + 1), 1.0),
+            params={
+                "lr": 10.0 ** -(n % 4 + 1),  # 1e-4 to 1e-1: a log axis
+                "dropout": 0.1 * n,
+                "act": "relu" if n % 2 else "gelu",
+                "layers": 2,  # the same in every trial: no panel
+            },
+        )
+        for n in range(6)
+    ]
+    info = fronts.front_info(records, OBJ)
+    slices = {s.param: s for s in params.param_slices(info, np.arange(len(info)))}
+    assert {p: s.scale for p, s in slices.items()} == {
+        "act": params.CATEGORY,
+        "dropout": params.LINEAR,
+        "lr": params.LOG,
+    }
+    assert slices["act"].labels == ["gelu", "relu"]
+    assert params.colourings(info, np.arange(len(info))) == [
+        params.BY_FRONT,
+        params.BY_NUMBER,
+        "act",
+    ]
