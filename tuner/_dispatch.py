@@ -15,6 +15,7 @@ import os
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,6 +339,10 @@ class Dispatcher(ABC):
     """Where workers run. Subclasses implement :meth:`_launch`, :meth:`_alive` and :meth:`_stop`."""
 
     name: str = ""
+
+    def preflight(self, spec: Mapping[str, Any]) -> None:
+        """Check what the run needs of where trials run before anything is written
+        (``spec`` as :meth:`StudySpec.to_dict` gives it); the base needs nothing."""
 
     def run(self, jobs: list[WorkerJob], *, on_tick: Any = None) -> None:
         """Run one worker per job until all are done; ``on_tick()`` is called while waiting."""

@@ -8,7 +8,7 @@ its accuracy, size and latency against the trial's stored figures.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -289,6 +289,9 @@ def rerun_trial(storage: Any, study_name: str, trial: int) -> tuple[TrialModel, 
     if not isinstance(raw, dict):
         raise ArtifactMissing(f"study {study_name!r} has no spec recorded; cannot re-run trial")
     spec = spec_from_dict(raw)
+    if spec.measure.target:
+        # Timed here, beside the stored figures, whatever node the study timed it on.
+        spec = spec.with_overrides(measure=replace(spec.measure, target=None))
     device = trial_device(spec)
     # FixedTrial answers every suggest call with the recorded value, like the trial did.
     fixed = cast(optuna.Trial, optuna.trial.FixedTrial(dict(frozen.params), number=trial))

@@ -15,10 +15,12 @@ import importlib.util
 import math
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, say_stopped_early, work
 from ._exceptions import DispatchError, first_line
+from ._target import missing_target, offered
 from .storage import StoreUnavailable
 from .storage._budget import WAIT_VAR as BUDGET_WAIT_VAR
 from .storage._outage import WINDOW_VAR as OUTAGE_WINDOW_VAR
@@ -134,6 +136,8 @@ class RayDispatcher(Dispatcher):
 
         if ray.is_initialized():
             return ray
+        if self._address:
+            return self._connect_to(self._address)
         spec = jobs[0].spec
         cpus = float(spec.get("resources", {}).get("cpus", 1))
         options: dict[str, Any] = {
@@ -141,26 +145,52 @@ class RayDispatcher(Dispatcher):
             "logging_level": "WARNING",
             "log_to_driver": True,
         }
-        if self._address:
-            options["address"] = self._address
-        else:
-            options["address"] = "local"
-            options["num_cpus"] = self._num_cpus or max(
-                cpu_count(), math.ceil(len(jobs) * cpus - 1e-9)
-            )
-            if self._num_gpus is not None:
-                options["num_gpus"] = self._num_gpus
+        options["address"] = "local"
+        options["num_cpus"] = self._num_cpus or max(cpu_count(), math.ceil(len(jobs) * cpus - 1e-9))
+        if self._num_gpus is not None:
+            options["num_gpus"] = self._num_gpus
+        self._init(ray, options, mode, "a local Ray")
+        self._started_ray = True
+        return ray
+
+    def _connect_to(self, address: str) -> Any:
+        """Join the cluster at ``address`` (once; later calls find Ray connected)."""
+        mode = auth_mode()
+        import ray
+
+        if not ray.is_initialized():
+            options = {
+                "address": address,
+                "include_dashboard": False,
+                "logging_level": "WARNING",
+                "log_to_driver": True,
+            }
+            self._init(ray, options, mode, address)
+        return ray
+
+    @staticmethod
+    def _init(ray: Any, options: dict[str, Any], mode: str, where: str) -> None:
         try:
             ray.init(**options)
         except Exception as exc:
-            where = self._address or "a local Ray"
             reason = first_line(exc)
             hint = ""
             if "auth" in reason.lower() or "token" in reason.lower():
                 hint = f" ({AUTH_MODE_VAR} is {mode!r}; it must match the cluster's)"
             raise DispatchError(f"cannot start or join {where}: {reason}{hint}") from exc
-        self._started_ray = not self._address
-        return ray
+
+    def preflight(self, spec: Mapping[str, Any]) -> None:
+        """A ``measure.target`` needs a live node of the cluster that offers it."""
+        target = (spec.get("measure") or {}).get("target")
+        if not target:
+            return
+        if not self._address:
+            raise DispatchError(
+                f"measure.target: the local Ray that tuner starts has no node offering {target!r}; "
+                "join the cluster that has one with --address (or set RAY_ADDRESS)"
+            )
+        if offered(self._connect_to(self._address), target) <= 0:
+            raise DispatchError(missing_target(target, self._address))
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         ray = self._connect(jobs)
@@ -172,6 +202,7 @@ class RayDispatcher(Dispatcher):
                 f"resources.gpus: the spec asks for {gpus:g} GPU per trial but this machine's Ray "
                 "has none; set resources.gpus to 0, or use --address to join a cluster with GPUs"
             )
+        self.preflight(jobs[0].spec)
         env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
         actor_class = ray.remote(_Worker)
         paths = _worker_paths(str(jobs[0].spec.get("workload", "")))

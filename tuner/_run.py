@@ -200,11 +200,19 @@ def run(
         raise SpecError(
             f"workers: got {workers} with backend 'inline'; expected 1, or backend 'local'"
         )
+    if spec.measure.target and backend != "ray":
+        raise SpecError(
+            f"spec field 'measure.target': got {spec.measure.target!r} with backend {backend!r}; "
+            "expected backend 'ray' (--backend ray, with --address for the cluster whose node "
+            "offers it), or no measure.target to time models where they train"
+        )
     name = study_name or spec.name
     if study_name is not None:
         spec.with_overrides(name=study_name)  # validates the name
     url = resolve_url(storage, spec.storage)
     budget = n_trials or spec.budget.n_trials
+    dispatcher = make_dispatcher(backend, **backend_options)
+    dispatcher.preflight(spec.to_dict())  # before the store is touched
     # One line when the store goes away and one when it is back (workers stay quiet).
     stop_telling = add_listener(_say)
     try:
@@ -217,7 +225,6 @@ def run(
     # Every worker, wherever it runs, keeps its trials' models in the same folder.
     folder = str(artifacts_root(spec.artifacts.path, url))
     spec = spec.with_overrides(artifacts=replace(spec.artifacts, path=folder))
-    dispatcher = make_dispatcher(backend, **backend_options)
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
     if backend == "local" and workers * threads > cpu_count():

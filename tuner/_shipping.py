@@ -328,18 +328,57 @@ def measure(
         out["test_accuracy"] = accuracy(shipped.model, *test_data, device=device)
     if not model_metrics:
         return out
-    compile_model = compiles(shipped, settings.compile)
     out["size_bytes"] = size_bytes(shipped.model)
+    timing = functools.partial(
+        time_torch,
+        device=device,
+        threads=threads,
+        batch_size=settings.batch_size,
+        warmup=warmup,
+        repeats=repeats,
+        compile_model=compiles(shipped, settings.compile),
+    )
+    if settings.target:
+        from ._target import time_on_target
+
+        # What the trial keeps, which the target rebuilds the model from as retime does
+        # (an int8 graph does not pickle); no test data is needed for that.
+        kept = trial_model(
+            shipped,
+            test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
+            measure=settings,
+            threads=threads,
+        )
+        out.update(time_on_target(settings.target, timing, kept, example))
+    else:
+        out.update(timing(shipped.model, example))
+    return out
+
+
+def time_torch(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    device: str,
+    threads: int,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    compile_model: bool,
+) -> dict[str, Any]:
+    """Latency of a shipped PyTorch model at batch 1 and ``batch_size``, with the yardstick
+    timed before and after, under the names trials record it."""
+    out: dict[str, Any] = {}
     compile_s = 0.0
     # The batch size first: whether freezing was kept there decides whether batch 1 tries it.
     frozen_at_batch: bool | None = None
     reference_before = reference_ms(device, threads=threads)
     for suffix, batch, passes in (
-        ("_batch", settings.batch_size, (max(1, warmup // 2), max(3, repeats // 2))),
+        ("_batch", batch_size, (max(1, warmup // 2), max(3, repeats // 2))),
         ("", 1, (warmup, repeats)),
     ):
         stats = measure_latency(
-            shipped.model,
+            model,
             example,
             batch_size=batch,
             device=device,
@@ -402,29 +441,54 @@ def _measure_onnx(
         out["test_accuracy"] = runner.accuracy(*test_data)
     if not model_metrics:
         return out
+    out["size_bytes"] = len(data)
+    out["size_format"] = "onnx"
+    timing = functools.partial(
+        time_onnx,
+        threads=runner.threads,
+        batch_size=settings.batch_size,
+        warmup=warmup,
+        repeats=repeats,
+    )
+    if settings.target:
+        from ._target import time_on_target
+
+        out.update(time_on_target(settings.target, timing, data, example))
+    else:
+        out.update(timing(runner, example))
+    return out
+
+
+def time_onnx(
+    model: OnnxRunner | bytes,
+    example: torch.Tensor,
+    *,
+    threads: int,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """Latency of an ONNX file (or a session on it) at batch 1 and ``batch_size``, with the
+    yardstick timed before and after, under the names trials record it."""
+    runner = model if isinstance(model, OnnxRunner) else OnnxRunner(model, threads=threads)
     reference_before = reference_ms("cpu", threads=runner.threads)
     p50, p90 = runner.latency(example, batch_size=1, warmup=warmup, repeats=repeats)
     b50, b90 = runner.latency(
         example,
-        batch_size=settings.batch_size,
+        batch_size=batch_size,
         warmup=max(1, warmup // 2),
         repeats=max(3, repeats // 2),
     )
     reference_after = reference_ms("cpu", threads=runner.threads)
-    out.update(
-        {
-            "size_bytes": len(data),
-            "size_format": "onnx",
-            "latency_ms": p50,
-            "latency_ms_p90": p90,
-            "latency_ms_batch": b50,
-            "latency_ms_batch_p90": b90,
-            "latency_batch_size": settings.batch_size,
-            "latency_runtime": "onnxruntime",
-            "latency_device": "cpu",
-            "latency_machine": machine_name("cpu"),
-            "latency_reference_ms": (reference_before + reference_after) / 2,
-            "latency_threads": runner.threads,
-        }
-    )
-    return out
+    return {
+        "latency_ms": p50,
+        "latency_ms_p90": p90,
+        "latency_ms_batch": b50,
+        "latency_ms_batch_p90": b90,
+        "latency_batch_size": batch_size,
+        "latency_runtime": "onnxruntime",
+        "latency_device": "cpu",
+        "latency_machine": machine_name("cpu"),
+        "latency_reference_ms": (reference_before + reference_after) / 2,
+        "latency_threads": runner.threads,
+    }

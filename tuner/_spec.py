@@ -266,6 +266,7 @@ class MeasureSpec:
     threads: int | None = None
     runtime: str = "torch"
     compile: str = "auto"
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -479,6 +480,7 @@ class StudySpec:
                 "threads": self.measure.threads,
                 "runtime": self.measure.runtime,
                 "compile": self.measure.compile,
+                **({"target": self.measure.target} if self.measure.target else {}),
             },
             "artifacts": {
                 "keep": self.artifacts.keep,
@@ -749,7 +751,7 @@ def _validate_into(spec: StudySpec) -> None:
     _check_keys(
         "measure",
         measure,
-        ("batch_size", "warmup", "repeats", "threads", "runtime", "compile"),
+        ("batch_size", "warmup", "repeats", "threads", "runtime", "compile", "target"),
     )
     threads = measure.get("threads")
     runtime = _runtime(measure.get("runtime", "torch"))
@@ -766,6 +768,7 @@ def _validate_into(spec: StudySpec) -> None:
         else int(_number("measure.threads", threads, minimum=1, integer=True)),
         runtime=runtime,
         compile=_compile_mode(measure.get("compile", "auto")),
+        target=_target(measure.get("target"), runtime, res),
     )
     _set(spec, "measure", measure)
     _check_qat_device(spec)
@@ -888,6 +891,26 @@ def _parse_nightly(raw: Any, objectives: Mapping[str, str]) -> NightlySpec:
         retime=retime,
         keep_nights=keep,
     )
+
+
+def _target(value: Any, runtime: str, resources: Resources) -> str | None:
+    """``measure.target``: the Ray custom resource of the nodes models are timed on."""
+    if value is None:
+        return None
+    from ._target import check_target
+
+    wrong = check_target(value)
+    if wrong:
+        raise _field("measure.target", value, wrong)
+    if resources.gpus and runtime == "torch":
+        # The torch runtime's model is made for the trial's GPU; the ONNX file runs anywhere.
+        raise _field(
+            "measure.target",
+            value,
+            "no target with resources.gpus > 0 in the torch runtime (its model is made for the "
+            "trial's GPU); measure.runtime: onnxruntime times the file on the target's CPU",
+        )
+    return str(value)
 
 
 def _compile_mode(value: Any) -> str:

@@ -318,3 +318,26 @@ def test_a_study_starts_at_the_center_unless_its_sampler_draws_at_random(tiny_sp
     spec = tuner.load_spec(tiny_spec(sampler=SamplerSpec(name="grid"), search_space=grid))
     assert spec.sampler.start == "sampled"
     assert tuner.load_spec(spec.to_dict()).sampler == spec.sampler
+
+
+def test_measure_target_names_a_ray_resource_of_ones_own(tiny_spec: Any) -> None:
+    spec = tuner.load_spec(tiny_spec(measure={"target": "edge-arm"}))
+    assert spec.measure.target == "edge-arm"
+    assert tuner.load_spec(spec.to_dict()) == spec
+    assert "target" not in tuner.load_spec(tiny_spec()).to_dict()["measure"]
+    for bad, says in (
+        ("", "a non-empty string"),
+        (3, "a non-empty string"),
+        ("CPU", "one Ray keeps for itself"),
+        ("node:10.0.0.1", "one Ray keeps for itself"),
+        ("edge arm", "without spaces"),
+    ):
+        with pytest.raises(tuner.SpecError, match=f"measure.target.*got {bad!r}.*{says}"):
+            tuner.load_spec(tiny_spec(measure={"target": bad}))
+    # The torch runtime's model is made for the trial's GPU; the ONNX file runs anywhere.
+    with pytest.raises(tuner.SpecError, match="measure.target.*resources.gpus > 0"):
+        tuner.load_spec(tiny_spec(measure={"target": "edge"}, resources={"gpus": 1}))
+    gpu = tuner.load_spec(
+        tiny_spec(measure={"target": "edge", "runtime": "onnxruntime"}, resources={"gpus": 1})
+    )
+    assert gpu.measure.target == "edge"
