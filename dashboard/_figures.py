@@ -340,7 +340,7 @@ def param_slices(
     yi = list(info.objectives).index(objective)
     scale = display_scale(objective)
     palette = qualitative.Plotly
-    if colour not in (BY_FRONT, BY_NUMBER):
+    if colour not in (BY_FRONT, BY_NUMBER) and slices:
         drawn = np.unique(np.concatenate([s.rows for s in slices]))
         groups = colour_groups(info, drawn, colour, axes)
         colour_of = {label: palette[k % len(palette)] for k, label in enumerate(groups)}

@@ -649,7 +649,7 @@ def _params_tab(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     names = list(page.objectives)
     left, right = st.columns(2)
     objective = left.selectbox("objective", names, key="slice-y", bind="query-params")
-    colours = _params.colourings(info, rows)
+    colours = _params.colourings(info, rows, page.axes)
     colour = right.selectbox("colour by", colours, key="slice-colour", bind="query-params")
     conditional = [s.param for s in slices if s.conditional]
     note = f"; showing {len(rows):,} of {len(info):,} trials" if len(rows) < len(info) else ""

@@ -99,3 +99,23 @@ def test_every_error_class_is_in_the_tree_exported_with_an_exit_code() -> None:
         assert issubclass(cls, tuner.TunerError), cls
         assert cls.__name__ in tuner.__all__, cls
         assert isinstance(cls.exit_code, int) and cls.exit_code > 0, cls
+
+
+def test_a_driver_that_only_dispatches_never_loads_torch(tmp_path: Path) -> None:
+    # With local worker processes the driver validates the spec, hands trials out and
+    # prints the front; the workers train. A built-in workload is checked by name.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuner._cli import main\n"
+        f"code = main(['run', 'digits_mlp', '--n-trials', '2', '--workers', '2', "
+        f"'--storage', 'sqlite:///{tmp_path / 'study.db'}'])\n"
+        "print('loaded:', *(m for m in ('torch',) if m in sys.modules))\nsys.exit(code)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "loaded:", out.stdout[-300:]
+    assert "Pareto front" in out.stdout

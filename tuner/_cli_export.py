@@ -209,7 +209,12 @@ def _print_report(console: Any, report: Any) -> None:
     runtime = "onnxruntime" if report.format == "onnx" else "torch"
     for f in report.warnings:
         why = ""
-        if f.metric == "latency_ms" and report.stored_runtime != runtime:
+        if f.metric == "latency_ms" and report.stored_target:
+            why = (
+                f"; the trial was timed on the measure.target node {report.stored_target!r}, "
+                "this file on this machine"
+            )
+        elif f.metric == "latency_ms" and report.stored_runtime != runtime:
             why = (
                 f"; the trial measured latency in {report.stored_runtime} and this file runs "
                 f"in {runtime} (measure: {{runtime: {runtime}}} makes the search measure it)"

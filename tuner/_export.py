@@ -76,6 +76,7 @@ class ExportReport:
     sparsity: float | None
     stored_runtime: str
     stored_size_format: str
+    stored_target: str | None = None
 
     @property
     def warnings(self) -> list[Figure]:
@@ -269,6 +270,7 @@ def export_trial(
         sparsity=sparsity if sparsity is not None else attrs.get("sparsity"),
         stored_runtime=str(attrs.get("latency_runtime", "torch")),
         stored_size_format=str(attrs.get("size_format", "tuner")),
+        stored_target=attrs.get("latency_target"),
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, say_stopped_early, work
 from ._exceptions import DispatchError, first_line
-from ._target import missing_target, offered
+from ._target import missing_target, serving
 from .storage import StoreUnavailable
 from .storage._budget import WAIT_VAR as BUDGET_WAIT_VAR
 from .storage._outage import WINDOW_VAR as OUTAGE_WINDOW_VAR
@@ -170,6 +170,13 @@ class RayDispatcher(Dispatcher):
 
     @staticmethod
     def _init(ray: Any, options: dict[str, Any], mode: str, where: str) -> None:
+        import signal
+        import threading
+
+        # ray.init installs a SIGTERM handler that exits at once; the caller's (which stops
+        # the workers and fails their trials first, and exits 143) is put back.
+        main = threading.current_thread() is threading.main_thread()
+        on_sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(**options)
         except Exception as exc:
@@ -178,19 +185,28 @@ class RayDispatcher(Dispatcher):
             if "auth" in reason.lower() or "token" in reason.lower():
                 hint = f" ({AUTH_MODE_VAR} is {mode!r}; it must match the cluster's)"
             raise DispatchError(f"cannot start or join {where}: {reason}{hint}") from exc
+        finally:
+            if callable(on_sigterm) or on_sigterm in (signal.SIG_DFL, signal.SIG_IGN):
+                signal.signal(signal.SIGTERM, on_sigterm)
 
     def preflight(self, spec: Mapping[str, Any]) -> None:
         """A ``measure.target`` needs a live node of the cluster that offers it."""
         target = (spec.get("measure") or {}).get("target")
         if not target:
             return
-        if not self._address:
+        import ray
+
+        if ray.is_initialized():  # a Ray this process joined or started itself
+            connected = ray
+        elif self._address:
+            connected = self._connect_to(self._address)
+        else:
             raise DispatchError(
                 f"measure.target: the local Ray that tuner starts has no node offering {target!r}; "
                 "join the cluster that has one with --address (or set RAY_ADDRESS)"
             )
-        if offered(self._connect_to(self._address), target) <= 0:
-            raise DispatchError(missing_target(target, self._address))
+        if not serving(connected, target):
+            raise DispatchError(missing_target(connected, target))
 
     def _launch(self, jobs: list[WorkerJob]) -> None:
         ray = self._connect(jobs)

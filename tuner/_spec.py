@@ -506,16 +506,24 @@ def _set(spec: StudySpec, name: str, value: Any) -> None:
     object.__setattr__(spec, name, value)
 
 
-def _validate_into(spec: StudySpec) -> None:
-    from ._builtin_workloads import resolve_workload
+# The built-in workloads by name (``tuner._builtin_workloads`` has them): a spec naming one
+# is checked without importing torch, so a driver that only dispatches never loads it.
+BUILTIN_WORKLOAD_NAMES = ("digits-mlp", "mnist1d-cnn", "mnist1d-transformer")
 
+
+def _validate_into(spec: StudySpec) -> None:
     if not isinstance(spec.name, str) or not _NAME.match(spec.name):
         raise _field("name", spec.name, "1-128 letters, digits, '_', '.' or '-'")
     if not isinstance(spec.workload, str) or not spec.workload:
         raise _field(
             "workload", spec.workload, "a built-in workload name or 'package.module:function'"
         )
-    workload = resolve_workload(spec.workload)
+    if spec.workload in BUILTIN_WORKLOAD_NAMES:
+        extra_metrics: tuple[str, ...] = ()
+    else:
+        from ._builtin_workloads import resolve_workload
+
+        extra_metrics = resolve_workload(spec.workload).extra_metrics
     if spec.storage is not None and (not isinstance(spec.storage, str) or not spec.storage):
         raise _field("storage", spec.storage, "a storage URL such as sqlite:///tuner.db")
 
@@ -558,7 +566,7 @@ def _validate_into(spec: StudySpec) -> None:
         raise _field(
             "objectives", dict(objectives), "at least one metric, e.g. {accuracy: maximize}"
         )
-    known = tuple(MEASURED_METRICS) + tuple(workload.extra_metrics)
+    known = tuple(MEASURED_METRICS) + tuple(extra_metrics)
     for metric, direction in objectives.items():
         if metric not in known:
             close = difflib.get_close_matches(str(metric), known, n=1)

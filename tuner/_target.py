@@ -31,7 +31,9 @@ from ._exceptions import DispatchError, first_line
 RESERVED = ("CPU", "GPU", "memory", "object_store_memory")
 # How long a trial waits for the target to time its model: models queue there one at a
 # time behind every other worker's, and a compiled int8 model takes a minute to compile.
-WAIT_S = 1800.0
+WAIT_S = 3600.0
+# How often a waiting trial checks that a node still offers the target.
+CHECK_S = 10.0
 
 Timing = Callable[[Any, torch.Tensor], dict[str, Any]]
 
@@ -47,18 +49,25 @@ def check_target(name: Any) -> str | None:
     return None
 
 
-def offered(ray: Any, target: str) -> float:
-    """Units of ``target`` the cluster's live nodes offer in all."""
-    return float(ray.cluster_resources().get(target, 0.0))
+def serving(ray: Any, target: str) -> int:
+    """Live nodes of the cluster that offer a whole unit of ``target`` (what a timing holds)."""
+    return sum(
+        1
+        for node in ray.nodes()
+        if node.get("Alive") and float(node.get("Resources", {}).get(target, 0.0)) >= 1.0
+    )
 
 
-def missing_target(target: str, where: str) -> str:
-    """The line that says no node of the cluster at ``where`` offers ``target``."""
-    head = where.split("://", 1)[-1].rsplit(":", 1)[0] if where else "HEAD"
+def missing_target(ray: Any, target: str) -> str:
+    """The line that says no node of the connected cluster offers ``target``."""
+    try:
+        head = str(ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - the hint only
+        head = "HEAD:6379"
     return (
-        f"measure.target: no node of the Ray cluster{f' at {where}' if where else ''} offers "
-        f"the resource {target!r}; on a machine like the one the model ships to, run: ray "
-        f"start --address {head}:6379 --resources '{{\"{target}\": 1}}'"
+        f"measure.target: no live node of the Ray cluster at {head} offers a unit of the "
+        f"resource {target!r}; on a machine like the one the model ships to, run: ray start "
+        f"--address {head} --resources '{{\"{target}\": 1}}' --num-cpus 0"
     )
 
 
@@ -86,8 +95,8 @@ def time_on_target(
             f"measure.target: {target!r} is a Ray node's resource; run the study with "
             "--backend ray (and --address to join the cluster that has it)"
         )
-    if offered(ray, target) <= 0:
-        raise DispatchError(missing_target(target, ""))
+    if not serving(ray, target):
+        raise DispatchError(missing_target(ray, target))
     if isinstance(model, bytes):
         payload, kind, paths = model, "onnx", []
     else:
@@ -98,14 +107,25 @@ def time_on_target(
         num_cpus=0, resources={target: 1}, max_retries=0, name=f"tuner-time-on-{target}"
     )
     ref = task.remote(timing, payload, kind, example.detach().cpu(), paths)
+    waited = 0.0
+    # Queued behind other trials' timings, or on a node that went away: a task Ray cannot
+    # place stays pending, so the target is looked for again while the trial waits.
+    while not ray.wait([ref], timeout=CHECK_S)[0]:
+        waited += CHECK_S
+        gone = not serving(ray, target)
+        if gone or waited >= WAIT_S:
+            ray.cancel(ref, force=True)
+            raise DispatchError(
+                f"measure.target {target!r}: "
+                + (
+                    "no live node offers it any more; the model was not timed"
+                    if gone
+                    else f"the model was not timed within {WAIT_S:g} s (it queues behind "
+                    "the other trials' models; offer more units, or more target nodes)"
+                )
+            )
     try:
-        figures: dict[str, Any] = ray.get(ref, timeout=WAIT_S)
-    except ray.exceptions.GetTimeoutError as exc:
-        ray.cancel(ref, force=True)
-        raise DispatchError(
-            f"measure.target {target!r}: the model was not timed within {WAIT_S:g} s (is the "
-            "node offering it still up, and timing other trials' models?)"
-        ) from exc
+        figures: dict[str, Any] = ray.get(ref)
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
         raise DispatchError(
@@ -128,7 +148,17 @@ def _time_here(
         from ._measure import to_eval
 
         import_torchao()  # an int8 graph calls torchao's quantize ops
-        kept = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        try:
+            kept = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+        except ModuleNotFoundError as exc:
+            absent = [p for p in paths if not os.path.isdir(p)]
+            raise ModuleNotFoundError(
+                f"{exc}; the model's classes were imported from {', '.join(absent)}, which "
+                "this node lacks: give it the same folder (a shared disk), or submit the "
+                "sweep with tuner submit, which ships the folder to every node"
+                if absent
+                else str(exc)
+            ) from exc
         model = to_eval(kept.shipped_torch())
     figures = timing(model, example)
     import ray
@@ -141,7 +171,15 @@ def _time_here(
 
 def _import_roots(model: nn.Module) -> list[str]:
     """Folders from which the node imports the classes ``model`` is made of: for each
-    module's top package, the folder that holds it (a user workload's, typically)."""
+    module's top package, the folder that holds it (a user workload's, typically), where
+    that is not an installed package's (the node has its own environment)."""
+    import site
+    import sysconfig
+
+    installed = {
+        str(Path(p).resolve())
+        for p in (*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_path("stdlib"))
+    }
     roots: list[str] = []
     for part in model.modules():
         name = type(part).__module__
@@ -154,9 +192,11 @@ def _import_roots(model: nn.Module) -> list[str]:
             continue
         if not source:
             continue
-        folder = Path(source).parent
+        folder = Path(source).resolve().parent
         if Path(source).name == "__init__.py":  # a package: its parent holds it
             folder = folder.parent
+        if str(folder) in installed:
+            continue
         if str(folder) not in roots:
             roots.append(str(folder))
     return roots

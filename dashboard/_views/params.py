@@ -97,6 +97,8 @@ def param_slices(
         if len({show_param(v) for v in values}) < 2:
             continue  # the same everywhere: nothing to read
         axis = axes.get(name) or Axis(_guess_scale(values))
+        if axis.scale != CATEGORY and _guess_scale(values) == CATEGORY:
+            axis = Axis(CATEGORY)  # stored as text, whatever the spec said
         scale = axis.scale
         if scale == CATEGORY:
             labels = _labels(values, axis.choices)
@@ -112,15 +114,20 @@ def param_slices(
     return out
 
 
-def colourings(info: FrontInfo, rows: np.ndarray) -> list[str]:
+def colourings(
+    info: FrontInfo, rows: np.ndarray, axes: Mapping[str, Axis] | None = None
+) -> list[str]:
     """What the points can be coloured by: the front, the trial number, and each
     categorical parameter with 2 to ``MAX_COLOURS`` values among the drawn ``rows``
-    (``quantize``, ``prune_structure``, ``optimizer``)."""
+    (``quantize``, ``prune_structure``, ``optimizer``; a spec's categorical of numbers,
+    or whole numbers taking a few values, too)."""
     out = [BY_FRONT, BY_NUMBER]
     names = sorted({p for i in rows for p in info.records[i].params})
     for name in names:
         values = [info.records[i].params[name] for i in rows if name in info.records[i].params]
-        if _guess_scale(values) != CATEGORY and not _few_numbers(values):
+        spec_says = (axes or {}).get(name)
+        categorical = spec_says is not None and spec_says.scale == CATEGORY
+        if not categorical and _guess_scale(values) != CATEGORY and not _few_numbers(values):
             continue
         if 2 <= len({show_param(v) for v in values}) <= MAX_COLOURS:
             out.append(name)

@@ -300,9 +300,6 @@ def test_each_parameter_is_drawn_against_the_objective_on_its_own_axis(
     axis = {p: fig.layout[f"xaxis{'' if k == 0 else k + 1}"] for k, p in enumerate(order)}
     assert axis["lr"].type == "log" and axis["prune_threshold"].type == "linear"
     assert list(axis["quantize"].ticktext) == ["none", "int8"]  # in the spec's order
-    sgd = sum(r.params.get("optimizer") == "sgd" for r in info.records)
-    if "momentum" in slices and 0 < sgd < len(info):
-        assert f"momentum ({sgd} of {len(info)})" in panels
     # Every point is its trial: its objective on y, its value on x (a category's slot,
     # spread by less than a quarter), and its colour group its quantize value.
     points = 0
@@ -342,6 +339,7 @@ def test_a_study_without_a_spec_gets_axes_from_its_values() -> None:
                 "dropout": 0.1 * n,
                 "act": "relu" if n % 2 else "gelu",
                 "layers": 2,  # the same in every trial: no panel
+                **({"momentum": 0.5 + 0.1 * n} if n % 2 else {}),  # sampled with relu only
             },
         )
         for n in range(6)
@@ -352,8 +350,16 @@ def test_a_study_without_a_spec_gets_axes_from_its_values() -> None:
         "act": params.CATEGORY,
         "dropout": params.LINEAR,
         "lr": params.LOG,
+        "momentum": params.LINEAR,
     }
     assert slices["act"].labels == ["gelu", "relu"]
+    page = pages.study_page_data("s", records, OBJ)
+    fig = _figures.param_slices(info, page.hover, list(slices.values()), "accuracy", "act")
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["act", "dropout", "lr", "momentum (3 of 6)"]
+    momentum = [t for t in fig.data if t.xaxis == "x4"]
+    assert sorted(x for t in momentum for x in t.x) == pytest.approx([0.6, 0.8, 1.0])
+    assert {t.name for t in momentum} == {"relu"}
     assert params.colourings(info, np.arange(len(info))) == [
         params.BY_FRONT,
         params.BY_NUMBER,

@@ -269,7 +269,7 @@ def test_compiled_int8_graph_answers_as_the_graph_does(architecture: str) -> Non
     assert compiled.compile_s > 0
     # Within int8 kernels' rounding: inductor's fused kernels add in another order, and on
     # an AVX2-only EPYC one of 320 logits of the residual CNN came out 0.0014 (1%) off.
-    assert (got - expected).abs().max() <= 0.05 * expected.abs().max() + 1e-3
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=2e-2)
     assert (got - expected).abs().mean() <= 1e-3 * expected.abs().max()
 
 

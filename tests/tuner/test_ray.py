@@ -106,6 +106,9 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
                 attrs["int8_layers"] and attrs["latency_ms"] > 0 and attrs["latency_ms_batch"] > 0
             )
             assert attrs["latency_reference_ms"] > 0 and attrs["latency_machine"]
+            # The torch runtime's figures as the trial records them where it times itself.
+            assert attrs["latency_runtime"] == "torch" and attrs["compiled"] is False
+            assert attrs["latency_batch_size"] == 8 and attrs["compile_time_s"] == 0
 
         # A target no node offers: one line, and nothing written to the store.
         path.write_text(yaml.safe_dump(_target_spec(tiny_spec, "nowhere")))
@@ -120,7 +123,8 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
         )
         assert done.returncode == 1
         (line,) = done.stderr.strip().splitlines()
-        assert "offers the resource 'nowhere'" in line and "--resources" in line, line
+        assert "offers a unit of the resource 'nowhere'" in line, line
+        assert f"ray start --address {address} --resources" in line, line
         assert not other.exists()
     finally:
         node.terminate()
