@@ -245,6 +245,10 @@ class Objective:
         device = trial_device(spec)
         if settings_from_params(params).quantize == "float8":
             check_float8_device(device)  # before the training, not after
+        if spec.measure.target:
+            from ._target import connected_target
+
+            connected_target(spec.measure.target)  # before the training, not after
         seed = trial_seed(spec, seed_number(trial))
         kept_model = self._reusable(trial)
         if kept_model is not None:

@@ -71,6 +71,26 @@ def missing_target(ray: Any, target: str) -> str:
     )
 
 
+def connected_target(target: str) -> Any:
+    """Ray, connected to a cluster where a live node offers a unit of ``target``.
+
+    Raises:
+        DispatchError: not inside a Ray worker, or no live node offers ``target``.
+    """
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - measure.target is checked against Ray first
+        raise DispatchError("measure.target needs Ray: pip install 'tuner[ray]'") from exc
+    if not ray.is_initialized():
+        raise DispatchError(
+            f"measure.target: {target!r} is a Ray node's resource; run the study with "
+            "--backend ray (and --address to join the cluster that has it)"
+        )
+    if not serving(ray, target):
+        raise DispatchError(missing_target(ray, target))
+    return ray
+
+
 def time_on_target(
     target: str, timing: Timing, model: TrialModel | bytes, example: torch.Tensor
 ) -> dict[str, Any]:
@@ -86,17 +106,7 @@ def time_on_target(
         DispatchError: not inside a Ray worker, no live node offers ``target``, the
             timing failed there, or it did not end within ``WAIT_S``.
     """
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - measure.target is checked against Ray first
-        raise DispatchError("measure.target needs Ray: pip install 'tuner[ray]'") from exc
-    if not ray.is_initialized():
-        raise DispatchError(
-            f"measure.target: {target!r} is a Ray node's resource; run the study with "
-            "--backend ray (and --address to join the cluster that has it)"
-        )
-    if not serving(ray, target):
-        raise DispatchError(missing_target(ray, target))
+    ray = connected_target(target)
     if isinstance(model, bytes):
         payload, kind, paths = model, "onnx", []
     else:

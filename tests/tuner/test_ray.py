@@ -13,30 +13,9 @@ import optuna
 import pytest
 import yaml
 
+import tuner
+
 TUNER = [sys.executable, "-m", "tuner._cli"]
-
-
-@pytest.mark.slow
-def test_an_empty_auth_mode_joins_a_cluster_started_with_it(
-    ray_local: Any, tmp_path: Path, tiny_spec: Any
-) -> None:
-    # Ray reads RAY_AUTH_MODE set but empty as "off"; tuner must read it the same way, or a
-    # driver joining such a cluster asks for a token the cluster never made, and hangs.
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(tiny_spec(budget={"n_trials": 2, "max_epochs": 1})))
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    address = ray_local.get_runtime_context().gcs_address
-    done = subprocess.run(
-        [*TUNER, "run", str(path), "--storage", url, "--backend", "ray", "--address", address],
-        cwd=tmp_path,
-        env={**os.environ, "RAY_AUTH_MODE": ""},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_auth_mode_reads_unset_as_token_and_empty_as_disabled(
@@ -88,9 +67,13 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
         path = tmp_path / "spec.yaml"
         path.write_text(yaml.safe_dump(_target_spec(tiny_spec, "edge")))
         url = f"sqlite:///{tmp_path / 'study.db'}"
+        # Joined with RAY_AUTH_MODE set but empty, which Ray reads as "off": tuner must read
+        # it the same way, or a driver joining a cluster started so asks for a token the
+        # cluster never made, and hangs.
         done = subprocess.run(
             [*TUNER, "run", str(path), "--storage", url, "--backend", "ray", "--address", address],
             cwd=tmp_path,
+            env={**os.environ, "RAY_AUTH_MODE": ""},
             capture_output=True,
             text=True,
             timeout=300,
@@ -110,20 +93,18 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
             assert attrs["latency_runtime"] == "torch" and attrs["compiled"] is False
             assert attrs["latency_batch_size"] == 8 and attrs["compile_time_s"] == 0
 
-        # A target no node offers: one line, and nothing written to the store.
-        path.write_text(yaml.safe_dump(_target_spec(tiny_spec, "nowhere")))
+        # A target no node offers: one line, with the command that makes one, and nothing
+        # written to the store.
         other = tmp_path / "other.db"
-        done = subprocess.run(
-            [*TUNER, "run", str(path), "--storage", f"sqlite:///{other}", "--backend", "ray"]
-            + ["--address", address],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 1
-        (line,) = done.stderr.strip().splitlines()
-        assert "offers a unit of the resource 'nowhere'" in line, line
+        with pytest.raises(tuner.DispatchError) as refused:
+            tuner.run(
+                _target_spec(tiny_spec, "nowhere"),
+                storage=f"sqlite:///{other}",
+                backend="ray",
+                address=address,
+            )
+        line = str(refused.value)
+        assert "\n" not in line and "offers a unit of the resource 'nowhere'" in line, line
         assert f"ray start --address {address} --resources" in line, line
         assert not other.exists()
     finally:
@@ -132,16 +113,9 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
 
 
 def test_measure_target_needs_the_ray_backend(tmp_path: Path, tiny_spec: Any) -> None:
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(_target_spec(tiny_spec, "edge")))
-    done = subprocess.run(
-        [*TUNER, "run", str(path), "--storage", f"sqlite:///{tmp_path / 's.db'}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: spec field 'measure.target': got 'edge' with backend 'inline'")
-    assert not (tmp_path / "s.db").exists()
+    store = tmp_path / "s.db"
+    with pytest.raises(tuner.SpecError) as refused:
+        tuner.run(_target_spec(tiny_spec, "edge"), storage=f"sqlite:///{store}")
+    line = str(refused.value)
+    assert line.startswith("spec field 'measure.target': got 'edge' with backend 'inline'"), line
+    assert "\n" not in line and not store.exists()
