@@ -107,6 +107,10 @@ def _ping_idle_connections(engine: sqlalchemy.engine.Engine) -> None:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+            # The ping began a transaction (drivers that do not autocommit do); the pool
+            # hands out connections outside one, where a reader may still set its
+            # isolation level.
+            dbapi_connection.rollback()
         except Exception as exc:
             # The pool drops this connection and checks out a fresh one.
             raise sqlalchemy.exc.DisconnectionError(str(exc)) from exc

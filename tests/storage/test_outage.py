@@ -106,3 +106,28 @@ def test_a_missing_database_is_not_waited_for(postgres_url: str) -> None:
     assert not isinstance(raised.value, StoreUnavailable)
     assert "no_such_db_here" in str(raised.value)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.postgres
+def test_a_reader_whose_connection_sat_idle_reads_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection idle for a while is pinged when it is checked out; the ping must not
+    # leave it inside a transaction, where the dashboard's snapshot read cannot set its
+    # isolation level (every page failed once its connection had sat idle 2 s).
+    import tuner.storage._rdb as rdb
+    from tuner.storage import read_studies
+
+    writer = open_storage(postgres_url, heartbeat=False)
+    study = optuna.create_study(study_name="idle", storage=writer)
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    writer.engine.dispose()
+    reader = open_storage(postgres_url, read_only=True, heartbeat=False)
+    try:
+        assert [s.name for s in read_studies(reader)] == ["idle"]
+        monkeypatch.setattr(rdb, "PING_AFTER_IDLE_S", 0.0)  # every checkout pings
+        for _ in range(3):
+            assert [s.name for s in read_studies(reader)] == ["idle"]
+            assert [r.state for r in read_records(reader, "idle")] == ["COMPLETE"]
+    finally:
+        reader.engine.dispose()

@@ -184,6 +184,8 @@ def test_regressed_night_exits_3_says_why_and_posts_the_webhook(
             "webhook": f"http://127.0.0.1:{server.server_port}/nightly",
         },
     )
+    # Last night's front below was int8: tonight's warm start runs its settings again.
+    data["search_space"]["quantize"] = {"type": "categorical", "choices": ["none", "int8"]}
     spec = _write(tmp_path, data)
     url = f"sqlite:///{tmp_path / 'nights.db'}"
     # Last night, as the store would hold it: a front far better than a real model

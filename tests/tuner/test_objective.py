@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 def _spec(tiny_spec: Any, name: str, n_trials: int) -> dict[str, Any]:
     spec = tiny_spec(name)
     spec["search_space"]["finetune_epochs"] = 1
+    spec["search_space"]["quantize"] = {"type": "categorical", "choices": ["none", "int8"]}
     spec["budget"] = {"n_trials": n_trials, "max_epochs": 2, "compressions_per_training": 3}
     return spec
 

@@ -11,7 +11,9 @@ from tuner.storage import open_storage, read_records
 
 
 def test_run_returns_pareto_front_with_measured_metrics(sqlite_url: str, tiny_spec: Any) -> None:
-    result = tuner.run(tiny_spec(), storage=sqlite_url)
+    spec = tiny_spec()
+    spec["search_space"]["quantize"] = {"type": "categorical", "choices": ["none", "int8"]}
+    result = tuner.run(spec, storage=sqlite_url)
     assert result.counts.get("COMPLETE") == 3
     assert result.pareto_front, "a finished study has a front"
     for t in result.pareto_front:
