@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tuner
 import tuner.storage
@@ -101,15 +102,19 @@ def test_every_error_class_is_in_the_tree_exported_with_an_exit_code() -> None:
         assert isinstance(cls.exit_code, int) and cls.exit_code > 0, cls
 
 
-def test_a_driver_that_only_dispatches_never_loads_torch(tmp_path: Path) -> None:
+def test_a_driver_that_only_dispatches_never_loads_torch(tmp_path: Path, tiny_spec: Any) -> None:
     # With local worker processes the driver validates the spec, hands trials out and
     # prints the front; the workers train. A built-in workload is checked by name.
     import subprocess
     import sys
 
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(budget={"n_trials": 2, "max_epochs": 1})))
     code = (
         "import sys; from tuner._cli import main\n"
-        f"code = main(['run', 'digits_mlp', '--n-trials', '2', '--workers', '2', "
+        f"code = main(['run', {str(spec)!r}, '--workers', '2', "
         f"'--storage', 'sqlite:///{tmp_path / 'study.db'}'])\n"
         "print('loaded:', *(m for m in ('torch',) if m in sys.modules))\nsys.exit(code)"
     )

@@ -32,7 +32,7 @@ def test_auth_mode_reads_unset_as_token_and_empty_as_disabled(
 
 
 def _target_spec(tiny_spec: Any, target: str) -> dict[str, Any]:
-    spec = tiny_spec(budget={"n_trials": 2, "max_epochs": 1})
+    spec = tiny_spec(budget={"n_trials": 1, "max_epochs": 1})
     # int8: the model sent to the target is a PT2E graph of torchao's quantize ops.
     spec["search_space"] = {**spec["search_space"], "quantize": "int8"}
     spec["measure"] = {**spec["measure"], "target": target}
@@ -80,7 +80,7 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
         )
         assert done.returncode == 0, done.stderr[-3000:]
         trials = optuna.load_study(study_name="tiny", storage=url).trials
-        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+        assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
         for t in trials:
             attrs = t.user_attrs
             assert attrs["latency_target"] == "edge"
