@@ -124,3 +124,12 @@ def test_a_driver_that_only_dispatches_never_loads_torch(tmp_path: Path, tiny_sp
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-1] == "loaded:", out.stdout[-300:]
     assert "Pareto front" in out.stdout
+    # A Ray driver's dispatcher, with a spec that times models on a target node, too.
+    code = (
+        "import sys, tuner, tuner._ray\n"
+        "spec = tuner.load_spec({'name': 'x', 'workload': 'digits-mlp', 'search_space': "
+        "{'lr': 0.1}, 'objectives': {'accuracy': 'maximize'}, 'measure': {'target': 'edge'}})\n"
+        "print('torch' in sys.modules, spec.measure.target)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "edge"], out.stderr[-2000:]

@@ -19,13 +19,15 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from ._artifacts import TrialModel
 from ._exceptions import DispatchError, first_line
+
+if TYPE_CHECKING:  # torch is loaded where a model is timed, not where a spec is checked
+    import torch
+    from torch import nn
+
+    from ._artifacts import TrialModel
 
 # Ray reserves these resource names for itself.
 RESERVED = ("CPU", "GPU", "memory", "object_store_memory")
@@ -35,7 +37,7 @@ WAIT_S = 3600.0
 # How often a waiting trial checks that a node still offers the target.
 CHECK_S = 10.0
 
-Timing = Callable[[Any, torch.Tensor], dict[str, Any]]
+Timing = Callable[[Any, "torch.Tensor"], dict[str, Any]]
 
 
 def check_target(name: Any) -> str | None:
@@ -106,6 +108,8 @@ def time_on_target(
         DispatchError: not inside a Ray worker, no live node offers ``target``, the
             timing failed there, or it did not end within ``WAIT_S``.
     """
+    import torch
+
     ray = connected_target(target)
     if isinstance(model, bytes):
         payload, kind, paths = model, "onnx", []
@@ -149,6 +153,8 @@ def _time_here(
     timing: Timing, payload: bytes, kind: str, example: torch.Tensor, paths: list[str]
 ) -> dict[str, Any]:
     """The Ray task on the target: load the model as it shipped and time it."""
+    import torch
+
     for path in paths:
         if os.path.isdir(path) and path not in sys.path:
             sys.path.insert(0, path)
