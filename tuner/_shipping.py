@@ -338,21 +338,40 @@ def measure(
         repeats=repeats,
         compile_model=compiles(shipped, settings.compile),
     )
-    if settings.target:
-        from ._target import time_on_target
-
-        # What the trial keeps, which the target rebuilds the model from as retime does
-        # (an int8 graph does not pickle); no test data is needed for that.
-        kept = trial_model(
-            shipped,
-            test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
-            measure=settings,
-            threads=threads,
-        )
-        out.update(time_on_target(settings.target, timing, kept, example))
-    else:
-        out.update(timing(shipped.model, example))
+    # A target rebuilds the model from what the trial keeps, as retime does (an int8 graph
+    # does not pickle).
+    there = functools.partial(_kept, shipped, example, settings, threads)
+    out.update(_timed(settings.target, timing, shipped.model, there, example))
     return out
+
+
+def _kept(
+    shipped: Shipped, example: torch.Tensor, settings: MeasureSpec, threads: int
+) -> TrialModel:
+    """What the trial keeps of ``shipped``, without its test data (exporting and rebuilding
+    the model need none)."""
+    return trial_model(
+        shipped,
+        test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
+        measure=settings,
+        threads=threads,
+    )
+
+
+def _timed(
+    target: str | None,
+    timing: Callable[[Any, torch.Tensor], dict[str, Any]],
+    here: Any,
+    there: Callable[[], Any],
+    example: torch.Tensor,
+) -> dict[str, Any]:
+    """``timing`` of the model: ``here`` on this machine, or what ``there()`` makes of it
+    on the ``measure.target`` node."""
+    if not target:
+        return timing(here, example)
+    from ._target import time_on_target
+
+    return time_on_target(target, timing, there(), example)
 
 
 def time_torch(
@@ -420,15 +439,7 @@ def _measure_onnx(
     warmup: int,
     repeats: int,
 ) -> dict[str, Any]:
-
-    # The file is exported from what the trial keeps; no test data is needed for that.
-    tm = trial_model(
-        shipped,
-        test_data=(example[:1], torch.zeros(1, dtype=torch.long)),
-        measure=settings,
-        threads=threads,
-    )
-    proto, int8_layers = onnx_shipped(tm)
+    proto, int8_layers = onnx_shipped(_kept(shipped, example, settings, threads))
     data = proto.SerializeToString()
     runner = OnnxRunner(data, threads=threads)
     out: dict[str, Any] = {
@@ -450,12 +461,7 @@ def _measure_onnx(
         warmup=warmup,
         repeats=repeats,
     )
-    if settings.target:
-        from ._target import time_on_target
-
-        out.update(time_on_target(settings.target, timing, data, example))
-    else:
-        out.update(timing(runner, example))
+    out.update(_timed(settings.target, timing, runner, lambda: data, example))
     return out
 
 
