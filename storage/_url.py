@@ -26,6 +26,21 @@ def resolve_url(explicit: str | None = None, spec_url: str | None = None) -> str
     return DEFAULT_URL
 
 
+def absolute_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute (from this process's folder), so
+    that workers started elsewhere (Ray actors, a Ray job) open the same file."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return url  # check_url says what is wrong with it
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return url
+    if database.startswith("file:") or os.path.isabs(database):
+        return url
+    return parsed.set(database=os.path.abspath(database)).render_as_string(hide_password=False)
+
+
 def mask_url(url: str) -> str:
     """Return ``url`` with its password replaced by ``***``.
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._dispatch import Dispatcher, WorkerGaveUp, WorkerJob, cpu_count, say_stopped_early, work
 from ._exceptions import DispatchError, first_line
+from ._submit import EXCLUDES
 from ._target import missing_target, serving
 from .storage import StoreUnavailable
 from .storage._budget import WAIT_VAR as BUDGET_WAIT_VAR
@@ -33,6 +34,9 @@ AUTH_MODES = ("token", "disabled")
 DEFAULT_AUTH_MODE = "token"
 # Settings a worker must share with its driver, wherever the worker runs.
 FORWARDED_ENV = (HEARTBEAT_INTERVAL_VAR, GRACE_PERIOD_VAR, OUTAGE_WINDOW_VAR, BUDGET_WAIT_VAR)
+
+# Set in the driver of a Ray job (`tuner submit`): the job shipped its folder already.
+_JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 _OK = "ok"
 _GAVE_UP = "gave up"
@@ -58,9 +62,41 @@ def auth_mode() -> str:
     return mode.lower()
 
 
-def _worker_paths(workload: str) -> list[str]:
-    """Folders a local worker needs on ``sys.path`` to import a user workload."""
-    paths = [os.getcwd()]
+def _shipped_folder() -> str | None:
+    """The folder a driver joining a cluster ships to its nodes: the one it runs in (where
+    the CLI imports a workload from), unless it runs in a Ray job that shipped it."""
+    return None if _JOB_CONFIG_VAR in os.environ else os.getcwd()
+
+
+def _check_reachable(address: str, field: str, timeout_s: float = 5.0) -> None:
+    """One line at once for a cluster address where nothing listens (Ray itself retries
+    for minutes before it gives up)."""
+    import socket
+
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray finds the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        expected = (
+            "the Ray Client address of a running cluster (`ray start --head` serves it on "
+            "port 10001)"
+            if client
+            else f"the head of a running Ray cluster (`ray start --head --port {port}`)"
+        )
+        raise DispatchError(
+            f"{field}: nothing answers at {address} ({reason}); expected {expected}"
+        ) from exc
+
+
+def _worker_paths(workload: str, shipped: bool = False) -> list[str]:
+    """Folders a worker needs on ``sys.path`` to import a user workload: this one (unless
+    it was shipped, so that workers import the copy Ray unpacked for them) and the one
+    the workload's module was found in."""
+    paths = [] if shipped else [os.getcwd()]
     module = workload.split(":", 1)[0] if ":" in workload else ""
     if module:
         top = module.split(".", 1)[0]
@@ -72,7 +108,8 @@ def _worker_paths(workload: str) -> list[str]:
             folder = os.path.dirname(found.origin)
             if found.submodule_search_locations:  # a package: its parent holds it
                 folder = os.path.dirname(folder)
-            paths.append(folder)
+            if not (shipped and os.path.samefile(folder, os.getcwd())):
+                paths.append(folder)
     return paths
 
 
@@ -116,9 +153,11 @@ class RayDispatcher(Dispatcher):
         num_gpus: float | None = None,
     ) -> None:
         self._address = address or os.environ.get("RAY_ADDRESS") or None
+        self._address_field = "--address" if address else "RAY_ADDRESS"
         self._num_cpus = num_cpus
         self._num_gpus = num_gpus
         self._started_ray = False
+        self._shipped = False
         self._actors: list[Any] = []
         self._pending: dict[Any, Any] = {}
         self._results: list[Any] = []
@@ -159,17 +198,32 @@ class RayDispatcher(Dispatcher):
         import ray
 
         if not ray.is_initialized():
-            options = {
+            _check_reachable(address, self._address_field)
+            options: dict[str, Any] = {
                 "address": address,
                 "include_dashboard": False,
                 "logging_level": "WARNING",
                 "log_to_driver": True,
             }
-            self._init(ray, options, mode, address)
+            folder = _shipped_folder()
+            if folder is not None:
+                # Every node imports the workload (and the target its model classes) from a
+                # copy of this folder, and trials run in it: nothing needs a shared disk.
+                options["runtime_env"] = {"working_dir": folder, "excludes": list(EXCLUDES)}
+                print(
+                    f"tuner: shipping {folder} to the cluster (without .venv, .git, SQLite "
+                    "stores, tuner-artifacts, build outputs and what .gitignore lists)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self._init(ray, options, mode, address, folder)
+            self._shipped = folder is not None
         return ray
 
     @staticmethod
-    def _init(ray: Any, options: dict[str, Any], mode: str, where: str) -> None:
+    def _init(
+        ray: Any, options: dict[str, Any], mode: str, where: str, shipped: str | None = None
+    ) -> None:
         import signal
         import threading
 
@@ -184,13 +238,22 @@ class RayDispatcher(Dispatcher):
             hint = ""
             if "auth" in reason.lower() or "token" in reason.lower():
                 hint = f" ({AUTH_MODE_VAR} is {mode!r}; it must match the cluster's)"
+            elif shipped and any(w in reason.lower() for w in ("package", "upload", "runtime env")):
+                hint = (
+                    f" (tuner ships the folder it runs in, {shipped}, to the cluster: list large "
+                    "files in a .gitignore there, or run from a folder that holds the workload)"
+                )
             raise DispatchError(f"cannot start or join {where}: {reason}{hint}") from exc
         finally:
             if callable(on_sigterm) or on_sigterm in (signal.SIG_DFL, signal.SIG_IGN):
                 signal.signal(signal.SIGTERM, on_sigterm)
 
     def preflight(self, spec: Mapping[str, Any]) -> None:
-        """A ``measure.target`` needs a live node of the cluster that offers it."""
+        """Join the cluster (and ship this folder to it) before the store is touched, so
+        that an unreachable cluster writes nothing; a ``measure.target`` needs a live node
+        of the cluster that offers it."""
+        if self._address:
+            self._connect_to(self._address)
         target = (spec.get("measure") or {}).get("target")
         if not target:
             return
@@ -221,7 +284,7 @@ class RayDispatcher(Dispatcher):
         self.preflight(jobs[0].spec)
         env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
         actor_class = ray.remote(_Worker)
-        paths = _worker_paths(str(jobs[0].spec.get("workload", "")))
+        paths = _worker_paths(str(jobs[0].spec.get("workload", "")), self._shipped)
         for job in jobs:
             options: dict[str, Any] = {
                 "num_cpus": cpus,

@@ -51,6 +51,7 @@ from .storage import (
 )
 from .storage._outage import add_listener, ride_out
 from .storage._room import connection_room, room_warning
+from .storage._url import absolute_url
 from .storage.keys import SPEC_ATTR, START_ATTR
 
 
@@ -230,10 +231,12 @@ def run(
     if backend == "local" and workers * threads > cpu_count():
         threads = max(1, cpu_count() // workers)
     run_id = uuid.uuid4().hex
+    # Workers open the store from their own folder (a Ray actor's is not this one's).
+    worker_url = absolute_url(url)
     jobs = [
         WorkerJob(
             spec=spec.to_dict(),
-            storage_url=url,
+            storage_url=worker_url,
             study_name=name,
             n_trials=budget,
             deadline=deadline,

@@ -122,18 +122,6 @@ def job_info(jobs_client: Any, submission_id: str) -> JobInfo:
         raise DispatchError(f"no Ray job {submission_id!r}: {first_line(exc)}") from exc
 
 
-def _storage_for_cluster(url: str) -> str:
-    """The URL as the cluster sees it: SQLite paths made absolute."""
-    import sqlalchemy
-
-    parsed = sqlalchemy.engine.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database)
-        if not path.is_absolute():
-            return parsed.set(database=str(path.resolve())).render_as_string(hide_password=False)
-    return url
-
-
 def submit(
     spec_path: str,
     *,
@@ -156,7 +144,7 @@ def submit(
     """
     from ._spec import load_spec
     from .storage import mask_url, resolve_url
-    from .storage._url import check_url
+    from .storage._url import absolute_url, check_url
 
     folder = Path(working_dir).resolve()
     if not folder.is_dir():
@@ -175,7 +163,7 @@ def submit(
     if n_trials is not None and (isinstance(n_trials, bool) or n_trials < 1):
         raise SpecError(f"--n-trials: got {n_trials!r}; expected an integer >= 1")
     spec_arg = _spec_in_job(spec_path, folder)
-    url = _storage_for_cluster(resolve_url(storage, spec.storage))
+    url = absolute_url(resolve_url(storage, spec.storage))
     check_url(url)
     jobs_client = client(address)
     for job in list_jobs(jobs_client):

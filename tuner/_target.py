@@ -170,8 +170,8 @@ def _time_here(
             absent = [p for p in paths if not os.path.isdir(p)]
             raise ModuleNotFoundError(
                 f"{exc}; the model's classes were imported from {', '.join(absent)}, which "
-                "this node lacks: give it the same folder (a shared disk), or submit the "
-                "sweep with tuner submit, which ships the folder to every node"
+                "this node lacks: give it the same folder (a shared disk), or move that code "
+                "into the folder tuner runs from, which tuner ships to every node"
                 if absent
                 else str(exc)
             ) from exc

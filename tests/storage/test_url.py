@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tuner.storage import DEFAULT_URL, StoreError, mask_url, open_storage, resolve_url
-from tuner.storage._url import check_url
+from tuner.storage._url import absolute_url, check_url
 
 
 def test_mask_hides_the_password() -> None:
@@ -50,3 +52,19 @@ def test_sqlite_store_uses_wal(tmp_path) -> None:
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 10000
+
+
+def test_a_relative_sqlite_path_is_made_absolute_for_workers_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("sqlite:///tuner.db") == f"sqlite:///{tmp_path / 'tuner.db'}"
+    assert absolute_url("sqlite:///runs/a.db") == f"sqlite:///{tmp_path / 'runs' / 'a.db'}"
+    # Already absolute, in memory, or another database: as given (passwords kept).
+    for url in (
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "sqlite://",
+        "sqlite:///:memory:",
+        "postgresql+psycopg://u:secret@db:5432/tuner",
+    ):
+        assert absolute_url(url) == url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,46 @@ def test_auth_mode_reads_unset_as_token_and_empty_as_disabled(
     assert auth_mode() == "disabled"
 
 
+# A user's workload in the folder tuner runs from, with its own model class: the trials
+# and the target must import both, from the copy of the folder tuner ships to the cluster.
+EDGE_MODELS = """
+from pathlib import Path
+
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import tuner
+
+DRIVER_FOLDER = {folder!r}
+
+
+class EdgeMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def edge_mlp(params, ctx):
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(data.target)
+    split = (x[:1200], y[:1200]), (x[1200:1500], y[1200:1500]), (x[1500:], y[1500:])
+    trained = tuner.train_classifier(
+        EdgeMLP(), params, ctx, train=split[0], val=split[1], test=split[2]
+    )
+    here = Path(__file__).resolve().parent
+    trained.metrics["from_shipped_copy"] = float(here != Path(DRIVER_FOLDER).resolve())
+    return trained
+
+
+edge_mlp.metrics = ["from_shipped_copy"]
+"""
+
+
 def _target_spec(tiny_spec: Any, target: str) -> dict[str, Any]:
     spec = tiny_spec(budget={"n_trials": 1, "max_epochs": 1})
     # int8: the model sent to the target is a PT2E graph of torchao's quantize ops.
@@ -40,7 +81,7 @@ def _target_spec(tiny_spec: Any, target: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_measure_target_times_every_model_on_the_node_that_offers_it(
+def test_a_cluster_run_ships_its_workload_and_times_each_model_on_the_target(
     ray_local: Any, tmp_path: Path, tiny_spec: Any
 ) -> None:
     address = ray_local.get_runtime_context().gcs_address
@@ -64,25 +105,33 @@ def test_measure_target_times_every_model_on_the_node_that_offers_it(
             time.sleep(0.5)
         assert edge is not None and edge != head, "the second node did not join"
 
+        (tmp_path / "edge_models.py").write_text(EDGE_MODELS.format(folder=str(tmp_path)))
         path = tmp_path / "spec.yaml"
-        path.write_text(yaml.safe_dump(_target_spec(tiny_spec, "edge")))
-        url = f"sqlite:///{tmp_path / 'study.db'}"
+        path.write_text(
+            yaml.safe_dump({**_target_spec(tiny_spec, "edge"), "workload": "edge_models:edge_mlp"})
+        )
         # Joined with RAY_AUTH_MODE set but empty, which Ray reads as "off": tuner must read
         # it the same way, or a driver joining a cluster started so asks for a token the
-        # cluster never made, and hangs.
+        # cluster never made, and hangs. The store is the default, a SQLite file in this
+        # folder named by a relative path, which workers running elsewhere must find too.
         done = subprocess.run(
-            [*TUNER, "run", str(path), "--storage", url, "--backend", "ray", "--address", address],
+            [*TUNER, "run", str(path), "--backend", "ray", "--address", address],
             cwd=tmp_path,
-            env={**os.environ, "RAY_AUTH_MODE": ""},
+            env={**os.environ, "RAY_AUTH_MODE": "", "TUNER_STORAGE": ""},
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
+        assert f"shipping {tmp_path} to the cluster" in done.stderr, done.stderr[-3000:]
+        url = f"sqlite:///{tmp_path / 'tuner.db'}"
         trials = optuna.load_study(study_name="tiny", storage=url).trials
         assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
         for t in trials:
             attrs = t.user_attrs
+            # The trial imported the workload from the copy tuner shipped, not from this
+            # folder: a node without it (no shared disk) runs it the same way.
+            assert attrs["from_shipped_copy"] == 1.0
             assert attrs["latency_target"] == "edge"
             assert attrs["latency_node_id"] == edge  # timed on the target, not where it trained
             assert (
@@ -119,3 +168,31 @@ def test_measure_target_needs_the_ray_backend(tmp_path: Path, tiny_spec: Any) ->
     line = str(refused.value)
     assert line.startswith("spec field 'measure.target': got 'edge' with backend 'inline'"), line
     assert "\n" not in line and not store.exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_and_writes_nothing(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec()))
+    started = time.monotonic()
+    done = subprocess.run(
+        [*TUNER, "run", str(path), "--backend", "ray", "--address", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        env={**os.environ, "TUNER_STORAGE": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Ray on its own retries for minutes; tuner says it at once, before it opens the store.
+    assert time.monotonic() - started < 60
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"error: --address: nothing answers at 127.0.0.1:{port} (Connection refused); expected "
+        f"the head of a running Ray cluster (`ray start --head --port {port}`)"
+    ], done.stderr
+    assert not (tmp_path / "tuner.db").exists()
