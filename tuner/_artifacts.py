@@ -7,9 +7,12 @@ settings, calibration inputs and the test split. int8 is a deterministic step, s
 redone from these when the model is exported; the file holds everything ``tuner export``
 needs without the workload.
 
-Where: ``artifacts.path`` from the spec, else a ``tuner-artifacts`` folder next to a
-SQLite store file, else ``./tuner-artifacts``; one sub-folder per study. Each trial records
-the folder it used (user attr ``artifact_store``), so ``tuner export`` finds it again.
+Where: in the study store itself (``storage._blobs``) where ``artifacts.in_store`` says so,
+or, unset, for a database server's store without a named folder, so that machines that
+share no disk share the models; else ``artifacts.path`` from the spec, else a
+``tuner-artifacts`` folder next to a SQLite store file, else ``$TUNER_ARTIFACTS``, else
+``./tuner-artifacts``; one sub-folder per study. Each trial records the folder it used,
+or ``study store`` (user attr ``artifact_store``), so ``tuner export`` finds it again.
 
 Keep-policy (``artifacts.keep``): ``pareto`` keeps only the trials on the current Pareto
 front (dominated trials' files are deleted after each trial and at the end of a run),
@@ -31,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from ._exceptions import ArtifactMissing, StorageError
-from .storage import keys
+from .storage import StoreError, keys
+from .storage._blobs import StoreArtifacts
 from .storage._optuna import rdb_backend, study_storage
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from ._spec import StudySpec
+    from ._spec import ArtifactsSpec, StudySpec
 
 # torch loads where a model is read or written, not on import: `tuner pick` and the
 # other commands that only look a trial's file up stay quick.
@@ -50,6 +54,7 @@ FORMAT_VERSION = 1
 
 ID_ATTR = keys.ARTIFACT_ID_ATTR
 STORE_ATTR = keys.ARTIFACT_STORE_ATTR
+IN_STORE = keys.ARTIFACT_IN_STORE
 KEEP_ATTR = keys.ARTIFACT_KEEP_ATTR
 STATUS_ATTR = keys.ARTIFACT_STATUS_ATTR
 DROPPED_PREFIX = "tuner.artifact_dropped."
@@ -286,13 +291,19 @@ def _kept_files(study: optuna.Study) -> list[_KeptFile]:
 
 
 def _drop(study: optuna.Study, kept: _KeptFile, folder: Path) -> bool:
-    store_folder = Path(kept.store or folder)
-    target = store_folder / kept.artifact_id
-    if not target.exists():
+    store: Any
+    if kept.store == IN_STORE:
+        store = StoreArtifacts(rdb_backend(study_storage(study)))
+        there = store.exists(kept.artifact_id)
+    else:
+        store_folder = Path(kept.store or folder)
+        store = _artifact_store(store_folder)
+        there = (store_folder / kept.artifact_id).exists()
+    if not there:
         return False
     study.set_user_attr(f"{DROPPED_PREFIX}{kept.number}", "keep: pareto")
     try:
-        _artifact_store(store_folder).remove(kept.artifact_id)
+        store.remove(kept.artifact_id)
     except Exception:  # another worker dropped it first
         return False
     return True
@@ -350,21 +361,40 @@ def keep_trial_model(
         The trial's artifact attributes, for the caller to write with its metrics.
     """
     keep = spec.artifacts.keep
-    root = artifacts_root(spec.artifacts.path, storage_url(study_storage(trial.study)))
+    storage = study_storage(trial.study)
+    root = artifacts_root(spec.artifacts.path, storage_url(storage))
     folder = study_folder(root, trial.study.study_name)
+    in_store = models_in_store(spec.artifacts, storage_url(storage))
     try:
         attrs = _keep(
             trial,
             tm,
             keep=keep,
-            folder=folder,
+            folder=None if in_store else folder,
             objectives=dict(spec.objectives),
             values=values,
             feasible=feasible,
         )
     except OSError as exc:
         attrs = {STATUS_ATTR: f"not kept: cannot write to {folder}: {exc.strerror}"}
+    except StoreError as exc:
+        attrs = {STATUS_ATTR: f"not kept: {exc}"}
     return {KEEP_ATTR: keep, **attrs}
+
+
+def models_in_store(artifacts: ArtifactsSpec, storage_url_: str) -> bool:
+    """Whether trials keep their model files in the study store (``artifacts.in_store``;
+    unset: a database server's store, unless a folder is named)."""
+    if artifacts.in_store is not None:
+        return artifacts.in_store
+    if artifacts.path or os.environ.get(ENV_VAR):
+        return False
+    import sqlalchemy.engine
+
+    try:
+        return sqlalchemy.engine.make_url(storage_url_).get_backend_name() != "sqlite"
+    except Exception:
+        return False
 
 
 def _keep(
@@ -372,11 +402,12 @@ def _keep(
     tm: TrialModel,
     *,
     keep: str,
-    folder: Path,
+    folder: Path | None,
     objectives: dict[str, str],
     values: list[float],
     feasible: bool,
 ) -> dict[str, Any]:
+    """Upload to ``folder``, or to the study store where it is None."""
     if keep == "none":
         return {STATUS_ATTR: "not kept (artifacts.keep: none)"}
     study = trial.study
@@ -387,7 +418,12 @@ def _keep(
         front = _front(study, objectives, (trial.number, values))
         if trial.number not in front[0]:
             return {STATUS_ATTR: "dropped by keep: pareto (dominated when it finished)"}
-    folder.mkdir(parents=True, exist_ok=True)
+    store: Any
+    if folder is None:
+        store = StoreArtifacts(rdb_backend(study_storage(study)), study.study_name)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        store = _artifact_store(folder)
     with tempfile.TemporaryDirectory(prefix="tuner-artifact-") as tmp:
         path = Path(tmp) / FILENAME
         try:
@@ -398,14 +434,16 @@ def _keep(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=_artifact_store(folder),
+                artifact_store=store,
                 file_path=str(path),
                 study_or_trial=trial,
                 mimetype="application/x-pytorch",
             )
     if keep == "pareto":
-        enforce_keep(study, keep, folder, front=front)
-    return {ID_ATTR: artifact_id, STORE_ATTR: str(folder), STATUS_ATTR: "kept"}
+        # (a file in the study store is found by its trial's STORE_ATTR; the folder is unused)
+        enforce_keep(study, keep, folder or Path(), front=front)
+    where = IN_STORE if folder is None else str(folder)
+    return {ID_ATTR: artifact_id, STORE_ATTR: where, STATUS_ATTR: "kept"}
 
 
 # --- find ----------------------------------------------------------------------------
@@ -453,6 +491,17 @@ def artifact_status(
         if status.startswith("not kept"):
             return ArtifactStatus(number, None, f"trial {number} kept no artifact{status[8:]}")
         return ArtifactStatus(number, None, f"trial {number} has no artifact recorded")
+    if not folder and attrs.get(STORE_ATTR) == IN_STORE:
+        data = StoreArtifacts(rdb_backend(storage)).read(str(artifact_id))
+        if data is not None:
+            return ArtifactStatus(number, _cached(str(artifact_id), data))
+        if dropped:
+            return ArtifactStatus(
+                number, None, f"artifact of trial {number} was dropped by {dropped}"
+            )
+        return ArtifactStatus(
+            number, None, f"artifact of trial {number} is missing: the study store lacks it"
+        )
     base = Path(folder) / study.study_name if folder else Path(str(attrs.get(STORE_ATTR) or ""))
     path = base / str(artifact_id)
     if path.is_file():
@@ -462,6 +511,21 @@ def artifact_status(
     return ArtifactStatus(
         number, None, f"artifact of trial {number} is missing: {path} does not exist"
     )
+
+
+def _cached(artifact_id: str, data: bytes) -> Path:
+    """A model file read from the study store, as a local file (ids are never reused)."""
+    import getpass
+
+    folder = Path(tempfile.gettempdir()) / f"tuner-models-{getpass.getuser()}"
+    path = folder / artifact_id
+    if path.is_file() and path.stat().st_size == len(data):
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
+        out.write(data)
+    os.replace(out.name, path)
+    return path
 
 
 def enforce_keep_for_run(storage: Any, study_name: str, spec: StudySpec, storage_url_: str) -> int:

@@ -24,7 +24,9 @@ from typing import Any
 
 from ._exceptions import SpecError, StorageError, first_line, storage_error
 from .storage import StoreError, counted, load_study_readonly, read_records
+from .storage._blobs import StoreArtifacts
 from .storage._locks import LockHeld, acquire_lock, read_lock
+from .storage._optuna import rdb_backend
 from .storage.keys import ARTIFACT_ID_ATTR, ARTIFACT_STORE_ATTR, TENSORBOARD_ATTR
 
 # What tuner names a model file (a UUID) and a trial's TensorBoard run.
@@ -169,10 +171,12 @@ def delete_study(
             refuse_running(study_name, records)
         kept = study_files(study_name, records)
         _delete_rows(storage, study_name)
+        # Model files kept in the study store go with the study, --keep-files or not.
+        in_store = StoreArtifacts(rdb_backend(storage)).remove_study(study_name)
     finally:
         if lock is not None:
             lock.release()
-    out = Deleted(study_name, len(records))
+    out = Deleted(study_name, len(records), models=in_store[0], size=in_store[1])
     if not files:
         out.left = {folder: "kept (--keep-files)" for folder in kept.folders}
         return out

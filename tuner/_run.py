@@ -221,11 +221,13 @@ def run(
     finally:
         stop_telling()
     prepare_study(spec, store, name)
-    from ._artifacts import artifacts_root
+    from ._artifacts import artifacts_root, models_in_store
 
-    # Every worker, wherever it runs, keeps its trials' models in the same folder.
+    # Every worker, wherever it runs, keeps its trials' models in the same place: the same
+    # folder, or the study store (decided here, where $TUNER_ARTIFACTS is read).
     folder = str(artifacts_root(spec.artifacts.path, url))
-    spec = spec.with_overrides(artifacts=replace(spec.artifacts, path=folder))
+    in_store = models_in_store(spec.artifacts, url)
+    spec = spec.with_overrides(artifacts=replace(spec.artifacts, path=folder, in_store=in_store))
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
     if backend == "local" and workers * threads > cpu_count():

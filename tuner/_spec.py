@@ -274,14 +274,18 @@ class ArtifactsSpec:
     """Which trials keep their compressed model (``pareto``, ``all``, ``none``), and where.
 
     ``path`` defaults to ``tuner-artifacts`` next to a SQLite store file, else
-    ``./tuner-artifacts``; each study gets a sub-folder. ``tensorboard`` (on by default)
-    writes every trial's curve, metrics and hyperparameters as TensorBoard event files
-    in the study's sub-folder ``tensorboard``.
+    ``./tuner-artifacts``; each study gets a sub-folder. ``in_store`` keeps the model
+    files in the study store itself instead (a table of its database), so that workers
+    and readers on other machines share them with no shared disk; unset, it is on for a
+    database server's store (PostgreSQL, MySQL) without a ``path``. ``tensorboard`` (on by
+    default) writes every trial's curve, metrics and hyperparameters as TensorBoard event
+    files in the folder's sub-folder ``tensorboard``.
     """
 
     keep: str = "pareto"
     path: str | None = None
     tensorboard: bool = True
+    in_store: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -486,6 +490,11 @@ class StudySpec:
                 "keep": self.artifacts.keep,
                 **({"path": self.artifacts.path} if self.artifacts.path else {}),
                 "tensorboard": self.artifacts.tensorboard,
+                **(
+                    {"in_store": self.artifacts.in_store}
+                    if self.artifacts.in_store is not None
+                    else {}
+                ),
             },
             **({"cv": {"folds": self.cv.folds}} if self.cv.folds else {}),
             "nightly": {
@@ -963,9 +972,14 @@ def _parse_cv(raw: Any, early_stopping: EarlyStoppingSpec) -> CVSpec:
 
 def _parse_artifacts(raw: Any) -> ArtifactsSpec:
     if isinstance(raw, ArtifactsSpec):
-        raw = {"keep": raw.keep, "path": raw.path, "tensorboard": raw.tensorboard}
+        raw = {
+            "keep": raw.keep,
+            "path": raw.path,
+            "tensorboard": raw.tensorboard,
+            "in_store": raw.in_store,
+        }
     raw = _mapping("artifacts", raw if raw is not None else {})
-    _check_keys("artifacts", raw, ("keep", "path", "tensorboard"))
+    _check_keys("artifacts", raw, ("keep", "path", "tensorboard", "in_store"))
     keep = raw.get("keep", "pareto")
     if keep not in ARTIFACT_KEEP:
         raise _field("artifacts.keep", keep, f"one of {', '.join(ARTIFACT_KEEP)}")
@@ -975,7 +989,12 @@ def _parse_artifacts(raw: Any) -> ArtifactsSpec:
     tensorboard = raw.get("tensorboard", True)
     if not isinstance(tensorboard, bool):
         raise _field("artifacts.tensorboard", tensorboard, "true or false")
-    return ArtifactsSpec(keep=str(keep), path=path, tensorboard=tensorboard)
+    in_store = raw.get("in_store")
+    if in_store is not None and not isinstance(in_store, bool):
+        raise _field(
+            "artifacts.in_store", in_store, "true, false, or unset (on for a database server)"
+        )
+    return ArtifactsSpec(keep=str(keep), path=path, tensorboard=tensorboard, in_store=in_store)
 
 
 def _check_acyclic(params: Mapping[str, ParamSpec]) -> None:

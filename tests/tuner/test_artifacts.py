@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 import tuner
-from tuner._artifacts import artifacts_root
+from tuner._artifacts import artifacts_root, models_in_store
 from tuner._cli import main
 from tuner._exceptions import SpecError
 from tuner._export import artifact_path
@@ -33,6 +33,11 @@ from tuner.storage import open_storage
             "spec field 'artifacts.kept': unknown key; did you mean 'keep'?",
         ),
         ("artifacts", {"path": ""}, "spec field 'artifacts.path': got ''; expected a folder path"),
+        (
+            "artifacts",
+            {"in_store": "yes"},
+            "spec field 'artifacts.in_store': got 'yes'; expected true, false, or unset",
+        ),
     ],
 )
 def test_bad_artifacts_and_runtime_are_one_line_naming_the_field(
@@ -50,6 +55,9 @@ def test_spec_round_trips_artifacts_and_runtime(tiny_spec: Any) -> None:
     )
     again = tuner.load_spec(spec.to_dict())
     assert (again.artifacts.keep, again.artifacts.path) == ("all", "models")
+    assert again.artifacts.in_store is None
+    in_store = tuner.load_spec(tiny_spec(artifacts={"in_store": True}))
+    assert tuner.load_spec(in_store.to_dict()).artifacts.in_store is True
     assert again.measure.runtime == "onnxruntime"
     default = tuner.load_spec(tiny_spec())
     assert (default.artifacts.keep, default.measure.runtime) == ("pareto", "torch")
@@ -70,6 +78,83 @@ def test_artifacts_live_next_to_a_sqlite_file_else_in_the_environment_or_working
     monkeypatch.setenv("TUNER_ARTIFACTS", str(tmp_path / "server-models"))
     assert artifacts_root(None, "postgresql+psycopg://u:p@db:5432/t") == tmp_path / "server-models"
     assert artifacts_root(None, f"sqlite:///{db}") == tmp_path / "stores" / "tuner-artifacts"
+
+
+def test_models_go_in_a_database_servers_store_unless_a_folder_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tuner._spec import ArtifactsSpec
+
+    monkeypatch.delenv("TUNER_ARTIFACTS", raising=False)
+    pg, sqlite = "postgresql+psycopg://u:p@db:5432/t", "sqlite:///tuner.db"
+    assert models_in_store(ArtifactsSpec(), pg)
+    assert not models_in_store(ArtifactsSpec(), sqlite)
+    assert not models_in_store(ArtifactsSpec(path="/shared/models"), pg)
+    assert models_in_store(ArtifactsSpec(in_store=True), sqlite)
+    assert not models_in_store(ArtifactsSpec(in_store=False), pg)
+    monkeypatch.setenv("TUNER_ARTIFACTS", "/shared/models")
+    assert not models_in_store(ArtifactsSpec(), pg)
+
+
+@pytest.mark.postgres
+def test_a_postgresql_study_keeps_its_models_in_the_store_for_every_machine(
+    tiny_spec: Any,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import onnx
+    import sqlalchemy
+
+    monkeypatch.delenv("TUNER_ARTIFACTS", raising=False)
+    here, elsewhere = tmp_path / "driver", tmp_path / "laptop"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    # Two objectives that do not depend on timing: the same trials are dominated each run.
+    spec = tiny_spec(
+        "pgstore",
+        budget={"n_trials": 4, "max_epochs": 1},
+        objectives={"accuracy": "maximize", "size_bytes": "minimize"},
+    )
+    result = tuner.run(spec, storage=postgres_url)
+    # No model file on this machine's disk (TensorBoard runs stay in the folder).
+    written = [p for p in here.rglob("*") if p.is_file() and "tensorboard" not in p.parts]
+    assert written == []
+    trials = optuna.load_study(study_name="pgstore", storage=postgres_url).get_trials()
+    kept = {t.number: t.user_attrs["artifact_id"] for t in trials if "artifact_id" in t.user_attrs}
+    assert all(t.user_attrs["artifact_store"] == "study store" for t in trials if t.number in kept)
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        query = "SELECT artifact_id, study FROM tuner_artifacts"
+        rows = dict(connection.exec_driver_sql(query).tuples().all())
+    engine.dispose()
+    # keep: pareto: what stays in the store is the front's models, and only those.
+    front = {t.number for t in result.pareto_front}
+    assert set(rows) == {kept[n] for n in front} and set(rows.values()) == {"pgstore"}
+
+    # Another machine with the store's URL and nothing else exports a front trial.
+    monkeypatch.chdir(elsewhere)
+    number = min(front)
+    out = elsewhere / "model.onnx"
+    args = ["--trial", str(number), "--format", "onnx", "--out", str(out)]
+    assert main(["export", "pgstore", *args, "--storage", postgres_url]) == 0
+    onnx.checker.check_model(onnx.load(str(out)))
+    # A trial the front came to dominate lost its model, and export says so.
+    dropped = min(n for n in kept if n not in front)
+    capsys.readouterr()
+    args = ["--trial", str(dropped), "--out", str(elsewhere / "m.onnx")]
+    assert main(["export", "pgstore", *args, "--storage", postgres_url]) == 1
+    assert f"artifact of trial {dropped} was dropped by keep: pareto" in capsys.readouterr().out
+
+    # Deleting the study deletes its models with it.
+    assert main(["delete", "pgstore", "--yes", "--storage", postgres_url]) == 0
+    assert f"removed {len(front)} model file" in capsys.readouterr().out
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM tuner_artifacts").scalar() == 0
+    engine.dispose()
 
 
 def test_keep_none_stores_no_file_and_export_says_why(
