@@ -449,7 +449,7 @@ def _retimed_section(url: str, summary: StudySummary, page: StudyPage) -> None:
         return
     off = f", {len(result.dominated)} off the front" if result.dominated else ""
     with st.expander(
-        f"Front re-timed side by side on {result.machine} ({result.when}){off}",
+        f"Front re-timed side by side on {result.where} ({result.when}){off}",
         expanded=bool(result.dominated),
     ):
         st.caption(

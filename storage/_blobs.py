@@ -2,13 +2,14 @@
 
 A kept model is a row of our own table ``tuner_artifacts`` in the database that holds
 the studies: its artifact id, its study and its bytes. Every machine that reaches the
-store (Ray workers on other nodes, ``tuner export`` on a laptop, the dashboard) reads
-the same models, with nothing to mount. :class:`StoreArtifacts` is an Optuna artifact
+store (Ray workers on other nodes, ``tuner export`` or ``tuner retime`` on a laptop)
+reads the same models, with nothing to mount. :class:`StoreArtifacts` is an Optuna artifact
 store (``open_reader``, ``write``, ``remove``), so ``optuna.artifacts.upload_artifact``
 writes to it as to a folder.
 
-The table is created by the first write; a store without it holds no models. Readers
-never create it.
+The run's driver creates the table before its workers start (a write that finds it
+missing creates it too); a store without it holds no models. Readers never create it.
+Database errors come out as :class:`StoreError`, one line.
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ def _engine(store: Any) -> sqlalchemy.Engine:
     return engine
 
 
-def _missing_table(exc: sqlalchemy.exc.DBAPIError) -> bool:
-    text = str(exc.orig).lower()
+def _missing_table(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == "42P01":  # PostgreSQL: undefined table
+        return True
+    text = str(orig or exc).lower()
     return "tuner_artifacts" in text and ("no such table" in text or "exist" in text)
+
+
+def _failed(what: str, exc: BaseException) -> StoreError:
+    return StoreError(f"the study store could not {what}: {_first_line(exc)}")
 
 
 class StoreArtifacts:
@@ -62,6 +70,20 @@ class StoreArtifacts:
         self._engine = _engine(store)
         self._study = study
 
+    def create_table(self) -> None:
+        """Make the table (where it is missing), before workers write to it at once."""
+        try:
+            _metadata.create_all(self._engine, tables=[_blobs], checkfirst=True)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if not self._has_table():  # not another process that made it meanwhile
+                raise _failed("make its table tuner_artifacts", exc) from exc
+
+    def _has_table(self) -> bool:
+        try:
+            return sqlalchemy.inspect(self._engine).has_table(_blobs.name)
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
+
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         data = content_body.read()
         row = {
@@ -70,26 +92,27 @@ class StoreArtifacts:
             "content": data,
             "created_at": datetime.now(timezone.utc).replace(tzinfo=None),
         }
-        try:
-            _metadata.create_all(self._engine, tables=[_blobs], checkfirst=True)
-            with self._engine.begin() as connection:
-                connection.execute(_blobs.insert().values(**row))
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise StoreError(
-                f"the study store did not take a {len(data)}-byte model: {_first_line(exc)}"
-            ) from exc
+        for attempt in range(2):
+            try:
+                with self._engine.begin() as connection:
+                    connection.execute(_blobs.insert().values(**row))
+                return
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                if attempt == 0 and _missing_table(exc):
+                    self.create_table()
+                    continue
+                raise _failed(f"take a {len(data)}-byte model", exc) from exc
 
     def read(self, artifact_id: str) -> bytes | None:
         """The file's bytes, or None where the store holds no such file."""
+        query = sqlalchemy.select(_blobs.c.content).where(_blobs.c.artifact_id == artifact_id)
         try:
             with self._engine.connect() as connection:
-                found = connection.execute(
-                    sqlalchemy.select(_blobs.c.content).where(_blobs.c.artifact_id == artifact_id)
-                ).scalar_one_or_none()
-        except sqlalchemy.exc.DBAPIError as exc:
+                found = connection.execute(query).scalar_one_or_none()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
             if _missing_table(exc):
                 return None
-            raise
+            raise _failed(f"read the model {artifact_id}", exc) from exc
         return None if found is None else bytes(found)
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
@@ -100,51 +123,59 @@ class StoreArtifacts:
             raise ArtifactNotFound(f"the study store holds no artifact {artifact_id!r}")
         return io.BytesIO(data)
 
-    def exists(self, artifact_id: str) -> bool:
+    def existing(self, artifact_ids: list[str]) -> set[str]:
+        """Which of ``artifact_ids`` the store holds (one query)."""
+        if not artifact_ids:
+            return set()
+        column = _blobs.c.artifact_id
         try:
             with self._engine.connect() as connection:
                 found = connection.execute(
-                    sqlalchemy.select(_blobs.c.artifact_id).where(
-                        _blobs.c.artifact_id == artifact_id
-                    )
-                ).first()
-        except sqlalchemy.exc.DBAPIError as exc:
+                    sqlalchemy.select(column).where(column.in_(artifact_ids))
+                ).scalars()
+                return {str(a) for a in found}
+        except sqlalchemy.exc.SQLAlchemyError as exc:
             if _missing_table(exc):
-                return False
-            raise
-        return found is not None
+                return set()
+            raise _failed("look its models up", exc) from exc
+
+    def exists(self, artifact_id: str) -> bool:
+        return artifact_id in self.existing([artifact_id])
 
     def remove(self, artifact_id: str) -> None:
         """Delete one file (nothing where it is gone already)."""
-        self._delete(_blobs.c.artifact_id == artifact_id)
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(_blobs.delete().where(_blobs.c.artifact_id == artifact_id))
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if not _missing_table(exc):
+                raise _failed(f"delete the model {artifact_id}", exc) from exc
+
+    def count_study(self, study: str) -> tuple[int, int]:
+        """How many files ``study`` has in the store, and their bytes."""
+        size = sqlalchemy.func.coalesce(
+            sqlalchemy.func.sum(sqlalchemy.func.length(_blobs.c.content)), 0
+        )
+        query = sqlalchemy.select(sqlalchemy.func.count(), size).where(_blobs.c.study == study)
+        try:
+            with self._engine.connect() as connection:
+                count, total = connection.execute(query).one()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if _missing_table(exc):
+                return 0, 0
+            raise _failed("count its models", exc) from exc
+        return int(count), int(total)
 
     def remove_study(self, study: str) -> tuple[int, int]:
         """Delete every file of ``study``: how many, and their bytes."""
-        try:
-            with self._engine.begin() as connection:
-                count, size = connection.execute(
-                    sqlalchemy.select(
-                        sqlalchemy.func.count(),
-                        sqlalchemy.func.coalesce(
-                            sqlalchemy.func.sum(sqlalchemy.func.length(_blobs.c.content)), 0
-                        ),
-                    ).where(_blobs.c.study == study)
-                ).one()
-                if count:
+        count, size = self.count_study(study)
+        if count:
+            try:
+                with self._engine.begin() as connection:
                     connection.execute(_blobs.delete().where(_blobs.c.study == study))
-        except sqlalchemy.exc.DBAPIError as exc:
-            if _missing_table(exc):
-                return 0, 0
-            raise
-        return int(count), int(size)
-
-    def _delete(self, where: Any) -> None:
-        try:
-            with self._engine.begin() as connection:
-                connection.execute(_blobs.delete().where(where))
-        except sqlalchemy.exc.DBAPIError as exc:
-            if not _missing_table(exc):
-                raise
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                raise _failed(f"delete the models of {study!r}", exc) from exc
+        return count, size
 
 
 def _first_line(exc: BaseException) -> str:

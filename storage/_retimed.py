@@ -58,6 +58,7 @@ class Retiming:
             timed together, each with the first such trial.
         kept: whether it was kept on the study (not itself kept: a store that refused it
             holds none).
+        target: the ``measure.target`` whose node timed it, where one did.
     """
 
     study: str
@@ -70,12 +71,18 @@ class Retiming:
     skipped: dict[int, str] = field(default_factory=dict)
     dominated: dict[int, int] = field(default_factory=dict)
     kept: bool = field(default=True, compare=False)
+    target: str | None = None
 
     def joined(self, front: Iterable[int]) -> list[int]:
         """The trials of ``front`` (trial numbers) that joined the front since: this
         re-timing neither timed them nor said why not."""
         seen = {t.number for t in self.trials} | set(self.skipped)
         return sorted(set(front) - seen)
+
+    @property
+    def where(self) -> str:
+        """What timed it, as people read it: the machine, and the target it was."""
+        return self.machine + (f" (measure.target {self.target!r})" if self.target else "")
 
     @property
     def when(self) -> str:
@@ -105,6 +112,7 @@ class Retiming:
             ],
             "skipped": {str(n): why for n, why in self.skipped.items()},
             "dominated": {str(n): by for n, by in self.dominated.items()},
+            **({"target": self.target} if self.target else {}),
         }
 
     @classmethod
@@ -131,6 +139,7 @@ class Retiming:
             ],
             skipped={int(n): str(why) for n, why in data.get("skipped", {}).items()},
             dominated={int(n): int(by) for n, by in data.get("dominated", {}).items()},
+            target=None if data.get("target") is None else str(data["target"]),
         )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -290,11 +291,12 @@ def _kept_files(study: optuna.Study) -> list[_KeptFile]:
     ]
 
 
-def _drop(study: optuna.Study, kept: _KeptFile, folder: Path) -> bool:
+def _drop(study: optuna.Study, kept: _KeptFile, folder: Path, in_store: set[str]) -> bool:
+    """Delete ``kept``'s file; ``in_store``: the ids of files the study store holds."""
     store: Any
     if kept.store == IN_STORE:
         store = StoreArtifacts(rdb_backend(study_storage(study)))
-        there = store.exists(kept.artifact_id)
+        there = kept.artifact_id in in_store
     else:
         store_folder = Path(kept.store or folder)
         store = _artifact_store(store_folder)
@@ -329,12 +331,24 @@ def enforce_keep(
     if keep != "pareto":
         return 0
     on_front, judged = front if front is not None else _front(study)
-    dropped = 0
-    for kept in _kept_files(study):
-        if kept.number in on_front or kept.number not in judged or kept.running:
-            continue
-        dropped += _drop(study, kept, folder)
-    return dropped
+    marked = study.user_attrs
+    doomed = [
+        kept
+        for kept in _kept_files(study)
+        if kept.number not in on_front
+        and kept.number in judged
+        and not kept.running
+        and f"{DROPPED_PREFIX}{kept.number}" not in marked  # gone already
+    ]
+    in_store: set[str] = set()
+    if any(kept.store == IN_STORE for kept in doomed):
+        try:
+            in_store = StoreArtifacts(rdb_backend(study_storage(study))).existing(
+                [kept.artifact_id for kept in doomed if kept.store == IN_STORE]
+            )
+        except StoreError:  # the next trial's cleanup tries again
+            in_store = set()
+    return sum(_drop(study, kept, folder, in_store) for kept in doomed)
 
 
 def storage_url(storage: Any) -> str:
@@ -456,12 +470,19 @@ class ArtifactStatus:
     trial: int
     path: Path | None
     reason: str | None = None
+    in_store: bool = False  # kept in the study store (``path`` is a local copy)
 
 
 def artifact_status(
-    study: optuna.Study, number: int, *, folder: str | Path | None = None
+    study: optuna.Study, number: int, *, folder: str | Path | None = None, fetch: bool = True
 ) -> ArtifactStatus:
-    """Find trial ``number``'s model file; ``folder`` overrides the recorded one."""
+    """Find trial ``number``'s model file; ``folder`` overrides the recorded one. A file
+    kept in the study store is read into a local file (unless ``fetch`` is off: then its
+    status has no path, and says it is in the store).
+
+    Raises:
+        StorageError: the store could not be read (one line).
+    """
     storage = study_storage(study)
     try:
         if not 0 <= number < 2**31:  # the store's integer column; a larger one overflows
@@ -491,10 +512,16 @@ def artifact_status(
         if status.startswith("not kept"):
             return ArtifactStatus(number, None, f"trial {number} kept no artifact{status[8:]}")
         return ArtifactStatus(number, None, f"trial {number} has no artifact recorded")
-    if not folder and attrs.get(STORE_ATTR) == IN_STORE:
-        data = StoreArtifacts(rdb_backend(storage)).read(str(artifact_id))
+    if attrs.get(STORE_ATTR) == IN_STORE:
+        blobs = StoreArtifacts(rdb_backend(storage))
+        try:
+            if not fetch and blobs.exists(str(artifact_id)):
+                return ArtifactStatus(number, None, None, in_store=True)
+            data = blobs.read(str(artifact_id)) if fetch else None
+        except StoreError as exc:
+            raise StorageError(str(exc)) from exc
         if data is not None:
-            return ArtifactStatus(number, _cached(str(artifact_id), data))
+            return ArtifactStatus(number, _cached(str(artifact_id), data), in_store=True)
         if dropped:
             return ArtifactStatus(
                 number, None, f"artifact of trial {number} was dropped by {dropped}"
@@ -513,15 +540,19 @@ def artifact_status(
     )
 
 
-def _cached(artifact_id: str, data: bytes) -> Path:
-    """A model file read from the study store, as a local file (ids are never reused)."""
-    import getpass
+_ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-    folder = Path(tempfile.gettempdir()) / f"tuner-models-{getpass.getuser()}"
+
+def _cached(artifact_id: str, data: bytes) -> Path:
+    """A model file read from the study store, written to this user's cache as a local file
+    (written afresh each time: what is loaded is what the store holds)."""
+    from ._datasets import _cache_dir
+
+    if not _ARTIFACT_ID.match(artifact_id):
+        raise StorageError(f"the study store names a model {artifact_id!r}; expected a UUID")
+    folder = _cache_dir() / "models"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / artifact_id
-    if path.is_file() and path.stat().st_size == len(data):
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
         out.write(data)
     os.replace(out.name, path)

@@ -86,18 +86,30 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--address", help="Ray cluster address (backend ray; else $RAY_ADDRESS or a local Ray)"
     )
+    add_ship_arg(p)
     p.add_argument("--json", action="store_true", help="print the Pareto front as JSON")
     p.set_defaults(func=_cmd_run)
+
+
+def add_ship_arg(p: Any) -> None:
+    p.add_argument(
+        "--no-ship",
+        action="store_true",
+        help="with --address: do not ship this folder to the cluster (its nodes share it, or "
+        "have the workload installed)",
+    )
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Dispatcher options from ``--address``, which implies ``--backend ray``."""
     if not args.address:
+        if getattr(args, "no_ship", False):
+            raise SpecError("--no-ship: only used with --address, which joins a Ray cluster")
         return {}
     if args.backend not in (None, "ray"):
         raise SpecError(f"--address: only used with --backend ray, got --backend {args.backend}")
     args.backend = "ray"
-    return {"address": args.address}
+    return {"address": args.address, **({"ship": False} if args.no_ship else {})}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -268,7 +280,7 @@ def _print_retimed(console: Any, front: Sequence[Any], retimed: Any, retime: str
     numbers = {r.number for r in front}
     timed = {t.number for t in retimed.trials}
     console.print(
-        f"re-timed side by side on {retimed.machine} ({retimed.when}): "
+        f"re-timed side by side on {retimed.where} ({retimed.when}): "
         f"{len(timed & numbers)} of these trials",
         markup=False,
     )

@@ -53,6 +53,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         read_records,
         resolve_url,
     )
+    from .storage._blobs import StoreArtifacts
 
     url = resolve_url(args.storage)
     shown = mask_url(url)
@@ -62,6 +63,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         try:
             load_study_readonly(reader, args.study)
             records = read_records(reader, args.study)
+            in_store = StoreArtifacts(reader).count_study(args.study)[0]
         finally:
             reader.engine.dispose()
     except StoreError as exc:
@@ -72,6 +74,8 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     kept = study_files(args.study, records)
     if kept and not args.keep_files:
         what += f" and the {kept.describe()} its trials kept"
+    if in_store:
+        what += f", with the {counted(in_store, 'model')} kept in the store"
     if not args.yes:
         if not sys.stdin.isatty():
             raise SpecError(

@@ -79,8 +79,14 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     if args.json:
         out = pick_as_dict(result, args.study)
         if result.trial is not None:
-            status = artifact_status(study, result.trial.number)
-            out["artifact"] = None if status.path is None else str(status.path)
+            status = artifact_status(study, result.trial.number, fetch=False)
+            out["artifact"] = (
+                "study store"
+                if status.in_store
+                else None
+                if status.path is None
+                else str(status.path)
+            )
             out["artifact_status"] = status.reason or "kept"
             out["export"] = _export_command(args, result.trial.number)
         print(json.dumps(out, indent=2, default=str))
@@ -89,7 +95,8 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     if result.trial is None:
         console.print(f"[bold red]{result.message(args.study)}[/]")
         return EXIT_FAILED
-    _print_pick(console, args, result, objectives, artifact_status(study, result.trial.number))
+    status = artifact_status(study, result.trial.number, fetch=False)
+    _print_pick(console, args, result, objectives, status)
     return EXIT_OK
 
 
@@ -122,8 +129,10 @@ def _print_pick(
     console.print("params: " + ", ".join(f"{k}={show_param(v)}" for k, v in trial.params.items()))
     if quantize_mode(trial.params, trial.metrics) == "float8":
         console.print("not exported: float8 is made for the GPU the trial ran on")
-    elif status.path is not None:
-        console.print(f"model kept at {status.path}")
+    elif status.path is not None or status.in_store:
+        console.print(
+            f"model kept {'in the study store' if status.in_store else f'at {status.path}'}"
+        )
         console.print(f"next:\n  {_export_command(args, trial.number)}")
     else:
         console.print(f"[yellow]{status.reason}[/]")

@@ -10,7 +10,7 @@ from ._exceptions import SpecError
 
 
 def add_parser(sub: Any) -> None:
-    from ._cli import positive_int
+    from ._cli import add_ship_arg, positive_int
 
     p = sub.add_parser(
         "nightly",
@@ -39,6 +39,7 @@ def add_parser(sub: Any) -> None:
         "--workers", type=positive_int, default=1, help="trials in flight at once (default 1)"
     )
     p.add_argument("--address", help="Ray cluster address (backend ray)")
+    add_ship_arg(p)
     p.set_defaults(func=_cmd_nightly)
 
     s = sub.add_parser(

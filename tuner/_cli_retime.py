@@ -30,6 +30,16 @@ def add_parser(sub: Any) -> None:
         metavar="DIR",
         help="artifacts folder, when it moved since the study ran (holds one folder per study)",
     )
+    p.add_argument(
+        "--address",
+        help="Ray cluster whose node offers the front's measure.target (default $RAY_ADDRESS); "
+        "a front timed on a target is timed there again",
+    )
+    p.add_argument(
+        "--here",
+        action="store_true",
+        help="time a front timed on a measure.target on this machine instead",
+    )
     p.add_argument("--json", action="store_true", help="print the re-timing as JSON")
     _storage_arg(p)
     p.set_defaults(func=_cmd_retime)
@@ -46,6 +56,8 @@ def _cmd_retime(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         artifacts=args.artifacts,
         progress=lambda line: progress.print(line, markup=False, soft_wrap=True),
+        address=args.address,
+        here=args.here,
     )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -62,7 +74,7 @@ def _print_retiming(console: Any, result: Any) -> None:
 
     table = Table(
         title=(
-            f"front of {result.study}, re-timed side by side on {result.machine} "
+            f"front of {result.study}, re-timed side by side on {result.where} "
             f"({result.rounds} rounds, {result.when})"
         ),
         title_justify="left",

@@ -170,9 +170,13 @@ def delete_study(
         if not force:
             refuse_running(study_name, records)
         kept = study_files(study_name, records)
+        # Model files kept in the study store go with the study, --keep-files or not; first,
+        # so that a store that refuses leaves none of them without their study.
+        try:
+            in_store = StoreArtifacts(rdb_backend(storage)).remove_study(study_name)
+        except StoreError as exc:
+            raise storage_error(exc) from exc
         _delete_rows(storage, study_name)
-        # Model files kept in the study store go with the study, --keep-files or not.
-        in_store = StoreArtifacts(rdb_backend(storage)).remove_study(study_name)
     finally:
         if lock is not None:
             lock.release()

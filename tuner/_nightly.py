@@ -35,7 +35,7 @@ from ._report import (
     resolve_reference_point,
     write_report,
 )
-from ._retime import retime_fronts
+from ._retime import front_target, retime_fronts
 from ._run import RunResult, open_store, prepare_study, queue_center, run
 from ._spec import ParamSpec, StudySpec, load_spec
 from .storage import (
@@ -208,7 +208,10 @@ def _retime_both(
         )
 
     try:
-        both = retime_fronts(store, [name, previous], progress=say)
+        # Fronts timed on a measure.target are timed there again, through the cluster the
+        # night ran on.
+        target = front_target(store, [name, previous])
+        both = retime_fronts(store, [name, previous], progress=say, target=target)
     except Exception as exc:  # noqa: BLE001 - the night is still judged and reported
         judged_as_stored(f"the fronts could not be re-timed ({first_line(exc)})")
         return None

@@ -62,10 +62,15 @@ def auth_mode() -> str:
     return mode.lower()
 
 
-def _shipped_folder() -> str | None:
+# The folder this process shipped when it joined a cluster (Ray stays joined after a run,
+# so a later run in the process finds its workers in that copy).
+_shipped: str | None = None
+
+
+def _shipped_folder(ship: bool) -> str | None:
     """The folder a driver joining a cluster ships to its nodes: the one it runs in (where
     the CLI imports a workload from), unless it runs in a Ray job that shipped it."""
-    return None if _JOB_CONFIG_VAR in os.environ else os.getcwd()
+    return None if not ship or _JOB_CONFIG_VAR in os.environ else os.getcwd()
 
 
 def _check_reachable(address: str, field: str, timeout_s: float = 5.0) -> None:
@@ -73,6 +78,11 @@ def _check_reachable(address: str, field: str, timeout_s: float = 5.0) -> None:
     for minutes before it gives up)."""
     import socket
 
+    if address.startswith(("http://", "https://")):
+        raise DispatchError(
+            f"{field}: {address} is a Ray dashboard's address (what tuner submit takes); "
+            "expected the cluster's own, HEAD:6379 (or ray://HEAD:10001)"
+        )
     client = address.startswith("ray://")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
@@ -92,10 +102,10 @@ def _check_reachable(address: str, field: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
-def _worker_paths(workload: str, shipped: bool = False) -> list[str]:
-    """Folders a worker needs on ``sys.path`` to import a user workload: this one (unless
-    it was shipped, so that workers import the copy Ray unpacked for them) and the one
-    the workload's module was found in."""
+def _worker_paths(workload: str, shipped: str | None = None) -> list[str]:
+    """Folders a worker needs on ``sys.path`` to import a user workload: this one, and the
+    one the workload's module was found in. Where this folder was ``shipped``, workers run
+    in the copy Ray unpacked for them: a folder inside it is given relative to it."""
     paths = [] if shipped else [os.getcwd()]
     module = workload.split(":", 1)[0] if ":" in workload else ""
     if module:
@@ -108,16 +118,40 @@ def _worker_paths(workload: str, shipped: bool = False) -> list[str]:
             folder = os.path.dirname(found.origin)
             if found.submodule_search_locations:  # a package: its parent holds it
                 folder = os.path.dirname(folder)
-            if not (shipped and os.path.samefile(folder, os.getcwd())):
+            inside = shipped and os.path.commonpath([os.path.abspath(folder), shipped]) == shipped
+            if inside:
+                folder = os.path.relpath(folder, shipped)
+            if folder != ".":
                 paths.append(folder)
     return paths
+
+
+def join_cluster(address: str | None, *, why: str, instead: str) -> Any:
+    """Ray, joined to the cluster at ``address`` (else ``$RAY_ADDRESS``) as a run joins it
+    (this folder shipped), or the Ray this process joined already.
+
+    Raises:
+        DispatchError: no address is given, or the cluster cannot be joined; ``why`` says
+            what needs the cluster and ``instead`` what else would do.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    dispatcher = RayDispatcher(address)
+    if dispatcher._address is None:
+        raise DispatchError(
+            f"--address: {why}; expected the Ray cluster whose node offers it (--address "
+            f"HEAD:6379, or RAY_ADDRESS), {instead}"
+        )
+    return dispatcher._connect_to(dispatcher._address)
 
 
 class _Worker:
     """Body of the Ray actor: the worker loop, with the store and study held for its life."""
 
     def run(self, job: WorkerJob, paths: list[str]) -> str:
-        for path in paths:
+        for path in map(os.path.abspath, paths):  # relative: in the shipped folder
             if os.path.isdir(path) and path not in sys.path:
                 sys.path.insert(0, path)
         try:
@@ -141,6 +175,7 @@ class RayDispatcher(Dispatcher):
             ``$RAY_ADDRESS``; else a local Ray is started and stopped afterwards.
         num_cpus: CPUs of the local Ray (default: enough for every worker).
         num_gpus: GPUs of the local Ray (default: detected). Logical GPUs work too.
+        ship: joining a cluster, ship this folder to its nodes (Ray's ``working_dir``).
     """
 
     name = "ray"
@@ -151,13 +186,14 @@ class RayDispatcher(Dispatcher):
         *,
         num_cpus: float | None = None,
         num_gpus: float | None = None,
+        ship: bool = True,
     ) -> None:
         self._address = address or os.environ.get("RAY_ADDRESS") or None
         self._address_field = "--address" if address else "RAY_ADDRESS"
         self._num_cpus = num_cpus
         self._num_gpus = num_gpus
         self._started_ray = False
-        self._shipped = False
+        self._ship = ship
         self._actors: list[Any] = []
         self._pending: dict[Any, Any] = {}
         self._results: list[Any] = []
@@ -205,19 +241,21 @@ class RayDispatcher(Dispatcher):
                 "logging_level": "WARNING",
                 "log_to_driver": True,
             }
-            folder = _shipped_folder()
+            folder = _shipped_folder(self._ship)
             if folder is not None:
                 # Every node imports the workload (and the target its model classes) from a
                 # copy of this folder, and trials run in it: nothing needs a shared disk.
                 options["runtime_env"] = {"working_dir": folder, "excludes": list(EXCLUDES)}
                 print(
-                    f"tuner: shipping {folder} to the cluster (without .venv, .git, SQLite "
-                    "stores, tuner-artifacts, build outputs and what .gitignore lists)",
+                    f"tuner: shipping {folder} to the cluster (without .venv, .git, *.db and "
+                    "*.sqlite files, tuner-artifacts, build outputs and what .gitignore "
+                    "lists; --no-ship to not)",
                     file=sys.stderr,
                     flush=True,
                 )
             self._init(ray, options, mode, address, folder)
-            self._shipped = folder is not None
+            global _shipped
+            _shipped = folder
         return ray
 
     @staticmethod
@@ -284,7 +322,7 @@ class RayDispatcher(Dispatcher):
         self.preflight(jobs[0].spec)
         env = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
         actor_class = ray.remote(_Worker)
-        paths = _worker_paths(str(jobs[0].spec.get("workload", "")), self._shipped)
+        paths = _worker_paths(str(jobs[0].spec.get("workload", "")), _shipped)
         for job in jobs:
             options: dict[str, Any] = {
                 "num_cpus": cpus,

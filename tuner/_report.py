@@ -333,7 +333,7 @@ def _retimed_note(retimed: tuple[Retiming, Retiming]) -> str:
         else ""
     )
     return (
-        f"Both nights' fronts were timed again side by side on {tonight.machine} "
+        f"Both nights' fronts were timed again side by side on {tonight.where} "
         f"({tonight.when}, {tonight.rounds} rounds, {len(tonight.trials)} models tonight and "
         f"{len(last.trials)} last night): each night is judged on its front with those "
         f"latencies (the fronts, hypervolumes, constraints and latencies below){kept}."

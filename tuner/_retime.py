@@ -151,15 +151,36 @@ class _Front:
     study: Any
     objectives: dict[str, str]
     front: list[TrialRecord]
-    candidates: list[_Candidate]
+    loaded: list[_Loaded]
     skipped: dict[int, str]
 
 
+# A front trial's kept model, its record, and how progress lines name it.
+_Loaded = tuple[TrialModel, TrialRecord, str]
+
+
+@dataclass
+class _PoolTiming:
+    """What timing a pool of models gave (plain data: it comes back from a target node),
+    each keyed by the model's place in the pool."""
+
+    trials: dict[int, RetimedTrial]
+    unbuilt: dict[int, str]  # models that could not be made ready to time, and why
+    failed: dict[int, str]  # models that failed as they were timed, and why
+    yardstick: list[float]
+    machine: str
+
+
 def _prepare(
-    storage: Any, study_name: str, folder: str | Path | None, say: Callable[[str], None], of: str
+    storage: Any,
+    study_name: str,
+    folder: str | Path | None,
+    say: Callable[[str], None],
+    of: str,
+    here: bool = True,
 ) -> _Front:
-    """``study_name``'s front, each kept model loaded and built as its trial shipped it;
-    progress lines name trials as ``trial N`` + ``of``."""
+    """``study_name``'s front, each kept model loaded; progress lines name trials as
+    ``trial N`` + ``of``. ``here``: the models are timed on this machine."""
     try:
         study = load_study_readonly(storage, study_name)
         records = read_records(storage, study_name)
@@ -168,24 +189,126 @@ def _prepare(
     objectives = study_objectives(study)
     front = pareto_front(records, objectives)
     out = _Front(study_name, study, objectives, front, [], {})
-    for index, record in enumerate(front, start=1):
-        reason = _not_here(record)
+    for record in front:
+        reason = _not_here(record) if here else None
         status = artifact_status(study, record.number, folder=folder)
         if reason is None and status.path is None:
             reason = status.reason or "no model kept"
         if reason is None and status.path is not None:
             try:
-                candidate = _candidate(load_trial_model(status.path), record)
-            except Exception as exc:  # noqa: BLE001 - one model that cannot be built is reported
-                reason = first_line(exc)
-            else:
-                candidate.label = f"trial {record.number}{of}"
-                out.candidates.append(candidate)
-                say(f"trial {record.number}{of} ready ({candidate.runtime}) [{index}/{len(front)}]")
+                out.loaded.append(
+                    (load_trial_model(status.path), record, f"trial {record.number}{of}")
+                )
                 continue
+            except Exception as exc:  # noqa: BLE001 - one model that cannot be read is reported
+                reason = first_line(exc)
         out.skipped[record.number] = str(reason)
         say(f"trial {record.number}{of}: not re-timed: {reason}")
     return out
+
+
+def _time_pool(loaded: list[_Loaded], rounds: int, say: Callable[[str], None]) -> _PoolTiming:
+    """Build each model as its trial shipped it, and time them all in turns, here."""
+    pool: list[tuple[int, _Candidate]] = []
+    unbuilt: dict[int, str] = {}
+    # Every front model is compiled (where its trial was) before any is timed, so one model
+    # class may be compiled for many shapes at once: past dynamo's recompile limit the
+    # compile would reset dynamo, and the models compiled before would run recompiled
+    # without their settings. The limit is raised for as many compiles as are made here.
+    with dynamo_config.patch(recompile_limit=1024, accumulated_recompile_limit=1024):
+        for index, (tm, record, label) in enumerate(loaded):
+            try:
+                candidate = _candidate(tm, record)
+            except Exception as exc:  # noqa: BLE001 - one model that cannot be built is reported
+                unbuilt[index] = first_line(exc)
+                say(f"{label}: not re-timed: {unbuilt[index]}")
+                continue
+            candidate.label = label
+            pool.append((index, candidate))
+            say(f"{label} ready ({candidate.runtime}) [{index + 1}/{len(loaded)}]")
+    if not pool:
+        return _PoolTiming({}, unbuilt, {}, [], "")
+    candidates = [c for _, c in pool]
+    devices = _devices(candidates)
+    yardstick = _time_in_turns(candidates, devices, rounds, say)
+    machine = " / ".join(sorted(machine_name(d) for d in devices))
+    return _PoolTiming(
+        {i: _retimed_trial(c) for i, c in pool if c.failed is None},
+        unbuilt,
+        {i: str(c.failed) for i, c in pool if c.failed is not None},
+        yardstick,
+        machine,
+    )
+
+
+def _time_on_target(
+    target: str, loaded: list[_Loaded], rounds: int, say: Callable[[str], None]
+) -> _PoolTiming:
+    """:func:`_time_pool` run on a node that offers ``target``, the models sent there as
+    trials keep them (the node builds each as its trial shipped it)."""
+    import io
+
+    from ._target import connected_target, import_roots, run_on_target
+
+    ray = connected_target(target)
+    sent: list[tuple[bytes, TrialRecord, str]] = []
+    paths: list[str] = []
+    for tm, record, label in loaded:
+        buffer = io.BytesIO()
+        torch.save(tm, buffer)
+        sent.append((buffer.getvalue(), record, label))
+        paths += [p for p in import_roots(tm.model) if p not in paths]
+    say(f"timing {len(sent)} models on the target {target!r}, {rounds} rounds")
+    timing: _PoolTiming = run_on_target(
+        ray, target, _time_pool_here, sent, rounds, paths, what=f"front's {len(sent)} models"
+    )
+    for index, reason in {**timing.unbuilt, **timing.failed}.items():
+        say(f"{loaded[index][2]}: not re-timed: {reason}")
+    return timing
+
+
+def _time_pool_here(
+    sent: list[tuple[bytes, TrialRecord, str]], rounds: int, paths: list[str]
+) -> _PoolTiming:
+    """The Ray task on the target: load the models and time them in turns."""
+    import io
+
+    from ._compression import import_torchao
+    from ._target import on_path
+
+    on_path(paths)
+    import_torchao()  # an int8 model is rebuilt with torchao's quantize ops
+    loaded = [
+        (torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), record, label)
+        for data, record, label in sent
+    ]
+    return _time_pool(loaded, rounds, lambda _line: None)
+
+
+def front_target(storage: Any, study_names: Sequence[str]) -> str | None:
+    """The ``measure.target`` the studies' fronts were timed on, if they were.
+
+    Raises:
+        SpecError: their fronts were timed on several targets, or some on one and some
+            where they trained.
+    """
+    found: dict[str | None, int] = {}
+    for name in study_names:
+        records = read_records(storage, name)
+        study = load_study_readonly(storage, name)
+        for record in pareto_front(records, study_objectives(study)):
+            value = record.metrics.get("latency_target")
+            found.setdefault(None if value is None else str(value), record.number)
+    if len(found) > 1:
+        named = ", ".join(
+            f"trial {n} on {repr(t) if t else 'the machine it trained on'}"
+            for t, n in found.items()
+        )
+        raise SpecError(
+            f"the front was timed on more than one machine ({named}); re-time it with --here "
+            "to time every model on this machine"
+        )
+    return next(iter(found), None)
 
 
 def _devices(pool: list[_Candidate]) -> set[str]:
@@ -266,9 +389,11 @@ def retime_fronts(
     folder: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     save: bool = True,
+    target: str | None = None,
 ) -> dict[str, Retiming]:
     """Time every front trial's kept model of each study again, all side by side in one
-    pool on this machine, so that the studies' fronts compare (two nights of a sweep).
+    pool on this machine (or on the node of a connected Ray cluster that offers
+    ``target``), so that the studies' fronts compare (two nights of a sweep).
 
     Args:
         storage: an open Optuna storage (writable when ``save``).
@@ -277,6 +402,8 @@ def retime_fronts(
         folder: the artifacts root, when it moved since the studies ran.
         progress: called with a line as each model is ready and each round ends.
         save: keep each study's result on it (:data:`~tuner.storage.keys.RETIMED_ATTR`).
+        target: a ``measure.target``: time the pool there, in one Ray task, as trials
+            with that target timed their models (see :func:`front_target`).
 
     Returns:
         Each study's re-timing; a study none of whose front trials could be timed has no
@@ -285,47 +412,49 @@ def retime_fronts(
     Raises:
         SpecError: ``rounds`` is not a whole number of at least 1.
         ArtifactMissing: no front trial of any of the studies can be timed here.
+        DispatchError: no node offers ``target``, or the timing failed there.
         ExportError: every model failed as it was timed (one line naming the trials); a
             model that fails while others run is listed in ``skipped``, with the reason.
     """
     _check_rounds(rounds)
     say = progress or (lambda _line: None)
     several = len(study_names) > 1
-    # Every front model is compiled (where its trial was) before any is timed, so one model
-    # class may be compiled for many shapes at once: past dynamo's recompile limit the
-    # compile would reset dynamo, and the models compiled before would run recompiled
-    # without their settings. The limit is raised for as many compiles as are made here.
-    with dynamo_config.patch(recompile_limit=1024, accumulated_recompile_limit=1024):
-        fronts = [
-            _prepare(storage, n, folder, say, f" of {n}" if several else "") for n in study_names
-        ]
-    pool = [c for f in fronts for c in f.candidates]
-    if not pool:
+    fronts = [
+        _prepare(storage, n, folder, say, f" of {n}" if several else "", here=target is None)
+        for n in study_names
+    ]
+    loaded = [item for f in fronts for item in f.loaded]
+    owners = [f for f in fronts for _ in f.loaded]
+    names = ", ".join(repr(n) for n in study_names)
+    if loaded:
+        if target is None:
+            timing = _time_pool(loaded, rounds, say)
+        else:
+            timing = _time_on_target(target, loaded, rounds, say)
+        for index, reason in timing.unbuilt.items():
+            owners[index].skipped[loaded[index][1].number] = reason
+    if not loaded or not (timing.trials or timing.failed):
         why = "; ".join(
             f"trial {n}{f' of {f.name}' if several else ''}: {r}"
             for f in fronts
             for n, r in f.skipped.items()
         )
-        names = ", ".join(repr(n) for n in study_names)
+        where = "here" if target is None else f"on the target {target!r}"
         raise ArtifactMissing(
-            f"no front trial of {names} can be re-timed here ({why or 'the front is empty'})"
+            f"no front trial of {names} can be re-timed {where} ({why or 'the front is empty'})"
         )
-    devices = _devices(pool)
-    yardstick = _time_in_turns(pool, devices, rounds, say)
-    failed = [c for c in pool if c.failed is not None]
-    if len(failed) == len(pool):
+    if not timing.trials:
         raise ExportError(
             "no front model could be timed again: "
-            + "; ".join(f"{c.label}: {c.failed}" for c in failed)
+            + "; ".join(f"{loaded[i][2]}: {reason}" for i, reason in timing.failed.items())
         )
-    for f in fronts:
-        f.skipped.update({c.record.number: str(c.failed) for c in f.candidates if c.failed})
-        f.candidates = [c for c in f.candidates if c.failed is None]
-    machine = " / ".join(sorted(machine_name(d) for d in devices))
+    for index, reason in timing.failed.items():
+        owners[index].skipped[loaded[index][1].number] = reason
+    machine, yardstick = timing.machine, timing.yardstick
     at = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     results = {}
     for f in fronts:
-        trials = [_retimed_trial(c) for c in f.candidates]
+        trials = [t for i, t in sorted(timing.trials.items()) if owners[i] is f]
         stored = {r.number: r.values for r in f.front}
         values = {t.number: {**stored[t.number], **t.retimed} for t in trials}
         result = Retiming(
@@ -338,6 +467,7 @@ def retime_fronts(
             trials=trials,
             skipped=f.skipped,
             dominated=dominated_by(values, f.objectives),
+            target=target,
         )
         if save and not _keep(storage, f, result, say):
             result = dataclasses.replace(result, kept=False)
@@ -364,11 +494,18 @@ def retime_front(
     folder: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     save: bool = True,
+    target: str | None = None,
 ) -> Retiming:
     """Time every front trial's kept model of ``study_name`` again, side by side on this
     machine (:func:`retime_fronts` for one study; the same arguments and errors)."""
     return retime_fronts(
-        storage, [study_name], rounds=rounds, folder=folder, progress=progress, save=save
+        storage,
+        [study_name],
+        rounds=rounds,
+        folder=folder,
+        progress=progress,
+        save=save,
+        target=target,
     )[study_name]
 
 
@@ -383,9 +520,13 @@ def retime(
     rounds: int = DEFAULT_ROUNDS,
     artifacts: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
+    address: str | None = None,
+    here: bool = False,
 ) -> Retiming:
     """Time every front trial's kept model of ``study_name`` again, side by side on this
-    machine, and keep the result on the study (what ``tuner retime`` does).
+    machine, and keep the result on the study (what ``tuner retime`` does). A front timed
+    on a ``measure.target`` is timed there again: on the node of the Ray cluster at
+    ``address`` (else ``$RAY_ADDRESS``) that offers it.
 
     Args:
         study_name: the study.
@@ -393,6 +534,8 @@ def retime(
         rounds: times each model is timed, in rotated orders; the medians are kept.
         artifacts: the artifacts folder, when it moved since the study ran.
         progress: called with a line as each model is ready and each round ends.
+        address: the Ray cluster whose node offers the front's ``measure.target``.
+        here: time a target's front on this machine instead.
 
     Returns:
         Each re-timed trial's stored and re-timed latencies, and the trials that drop off
@@ -420,6 +563,22 @@ def retime(
     except StoreError as exc:
         raise storage_error(exc) from exc
     try:
-        return retime_front(store, study_name, rounds=rounds, folder=artifacts, progress=progress)
+        target = None if here else front_target(store, [study_name])
+        if target is not None:
+            from ._ray import join_cluster
+
+            join_cluster(
+                address,
+                why=f"the front of {study_name!r} was timed on measure.target {target!r}",
+                instead="or --here to time it on this machine",
+            )
+        return retime_front(
+            store,
+            study_name,
+            rounds=rounds,
+            folder=artifacts,
+            progress=progress,
+            target=target,
+        )
     finally:
         store.engine.dispose()

@@ -228,6 +228,13 @@ def run(
     folder = str(artifacts_root(spec.artifacts.path, url))
     in_store = models_in_store(spec.artifacts, url)
     spec = spec.with_overrides(artifacts=replace(spec.artifacts, path=folder, in_store=in_store))
+    if in_store and spec.artifacts.keep != "none":
+        from .storage._blobs import StoreArtifacts
+
+        try:  # here, not by workers keeping their first models at once
+            StoreArtifacts(store).create_table()
+        except StoreError as exc:
+            raise storage_error(exc) from exc
     deadline = time.time() + spec.budget.timeout_s if spec.budget.timeout_s else None
     threads = spec.measure.threads or max(1, int(spec.resources.cpus))
     if backend == "local" and workers * threads > cpu_count():

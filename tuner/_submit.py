@@ -29,6 +29,7 @@ EXCLUDES = [
     "*.db-wal",
     "*.db-shm",
     "*.sqlite",
+    "*.sqlite3",
     "__pycache__",
     "*.pyc",
     "tuner-artifacts",

@@ -116,14 +116,29 @@ def time_on_target(
     else:
         buffer = io.BytesIO()
         torch.save(model, buffer)
-        payload, kind, paths = buffer.getvalue(), "torch", _import_roots(model.model)
-    task = ray.remote(_time_here).options(
+        payload, kind, paths = buffer.getvalue(), "torch", import_roots(model.model)
+    figures: dict[str, Any] = run_on_target(
+        ray, target, _time_here, timing, payload, kind, example.detach().cpu(), paths, what="model"
+    )
+    figures["latency_target"] = target
+    return figures
+
+
+def run_on_target(ray: Any, target: str, fn: Callable[..., Any], *args: Any, what: str) -> Any:
+    """``fn(*args)`` run as a Ray task on a node offering ``target`` (holding one unit of
+    it), while that node stays; ``what`` names what it times, for the errors.
+
+    Raises:
+        DispatchError: the task failed there, the target went away, or it did not end
+            within ``WAIT_S``.
+    """
+    task = ray.remote(fn).options(
         num_cpus=0, resources={target: 1}, max_retries=0, name=f"tuner-time-on-{target}"
     )
-    ref = task.remote(timing, payload, kind, example.detach().cpu(), paths)
+    ref = task.remote(*args)
     waited = 0.0
     # Queued behind other trials' timings, or on a node that went away: a task Ray cannot
-    # place stays pending, so the target is looked for again while the trial waits.
+    # place stays pending, so the target is looked for again while it waits.
     while not ray.wait([ref], timeout=CHECK_S)[0]:
         waited += CHECK_S
         gone = not serving(ray, target)
@@ -132,21 +147,26 @@ def time_on_target(
             raise DispatchError(
                 f"measure.target {target!r}: "
                 + (
-                    "no live node offers it any more; the model was not timed"
+                    f"no live node offers it any more; the {what} was not timed"
                     if gone
-                    else f"the model was not timed within {WAIT_S:g} s (it queues behind "
+                    else f"the {what} was not timed within {WAIT_S:g} s (it queues behind "
                     "the other trials' models; offer more units, or more target nodes)"
                 )
             )
     try:
-        figures: dict[str, Any] = ray.get(ref)
+        return ray.get(ref)
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
         raise DispatchError(
             f"measure.target {target!r}: timing on the target failed: {first_line(cause)}"
         ) from exc
-    figures["latency_target"] = target
-    return figures
+
+
+def on_path(paths: list[str]) -> None:
+    """Put the folders a model's classes were imported from on this process's path."""
+    for path in paths:
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def _time_here(
@@ -155,9 +175,7 @@ def _time_here(
     """The Ray task on the target: load the model as it shipped and time it."""
     import torch
 
-    for path in paths:
-        if os.path.isdir(path) and path not in sys.path:
-            sys.path.insert(0, path)
+    on_path(paths)
     model: Any = payload  # an ONNX file's bytes
     if kind == "torch":
         from ._compression import import_torchao
@@ -171,7 +189,8 @@ def _time_here(
             raise ModuleNotFoundError(
                 f"{exc}; the model's classes were imported from {', '.join(absent)}, which "
                 "this node lacks: give it the same folder (a shared disk), or move that code "
-                "into the folder tuner runs from, which tuner ships to every node"
+                "into the folder shipped to the cluster (where tuner run --address runs, or "
+                "tuner submit's --working-dir)"
                 if absent
                 else str(exc)
             ) from exc
@@ -185,7 +204,7 @@ def _time_here(
     return figures
 
 
-def _import_roots(model: nn.Module) -> list[str]:
+def import_roots(model: nn.Module) -> list[str]:
     """Folders from which the node imports the classes ``model`` is made of: for each
     module's top package, the folder that holds it (a user workload's, typically), where
     that is not an installed package's (the node has its own environment)."""

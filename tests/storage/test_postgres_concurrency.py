@@ -70,7 +70,12 @@ def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
 ) -> None:
     budget = 16
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(slow_spec(n_trials=budget, epochs=2, epoch_s=0.5)))
+    # Every trial keeps its model in the store: two drivers make its table at once, and
+    # eight workers write to it at once.
+    artifacts = {"keep": "all", "in_store": True}
+    spec.write_text(
+        yaml.safe_dump(slow_spec(n_trials=budget, epochs=2, epoch_s=0.5, artifacts=artifacts))
+    )
     drivers = [
         _driver(spec, postgres_url, "--workers", "4", "--backend", "local", cwd=tmp_path)
         for _ in range(2)
@@ -86,6 +91,16 @@ def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
         assert "server takes" not in out, "a server with room for the workers is not warned of"
     study = _assert_exact(postgres_url, "slow", budget)
     assert 1 <= _max_in_flight(study) <= 8
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    statuses = {t.user_attrs.get("artifact") for t in complete}
+    assert statuses == {"kept"}, statuses
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as conn:
+        stored = set(
+            conn.execute(sqlalchemy.text("SELECT artifact_id FROM tuner_artifacts")).scalars()
+        )
+    engine.dispose()
+    assert stored == {t.user_attrs["artifact_id"] for t in complete}
 
 
 def _terminate_connections(url: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -141,6 +142,32 @@ def test_a_cluster_run_ships_its_workload_and_times_each_model_on_the_target(
             # The torch runtime's figures as the trial records them where it times itself.
             assert attrs["latency_runtime"] == "torch" and attrs["compiled"] is False
             assert attrs["latency_batch_size"] == 8 and attrs["compile_time_s"] == 0
+
+        # tuner retime times the front again where it was timed: on the target.
+        env = {**os.environ, "RAY_AUTH_MODE": "", "TUNER_STORAGE": ""}
+        env.pop("RAY_ADDRESS", None)
+        retime = [*TUNER, "retime", "tiny", "--rounds", "1", "--json"]
+        retimed = subprocess.run(
+            [*retime, "--address", address],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert retimed.returncode == 0, retimed.stderr[-3000:]
+        assert "timing 1 models on the target 'edge'" in retimed.stderr, retimed.stderr[-3000:]
+        result = json.loads(retimed.stdout)
+        assert result["target"] == "edge" and [t["number"] for t in result["trials"]] == [0]
+        assert result["trials"][0]["retimed"]["latency_ms"] > 0
+        # Without the cluster it says so, rather than time the target's front here.
+        alone = subprocess.run(retime, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert alone.returncode != 0
+        assert alone.stderr.strip().splitlines() == [
+            "error: --address: the front of 'tiny' was timed on measure.target 'edge'; expected "
+            "the Ray cluster whose node offers it (--address HEAD:6379, or RAY_ADDRESS), or "
+            "--here to time it on this machine"
+        ], alone.stderr
 
         # A target no node offers: one line, with the command that makes one, and nothing
         # written to the store.
