@@ -568,9 +568,13 @@ def _pareto_2d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         f"every objective); grey: dominated; red x: breaks a constraint{note}. "
         f"{shapes}Hover for parameters and metrics; click a point to open its trial."
     )
-    picked = _clicked_chart(fig, "pareto2d")
-    if picked is not None:  # the trial's number, first where the point carries more
-        _go(study=page.name, trial=int(picked[0] if isinstance(picked, list) else picked))
+    _open_picked(page.name, _clicked_chart(fig, "pareto2d"))
+
+
+def _open_picked(study: str, picked: Any) -> None:
+    """Open the clicked point's trial: its number, first where the point carries more."""
+    if picked is not None:
+        _go(study=study, trial=int(picked[0] if isinstance(picked, list) else picked))
 
 
 def _pareto_3d(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
@@ -660,9 +664,7 @@ def _params_tab(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         + "Click a point to open its trial."
     )
     fig = _figures.param_slices(info, page.hover, slices, objective, colour, page.axes)
-    picked = _clicked_chart(fig, "slices")
-    if picked is not None:
-        _go(study=page.name, trial=int(picked[0] if isinstance(picked, list) else picked))
+    _open_picked(page.name, _clicked_chart(fig, "slices"))
 
 
 def _curves(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
