@@ -171,8 +171,11 @@ def load_trial_model(path: Path) -> TrialModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
+        what = (
+            "a model kept in the study store" if path.parent == _cache() else f"model file {path}"
+        )
         raise ArtifactMissing(
-            f"model file {path} needs code that is not importable here ({exc}); run from "
+            f"{what} needs code that is not importable here ({exc}); run from "
             "the folder that holds the workload's module"
         ) from exc
     version = payload.get("format_version") if isinstance(payload, dict) else None
@@ -543,14 +546,19 @@ def artifact_status(
 _ARTIFACT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+def _cache() -> Path:
+    """This user's folder of models read from study stores."""
+    from ._datasets import _cache_dir
+
+    return _cache_dir() / "models"
+
+
 def _cached(artifact_id: str, data: bytes) -> Path:
     """A model file read from the study store, written to this user's cache as a local file
     (written afresh each time: what is loaded is what the store holds)."""
-    from ._datasets import _cache_dir
-
     if not _ARTIFACT_ID.match(artifact_id):
         raise StorageError(f"the study store names a model {artifact_id!r}; expected a UUID")
-    folder = _cache_dir() / "models"
+    folder = _cache()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / artifact_id
     with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
