@@ -39,6 +39,7 @@ from ._views.history import (
 )
 from ._views.overview import NightTrend
 from ._views.params import BY_FRONT, BY_NUMBER, CATEGORY, Axis, ParamSlice, colour_groups
+from ._views.timeline import STATES, Timeline
 
 FRONT = "#1f77b4"
 BEST = "#d62728"
@@ -284,6 +285,63 @@ def hypervolume(hv: HypervolumeHistory) -> go.Figure:
         height=380,
         margin=dict(l=10, r=10, t=30, b=10),
         yaxis=dict(range=[0, 1.02]),
+    )
+    return fig
+
+
+STATE_COLORS = {"COMPLETE": FRONT, "PRUNED": STOPPED, "FAIL": BEST, "RUNNING": RUNNING}
+
+
+def timeline(tl: Timeline) -> go.Figure:
+    """A bar per trial over wall-clock time (one trace per state; a click on a bar's end
+    opens its trial), and below it how many trials ran at once."""
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.05
+    )
+    for state, label in STATES.items():
+        bars = [b for b in tl.bars if b.state == state]
+        if not bars:
+            continue
+        x: list[object] = []
+        y: list[object] = []
+        numbers: list[object] = []
+        for b in bars:
+            x += [b.start, b.end, None]
+            y += [b.number, b.number, None]
+            numbers += [b.number, b.number, None]
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines+markers",
+                name=label,
+                line=dict(color=STATE_COLORS[state], width=5),
+                marker=dict(color=STATE_COLORS[state], size=5),
+                customdata=numbers,
+                hovertemplate="trial %{customdata}: %{x}<extra>" + label + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=tl.times,
+            y=tl.in_flight,
+            mode="lines",
+            name="running at once",
+            line=dict(color=SHAPE_KEY, shape="hv"),
+            showlegend=False,
+            hovertemplate="%{y} running from %{x}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(title_text="trial", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(title_text="running", rangemode="tozero", row=2, col=1)
+    fig.update_layout(
+        height=max(420, min(900, 8 * len(tl.bars) + 260)),
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
     )
     return fig
 

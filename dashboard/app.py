@@ -60,6 +60,7 @@ TABS = [
     "3-D",
     "Parallel coordinates",
     "History",
+    "Timeline",
     "Hypervolume",
     "Importance",
     "Parameters",
@@ -429,13 +430,14 @@ def _study_body(url: str, name: str) -> None:
         _pareto_3d,
         _parallel,
         _history,
+        _timeline,
         _hypervolume,
         _importance_tab,
         _params_tab,
         _curves,
         _trials_table,
     ]
-    for tab, draw in zip(tabs, drawers):
+    for tab, draw in zip(tabs, drawers, strict=True):
         if tab.open is False:
             continue
         with tab:
@@ -611,6 +613,29 @@ def _history(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     fig = _figures.histories(page.histories, page.objectives, MAX_2D_POINTS)
     st.caption("Each objective by trial number, with the best feasible value so far.")
     st.plotly_chart(fig, key="history", config={"displaylogo": False})
+
+
+def _timeline(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
+    tl = page.timeline
+    if not tl.bars:
+        st.info("No trial has started yet.")
+        return
+    span = tl.span_s
+    took = (
+        f"{span:.0f} s"
+        if span < 120
+        else f"{span / 60:,.0f} min"
+        if span < 7200
+        else f"{span / 3600:,.1f} h"
+    )
+    busy = f"; the trials filled {tl.busy:.0%} of those {tl.peak} slots" if tl.busy else ""
+    st.caption(
+        f"When each trial ran: {len(tl.bars):,} trials over {took}, at most "
+        f"{tl.peak} at once{busy}. Gaps are workers waiting (for the store, for Ray to "
+        "place them, or for a straggler at the end); a failed trial is run again with the "
+        "same parameters. Click the end of a bar to open its trial."
+    )
+    _open_picked(page.name, _clicked_chart(_figures.timeline(tl), "timeline"))
 
 
 def _hypervolume(url: str, page: StudyPage, info: _front.FrontInfo) -> None:

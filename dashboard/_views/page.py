@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tuner.storage import Bound, TrialRecord
@@ -19,6 +20,7 @@ from .history import (
     objective_history,
 )
 from .params import Axis
+from .timeline import Timeline, timeline
 from .trials import table_rows
 
 
@@ -53,6 +55,10 @@ class StudyPage:
     @functools.cached_property
     def histories(self) -> dict[str, ObjectiveHistory]:
         return {o: objective_history(self.records, self.objectives, o) for o in self.objectives}
+
+    @functools.cached_property
+    def timeline(self) -> Timeline:
+        return timeline(self.records, datetime.now())
 
     @functools.cached_property
     def curves(self) -> Curves:

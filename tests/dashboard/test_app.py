@@ -119,6 +119,7 @@ def test_budget_from_the_url_restricts_the_front(
         "3-D",
         "Parallel coordinates",
         "History",
+        "Timeline",
         "Hypervolume",
         "Importance",
         "Parameters",
@@ -134,6 +135,11 @@ def test_every_view_draws_a_chart(
     if view == "Learning curves":
         names = [t.get("name") for t in figures[0]["data"]]
         assert "stopped early" in names  # early-stopped trials are visible
+    if view == "Timeline":  # a bar for every trial that ran, by state
+        bars = [t for t in figures[0]["data"] if "customdata" in t]
+        numbers = {int(n) for t in bars for n in _numbers(t["customdata"]) if n is not None}
+        assert numbers == {r.number for r in _records(dashboard_store) if r.datetime_start}
+        assert "stopped early" in {t["name"] for t in bars}
 
 
 def test_parameters_view_colours_by_the_choice_in_the_url(

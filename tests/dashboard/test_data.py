@@ -236,3 +236,53 @@ def test_a_front_point_worst_on_one_objective_still_counts_in_the_hypervolume() 
     # The reference sits a tenth of each range past the worst value.
     assert history.reference["size_bytes"] == pytest.approx(21_000)
     assert history.reference["accuracy"] == pytest.approx(0.79)
+
+
+def test_timeline_counts_the_trials_in_flight_and_the_slots_they_filled() -> None:
+    from tuner.dashboard._views.timeline import timeline
+
+    t0 = dt.datetime(2026, 12, 1, 2, 0, 0)
+
+    def at(s: float) -> dt.datetime:
+        return t0 + dt.timedelta(seconds=s)
+
+    def ran(number: int, state: str, start: float | None, end: float | None) -> TrialRecord:
+        return TrialRecord(
+            number,
+            state,
+            {},
+            {},
+            {},
+            None if start is None else at(start),
+            None if end is None else at(end),
+        )
+
+    records = [
+        ran(0, "COMPLETE", 0, 10),
+        ran(1, "FAIL", 0, 4),  # failed; its worker starts trial 2 as it ends
+        ran(2, "COMPLETE", 4, 10),
+        ran(3, "PRUNED", 10, 12),
+        ran(4, "RUNNING", 12, None),  # ends now
+        ran(5, "WAITING", None, None),  # never started: no bar
+    ]
+    tl = timeline(records, now=at(20))
+    assert [(b.number, b.state, b.seconds) for b in tl.bars] == [
+        (0, "COMPLETE", 10.0),
+        (1, "FAIL", 4.0),
+        (2, "COMPLETE", 6.0),
+        (3, "PRUNED", 2.0),
+        (4, "RUNNING", 8.0),
+    ]
+    # Two workers while 0 and 1 (then 2) ran, one from 10 s on; trial 2 starting as trial
+    # 1 ends is two in flight, not three.
+    assert tl.peak == 2
+    assert list(zip(tl.times, tl.in_flight)) == [
+        (at(0), 2),
+        (at(4), 2),
+        (at(10), 1),
+        (at(12), 1),
+        (at(20), 0),
+    ]
+    assert tl.span_s == 20.0
+    assert tl.busy == pytest.approx(30 / (2 * 20))
+    assert timeline([ran(0, "WAITING", None, None)], now=at(1)).bars == []
