@@ -292,9 +292,10 @@ def hypervolume(hv: HypervolumeHistory) -> go.Figure:
 STATE_COLORS = {"COMPLETE": FRONT, "PRUNED": STOPPED, "FAIL": BEST, "RUNNING": RUNNING}
 
 
-def timeline(tl: Timeline) -> go.Figure:
+def timeline(tl: Timeline, by_worker: bool = False) -> go.Figure:
     """A bar per trial over wall-clock time (one trace per state; a click on a bar's end
-    opens its trial), and below it how many trials ran at once."""
+    opens its trial), on a row per trial or per worker, and below it how many trials ran
+    at once."""
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.05
     )
@@ -306,8 +307,9 @@ def timeline(tl: Timeline) -> go.Figure:
         y: list[object] = []
         numbers: list[object] = []
         for b in bars:
+            row: object = (b.worker or "unrecorded") if by_worker else b.number
             x += [b.start, b.end, None]
-            y += [b.number, b.number, None]
+            y += [row, row, None]
             numbers += [b.number, b.number, None]
         fig.add_trace(
             go.Scatter(
@@ -336,10 +338,22 @@ def timeline(tl: Timeline) -> go.Figure:
         row=2,
         col=1,
     )
-    fig.update_yaxes(title_text="trial", autorange="reversed", row=1, col=1)
+    if by_worker:
+        lanes = tl.workers + (["unrecorded"] if any(b.worker is None for b in tl.bars) else [])
+        fig.update_yaxes(
+            title_text="worker",
+            type="category",
+            categoryorder="array",
+            categoryarray=lanes[::-1],
+            row=1,
+            col=1,
+        )
+    else:
+        fig.update_yaxes(title_text="trial", autorange="reversed", row=1, col=1)
     fig.update_yaxes(title_text="running", rangemode="tozero", row=2, col=1)
+    rows = len(tl.workers) + 1 if by_worker else len(tl.bars)
     fig.update_layout(
-        height=max(420, min(900, 8 * len(tl.bars) + 260)),
+        height=max(420, min(900, (28 if by_worker else 8) * rows + 260)),
         margin=dict(l=10, r=10, t=50, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
     )

@@ -635,7 +635,19 @@ def _timeline(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         "place them, or for a straggler at the end); a failed trial is run again with the "
         "same parameters. Click the end of a bar to open its trial."
     )
-    _open_picked(page.name, _clicked_chart(_figures.timeline(tl), "timeline"))
+    by_worker = False
+    if tl.workers:
+        rows = st.radio(
+            "rows",
+            ["trial", "worker"],
+            horizontal=True,
+            key="timeline-rows",
+            bind="query-params",
+            help="a row per worker shows when each one sat idle",
+        )
+        by_worker = rows == "worker"
+    fig = _figures.timeline(tl, by_worker=by_worker)
+    _open_picked(page.name, _clicked_chart(fig, "timeline"))
 
 
 def _hypervolume(url: str, page: StudyPage, info: _front.FrontInfo) -> None:

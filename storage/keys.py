@@ -19,6 +19,7 @@ ARTIFACT_STATUS_ATTR = "artifact"
 TENSORBOARD_ATTR = "tensorboard"  # the folder of the trial's TensorBoard event files
 TRAINED_BY_ATTR = "trained_by"  # the trial whose trained model this one compressed anew
 COMPRESSION_CHOICE_ATTR = "compression_choice"  # why a compressed-anew trial has its settings
+WORKER_ATTR = "worker"  # the worker that ran the trial: "host (pid N)"
 START_ATTR = "start"  # "center": the trial the study started with, the middle of the space
 
 # Trial system attributes.

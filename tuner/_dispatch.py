@@ -25,7 +25,7 @@ from ._exceptions import EXIT_GAVE_UP, EXIT_STORE_DOWN, DispatchError, RankDied
 from .storage import StoreError, StoreUnavailable, mask_url
 from .storage._optuna import enter_optimize_loop, stop_requested, trial_id
 from .storage._outage import retry_window_s, ride_out
-from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR
+from .storage.keys import ERROR_ATTR, RETRY_OF_ATTR, RUN_ATTR, WORKER_ATTR
 
 POLL_S = 1.0
 TICK_S = 0.5
@@ -181,7 +181,15 @@ def _claim(
             trial = study.ask()
         if job.run_id:
             storage.set_trial_system_attr(trial_id(trial), RUN_ATTR, job.run_id)
+        storage.set_trial_user_attr(trial_id(trial), WORKER_ATTR, worker_name())
         return trial
+
+
+def worker_name() -> str:
+    """This worker as a trial records it: its machine and process."""
+    import socket
+
+    return f"{socket.gethostname()} (pid {os.getpid()})"
 
 
 BEATLESS = "its worker lost the study store before the trial's first heartbeat; it is retried"

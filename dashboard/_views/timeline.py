@@ -2,7 +2,8 @@
 
 It shows how a sweep used its workers: gaps where workers waited (a store outage, a
 cluster short of CPUs, a slow driver), failures and the retries after them, trials
-stopped early, and how long the stragglers at the end took.
+stopped early, and how long the stragglers at the end took. Rows are trials, or the
+workers that ran them (each trial records its worker's machine and process).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tuner.storage import TrialRecord
+from tuner.storage.keys import WORKER_ATTR
 
 # The states a bar can have, in the order the legend lists them, as people name them.
 STATES = {"COMPLETE": "complete", "PRUNED": "stopped early", "FAIL": "failed", "RUNNING": "running"}
@@ -25,6 +27,7 @@ class Bar:
     state: str
     start: datetime
     end: datetime
+    worker: str | None = None  # "host (pid N)", where the trial recorded it
 
     @property
     def seconds(self) -> float:
@@ -50,6 +53,11 @@ class Timeline:
     busy: float | None
 
     @property
+    def workers(self) -> list[str]:
+        """The workers that recorded themselves, in the order they first started a trial."""
+        return list(dict.fromkeys(b.worker for b in self.bars if b.worker is not None))
+
+    @property
     def span_s(self) -> float:
         if not self.bars:
             return 0.0
@@ -64,7 +72,16 @@ def timeline(records: Sequence[TrialRecord], now: datetime) -> Timeline:
         if r.datetime_start is None or r.state not in STATES:
             continue  # waiting, or never started
         end = r.datetime_complete or (now if r.state == "RUNNING" else r.datetime_start)
-        bars.append(Bar(r.number, r.state, r.datetime_start, max(end, r.datetime_start)))
+        worker = r.metrics.get(WORKER_ATTR)
+        bars.append(
+            Bar(
+                r.number,
+                r.state,
+                r.datetime_start,
+                max(end, r.datetime_start),
+                None if worker is None else str(worker),
+            )
+        )
     bars.sort(key=lambda b: (b.start, b.number))
     # An end before a start at the same time: a worker that ends a trial and starts the
     # next is one trial in flight, not two.

@@ -142,6 +142,23 @@ def test_every_view_draws_a_chart(
         assert "stopped early" in {t["name"] for t in bars}
 
 
+def test_timeline_puts_each_worker_on_a_row_of_its_own(
+    app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = _run(
+        app_path,
+        dashboard_store,
+        monkeypatch,
+        study="tiny",
+        view="Timeline",
+        **{"timeline-rows": "worker"},
+    )
+    (figure,) = _figures(at)
+    rows = {y for t in figure["data"] if "customdata" in t for y in t["y"] if y is not None}
+    workers = {r.metrics["worker"] for r in _records(dashboard_store) if r.datetime_start}
+    assert rows == workers and all(" (pid " in w for w in workers)
+
+
 def test_parameters_view_colours_by_the_choice_in_the_url(
     app_path: Path, dashboard_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

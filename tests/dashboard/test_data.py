@@ -246,19 +246,21 @@ def test_timeline_counts_the_trials_in_flight_and_the_slots_they_filled() -> Non
     def at(s: float) -> dt.datetime:
         return t0 + dt.timedelta(seconds=s)
 
-    def ran(number: int, state: str, start: float | None, end: float | None) -> TrialRecord:
+    def ran(
+        number: int, state: str, start: float | None, end: float | None, worker: str = "a"
+    ) -> TrialRecord:
         return TrialRecord(
             number,
             state,
             {},
             {},
-            {},
+            {"worker": f"host-{worker} (pid 1)"} if start is not None else {},
             None if start is None else at(start),
             None if end is None else at(end),
         )
 
     records = [
-        ran(0, "COMPLETE", 0, 10),
+        ran(0, "COMPLETE", 0, 10, worker="b"),
         ran(1, "FAIL", 0, 4),  # failed; its worker starts trial 2 as it ends
         ran(2, "COMPLETE", 4, 10),
         ran(3, "PRUNED", 10, 12),
@@ -283,6 +285,7 @@ def test_timeline_counts_the_trials_in_flight_and_the_slots_they_filled() -> Non
         (at(12), 1),
         (at(20), 0),
     ]
+    assert tl.workers == ["host-b (pid 1)", "host-a (pid 1)"]
     assert tl.span_s == 20.0
     assert tl.busy == pytest.approx(30 / (2 * 20))
     assert timeline([ran(0, "WAITING", None, None)], now=at(1)).bars == []
