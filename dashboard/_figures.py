@@ -299,6 +299,10 @@ def timeline(tl: Timeline, by_worker: bool = False) -> go.Figure:
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.75, 0.25], vertical_spacing=0.05
     )
+    # Thousands of bars: drawn by WebGL, thinner, the trial rows closer together.
+    many = len(tl.bars) > 1000
+    scatter = go.Scattergl if many else go.Scatter
+    width = 5 if by_worker or len(tl.bars) <= 100 else 2 if many else 3
     for state, label in STATES.items():
         bars = [b for b in tl.bars if b.state == state]
         if not bars:
@@ -312,13 +316,13 @@ def timeline(tl: Timeline, by_worker: bool = False) -> go.Figure:
             y += [row, row, None]
             numbers += [b.number, b.number, None]
         fig.add_trace(
-            go.Scatter(
+            scatter(
                 x=x,
                 y=y,
                 mode="lines+markers",
                 name=label,
-                line=dict(color=STATE_COLORS[state], width=5),
-                marker=dict(color=STATE_COLORS[state], size=5),
+                line=dict(color=STATE_COLORS[state], width=width),
+                marker=dict(color=STATE_COLORS[state], size=width),
                 customdata=numbers,
                 hovertemplate="trial %{customdata}: %{x}<extra>" + label + "</extra>",
             ),

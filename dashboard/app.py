@@ -632,8 +632,9 @@ def _timeline(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     st.caption(
         f"When each trial ran: {len(tl.bars):,} trials over {took}, at most "
         f"{tl.peak} at once{busy}. Gaps are workers waiting (for the store, for Ray to "
-        "place them, or for a straggler at the end); a failed trial is run again with the "
-        "same parameters. Click the end of a bar to open its trial."
+        "place them, or for a straggler at the end); the trial of a worker that died is "
+        "failed and run again with the same parameters. Click the end of a bar to open its "
+        "trial."
     )
     by_worker = False
     if tl.workers:

@@ -334,14 +334,10 @@ def enforce_keep(
     if keep != "pareto":
         return 0
     on_front, judged = front if front is not None else _front(study)
-    marked = study.user_attrs
     doomed = [
         kept
         for kept in _kept_files(study)
-        if kept.number not in on_front
-        and kept.number in judged
-        and not kept.running
-        and f"{DROPPED_PREFIX}{kept.number}" not in marked  # gone already
+        if kept.number not in on_front and kept.number in judged and not kept.running
     ]
     in_store: set[str] = set()
     if any(kept.store == IN_STORE for kept in doomed):

@@ -103,9 +103,14 @@ def add_ship_arg(p: Any) -> None:
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Dispatcher options from ``--address``, which implies ``--backend ray``."""
     if not args.address:
-        if getattr(args, "no_ship", False):
-            raise SpecError("--no-ship: only used with --address, which joins a Ray cluster")
-        return {}
+        if not getattr(args, "no_ship", False):
+            return {}
+        if args.backend != "ray" or not os.environ.get("RAY_ADDRESS"):
+            raise SpecError(
+                "--no-ship: only used joining a Ray cluster (--address, or --backend ray with "
+                "RAY_ADDRESS set)"
+            )
+        return {"ship": False}
     if args.backend not in (None, "ray"):
         raise SpecError(f"--address: only used with --backend ray, got --backend {args.backend}")
     args.backend = "ray"

@@ -40,6 +40,9 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="time a front timed on a measure.target on this machine instead",
     )
+    from ._cli import add_ship_arg
+
+    add_ship_arg(p)
     p.add_argument("--json", action="store_true", help="print the re-timing as JSON")
     _storage_arg(p)
     p.set_defaults(func=_cmd_retime)
@@ -58,6 +61,7 @@ def _cmd_retime(args: argparse.Namespace) -> int:
         progress=lambda line: progress.print(line, markup=False, soft_wrap=True),
         address=args.address,
         here=args.here,
+        ship=not args.no_ship,
     )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))

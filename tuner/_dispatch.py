@@ -94,6 +94,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Any, storage:
     interval = _heartbeat_interval(storage)
     stop = threading.Event()
     beat = None
+    storage.set_trial_user_attr(trial_id(trial), WORKER_ATTR, worker_name())  # after the lock
     if interval:
         storage.record_heartbeat(trial_id(trial))
 
@@ -181,7 +182,6 @@ def _claim(
             trial = study.ask()
         if job.run_id:
             storage.set_trial_system_attr(trial_id(trial), RUN_ATTR, job.run_id)
-        storage.set_trial_user_attr(trial_id(trial), WORKER_ATTR, worker_name())
         return trial
 
 

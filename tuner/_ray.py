@@ -126,7 +126,7 @@ def _worker_paths(workload: str, shipped: str | None = None) -> list[str]:
     return paths
 
 
-def join_cluster(address: str | None, *, why: str, instead: str) -> Any:
+def join_cluster(address: str | None, *, why: str, instead: str, ship: bool = True) -> Any:
     """Ray, joined to the cluster at ``address`` (else ``$RAY_ADDRESS``) as a run joins it
     (this folder shipped), or the Ray this process joined already.
 
@@ -138,7 +138,7 @@ def join_cluster(address: str | None, *, why: str, instead: str) -> Any:
 
     if ray.is_initialized():
         return ray
-    dispatcher = RayDispatcher(address)
+    dispatcher = RayDispatcher(address, ship=ship)
     if dispatcher._address is None:
         raise DispatchError(
             f"--address: {why}; expected the Ray cluster whose node offers it (--address "
@@ -220,6 +220,8 @@ class RayDispatcher(Dispatcher):
             "logging_level": "WARNING",
             "log_to_driver": True,
         }
+        global _shipped
+        _shipped = None  # a local Ray ships nothing: its workers import from this folder
         options["address"] = "local"
         options["num_cpus"] = self._num_cpus or max(cpu_count(), math.ceil(len(jobs) * cpus - 1e-9))
         if self._num_gpus is not None:

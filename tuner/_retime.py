@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import os
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from .storage import (
     Retiming,
     StoreError,
     TrialRecord,
+    counted,
     dominated_by,
     load_study_readonly,
     pareto_front,
@@ -248,7 +250,7 @@ def _time_on_target(
     trials keep them (the node builds each as its trial shipped it)."""
     import io
 
-    from ._target import connected_target, import_roots, run_on_target
+    from ._target import WAIT_S, connected_target, import_roots, run_on_target
 
     ray = connected_target(target)
     sent: list[tuple[bytes, TrialRecord, str]] = []
@@ -258,9 +260,18 @@ def _time_on_target(
         torch.save(tm, buffer)
         sent.append((buffer.getvalue(), record, label))
         paths += [p for p in import_roots(tm.model) if p not in paths]
-    say(f"timing {len(sent)} models on the target {target!r}, {rounds} rounds")
+    models = counted(len(sent), "model")
+    say(f"timing {models} on the target {target!r}, {rounds} rounds (progress shows at the end)")
     timing: _PoolTiming = run_on_target(
-        ray, target, _time_pool_here, sent, rounds, paths, what=f"front's {len(sent)} models"
+        ray,
+        target,
+        _time_pool_here,
+        sent,
+        rounds,
+        paths,
+        what=f"the front ({models})",
+        # the wait for the target, and the timing itself: each model, each round
+        wait_s=WAIT_S + 60.0 * len(sent) * rounds,
     )
     for index, reason in {**timing.unbuilt, **timing.failed}.items():
         say(f"{loaded[index][2]}: not re-timed: {reason}")
@@ -278,11 +289,27 @@ def _time_pool_here(
 
     on_path(paths)
     import_torchao()  # an int8 model is rebuilt with torchao's quantize ops
-    loaded = [
-        (torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), record, label)
-        for data, record, label in sent
-    ]
-    return _time_pool(loaded, rounds, lambda _line: None)
+    loaded: list[_Loaded] = []
+    places: list[int] = []  # each loaded model's place in ``sent``
+    unread: dict[int, str] = {}
+    for index, (data, record, label) in enumerate(sent):
+        try:
+            tm = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - one model that cannot be read is reported
+            absent = [p for p in paths if not os.path.isdir(p)]
+            where = f" (its classes come from {', '.join(absent)}, which this node lacks)"
+            unread[index] = first_line(exc) + (where if absent else "")
+            continue
+        loaded.append((tm, record, label))
+        places.append(index)
+    timing = _time_pool(loaded, rounds, lambda _line: None)
+    return _PoolTiming(
+        {places[i]: t for i, t in timing.trials.items()},
+        {**unread, **{places[i]: r for i, r in timing.unbuilt.items()}},
+        {places[i]: r for i, r in timing.failed.items()},
+        timing.yardstick,
+        timing.machine,
+    )
 
 
 def front_target(storage: Any, study_names: Sequence[str]) -> str | None:
@@ -294,8 +321,11 @@ def front_target(storage: Any, study_names: Sequence[str]) -> str | None:
     """
     found: dict[str | None, int] = {}
     for name in study_names:
-        records = read_records(storage, name)
-        study = load_study_readonly(storage, name)
+        try:
+            records = read_records(storage, name)
+            study = load_study_readonly(storage, name)
+        except StoreError as exc:
+            raise storage_error(exc) from exc
         for record in pareto_front(records, study_objectives(study)):
             value = record.metrics.get("latency_target")
             found.setdefault(None if value is None else str(value), record.number)
@@ -305,8 +335,8 @@ def front_target(storage: Any, study_names: Sequence[str]) -> str | None:
             for t, n in found.items()
         )
         raise SpecError(
-            f"the front was timed on more than one machine ({named}); re-time it with --here "
-            "to time every model on this machine"
+            f"the front was timed on more than one machine ({named}); `tuner retime --here` "
+            "times every model on one machine"
         )
     return next(iter(found), None)
 
@@ -522,6 +552,7 @@ def retime(
     progress: Callable[[str], None] | None = None,
     address: str | None = None,
     here: bool = False,
+    ship: bool = True,
 ) -> Retiming:
     """Time every front trial's kept model of ``study_name`` again, side by side on this
     machine, and keep the result on the study (what ``tuner retime`` does). A front timed
@@ -536,6 +567,7 @@ def retime(
         progress: called with a line as each model is ready and each round ends.
         address: the Ray cluster whose node offers the front's ``measure.target``.
         here: time a target's front on this machine instead.
+        ship: joining the cluster, ship this folder to it (where the model classes are).
 
     Returns:
         Each re-timed trial's stored and re-timed latencies, and the trials that drop off
@@ -571,6 +603,7 @@ def retime(
                 address,
                 why=f"the front of {study_name!r} was timed on measure.target {target!r}",
                 instead="or --here to time it on this machine",
+                ship=ship,
             )
         return retime_front(
             store,

@@ -118,19 +118,34 @@ def time_on_target(
         torch.save(model, buffer)
         payload, kind, paths = buffer.getvalue(), "torch", import_roots(model.model)
     figures: dict[str, Any] = run_on_target(
-        ray, target, _time_here, timing, payload, kind, example.detach().cpu(), paths, what="model"
+        ray,
+        target,
+        _time_here,
+        timing,
+        payload,
+        kind,
+        example.detach().cpu(),
+        paths,
+        what="the model",
     )
     figures["latency_target"] = target
     return figures
 
 
-def run_on_target(ray: Any, target: str, fn: Callable[..., Any], *args: Any, what: str) -> Any:
+def run_on_target(
+    ray: Any,
+    target: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    what: str,
+    wait_s: float = WAIT_S,
+) -> Any:
     """``fn(*args)`` run as a Ray task on a node offering ``target`` (holding one unit of
     it), while that node stays; ``what`` names what it times, for the errors.
 
     Raises:
         DispatchError: the task failed there, the target went away, or it did not end
-            within ``WAIT_S``.
+            within ``wait_s``.
     """
     task = ray.remote(fn).options(
         num_cpus=0, resources={target: 1}, max_retries=0, name=f"tuner-time-on-{target}"
@@ -142,14 +157,14 @@ def run_on_target(ray: Any, target: str, fn: Callable[..., Any], *args: Any, wha
     while not ray.wait([ref], timeout=CHECK_S)[0]:
         waited += CHECK_S
         gone = not serving(ray, target)
-        if gone or waited >= WAIT_S:
+        if gone or waited >= wait_s:
             ray.cancel(ref, force=True)
             raise DispatchError(
                 f"measure.target {target!r}: "
                 + (
-                    f"no live node offers it any more; the {what} was not timed"
+                    f"no live node offers it any more; {what}: not timed"
                     if gone
-                    else f"the {what} was not timed within {WAIT_S:g} s (it queues behind "
+                    else f"{what}: not timed within {wait_s:g} s (timings queue behind "
                     "the other trials' models; offer more units, or more target nodes)"
                 )
             )

@@ -68,6 +68,13 @@ def timeline(records: Sequence[TrialRecord], now: datetime) -> Timeline:
     """The bars and the in-flight series of ``records``, a running trial ending at ``now``
     (naive local time, as the store keeps trial times)."""
     bars = []
+    # A running trial ends now, or at the latest time the store holds where the workers'
+    # clock is ahead of this one (the store keeps their local time).
+    latest = max(
+        (t for r in records for t in (r.datetime_start, r.datetime_complete) if t is not None),
+        default=now,
+    )
+    now = max(now, latest)
     for r in records:
         if r.datetime_start is None or r.state not in STATES:
             continue  # waiting, or never started

@@ -275,3 +275,64 @@ def test_a_model_that_fails_as_it_is_timed_again_is_left_out_and_the_others_kept
     )
     with pytest.raises(ExportError, match=r"^no front model could be timed again: trial \d+: its"):
         tuner.retime("tiny", storage=sqlite_url, rounds=1)
+
+
+def test_the_target_task_times_the_models_it_can_read_and_its_result_travels_back(
+    tiny_spec: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """What a measure.target's node runs, run here: each model as the trials keep it,
+    one that cannot be read named, and a result that pickles (Ray sends it back)."""
+    import io
+    import pickle
+
+    import optuna
+    import torch
+
+    import tuner
+    from tuner._artifacts import artifact_status, load_trial_model
+    from tuner._retime import _time_pool_here
+    from tuner.storage import open_storage, read_records
+
+    tuner.run(_two_widths(tiny_spec), storage=sqlite_url)
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    store = open_storage(sqlite_url, read_only=True, heartbeat=False)
+    records = {r.number: r for r in read_records(store, "tiny")}
+    sent = []
+    for number in (0, 1):
+        buffer = io.BytesIO()
+        torch.save(load_trial_model(artifact_status(study, number).path), buffer)
+        sent.append((buffer.getvalue(), records[number], f"trial {number}"))
+    sent.insert(1, (b"not a model", records[1], "trial 1 (damaged)"))
+    timing = pickle.loads(pickle.dumps(_time_pool_here(sent, 1, [str(tmp_path / "gone")])))
+    assert sorted(timing.trials) == [0, 2] and list(timing.unbuilt) == [1]
+    assert "this node lacks" in timing.unbuilt[1] and str(tmp_path / "gone") in timing.unbuilt[1]
+    assert [timing.trials[i].number for i in (0, 2)] == [0, 1]
+    assert all(t.retimed["latency_ms"] > 0 for t in timing.trials.values())
+    assert timing.machine and len(timing.yardstick) == 1
+    store.engine.dispose()
+
+
+def test_the_front_s_target_is_found_and_a_mixed_front_refused(
+    tiny_spec: Any, sqlite_url: str, tmp_path: Path, copy_with_trials: Any
+) -> None:
+    import tuner
+    from tuner._exceptions import SpecError
+    from tuner._retime import front_target
+    from tuner.storage import open_storage
+
+    tuner.run(tiny_spec(budget={"n_trials": 1, "max_epochs": 1}), storage=sqlite_url)
+    store = open_storage(sqlite_url, read_only=True, heartbeat=False)
+    assert front_target(store, ["tiny"]) is None
+    store.engine.dispose()
+    # The same trial once more, as timed on a target: both are on the front.
+    mixed = f"sqlite:///{tmp_path / 'mixed.db'}"
+    copy_with_trials(sqlite_url, "tiny", mixed, [((1.0, 1.0, 1.0), {"latency_target": "edge"})])
+    store = open_storage(mixed, read_only=True, heartbeat=False)
+    with pytest.raises(SpecError) as refused:
+        front_target(store, ["tiny"])
+    store.engine.dispose()
+    line = str(refused.value)
+    assert line == (
+        "the front was timed on more than one machine (trial 0 on the machine it trained on, "
+        "trial 1 on 'edge'); `tuner retime --here` times every model on one machine"
+    )
