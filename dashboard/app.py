@@ -44,6 +44,7 @@ from tuner.storage import (
     resolve_url,
     retiming_notes,
     retiming_rows,
+    show_duration,
     show_epochs,
     show_metric,
     speed_spread,
@@ -620,14 +621,7 @@ def _timeline(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
     if not tl.bars:
         st.info("No trial has started yet.")
         return
-    span = tl.span_s
-    took = (
-        f"{span:.0f} s"
-        if span < 120
-        else f"{span / 60:,.0f} min"
-        if span < 7200
-        else f"{span / 3600:,.1f} h"
-    )
+    took = show_duration(tl.span_s)
     busy = f"; the trials filled {tl.busy:.0%} of those {tl.peak} slots" if tl.busy else ""
     st.caption(
         f"When each trial ran: {len(tl.bars):,} trials over {took}, at most "

@@ -223,6 +223,15 @@ def show_param(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def show_duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.5 h``: a span of wall-clock time as people say it."""
+    if seconds < 120:
+        return f"{max(0.0, seconds):.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
 def show_epochs(count: int) -> str:
     """``1 epoch``, ``3 epochs``."""
     return f"{count} epoch" if count == 1 else f"{count} epochs"

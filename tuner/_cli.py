@@ -8,6 +8,7 @@ else ``sqlite:///tuner.db``). Errors print one line and exit non-zero: 2 for bad
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -349,6 +350,26 @@ def _add_status(sub: Any) -> None:
     p.set_defaults(func=_cmd_status)
 
 
+def _machine(record: Any) -> str:
+    """The machine of the worker that ran ``record`` (its ``worker``: ``host (pid N)``)."""
+    from .storage.keys import WORKER_ATTR
+
+    worker = str(record.metrics.get(WORKER_ATTR) or "")
+    return worker.rsplit(" (pid ", 1)[0] if worker else "unrecorded"
+
+
+def _by_machine(records: Sequence[Any]) -> dict[str, dict[str, int]]:
+    """Trials that started, and those that failed, on each machine."""
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r.datetime_start is None:
+            continue
+        m = out.setdefault(_machine(r), {"trials": 0, "failed": 0})
+        m["trials"] += 1
+        m["failed"] += r.state == "FAIL"
+    return out
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -408,7 +429,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         records = read_records(store, args.study)
     except StoreError as exc:
         raise storage_error(exc) from exc
-    from .storage import load_study_readonly, show_epochs, stored_retiming, study_objectives
+    from .storage import (
+        counted,
+        load_study_readonly,
+        show_duration,
+        show_epochs,
+        stored_retiming,
+        study_objectives,
+    )
+    from .storage.keys import WORKER_ATTR
 
     study = load_study_readonly(store, args.study)
     objectives = study_objectives(study)
@@ -428,6 +457,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
         epochs_saved = max(0, max_epochs * finished - epochs)
     saved = f", {epochs_saved} saved by early stopping" if epochs_saved is not None else ""
+    machines = _by_machine(records)
+    running = [r for r in records if r.state == "RUNNING"]
     if args.json:
         front = pareto_front(records, objectives)
         print(
@@ -440,6 +471,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     "front": [
                         {"number": r.number, "params": r.params, "values": r.values} for r in front
                     ],
+                    "running": [
+                        {
+                            "number": r.number,
+                            "worker": r.metrics.get(WORKER_ATTR),
+                            "since": r.datetime_start,
+                        }
+                        for r in running
+                    ],
+                    "machines": machines,
                 },
                 indent=2,
                 default=str,
@@ -458,7 +498,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
         console.print(f"  trial {r.number} stopped after {show_epochs(len(r.curve))}: {reason}")
     failed = [r for r in records if r.state == "FAIL" and r.error]
     for r in failed[-3:]:
-        console.print(f"  trial {r.number} failed: {(r.error or '').splitlines()[0]}")
+        on = f" on {_machine(r)}" if len(machines) > 1 else ""
+        console.print(f"  trial {r.number} failed{on}: {(r.error or '').splitlines()[0]}")
+    now = datetime.datetime.now()
+    for r in running[:5]:
+        worker = r.metrics.get(WORKER_ATTR) or "a worker"
+        since = (
+            f" for {show_duration((now - r.datetime_start).total_seconds())}"
+            if r.datetime_start
+            else ""
+        )
+        console.print(f"  trial {r.number} running on {worker}{since}")
+    if len(machines) > 1:  # where failures gather on one machine of a cluster, it shows
+        console.print(
+            "  machines: "
+            + ", ".join(
+                f"{name} {counted(m['trials'], 'trial')}"
+                + (f" ({m['failed']} failed)" if m["failed"] else "")
+                for name, m in machines.items()
+            )
+        )
     _print_front(
         console,
         pareto_front(records, objectives),

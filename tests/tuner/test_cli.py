@@ -347,3 +347,43 @@ def test_a_file_named_like_a_library_in_the_working_folder_is_one_line(
     (tmp_path / "optuna").mkdir()
     (tmp_path / "optuna" / "__init__.py").write_text("")
     assert _tuner("status", cwd=tmp_path).stderr.startswith(f"error: {tmp_path / 'optuna'} ")
+
+
+def test_status_says_where_trials_run_and_on_which_machine_they_fail(
+    tmp_path: Path, tiny_spec: Any
+) -> None:
+    import socket
+
+    import optuna
+
+    spec = _write(tmp_path, tiny_spec(budget={"n_trials": 2, "max_epochs": 1}))
+    assert _tuner("run", str(spec), cwd=tmp_path).returncode == 0
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    here = socket.gethostname()
+    # What a second machine's workers would have written: two failed trials, one running.
+    study = optuna.load_study(study_name="tiny", storage=url)
+    first = study.trials[0]
+    for _ in range(2):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=optuna.trial.TrialState.FAIL,
+                params=first.params,
+                distributions=first.distributions,
+                user_attrs={"worker": "node-b (pid 7)", "error": "RuntimeError: CUDA error"},
+            )
+        )
+    running = study.ask()
+    study._storage.set_trial_user_attr(running._trial_id, "worker", "node-b (pid 8)")
+
+    out = _tuner("status", "tiny", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # rich wraps long lines
+    assert "trial 3 failed on node-b: RuntimeError: CUDA error" in text
+    assert re.search(r"trial 4 running on node-b \(pid 8\) for \d+ s", text), text
+    assert f"machines: {here} 2 trials, node-b 3 trials (2 failed)" in text
+    data = json.loads(_tuner("status", "tiny", "--json", cwd=tmp_path).stdout)
+    assert data["machines"] == {
+        here: {"trials": 2, "failed": 0},
+        "node-b": {"trials": 3, "failed": 2},
+    }
+    assert [(r["number"], r["worker"]) for r in data["running"]] == [(4, "node-b (pid 8)")]
