@@ -821,8 +821,17 @@ def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
         if reason:
             st.caption(reason)
         else:
-            st.caption("Export this trial's model as it would ship (sparsified and quantized):")
-            st.code(_trials.export_command(page.name, record.number, url), language="bash")
+            summary = _summary(url, page.name)
+            kept, retrain = _trials.kept_model(record, summary.user_attrs if summary else {})
+            again = (
+                " The command trains it again (--retrain) from its parameters." if retrain else ""
+            )
+            st.caption(
+                f"Export this trial's model as it would ship (sparsified and quantized). "
+                f"{kept}{again}"
+            )
+            command = _trials.export_command(page.name, record.number, url, retrain=retrain)
+            st.code(command, language="bash")
 
 
 # --- entry point -------------------------------------------------------------------

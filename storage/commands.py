@@ -17,16 +17,20 @@ def export_command(
     storage: str | None = None,
     fmt: str = "onnx",
     out: str | None = None,
+    retrain: bool = False,
 ) -> str:
     """The shell command that exports trial ``number`` of ``study``, ready to paste.
 
     ``storage`` is added as ``--storage`` with its password masked; None leaves it out
-    (the command then uses ``$TUNER_STORAGE`` or ``./tuner.db``).
+    (the command then uses ``$TUNER_STORAGE`` or ``./tuner.db``). ``retrain``: the trial
+    kept no model, so the command trains it again.
     """
     parts = ["tuner", "export", study, "--trial", str(number), "--format", fmt]
     parts += ["--out", out or f"model{EXPORT_SUFFIX[fmt]}"]
     if storage is not None:
         parts += ["--storage", mask_url(storage)]
+    if retrain:
+        parts.append("--retrain")
     return " ".join(shlex.quote(part) for part in parts)
 
 

@@ -27,6 +27,7 @@ RUN_ATTR = "tuner.run"  # the run whose worker runs the trial
 RETRY_OF_ATTR = "failed_trial"  # set by Optuna's retry on the WAITING copy of a failed trial
 
 # Study user attributes.
+ARTIFACT_DROPPED_PREFIX = "tuner.artifact_dropped."  # + trial number: why its model was dropped
 SPEC_ATTR = "tuner.spec"  # the spec the study was created from
 SPEC_NAME_ATTR = "tuner.spec_name"  # a nightly study's spec
 NIGHTLY_ATTR = "tuner.nightly"  # a nightly study's night

@@ -12,6 +12,7 @@ from tuner.storage import (
     TrialRecord,
     column_format,
     commands,
+    keys,
     latency_p90,
     metric_value,
     quantize_mode,
@@ -147,9 +148,27 @@ def not_exported(record: TrialRecord) -> str | None:
     return None
 
 
-def export_command(study: str, number: int, url: str) -> str:
+def export_command(study: str, number: int, url: str, retrain: bool = False) -> str:
     """The shell command that exports trial ``number`` of ``study`` to ONNX."""
-    return commands.export_command(study, number, storage=None if url == DEFAULT_URL else url)
+    storage = None if url == DEFAULT_URL else url
+    return commands.export_command(study, number, storage=storage, retrain=retrain)
+
+
+def kept_model(record: TrialRecord, study_attrs: Mapping[str, Any]) -> tuple[str, bool]:
+    """Where a complete trial's model is kept, in words, and whether exporting it needs
+    the trial trained again (``--retrain``: it kept none, or its model was dropped)."""
+    dropped = study_attrs.get(f"{keys.ARTIFACT_DROPPED_PREFIX}{record.number}")
+    if dropped:
+        return f"Its model was dropped by {dropped}, once other trials dominated it.", True
+    if record.metrics.get(keys.ARTIFACT_ID_ATTR):
+        where = record.metrics.get(keys.ARTIFACT_STORE_ATTR)
+        if where == keys.ARTIFACT_IN_STORE:
+            return "Its model is kept in the study store.", False
+        return f"Its model is kept in {where}.", False
+    status = str(record.metrics.get(keys.ARTIFACT_STATUS_ATTR) or "")
+    if status.startswith("dropped by") or status.startswith("not kept"):
+        return f"Its model was {status}.", True
+    return "It recorded no model.", True
 
 
 def retime_command(study: str, url: str) -> str:
@@ -179,6 +198,9 @@ def trial_tags(record: TrialRecord, front: Iterable[int]) -> list[str]:
         tags.append(f"compressed anew from trial {parent}'s trained model{why}")
     if record.metrics.get(START_ATTR) == "center":
         tags.append("the study's first trial: the middle of the space")
+    worker = record.metrics.get(keys.WORKER_ATTR)
+    if worker:
+        tags.append(f"ran on {worker}")
     return tags
 
 

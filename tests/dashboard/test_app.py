@@ -209,6 +209,16 @@ def test_trial_page_shows_params_metrics_curve_and_export(
     assert at.code[-1].value.startswith(
         f"tuner export tiny --trial {done.number} --format onnx --out model.onnx"
     )
+    # Where its model is kept, and whether the command must train it again.
+    storage = open_storage(dashboard_store, read_only=True, heartbeat=False)
+    try:
+        study_attrs = optuna.load_study(study_name="tiny", storage=storage).user_attrs
+    finally:
+        storage.engine.dispose()
+    kept, retrain = trial_views.kept_model(done, study_attrs)
+    assert any(kept in c.value for c in at.caption)
+    assert at.code[-1].value.endswith("--retrain") == retrain
+    assert f"ran on {done.metrics['worker']}" in at.caption[0].value
 
 
 def test_failed_and_stopped_trials_say_why(

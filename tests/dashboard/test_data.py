@@ -289,3 +289,30 @@ def test_timeline_counts_the_trials_in_flight_and_the_slots_they_filled() -> Non
     assert tl.span_s == 20.0
     assert tl.busy == pytest.approx(30 / (2 * 20))
     assert timeline([ran(0, "WAITING", None, None)], now=at(1)).bars == []
+
+
+def test_a_trial_page_says_where_its_model_is_kept_and_when_export_retrains() -> None:
+    def done(number: int, **metrics: Any) -> TrialRecord:
+        return _trial(number, 0.9, 1000.0, 0.1, metrics=metrics)
+
+    kept_in_store = done(0, artifact_id="a", artifact_store="study store", artifact="kept")
+    kept_in_folder = done(1, artifact_id="b", artifact_store="/srv/models/s", artifact="kept")
+    dropped_later = done(2, artifact_id="c", artifact_store="study store", artifact="kept")
+    never = done(3, artifact="dropped by keep: pareto (dominated when it finished)")
+    study = {"tuner.artifact_dropped.2": "keep: pareto"}
+    assert trial_views.kept_model(kept_in_store, study) == (
+        "Its model is kept in the study store.",
+        False,
+    )
+    assert trial_views.kept_model(kept_in_folder, study) == (
+        "Its model is kept in /srv/models/s.",
+        False,
+    )
+    assert trial_views.kept_model(dropped_later, study) == (
+        "Its model was dropped by keep: pareto, once other trials dominated it.",
+        True,
+    )
+    assert trial_views.kept_model(never, study)[1] is True
+    assert trial_views.export_command("s", 3, "sqlite:///x.db", retrain=True).endswith(
+        "--storage sqlite:///x.db --retrain"
+    )
