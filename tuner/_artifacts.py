@@ -38,6 +38,7 @@ from ._exceptions import ArtifactMissing, StorageError
 from .storage import StoreError, keys
 from .storage._blobs import StoreArtifacts
 from .storage._optuna import rdb_backend, study_storage
+from .storage._outage import ride_out
 
 if TYPE_CHECKING:
     import torch
@@ -444,14 +445,21 @@ def _keep(
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             # e.g. a model class defined inside the workload function
             return {STATUS_ATTR: f"not kept: the model cannot be pickled ({exc})"}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=store,
-                file_path=str(path),
-                study_or_trial=trial,
-                mimetype="application/x-pytorch",
-            )
+
+        def upload() -> str:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.artifacts.upload_artifact(
+                    artifact_store=store,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    mimetype="application/x-pytorch",
+                )
+
+        # A model for the study store rides out a database outage as the trial's other
+        # writes do (each try is one new row, or none).
+        in_store = folder is None
+        artifact_id = ride_out(upload, rdb_backend(study_storage(study))) if in_store else upload()
     if keep == "pareto":
         # (a file in the study store is found by its trial's STORE_ATTR; the folder is unused)
         enforce_keep(study, keep, folder or Path(), front=front)

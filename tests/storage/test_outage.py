@@ -131,3 +131,28 @@ def test_a_reader_whose_connection_sat_idle_reads_again(
             assert [r.state for r in read_records(reader, "idle")] == ["COMPLETE"]
     finally:
         reader.engine.dispose()
+
+
+def test_a_model_kept_in_the_store_during_an_outage_waits_for_it(
+    pg_proxy: Any, told: list[str]
+) -> None:
+    import io
+
+    from tuner.storage._blobs import StoreArtifacts
+    from tuner.storage._outage import ride_out
+
+    storage = open_storage(_with_password(pg_proxy.proxied_url), heartbeat=False)
+    blobs = StoreArtifacts(storage, "blip")
+    blobs.create_table()
+    model = b"\x00\x01" * 50_000
+    pg_proxy.outage(2.0)
+    started = time.monotonic()
+    # What a trial does with its model: the write waits for the store, then lands once.
+    ride_out(
+        lambda: blobs.write("0b7e0d1c-3c5e-4f59-a8b1-6a0f1f4f9c11", io.BytesIO(model)), storage
+    )
+    assert time.monotonic() - started >= 1.5
+    assert blobs.read("0b7e0d1c-3c5e-4f59-a8b1-6a0f1f4f9c11") == model
+    assert blobs.count_study("blip") == (1, len(model))
+    assert len(told) == 2 and "is back after" in told[1], told
+    storage.engine.dispose()
