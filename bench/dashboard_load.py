@@ -3,7 +3,8 @@
 Builds the study once with Optuna's own API (``study.add_trials``) in a SQLite file
 under /tmp (kept between runs), then prints one table: the naive read
 (``study.trials``), tuner's bulk read, the study page's data, and the whole study
-page rendered by Streamlit's ``AppTest``, each with its ratio to the naive read.
+page rendered by Streamlit's ``AppTest``, each with its ratio to the naive read; and the
+Timeline tab's data and figure, which draw every trial.
 
     .venv/bin/python bench/dashboard_load.py [--trials 10000] [--repeats 3] [--rebuild]
 """
@@ -336,7 +337,9 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from streamlit.testing.v1 import AppTest
 
+    from tuner.dashboard import _figures
     from tuner.dashboard._views import page as pages
+    from tuner.dashboard._views.timeline import timeline as build_timeline
     from tuner.storage import open_storage, read_records
 
     path = Path(f"/tmp/tuner-bench-dashboard-{args.trials}.db")
@@ -362,6 +365,13 @@ def main() -> int:
     def every_view() -> None:
         page = pages.study_page_data(STUDY, read_records(storage, STUDY), OBJECTIVES)
         _ = page.hypervolume, page.histories, page.curves, page.table
+
+    timeline_bytes = [0]
+
+    def timeline_view() -> None:
+        # The Timeline tab's data and figure for every trial, as sent to the browser.
+        tl = build_timeline(records, dt.datetime.now())
+        timeline_bytes[0] = len(_figures.timeline(tl).to_json())
 
     app = str(ROOT / "dashboard" / "app.py")
     os.environ["TUNER_STORAGE"] = url
@@ -389,6 +399,7 @@ def main() -> int:
         ("read_records (bulk SQL)", _time(fast, args.repeats)),
         ("page data, first view (read + front + hover)", _time(first_view, args.repeats)),
         ("page data, every tab (+ histories, curves, table)", _time(every_view, args.repeats)),
+        ("Timeline tab: data and figure, every trial", _time(timeline_view, args.repeats)),
         ("study page rendered, cold cache (AppTest)", _time(lambda: render(True), args.repeats)),
         ("study page rendered, warm cache (AppTest)", _time(lambda: render(False), args.repeats)),
     ]
@@ -403,6 +414,7 @@ def main() -> int:
     for name, seconds in rows:
         print(f"{name:<{width}}  {seconds:>8.3f}  {seconds / base:>7.2f}x")
     print(f"\nPareto chart sent to the browser: {figure_bytes[0] / 1e6:.2f} MB")
+    print(f"Timeline chart sent to the browser: {timeline_bytes[0] / 1e6:.2f} MB")
     if not args.no_browser and Path("/usr/bin/chromium").exists():
         small = 200
         small_url = build(Path(f"/tmp/tuner-bench-dashboard-{small}.db"), small)
