@@ -261,7 +261,7 @@ def _time_on_target(
         sent.append((buffer.getvalue(), record, label))
         paths += [p for p in import_roots(tm.model) if p not in paths]
     models = counted(len(sent), "model")
-    say(f"timing {models} on the target {target!r}, {rounds} rounds (progress shows at the end)")
+    say(f"timing {models} on the target {target!r}, {rounds} rounds")
     timing: _PoolTiming = run_on_target(
         ray,
         target,
