@@ -335,7 +335,10 @@ def timeline(tl: Timeline, by_worker: bool = False) -> go.Figure:
             y=tl.in_flight,
             mode="lines",
             name="running at once",
-            line=dict(color=SHAPE_KEY, shape="hv"),
+            # filled: the moments between one trial and a worker's next stay thin slivers
+            fill="tozeroy",
+            fillcolor="rgba(85,85,85,0.35)",
+            line=dict(color=SHAPE_KEY, shape="hv", width=0),
             showlegend=False,
             hovertemplate="%{y} running from %{x}<extra></extra>",
         ),

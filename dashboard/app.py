@@ -622,7 +622,8 @@ def _timeline(url: str, page: StudyPage, info: _front.FrontInfo) -> None:
         st.info("No trial has started yet.")
         return
     took = show_duration(tl.span_s)
-    busy = f"; the trials filled {tl.busy:.0%} of those {tl.peak} slots" if tl.busy else ""
+    slots = f"{tl.peak} slots" if tl.peak != 1 else "that slot"
+    busy = f"; the trials filled {tl.busy:.0%} of {slots} over that time" if tl.busy else ""
     st.caption(
         f"When each trial ran: {len(tl.bars):,} trials over {took}, at most "
         f"{tl.peak} at once{busy}. Gaps are workers waiting (for the store, for Ray to "
