@@ -24,6 +24,7 @@ from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
 from ._errors import StoreError
+from ._locks import _engine
 
 _metadata = MetaData()
 _blobs = Table(
@@ -35,15 +36,6 @@ _blobs = Table(
     Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
     Column("created_at", DateTime, nullable=False),
 )
-
-
-def _engine(store: Any) -> sqlalchemy.Engine:
-    engine = getattr(store, "engine", store)
-    if not isinstance(engine, sqlalchemy.Engine):
-        raise TypeError(
-            f"expected an RDBStorage or a SQLAlchemy engine, got {type(store).__name__}"
-        )
-    return engine
 
 
 def _missing_table(exc: BaseException) -> bool:
