@@ -248,18 +248,15 @@ def _time_on_target(
 ) -> _PoolTiming:
     """:func:`_time_pool` run on a node that offers ``target``, the models sent there as
     trials keep them (the node builds each as its trial shipped it)."""
-    import io
-
-    from ._target import WAIT_S, connected_target, import_roots, run_on_target
+    from ._target import WAIT_S, connected_target, pack, run_on_target
 
     ray = connected_target(target)
     sent: list[tuple[bytes, TrialRecord, str]] = []
     paths: list[str] = []
     for tm, record, label in loaded:
-        buffer = io.BytesIO()
-        torch.save(tm, buffer)
-        sent.append((buffer.getvalue(), record, label))
-        paths += [p for p in import_roots(tm.model) if p not in paths]
+        payload, roots = pack(tm)
+        sent.append((payload, record, label))
+        paths += [p for p in roots if p not in paths]
     models = counted(len(sent), "model")
     say(f"timing {models} on the target {target!r}, {rounds} rounds")
     timing: _PoolTiming = run_on_target(
@@ -282,23 +279,21 @@ def _time_pool_here(
     sent: list[tuple[bytes, TrialRecord, str]], rounds: int, paths: list[str]
 ) -> _PoolTiming:
     """The Ray task on the target: load the models and time them in turns."""
-    import io
-
-    from ._compression import import_torchao
-    from ._target import on_path
+    from ._target import on_path, unpack
 
     on_path(paths)
-    import_torchao()  # an int8 model is rebuilt with torchao's quantize ops
     loaded: list[_Loaded] = []
     places: list[int] = []  # each loaded model's place in ``sent``
     unread: dict[int, str] = {}
     for index, (data, record, label) in enumerate(sent):
         try:
-            tm = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            tm = unpack(data, paths)
         except Exception as exc:  # noqa: BLE001 - one model that cannot be read is reported
+            # (a missing module's error names the folders the node lacks already)
             absent = [p for p in paths if not os.path.isdir(p)]
+            lacks = absent and not isinstance(exc, ModuleNotFoundError)
             where = f" (its classes come from {', '.join(absent)}, which this node lacks)"
-            unread[index] = first_line(exc) + (where if absent else "")
+            unread[index] = first_line(exc) + (where if lacks else "")
             continue
         loaded.append((tm, record, label))
         places.append(index)

@@ -108,15 +108,13 @@ def time_on_target(
         DispatchError: not inside a Ray worker, no live node offers ``target``, the
             timing failed there, or it did not end within ``WAIT_S``.
     """
-    import torch
 
     ray = connected_target(target)
     if isinstance(model, bytes):
         payload, kind, paths = model, "onnx", []
     else:
-        buffer = io.BytesIO()
-        torch.save(model, buffer)
-        payload, kind, paths = buffer.getvalue(), "torch", import_roots(model.model)
+        payload, roots = pack(model)
+        kind, paths = "torch", roots
     figures: dict[str, Any] = run_on_target(
         ray,
         target,
@@ -177,6 +175,38 @@ def run_on_target(
         ) from exc
 
 
+def pack(model: TrialModel) -> tuple[bytes, list[str]]:
+    """What a trial keeps of a PyTorch model, as bytes to send to a node, and the folders
+    the node imports its classes from (see :func:`unpack`)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    return buffer.getvalue(), import_roots(model.model)
+
+
+def unpack(payload: bytes, paths: list[str]) -> TrialModel:
+    """The model :func:`pack` sent, read on this node (``paths`` already on its path)."""
+    import torch
+
+    from ._compression import import_torchao
+
+    import_torchao()  # an int8 model is rebuilt with torchao's quantize ops
+    try:
+        model: TrialModel = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:
+        absent = [p for p in paths if not os.path.isdir(p)]
+        if not absent:
+            raise
+        raise ModuleNotFoundError(
+            f"{exc}; the model's classes were imported from {', '.join(absent)}, which "
+            "this node lacks: give it the same folder (a shared disk), or move that code "
+            "into the folder shipped to the cluster (where tuner run --address runs, or "
+            "tuner submit's --working-dir)"
+        ) from exc
+    return model
+
+
 def on_path(paths: list[str]) -> None:
     """Put the folders a model's classes were imported from on this process's path."""
     for path in paths:
@@ -188,28 +218,12 @@ def _time_here(
     timing: Timing, payload: bytes, kind: str, example: torch.Tensor, paths: list[str]
 ) -> dict[str, Any]:
     """The Ray task on the target: load the model as it shipped and time it."""
-    import torch
-
-    on_path(paths)
     model: Any = payload  # an ONNX file's bytes
     if kind == "torch":
-        from ._compression import import_torchao
         from ._measure import to_eval
 
-        import_torchao()  # an int8 graph calls torchao's quantize ops
-        try:
-            kept = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
-        except ModuleNotFoundError as exc:
-            absent = [p for p in paths if not os.path.isdir(p)]
-            raise ModuleNotFoundError(
-                f"{exc}; the model's classes were imported from {', '.join(absent)}, which "
-                "this node lacks: give it the same folder (a shared disk), or move that code "
-                "into the folder shipped to the cluster (where tuner run --address runs, or "
-                "tuner submit's --working-dir)"
-                if absent
-                else str(exc)
-            ) from exc
-        model = to_eval(kept.shipped_torch())
+        on_path(paths)
+        model = to_eval(unpack(payload, paths).shipped_torch())
     figures = timing(model, example)
     import ray
 
