@@ -42,6 +42,8 @@ def _missing_table(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)
     if getattr(orig, "sqlstate", None) == "42P01":  # PostgreSQL: undefined table
         return True
+    if tuple(getattr(orig, "args", ()))[:1] == (1146,):  # MySQL: table doesn't exist
+        return True
     text = str(orig or exc).lower()
     return "tuner_artifacts" in text and ("no such table" in text or "exist" in text)
 
@@ -61,6 +63,29 @@ class StoreArtifacts:
     def __init__(self, store: Any, study: str = "") -> None:
         self._engine = _engine(store)
         self._study = study
+        self._packet_limit: int | None = None
+
+    def _check_packet(self, data: bytes) -> None:
+        """On MySQL, refuse a model the server would not take in one statement: past its
+        ``max_allowed_packet`` the server drops the connection, which looks like an
+        outage and would be waited on in vain."""
+        if self._engine.dialect.name not in ("mysql", "mariadb"):
+            return
+        if self._packet_limit is None:
+            try:
+                with self._engine.connect() as connection:
+                    found = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                raise _failed("say how large a model it takes", exc) from exc
+            self._packet_limit = int(found or 0)
+        needed = _sent_size(data, self._engine.dialect.driver)
+        if needed > self._packet_limit:
+            raise StoreError(
+                f"the study store cannot take a {len(data)}-byte model: sent, it needs "
+                f"{needed} bytes, more than the server's max_allowed_packet "
+                f"({self._packet_limit}); raise max_allowed_packet on the server, or keep "
+                "models in a folder (artifacts.path)"
+            )
 
     def create_table(self) -> None:
         """Make the table (where it is missing), before workers write to it at once."""
@@ -78,6 +103,7 @@ class StoreArtifacts:
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         data = content_body.read()
+        self._check_packet(data)
         row = {
             "artifact_id": artifact_id,
             "study": self._study,
@@ -168,6 +194,16 @@ class StoreArtifacts:
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise _failed(f"delete the models of {study!r}", exc) from exc
         return count, size
+
+
+def _sent_size(data: bytes, driver: str) -> int:
+    """Bytes a MySQL driver sends for an INSERT of ``data``: PyMySQL writes binary as hex;
+    others escape six byte values, which double, and send the rest as they are. 1 KiB
+    covers the rest of the statement."""
+    if driver == "pymysql":
+        return 2 * len(data) + 1024
+    escaped = sum(data.count(byte) for byte in (b"\0", b"\\", b"\n", b"\r", b"\x1a", b"'", b'"'))
+    return len(data) + escaped + 1024
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,6 +34,13 @@ def _key(study_id: int) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _lock_name(database: str | None, study_id: int) -> str:
+    # MySQL's named locks are the server's, not a database's: the name says which
+    # database's study it guards (hashed: names hold at most 64 characters).
+    digest = hashlib.blake2b(f"{database}/{study_id}".encode(), digest_size=12).hexdigest()
+    return f"tuner-budget-{digest}"
+
+
 @contextlib.contextmanager
 def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
     """Hold the study's budget lock for the duration of the block.
@@ -81,9 +88,9 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
                 raise _held_too_long(engine, study_id, wait)
             unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
         elif dialect in ("mysql", "mariadb"):
+            name = _lock_name(engine.url.database, study_id)
             got = conn.execute(
-                sqlalchemy.text("SELECT GET_LOCK(:k, :s)"),
-                {"k": str(key), "s": max(1, round(wait))},
+                sqlalchemy.text("SELECT GET_LOCK(:k, :s)"), {"k": name, "s": wait}
             ).scalar()
             if got != 1:
                 raise _held_too_long(engine, study_id, wait)
@@ -95,7 +102,7 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
             yield conn
         finally:
             if unlock is not None:
-                conn.execute(unlock, {"k": key if dialect == "postgresql" else str(key)})
+                conn.execute(unlock, {"k": key if dialect == "postgresql" else name})
                 conn.commit()
 
 

@@ -64,7 +64,8 @@ def _snapshot(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Co
     # One transaction for all queries, so a trial finishing between two of them
     # cannot give a record with the new state and the old values.
     options: dict[str, Any] = {}
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name in ("postgresql", "mysql", "mariadb"):
+        # (MySQL's default, but a server may be set to another.)
         options["isolation_level"] = "REPEATABLE READ"
     try:
         with engine.connect() as conn:

@@ -53,14 +53,15 @@ _STEP_TYPES = {t.name: t for t in models.TrialIntermediateValueModel.TrialInterm
 def _children(chosen: Any) -> Any:
     """One UNION ALL over the five child tables, as
     (trial_id, kind, name, number, order, text) rows."""
-    from sqlalchemy import Float, Integer, String, cast, literal, null
+    from sqlalchemy import Double, Integer, String, cast, literal, null
 
     def part(table: Any, kind: int, name: Any, number: Any, order: Any, text: Any) -> Any:
         return sqlalchemy.select(
             table.c.trial_id,
             literal(kind, Integer),
             cast(null() if name is None else name, String),
-            cast(null() if number is None else number, Float),
+            # DOUBLE: MySQL's FLOAT is single precision.
+            cast(null() if number is None else number, Double),
             cast(null(), Integer) if order is None else order,
             cast(text, String),  # enum columns come back by name
         ).where(chosen(table))
@@ -117,9 +118,22 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
     outage_window_s: float | None = None
 
     def _fast(self) -> bool:
-        # The SQL here is checked against SQLite and PostgreSQL; other databases keep
-        # Optuna's own methods.
-        return self.engine.dialect.name in ("sqlite", "postgresql")
+        # The SQL here is checked against SQLite, PostgreSQL and MySQL (MariaDB); other
+        # databases keep Optuna's own methods.
+        return self.engine.dialect.name in ("sqlite", "postgresql", "mysql", "mariadb")
+
+    def _upsert(self, table: Any, rows: Any, keys: list[Any], column: str) -> Any:
+        """INSERT of ``rows`` that sets ``column`` where a row with the same ``keys``
+        exists, in this database's words."""
+        from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+        dialect = self.engine.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            stmt: Any = mysql.insert(table).values(rows)
+            return stmt.on_duplicate_key_update({column: stmt.inserted[column]})
+        insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        stmt = insert(table).values(rows)
+        return stmt.on_conflict_do_update(index_elements=keys, set_={column: stmt.excluded[column]})
 
     def _distribution(self, text: str) -> distributions.BaseDistribution:
         cache = self.__dict__.setdefault("_distribution_cache", {})
@@ -242,14 +256,11 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
         if not self._fast():
             super().record_heartbeat(trial_id)
             return
-        dialect = self.engine.dialect.name
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
-        now = sqlalchemy.func.current_timestamp()
-        stmt = insert(_heartbeats).values(trial_id=trial_id, heartbeat=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_heartbeats.c.trial_id], set_={"heartbeat": now}
+        stmt = self._upsert(
+            _heartbeats,
+            {"trial_id": trial_id, "heartbeat": sqlalchemy.func.current_timestamp()},
+            [_heartbeats.c.trial_id],
+            "heartbeat",
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
@@ -302,18 +313,11 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
         return True
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Many user attributes of one trial in one upsert (SQLite and PostgreSQL)."""
-        from sqlalchemy.dialects import postgresql, sqlite
-
+        """Many user attributes of one trial in one upsert."""
         rows = [
             {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()
         ]
-        insert: Any = sqlite.insert if self.engine.dialect.name == "sqlite" else postgresql.insert
-        stmt = insert(_user).values(rows)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[_user.c.trial_id, _user.c.key],
-            set_={"value_json": stmt.excluded.value_json},
-        )
+        stmt = self._upsert(_user, rows, [_user.c.trial_id, _user.c.key], "value_json")
         with self.engine.begin() as conn:
             conn.execute(stmt)
 

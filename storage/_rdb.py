@@ -196,7 +196,10 @@ def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> FastRDBStorage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return FastRDBStorage(url, **kwargs)
+                storage = FastRDBStorage(url, **kwargs)
+            if not kwargs.get("skip_table_creation"):
+                _keep_microseconds(storage.engine)
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Drivers started together on a new database race to create the tables;
             # the loser finds them created a moment later.
@@ -206,8 +209,45 @@ def _create_rdb_storage(url: str, kwargs: dict[str, Any]) -> FastRDBStorage:
     raise AssertionError("unreachable")
 
 
+# Optuna's times are DateTime columns, which MySQL and MariaDB make DATETIME: whole
+# seconds, so a trial of under a second would have no duration and quick trials no order.
+# A new store's columns are widened to microseconds, as SQLite and PostgreSQL keep them.
+_TIMES = {
+    ("trials", "datetime_start"): "NULL",
+    ("trials", "datetime_complete"): "NULL",
+    ("trial_heartbeats", "heartbeat"): "NOT NULL",
+}
+
+
+def _keep_microseconds(engine: sqlalchemy.engine.Engine) -> None:
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return
+    with engine.begin() as conn:
+        whole = conn.execute(
+            sqlalchemy.text(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND data_type = 'datetime' "
+                "AND datetime_precision = 0 AND table_name IN ('trials', 'trial_heartbeats')"
+            )
+        ).all()
+        if not whole:
+            return
+        # A store that already holds trials (one made by Optuna itself) is left as it is:
+        # rebuilding a large table would hold up its workers.
+        if conn.execute(sqlalchemy.text("SELECT 1 FROM trials LIMIT 1")).first() is not None:
+            return
+    with engine.connect() as conn:
+        for table, column in whole:
+            null = _TIMES.get((str(table), str(column)))
+            if null is not None:
+                conn.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} DATETIME(6) {null}")
+
+
 def _check_is_store(url: str) -> None:
-    engine = sqlalchemy.create_engine(url)
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except ImportError as exc:  # the URL's database driver is not installed
+        raise StoreError(_describe(url, exc)) from exc
     try:
         has_tables = sqlalchemy.inspect(engine).has_table("studies")
     except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -236,10 +276,19 @@ def _enable_wal(url: str) -> None:
         engine.dispose()
 
 
+_DRIVER_HINT = {
+    "postgresql": "install 'psycopg[binary]' and write the URL as 'postgresql+psycopg://...'",
+    "mysql": "install 'pymysql' and write the URL as 'mysql+pymysql://...'",
+    "mariadb": "install 'pymysql' and write the URL as 'mariadb+pymysql://...'",
+}
+
+
 def _describe(url: str, exc: BaseException) -> str:
     first = reason_of(exc, url)
     if "No module named" in first:
-        first += " (install the database driver, e.g. 'psycopg[binary]' for PostgreSQL)"
+        first += (
+            f" ({_DRIVER_HINT.get(check_url(url).get_backend_name(), _DRIVER_HINT['postgresql'])})"
+        )
     return f"cannot open study store {mask_url(url)!r}: {first}"
 
 

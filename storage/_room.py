@@ -1,4 +1,5 @@
-"""How many more connections a PostgreSQL server would take from this user, before a run.
+"""How many more connections a database server (PostgreSQL, MySQL) would take from this
+user, before a run.
 
 Every worker holds a pool and a heartbeat connection; a server whose ``max_connections``
 (or the role's or database's ``CONNECTION LIMIT``) is nearly used up refuses the workers
@@ -40,6 +41,18 @@ WHERE r.rolname = session_user AND d.datname = current_database()
 """
 
 
+# MySQL and MariaDB: the server's limit and the connections open now; the session's
+# max_user_connections is the account's own limit where it has one (else the server's,
+# 0 for none), and the processlist shows at least this user's own connections.
+_MYSQL_QUERY = """
+SELECT
+    @@GLOBAL.max_connections,
+    @@max_user_connections,
+    (SELECT count(*) FROM information_schema.processlist
+     WHERE user = substring_index(current_user(), '@', 1))
+"""
+
+
 @dataclass(frozen=True)
 class Room:
     """Connections the server would still take, and the limit that leaves the fewest."""
@@ -49,14 +62,20 @@ class Room:
 
 
 def connection_room(storage: Any) -> Room | None:
-    """The room left on the PostgreSQL server behind ``storage``; None for other
-    databases, or when the server does not say (the check is advice, never a failure).
+    """The room left on the database server behind ``storage``; None for SQLite, or when
+    the server does not say (the check is advice, never a failure).
 
-    A superuser is held only to ``max_connections`` (with the slots reserved for
-    superusers); others also to their role's and the database's connection limits.
+    On PostgreSQL, a superuser is held only to ``max_connections`` (with the slots
+    reserved for superusers); others also to their role's and the database's connection
+    limits. On MySQL, every user is held to ``max_connections`` and to the account's
+    ``max_user_connections``.
     """
     engine = getattr(storage, "engine", None)
-    if engine is None or engine.dialect.name != "postgresql":
+    if engine is None:
+        return None
+    if engine.dialect.name in ("mysql", "mariadb"):
+        return _mysql_room(engine)
+    if engine.dialect.name != "postgresql":
         return None
     try:
         with engine.connect() as conn:
@@ -73,6 +92,22 @@ def connection_room(storage: Any) -> Room | None:
             rooms.append(Room(role_limit - int(role_used), f"the role's limit {role_limit}"))
         if db_limit is not None and db_limit >= 0:
             rooms.append(Room(db_limit - int(db_used), f"the database's limit {db_limit}"))
+    return min(rooms, key=lambda room: room.free)
+
+
+def _mysql_room(engine: sqlalchemy.engine.Engine) -> Room | None:
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql(_MYSQL_QUERY).one_or_none()
+            status = conn.exec_driver_sql("SHOW GLOBAL STATUS LIKE 'Threads_connected'").first()
+    except sqlalchemy.exc.SQLAlchemyError:
+        return None
+    if row is None or status is None:
+        return None
+    most, user_limit, user_used = (int(x) for x in row)
+    rooms = [Room(most - int(status[1]), f"max_connections {most}")]
+    if user_limit > 0:
+        rooms.append(Room(user_limit - user_used, f"the user's limit {user_limit}"))
     return min(rooms, key=lambda room: room.free)
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent / "tuner"))
 PG_ADMIN_URL = os.environ.get(
     "TUNER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+MYSQL_ADMIN_URL = os.environ.get("TUNER_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
 def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
@@ -124,11 +125,11 @@ def measured_elsewhere() -> Any:
     return copy
 
 
-def _postgres_available() -> bool:
+def _server_available(url: str) -> bool:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(PG_ADMIN_URL)
+        engine = sqlalchemy.create_engine(url)
         with engine.connect():
             pass
         engine.dispose()
@@ -139,7 +140,7 @@ def _postgres_available() -> bool:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    if not _postgres_available():
+    if not _server_available(PG_ADMIN_URL):
         if os.environ.get("TUNER_SKIP_POSTGRES") == "1":
             pytest.skip("PostgreSQL not reachable and TUNER_SKIP_POSTGRES=1")
         pytest.fail(
@@ -168,6 +169,45 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> str:
+    if not _server_available(MYSQL_ADMIN_URL):
+        if os.environ.get("TUNER_SKIP_MYSQL") == "1":
+            pytest.skip("MySQL/MariaDB not reachable and TUNER_SKIP_MYSQL=1")
+        pytest.fail(
+            f"MySQL/MariaDB is not reachable at {MYSQL_ADMIN_URL} (set TUNER_SKIP_MYSQL=1 to skip)"
+        )
+    return MYSQL_ADMIN_URL
+
+
+@pytest.fixture
+def mysql_url(mysql_server: str) -> Iterator[str]:
+    """A fresh, empty MySQL/MariaDB database for one test, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(mysql_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
+    url = (
+        sqlalchemy.engine.make_url(mysql_server)
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on each database server tuner supports for shared stores."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 RAY_TEST_CPUS = 8
@@ -290,6 +330,55 @@ def slow_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         return spec
 
     return make
+
+
+SECRET = "s3cret-pw"
+
+
+@pytest.fixture
+def mysql_secret_url(mysql_url: str, mysql_server: str) -> Iterator[str]:
+    """This test's MySQL database as a user with the password ``SECRET`` (the server
+    checks passwords, unlike the PostgreSQL test server), dropped afterwards."""
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(mysql_url)
+    user = f"tuner_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(mysql_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY '{SECRET}'")
+        conn.exec_driver_sql(f"GRANT ALL ON `{parsed.database}`.* TO '{user}'@'%%'")
+    try:
+        yield parsed.set(username=user, password=SECRET).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        admin.dispose()
+
+
+@pytest.fixture(params=["postgres", "mysql"])
+def server_proxy(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A TCP proxy in front of a fresh database on each database server, to play an
+    outage with; ``secret_url`` goes through it with the password ``SECRET``."""
+    import sqlalchemy
+    from tcp_proxy import TcpProxy
+
+    if request.param == "postgres":
+        direct = request.getfixturevalue("postgres_url")
+        # The test server trusts local connections, so any password gets in.
+        secret = sqlalchemy.engine.make_url(direct).set(password=SECRET)
+        secret_url = secret.render_as_string(hide_password=False)
+    else:
+        direct = request.getfixturevalue("mysql_url")
+        secret_url = request.getfixturevalue("mysql_secret_url")
+    parsed = sqlalchemy.engine.make_url(direct)
+    proxy = TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    proxy.direct_url = direct
+    proxy.proxied_url = proxy.url(direct)
+    proxy.secret_url = proxy.url(secret_url)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 @pytest.fixture

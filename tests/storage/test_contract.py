@@ -1,13 +1,13 @@
 """Optuna's own storage contract suite, run against tuner's store as ``open_storage`` opens it.
 
 The store (``FastRDBStorage``) replaces some of ``RDBStorage``'s methods with plain SQL;
-this suite checks the replacements keep Optuna's results and errors, on a SQLite file
-and on PostgreSQL (a fresh database per test, dropped afterwards). The SQLite store also
+this suite checks the replacements keep Optuna's results and errors, on a SQLite file,
+on PostgreSQL and on MySQL (MariaDB here; a fresh database per test, dropped afterwards). The SQLite store also
 runs under Optuna's ``_CachedStorage``, the wrapper a loaded study puts around an RDB
 store (as Optuna's own tests do with ``cached_sqlite``): it calls the store's private
 methods (``_set_trial_param`` with the distribution it has cached, ``_get_trials``)
 directly. What the wrapper does is the same on every database; the SQL under it is
-what differs, and the bare PostgreSQL run covers that.
+what differs, and the bare server runs cover that.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from optuna.testing.pytest_storages import StorageTestCase
 from tuner.storage import open_storage
 
 
-@pytest.fixture(params=["sqlite", "cached_sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "cached_sqlite", "postgresql", "mysql"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BaseStorage]:
     if "sqlite" in request.param:
         url = f"sqlite:///{tmp_path / 'contract.db'}"
     else:
-        url = request.getfixturevalue("postgres_url")
+        server = {"postgresql": "postgres", "mysql": "mysql"}[request.param]
+        url = request.getfixturevalue(f"{server}_url")
     store: Any = open_storage(url, heartbeat=False)
     try:
         yield _CachedStorage(store) if request.param.startswith("cached") else store

@@ -90,9 +90,17 @@ def _fill(url: str) -> None:
     storage.engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def filled_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    url = sqlite_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        sqlite_url if request.param == "sqlite" else request.getfixturevalue(f"{request.param}_url")
+    )
     _fill(url)
     return url
 

@@ -55,11 +55,11 @@ def _same(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> None:
     assert repr(a.intermediate_values) == repr(b.intermediate_values)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "mysql"])
 def test_reads_match_optunas_own(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
-    url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+    url = sqlite_url if store == "sqlite" else request.getfixturevalue(f"{store}_url")
     fast = open_storage(url, heartbeat=False)
     study = _fill(fast)
     plain = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
@@ -90,12 +90,12 @@ def test_reads_match_optunas_own(
         fast.get_all_trials(10_000)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "mysql"])
 def test_param_writes_check_what_optuna_checks(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if store == "postgres":
-        sqlite_url = request.getfixturevalue("postgres_url")
+    if store != "sqlite":
+        sqlite_url = request.getfixturevalue(f"{store}_url")
     storage = open_storage(sqlite_url, heartbeat=False)
     study = optuna.create_study(study_name="params", storage=storage)
     trial = study.ask()
@@ -121,11 +121,11 @@ def test_param_writes_check_what_optuna_checks(
     assert len(optuna.load_study(study_name="params", storage=sqlite_url).trials) == 3
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "mysql"])
 def test_finishing_a_trial_reads_back_in_plain_optuna(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
-    url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+    url = sqlite_url if store == "sqlite" else request.getfixturevalue(f"{store}_url")
     with _time_zone("Asia/Kolkata"):  # away from UTC, so mixed-up zones would show
         _finish_and_read(url)
 
@@ -223,11 +223,11 @@ def test_connections_the_server_dropped_are_replaced_without_an_error(postgres_u
     assert storage.get_trial(trial._trial_id).user_attrs == {"note": "after the cut"}
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "mysql"])
 def test_heartbeats_mark_a_silent_trial_stale(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
-    url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+    url = sqlite_url if store == "sqlite" else request.getfixturevalue(f"{store}_url")
     storage = open_storage(url)  # heartbeats on
     study = optuna.create_study(study_name="beats", storage=storage)
     beating, silent = study.ask(), study.ask()
@@ -249,14 +249,14 @@ def test_heartbeats_mark_a_silent_trial_stale(
     assert storage._get_stale_trial_ids(sid) == [silent._trial_id]
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres", "in-memory"])
+@pytest.mark.parametrize("store", ["sqlite", "postgres", "mysql", "in-memory"])
 def test_batched_user_attrs_read_back_in_plain_optuna(
     store: str, sqlite_url: str, request: pytest.FixtureRequest
 ) -> None:
     if store == "in-memory":
         storage: optuna.storages.BaseStorage = optuna.storages.InMemoryStorage()
     else:
-        url = sqlite_url if store == "sqlite" else request.getfixturevalue("postgres_url")
+        url = sqlite_url if store == "sqlite" else request.getfixturevalue(f"{store}_url")
         storage = open_storage(url, heartbeat=False)
     study = optuna.create_study(study_name="attrs", storage=storage)
     trial = study.ask()

@@ -13,12 +13,18 @@ import sqlalchemy
 from tuner.storage._locks import LockHeld, acquire_lock, read_lock
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
 def store(request: pytest.FixtureRequest):
     url = (
         request.getfixturevalue("sqlite_url")
         if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
+        else request.getfixturevalue(f"{request.param}_url")
     )
     # The lock table needs no study tables: a bare engine on the same database will do.
     engine = sqlalchemy.create_engine(url)

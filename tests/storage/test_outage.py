@@ -1,4 +1,5 @@
-"""A PostgreSQL store that goes away for a while: writers wait, readers say so at once.
+"""A server's store (PostgreSQL, MySQL) that goes away for a while: writers wait, readers
+say so at once.
 
 The outage is real: a TCP proxy in front of the test server closes every connection and
 refuses new ones (what a server restart looks like to its clients).
@@ -17,12 +18,6 @@ from tuner.storage import StoreError, StoreUnavailable, open_storage, read_recor
 from tuner.storage._outage import add_listener
 
 
-def _with_password(url: str) -> str:
-    # The test server trusts local connections, so any password gets in; it must never
-    # show in a message.
-    return sqlalchemy.engine.make_url(url).set(password="s3cret-pw").render_as_string(False)
-
-
 @pytest.fixture
 def told() -> Any:
     messages: list[str] = []
@@ -31,12 +26,12 @@ def told() -> Any:
     remove()
 
 
-def test_a_short_outage_is_ridden_out_and_told_once(pg_proxy: Any, told: list[str]) -> None:
-    url = _with_password(pg_proxy.proxied_url)
+def test_a_short_outage_is_ridden_out_and_told_once(server_proxy: Any, told: list[str]) -> None:
+    url = server_proxy.secret_url
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name="blip")
     trial = study.ask()
-    pg_proxy.outage(3.0)
+    server_proxy.outage(3.0)
     started = time.monotonic()
     # Writes wait for the store, then land.
     storage.set_trial_user_attr(trial._trial_id, "epoch", 1)
@@ -53,12 +48,12 @@ def test_a_short_outage_is_ridden_out_and_told_once(pg_proxy: Any, told: list[st
 
 
 def test_an_outage_past_the_window_raises_store_unavailable(
-    pg_proxy: Any, told: list[str], monkeypatch: pytest.MonkeyPatch
+    server_proxy: Any, told: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TUNER_STORE_RETRY_S", "2")
-    storage = open_storage(_with_password(pg_proxy.proxied_url))
+    storage = open_storage(server_proxy.secret_url)
     optuna.create_study(storage=storage, study_name="down")
-    pg_proxy.cut()
+    server_proxy.cut()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as raised:
         storage.get_all_studies()
@@ -66,40 +61,40 @@ def test_an_outage_past_the_window_raises_store_unavailable(
     message = str(raised.value)
     assert "unreachable for 2 s" in message and "s3cret-pw" not in message
     assert "\n" not in message
-    pg_proxy.restore()
+    server_proxy.restore()
     assert [s.study_name for s in storage.get_all_studies()] == ["down"]
     storage.engine.dispose()
 
 
-def test_readers_report_an_outage_at_once(pg_proxy: Any) -> None:
-    writer = open_storage(pg_proxy.direct_url)
+def test_readers_report_an_outage_at_once(server_proxy: Any) -> None:
+    writer = open_storage(server_proxy.direct_url)
     optuna.create_study(storage=writer, study_name="seen")
     writer.engine.dispose()
-    reader = open_storage(pg_proxy.proxied_url, read_only=True, heartbeat=False)
+    reader = open_storage(server_proxy.proxied_url, read_only=True, heartbeat=False)
     assert read_records(reader, "seen") == []
-    pg_proxy.cut()
+    server_proxy.cut()
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match="unreachable"):
         read_records(reader, "seen")
     assert time.monotonic() - started < 5
-    pg_proxy.restore()
+    server_proxy.restore()
     assert read_records(reader, "seen") == []
     reader.engine.dispose()
 
 
 def test_a_server_that_is_down_when_a_writer_opens_is_waited_for(
-    pg_proxy: Any, told: list[str]
+    server_proxy: Any, told: list[str]
 ) -> None:
-    pg_proxy.outage(2.0)
-    storage = open_storage(pg_proxy.proxied_url)
+    server_proxy.outage(2.0)
+    storage = open_storage(server_proxy.proxied_url)
     assert storage.get_all_studies() == []
     assert len(told) == 2 and "is back" in told[1]
     storage.engine.dispose()
 
 
-def test_a_missing_database_is_not_waited_for(postgres_url: str) -> None:
+def test_a_missing_database_is_not_waited_for(server_url: str) -> None:
     # A wrong database name stays wrong: one clear error now, not a minute of retries.
-    missing = sqlalchemy.engine.make_url(postgres_url).set(database="no_such_db_here")
+    missing = sqlalchemy.engine.make_url(server_url).set(database="no_such_db_here")
     started = time.monotonic()
     with pytest.raises(StoreError) as raised:
         open_storage(missing.render_as_string(hide_password=False))
@@ -108,9 +103,21 @@ def test_a_missing_database_is_not_waited_for(postgres_url: str) -> None:
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.postgres
+@pytest.mark.mysql
+def test_a_wrong_password_is_not_waited_for_and_never_shown(mysql_secret_url: str) -> None:
+    wrong = sqlalchemy.engine.make_url(mysql_secret_url).set(password="not-the-pw")
+    started = time.monotonic()
+    with pytest.raises(StoreError) as raised:
+        open_storage(wrong.render_as_string(hide_password=False))
+    assert not isinstance(raised.value, StoreUnavailable)
+    message = str(raised.value)
+    assert "Access denied" in message and "not-the-pw" not in message and "\n" not in message
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
 def test_a_reader_whose_connection_sat_idle_reads_again(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A connection idle for a while is pinged when it is checked out; the ping must not
     # leave it inside a transaction, where the dashboard's snapshot read cannot set its
@@ -118,11 +125,12 @@ def test_a_reader_whose_connection_sat_idle_reads_again(
     import tuner.storage._rdb as rdb
     from tuner.storage import read_studies
 
-    writer = open_storage(postgres_url, heartbeat=False)
+    url = request.getfixturevalue(f"{server}_url")
+    writer = open_storage(url, heartbeat=False)
     study = optuna.create_study(study_name="idle", storage=writer)
     study.add_trial(optuna.trial.create_trial(value=1.0))
     writer.engine.dispose()
-    reader = open_storage(postgres_url, read_only=True, heartbeat=False)
+    reader = open_storage(url, read_only=True, heartbeat=False)
     try:
         assert [s.name for s in read_studies(reader)] == ["idle"]
         monkeypatch.setattr(rdb, "PING_AFTER_IDLE_S", 0.0)  # every checkout pings
@@ -134,18 +142,18 @@ def test_a_reader_whose_connection_sat_idle_reads_again(
 
 
 def test_a_model_kept_in_the_store_during_an_outage_waits_for_it(
-    pg_proxy: Any, told: list[str]
+    server_proxy: Any, told: list[str]
 ) -> None:
     import io
 
     from tuner.storage._blobs import StoreArtifacts
     from tuner.storage._outage import ride_out
 
-    storage = open_storage(_with_password(pg_proxy.proxied_url), heartbeat=False)
+    storage = open_storage(server_proxy.secret_url, heartbeat=False)
     blobs = StoreArtifacts(storage, "blip")
     blobs.create_table()
     model = b"\x00\x01" * 50_000
-    pg_proxy.outage(2.0)
+    server_proxy.outage(2.0)
     started = time.monotonic()
     # What a trial does with its model: the write waits for the store, then lands once.
     ride_out(

@@ -96,10 +96,9 @@ def test_models_go_in_a_database_servers_store_unless_a_folder_is_named(
     assert not models_in_store(ArtifactsSpec(), pg)
 
 
-@pytest.mark.postgres
-def test_a_postgresql_study_keeps_its_models_in_the_store_for_every_machine(
+def test_a_servers_study_keeps_its_models_in_the_store_for_every_machine(
     tiny_spec: Any,
-    postgres_url: str,
+    server_url: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -118,14 +117,14 @@ def test_a_postgresql_study_keeps_its_models_in_the_store_for_every_machine(
         budget={"n_trials": 4, "max_epochs": 1},
         objectives={"accuracy": "maximize", "size_bytes": "minimize"},
     )
-    result = tuner.run(spec, storage=postgres_url)
+    result = tuner.run(spec, storage=server_url)
     # No model file on this machine's disk (TensorBoard runs stay in the folder).
     written = [p for p in here.rglob("*") if p.is_file() and "tensorboard" not in p.parts]
     assert written == []
-    trials = optuna.load_study(study_name="pgstore", storage=postgres_url).get_trials()
+    trials = optuna.load_study(study_name="pgstore", storage=server_url).get_trials()
     kept = {t.number: t.user_attrs["artifact_id"] for t in trials if "artifact_id" in t.user_attrs}
     assert all(t.user_attrs["artifact_store"] == "study store" for t in trials if t.number in kept)
-    engine = sqlalchemy.create_engine(postgres_url)
+    engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as connection:
         query = "SELECT artifact_id, study FROM tuner_artifacts"
         rows = dict(connection.exec_driver_sql(query).tuples().all())
@@ -139,19 +138,19 @@ def test_a_postgresql_study_keeps_its_models_in_the_store_for_every_machine(
     number = min(front)
     out = elsewhere / "model.onnx"
     args = ["--trial", str(number), "--format", "onnx", "--out", str(out)]
-    assert main(["export", "pgstore", *args, "--storage", postgres_url]) == 0
+    assert main(["export", "pgstore", *args, "--storage", server_url]) == 0
     onnx.checker.check_model(onnx.load(str(out)))
     # A trial the front came to dominate lost its model, and export says so.
     dropped = min(n for n in kept if n not in front)
     capsys.readouterr()
     args = ["--trial", str(dropped), "--out", str(elsewhere / "m.onnx")]
-    assert main(["export", "pgstore", *args, "--storage", postgres_url]) == 1
+    assert main(["export", "pgstore", *args, "--storage", server_url]) == 1
     assert f"artifact of trial {dropped} was dropped by keep: pareto" in capsys.readouterr().out
 
     # Deleting the study deletes its models with it.
-    assert main(["delete", "pgstore", "--yes", "--storage", postgres_url]) == 0
+    assert main(["delete", "pgstore", "--yes", "--storage", server_url]) == 0
     assert f"removed {len(front)} model file" in capsys.readouterr().out
-    engine = sqlalchemy.create_engine(postgres_url)
+    engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM tuner_artifacts").scalar() == 0
     engine.dispose()

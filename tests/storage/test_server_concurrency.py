@@ -1,4 +1,4 @@
-"""Many workers of separate drivers on one PostgreSQL study, and lost connections."""
+"""Many workers of separate drivers on one study of a database server, and lost connections."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 
 from tuner.storage import count_states, open_storage
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 TUNER = [sys.executable, "-m", "tuner._cli"]
 
@@ -66,7 +66,7 @@ def _assert_exact(
 
 
 def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
-    postgres_url: str, tmp_path: Path, slow_spec: Any
+    server_url: str, tmp_path: Path, slow_spec: Any
 ) -> None:
     budget = 16
     spec = tmp_path / "spec.yaml"
@@ -77,7 +77,7 @@ def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
         yaml.safe_dump(slow_spec(n_trials=budget, epochs=2, epoch_s=0.5, artifacts=artifacts))
     )
     drivers = [
-        _driver(spec, postgres_url, "--workers", "4", "--backend", "local", cwd=tmp_path)
+        _driver(spec, server_url, "--workers", "4", "--backend", "local", cwd=tmp_path)
         for _ in range(2)
     ]
     try:
@@ -89,12 +89,12 @@ def test_eight_workers_of_two_drivers_finish_exactly_the_budget(
     for d, out in zip(drivers, outputs):
         assert d.returncode == 0, out[-3000:]
         assert "server takes" not in out, "a server with room for the workers is not warned of"
-    study = _assert_exact(postgres_url, "slow", budget)
+    study = _assert_exact(server_url, "slow", budget)
     assert 1 <= _max_in_flight(study) <= 8
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     statuses = {t.user_attrs.get("artifact") for t in complete}
     assert statuses == {"kept"}, statuses
-    engine = sqlalchemy.create_engine(postgres_url)
+    engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as conn:
         stored = set(
             conn.execute(sqlalchemy.text("SELECT artifact_id FROM tuner_artifacts")).scalars()
@@ -108,6 +108,21 @@ def _terminate_connections(url: str) -> int:
     engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
+            if engine.dialect.name != "postgresql":
+                ids = (
+                    conn.execute(
+                        sqlalchemy.text(
+                            "SELECT id FROM information_schema.processlist "
+                            "WHERE db = :db AND id <> CONNECTION_ID()"
+                        ),
+                        {"db": database},
+                    )
+                    .scalars()
+                    .all()
+                )
+                for session in ids:
+                    conn.exec_driver_sql(f"KILL {int(session)}")
+                return len(ids)
             return len(
                 conn.execute(
                     sqlalchemy.text(
@@ -122,21 +137,21 @@ def _terminate_connections(url: str) -> int:
 
 
 def test_sweep_survives_lost_database_connections_or_resumes(
-    postgres_url: str, tmp_path: Path, slow_spec: Any
+    server_url: str, tmp_path: Path, slow_spec: Any
 ) -> None:
     budget = 8
     spec_data = slow_spec(n_trials=budget, epochs=2, epoch_s=0.5)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(spec_data))
     run_dir = Path(spec_data["search_space"]["run_dir"])
-    driver = _driver(spec, postgres_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
+    driver = _driver(spec, server_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
     try:
         deadline = time.time() + 180
         while len(list(run_dir.iterdir())) < 2 and time.time() < deadline:
             time.sleep(0.1)
-        terminated = _terminate_connections(postgres_url)
+        terminated = _terminate_connections(server_url)
         time.sleep(1.5)
-        terminated += _terminate_connections(postgres_url)
+        terminated += _terminate_connections(server_url)
         assert terminated > 0, "the workers held connections to the study's database"
         out = driver.communicate(timeout=240)[0]
     finally:
@@ -145,14 +160,14 @@ def test_sweep_survives_lost_database_connections_or_resumes(
     if driver.returncode != 0:
         # Stopped: one clear line, no traceback, and running it again resumes.
         assert "Traceback" not in out and "error:" in out, out[-3000:]
-        again = _driver(spec, postgres_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
+        again = _driver(spec, server_url, "--workers", "2", "--backend", "local", cwd=tmp_path)
         out = again.communicate(timeout=240)[0]
         assert again.returncode == 0, out[-3000:]
     # A trial whose connection was cut while it wrote its result failed, and so did one
     # created just before its worker's connection was cut (it never sent a heartbeat);
     # each was replaced.
     _assert_exact(
-        postgres_url,
+        server_url,
         "slow",
         budget,
         allowed=("not run", "StorageInternalError", "its worker lost the study store"),
@@ -222,6 +237,7 @@ def _jobs(tiny_spec: Any, study_url: str, urls: list[str], budget: int) -> list[
     ]
 
 
+@pytest.mark.postgres
 def test_workers_a_full_server_refuses_say_why_and_what_to_do(
     postgres_url: str, refused_url: str, tiny_spec: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,3 +304,40 @@ def test_a_run_on_a_server_nearly_out_of_connections_is_warned_before_it_starts(
     assert "(the role's limit 3) and 3 workers need about 6" in warned[0], warned[0]
     assert "run fewer workers" in warned[0]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.mysql
+def test_a_mysql_users_connection_limit_is_the_room_a_run_is_warned_of(
+    mysql_url: str, mysql_server: str
+) -> None:
+    import uuid
+
+    from tuner.storage._room import connection_room, room_warning
+
+    database = sqlalchemy.engine.make_url(mysql_url).database
+    user = f"tuner_lim_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(mysql_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw' WITH MAX_USER_CONNECTIONS 3"
+        )
+        conn.exec_driver_sql(f"GRANT ALL ON `{database}`.* TO '{user}'@'%%'")
+    url = sqlalchemy.engine.make_url(mysql_url).set(username=user, password="pw")
+    storage = open_storage(url.render_as_string(hide_password=False), heartbeat=False)
+    try:
+        room = connection_room(storage)
+        assert room is not None and room.limit == "the user's limit 3"
+        assert 0 <= room.free <= 2  # this store's own connection counts
+        warned = room_warning(room, 3)
+        assert warned is not None and "(the user's limit 3) and 3 workers need about 6" in warned
+        # The server's own limit where the user has none.
+        plain = open_storage(mysql_url, heartbeat=False)
+        wide = connection_room(plain)
+        assert wide is not None and wide.limit.startswith("max_connections ")
+        assert room_warning(wide, 1) is None
+        plain.engine.dispose()
+    finally:
+        storage.engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        admin.dispose()
