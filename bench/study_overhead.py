@@ -6,6 +6,8 @@ difference is tuner's own cost per trial: budget checks, compression, measuring,
 recording the metrics. The bare side uses Optuna's own RDBStorage (WAL and
 synchronous=NORMAL on SQLite, the same heartbeats), not tuner's store, whose reads and
 writes are its own. Run: .venv/bin/python bench/study_overhead.py [--trials 60] [--postgres]
+[--mysql]: the server stores are the local ones, each side in a scratch database of its
+own, dropped at the end.
 """
 
 from __future__ import annotations
@@ -116,21 +118,44 @@ def _without_outage_riding() -> Iterator[None]:
         _outage.ride_url = original
 
 
-def _pg_url() -> str:
+_ADMIN = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
+}
+_scratch: list[tuple[str, str]] = []
+
+
+def _server_url(server: str) -> str:
     import sqlalchemy
 
-    admin = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    admin = _ADMIN[server]
     name = f"tuner_bench_{uuid.uuid4().hex[:8]}"
+    quote = '"' if server == "postgresql" else "`"
     engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(f"CREATE DATABASE {quote}{name}{quote}")
+    engine.dispose()
+    _scratch.append((server, name))
     return admin.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _drop_scratch() -> None:
+    import sqlalchemy
+
+    for server, name in _scratch:
+        engine = sqlalchemy.create_engine(_ADMIN[server], isolation_level="AUTOCOMMIT")
+        force = " WITH (FORCE)" if server == "postgresql" else ""
+        quote = '"' if server == "postgresql" else "`"
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote}{name}{quote}{force}")
+        engine.dispose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--mysql", action="store_true", help="also on MySQL/MariaDB")
     args = parser.parse_args()
     logging.getLogger("optuna").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,14 +163,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stores = [("sqlite (WAL)", lambda tag: f"sqlite:///{tmp}/{tag}.db")]
         if args.postgres:
-            stores.append(("postgresql", lambda tag: _pg_url()))
-        for label, make in stores:
-            bare = bare_optuna(make("bare"), args.trials)
-            ours = tuner_run(make("tuner"), args.trials)
-            lean = tuner_run(make("lean"), args.trials, keep="none")
-            with _without_outage_riding():
-                direct = tuner_run(make("direct"), args.trials, keep="none")
-            rows.append((label, bare, ours, lean, direct))
+            stores.append(("postgresql", lambda tag: _server_url("postgresql")))
+        if args.mysql:
+            stores.append(("mysql", lambda tag: _server_url("mysql")))
+        try:
+            for label, make in stores:
+                bare = bare_optuna(make("bare"), args.trials)
+                ours = tuner_run(make("tuner"), args.trials)
+                lean = tuner_run(make("lean"), args.trials, keep="none")
+                with _without_outage_riding():
+                    direct = tuner_run(make("direct"), args.trials, keep="none")
+                rows.append((label, bare, ours, lean, direct))
+        finally:
+            _drop_scratch()
     print(f"\nper-trial cost, {args.trials} trials each, near-zero-cost workload")
     print("(tuner run keeps the models of front trials; 'no models' sets artifacts.keep: none)")
     print("('no retry' is 'no models' with store calls made directly, without outage riding;")

@@ -20,11 +20,11 @@ from typing import Any, BinaryIO
 
 import sqlalchemy
 import sqlalchemy.exc
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
 from ._errors import StoreError
-from ._locks import _engine
+from ._locks import PRECISE_TIME, _engine
 
 _metadata = MetaData()
 _blobs = Table(
@@ -34,7 +34,7 @@ _blobs = Table(
     Column("study", String(512), nullable=False, index=True),
     # MySQL's BLOB holds 64 KiB; LONGBLOB holds what max_allowed_packet lets through.
     Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
-    Column("created_at", DateTime, nullable=False),
+    Column("created_at", PRECISE_TIME, nullable=False),
 )
 
 

@@ -21,8 +21,12 @@ from typing import Any
 import sqlalchemy
 import sqlalchemy.exc
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
+from sqlalchemy.dialects import mysql
 
 from ._errors import StoreError
+
+# Times in tuner's own tables: MySQL's DATETIME keeps whole seconds unless told otherwise.
+PRECISE_TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 LOCK_HEARTBEAT_S = 10.0
 LOCK_STALE_AFTER_S = 60.0
@@ -35,8 +39,8 @@ _locks = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("token", String(64), nullable=False),
-    Column("acquired_at", DateTime, nullable=False),
-    Column("heartbeat_at", DateTime, nullable=False),
+    Column("acquired_at", PRECISE_TIME, nullable=False),
+    Column("heartbeat_at", PRECISE_TIME, nullable=False),
 )
 
 

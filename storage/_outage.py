@@ -90,12 +90,14 @@ def _lasting(orig: BaseException | None) -> bool:
 
 
 # A server that is up but has no connection left says so in these words (PostgreSQL's
-# max_connections and per-role or per-database limits; MySQL's max_connections). Waiting
+# max_connections and per-role or per-database limits; MySQL's max_connections and
+# max_user_connections). Waiting
 # can help, as other clients leave, but the cure is usually the number of workers.
 _FULL_WORDS = (
     "too many clients",
     "too many connections",
     "remaining connection slots are reserved",
+    "max_user_connections",
 )
 FULL_HINT = "the server takes no more connections: run fewer workers, or raise its connection limit"
 

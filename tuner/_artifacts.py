@@ -27,6 +27,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -557,6 +558,12 @@ def _cache() -> Path:
     return _cache_dir() / "models"
 
 
+# The cache keeps the models read last, up to this many bytes (the one just read always).
+CACHE_BYTES = 1 << 30
+# A partial file older than this was left by a process that died while writing it.
+_PARTIAL_AGE_S = 3600.0
+
+
 def _cached(artifact_id: str, data: bytes) -> Path:
     """A model file read from the study store, written to this user's cache as a local file
     (written afresh each time: what is loaded is what the store holds)."""
@@ -565,10 +572,37 @@ def _cached(artifact_id: str, data: bytes) -> Path:
     folder = _cache()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / artifact_id
-    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False, prefix=".partial-") as out:
         out.write(data)
     os.replace(out.name, path)
+    _prune_cache(folder, keep=path)
     return path
+
+
+def _prune_cache(folder: Path, keep: Path) -> None:
+    """Remove the models read longest ago (every read rewrites its file) while the folder
+    holds more than ``CACHE_BYTES``, and partial files a dead process left."""
+    now = time.time()
+    files = []
+    for entry in os.scandir(folder):
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile by another process
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if entry.name.startswith(".partial-"):
+            if now - info.st_mtime > _PARTIAL_AGE_S:
+                Path(entry.path).unlink(missing_ok=True)
+            continue
+        files.append((info.st_mtime, info.st_size, Path(entry.path)))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= CACHE_BYTES:
+            break
+        if path != keep:
+            path.unlink(missing_ok=True)
+            total -= size
 
 
 def enforce_keep_for_run(storage: Any, study_name: str, spec: StudySpec, storage_url_: str) -> int:

@@ -259,6 +259,7 @@ def _time_on_target(
         paths += [p for p in roots if p not in paths]
     models = counted(len(sent), "model")
     say(f"timing {models} on the target {target!r}, {rounds} rounds")
+    # The target says how it goes, as it goes (what it could not read or time, too).
     timing: _PoolTiming = run_on_target(
         ray,
         target,
@@ -269,16 +270,19 @@ def _time_on_target(
         what=f"the front ({models})",
         # the wait for the target, and the timing itself: each model, each round
         wait_s=WAIT_S + 60.0 * len(sent) * rounds,
+        say=say,
     )
-    for index, reason in {**timing.unbuilt, **timing.failed}.items():
-        say(f"{loaded[index][2]}: not re-timed: {reason}")
     return timing
 
 
 def _time_pool_here(
-    sent: list[tuple[bytes, TrialRecord, str]], rounds: int, paths: list[str]
+    sent: list[tuple[bytes, TrialRecord, str]],
+    rounds: int,
+    paths: list[str],
+    say: Callable[[str], None] = lambda _line: None,
 ) -> _PoolTiming:
-    """The Ray task on the target: load the models and time them in turns."""
+    """The Ray task on the target: load the models and time them in turns, saying how it
+    goes."""
     from ._target import on_path, unpack
 
     on_path(paths)
@@ -294,10 +298,11 @@ def _time_pool_here(
             lacks = absent and not isinstance(exc, ModuleNotFoundError)
             where = f" (its classes come from {', '.join(absent)}, which this node lacks)"
             unread[index] = first_line(exc) + (where if lacks else "")
+            say(f"{label}: not re-timed: {unread[index]}")
             continue
         loaded.append((tm, record, label))
         places.append(index)
-    timing = _time_pool(loaded, rounds, lambda _line: None)
+    timing = _time_pool(loaded, rounds, say)
     return _PoolTiming(
         {places[i]: t for i, t in timing.trials.items()},
         {**unread, **{places[i]: r for i, r in timing.unbuilt.items()}},

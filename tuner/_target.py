@@ -137,42 +137,90 @@ def run_on_target(
     *args: Any,
     what: str,
     wait_s: float = WAIT_S,
+    say: Callable[[str], None] | None = None,
 ) -> Any:
     """``fn(*args)`` run as a Ray task on a node offering ``target`` (holding one unit of
-    it), while that node stays; ``what`` names what it times, for the errors.
+    it), while that node stays; ``what`` names what it times, for the errors. With
+    ``say``, ``fn`` is called with ``say=`` too, and each line it says there is said here
+    as it comes, not when the task ends.
 
     Raises:
         DispatchError: the task failed there, the target went away, or it did not end
             within ``wait_s``.
     """
-    task = ray.remote(fn).options(
-        num_cpus=0, resources={target: 1}, max_retries=0, name=f"tuner-time-on-{target}"
-    )
-    ref = task.remote(*args)
-    waited = 0.0
-    # Queued behind other trials' timings, or on a node that went away: a task Ray cannot
-    # place stays pending, so the target is looked for again while it waits.
-    while not ray.wait([ref], timeout=CHECK_S)[0]:
-        waited += CHECK_S
-        gone = not serving(ray, target)
-        if gone or waited >= wait_s:
-            ray.cancel(ref, force=True)
-            raise DispatchError(
-                f"measure.target {target!r}: "
-                + (
-                    f"no live node offers it any more; {what}: not timed"
-                    if gone
-                    else f"{what}: not timed within {wait_s:g} s (timings queue behind "
-                    "the other trials' models; offer more units, or more target nodes)"
+    import time
+
+    options = {
+        "num_cpus": 0,
+        "resources": {target: 1},
+        "max_retries": 0,
+        "name": f"tuner-time-on-{target}",
+    }
+    if say is None:
+        pending: Any = ray.remote(fn).options(**options).remote(*args)
+    else:
+        pending = ray.remote(_streamed).options(**options).remote(fn, *args)
+    started = time.monotonic()
+    result: Any = None
+    while True:
+        # Queued behind other trials' timings, or on a node that went away: a task Ray
+        # cannot place stays pending, so the target is looked for again while it waits.
+        if not ray.wait([pending], timeout=CHECK_S)[0]:
+            gone = not serving(ray, target)
+            if gone or time.monotonic() - started >= wait_s:
+                ray.cancel(pending, force=True)
+                raise DispatchError(
+                    f"measure.target {target!r}: "
+                    + (
+                        f"no live node offers it any more; {what}: not timed"
+                        if gone
+                        else f"{what}: not timed within {wait_s:g} s (timings queue behind "
+                        "the other trials' models; offer more units, or more target nodes)"
+                    )
                 )
-            )
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        raise DispatchError(
-            f"measure.target {target!r}: timing on the target failed: {first_line(cause)}"
-        ) from exc
+            continue
+        try:
+            if say is None:
+                return ray.get(pending)
+            try:
+                kind, value = ray.get(next(pending))
+            except StopIteration:
+                return result
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise DispatchError(
+                f"measure.target {target!r}: timing on the target failed: {first_line(cause)}"
+            ) from exc
+        if kind == "line":
+            say(value)
+        else:
+            result = value
+
+
+def _streamed(fn: Callable[..., Any], *args: Any) -> Any:
+    """The Ray generator task behind ``run_on_target(say=...)``: ``fn`` runs in a thread,
+    and each line it says is yielded as ``("line", text)`` at once, its result last as
+    ``("result", value)``."""
+    import queue
+    import threading
+
+    lines: queue.Queue[str | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn(*args, say=lines.put)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the task, below
+            outcome["error"] = exc
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=work, name="tuner-on-target", daemon=True).start()
+    while (line := lines.get()) is not None:
+        yield ("line", line)
+    if "error" in outcome:
+        raise outcome["error"]
+    yield ("result", outcome["value"])
 
 
 def pack(model: TrialModel) -> tuple[bytes, list[str]]:

@@ -275,16 +275,20 @@ def test_secrets_password_gates_too(
     assert not at.dataframe and at.text_input[0].label == "Password"
 
 
-@pytest.mark.postgres
-def test_postgres_store_with_password_never_shows_it(
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+def test_a_servers_store_with_password_never_shows_it(
     app_path: Path,
     dashboard_store: str,
-    postgres_url: str,
+    server: str,
+    request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The local server trusts every login, so any password opens it.
-    url = sqlalchemy.engine.make_url(postgres_url).set(password="s3cret-pw")
-    secret_url = url.render_as_string(hide_password=False)
+    if server == "postgres":
+        # The local server trusts every login, so any password opens it.
+        url = sqlalchemy.engine.make_url(request.getfixturevalue("postgres_url"))
+        secret_url = url.set(password="s3cret-pw").render_as_string(hide_password=False)
+    else:  # a user of its own, whose password is s3cret-pw
+        secret_url = request.getfixturevalue("mysql_secret_url")
     optuna.copy_study(
         from_study_name="tiny",
         from_storage=dashboard_store,

@@ -16,13 +16,16 @@ _PRECISION = (
     "WHERE table_schema = DATABASE() AND data_type = 'datetime' "
     "AND table_name IN ('trials', 'trial_heartbeats')"
 )
+_OWN_PRECISION = _PRECISION.replace(
+    "('trials', 'trial_heartbeats')", "('tuner_locks', 'tuner_artifacts')"
+)
 
 
-def _precisions(url: str) -> dict[str, int]:
+def _precisions(url: str, query: str = _PRECISION) -> dict[str, int]:
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.exec_driver_sql(_PRECISION).all()
+            rows = conn.exec_driver_sql(query).all()
     finally:
         engine.dispose()
     return {f"{table}.{column}": int(digits) for table, column, digits in rows}
@@ -46,6 +49,18 @@ def test_a_new_mysql_store_keeps_trial_times_to_the_microsecond(mysql_url: str) 
     assert all(0 < t.duration.total_seconds() < 1 for t in trials)  # type: ignore[union-attr]
     starts = [t.datetime_start for t in trials]
     assert starts == sorted(starts) and len(set(starts)) == 3
+    # tuner's own tables too.
+    from tuner.storage._blobs import StoreArtifacts
+    from tuner.storage._locks import acquire_lock
+
+    StoreArtifacts(storage, "quick").create_table()
+    with acquire_lock(storage, "night"):
+        pass
+    assert _precisions(mysql_url, _OWN_PRECISION) == {
+        "tuner_artifacts.created_at": 6,
+        "tuner_locks.acquired_at": 6,
+        "tuner_locks.heartbeat_at": 6,
+    }
     storage.engine.dispose()
 
 

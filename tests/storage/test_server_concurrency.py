@@ -308,10 +308,11 @@ def test_a_run_on_a_server_nearly_out_of_connections_is_warned_before_it_starts(
 
 @pytest.mark.mysql
 def test_a_mysql_users_connection_limit_is_the_room_a_run_is_warned_of(
-    mysql_url: str, mysql_server: str
+    mysql_url: str, mysql_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uuid
 
+    from tuner.storage import StoreUnavailable
     from tuner.storage._room import connection_room, room_warning
 
     database = sqlalchemy.engine.make_url(mysql_url).database
@@ -323,6 +324,7 @@ def test_a_mysql_users_connection_limit_is_the_room_a_run_is_warned_of(
         )
         conn.exec_driver_sql(f"GRANT ALL ON `{database}`.* TO '{user}'@'%%'")
     url = sqlalchemy.engine.make_url(mysql_url).set(username=user, password="pw")
+    monkeypatch.setenv("TUNER_STORE_RETRY_S", "1")
     storage = open_storage(url.render_as_string(hide_password=False), heartbeat=False)
     try:
         room = connection_room(storage)
@@ -336,6 +338,17 @@ def test_a_mysql_users_connection_limit_is_the_room_a_run_is_warned_of(
         assert wide is not None and wide.limit.startswith("max_connections ")
         assert room_warning(wide, 1) is None
         plain.engine.dispose()
+        # Past the limit, the server's refusal is told with what to do about it.
+        held = [storage.engine.connect() for _ in range(3)]
+        try:
+            with pytest.raises(StoreUnavailable) as refused:
+                open_storage(url.render_as_string(hide_password=False), heartbeat=False)
+        finally:
+            for conn in held:
+                conn.close()
+        message = str(refused.value)
+        assert "max_user_connections" in message and "run fewer workers" in message, message
+        assert "\n" not in message and ":pw@" not in message
     finally:
         storage.engine.dispose()
         with admin.connect() as conn:

@@ -216,3 +216,35 @@ def test_keep_pareto_leaves_alone_a_file_whose_trial_it_has_not_judged(
     assert enforce_keep(study, "pareto", folder, front=({0}, numbers)) == 1
     (left,) = files()
     assert left == study.trials[0].user_attrs["artifact_id"]
+
+
+def test_the_cache_of_models_read_from_the_store_keeps_the_latest_within_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+    import uuid
+
+    import tuner._artifacts as artifacts
+
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(artifacts, "CACHE_BYTES", 250)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    paths = []
+    for age, artifact_id in zip((300, 200, 100), ids):
+        path = artifacts._cached(artifact_id, b"m" * 100)
+        os.utime(path, (time.time() - age, time.time() - age))
+        paths.append(path)
+    folder = paths[0].parent
+    dead = folder / ".partial-dead"
+    dead.write_bytes(b"half")
+    os.utime(dead, (time.time() - 7200, time.time() - 7200))
+    writing = folder / ".partial-now"
+    writing.write_bytes(b"half")
+    # Reading the first model again makes it the newest; the one read longest ago goes.
+    artifacts._cached(ids[0], b"m" * 100)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ids[0], ids[2], ".partial-now"])
+    # One model larger than the whole cache is kept: it is the one being loaded.
+    big = artifacts._cached(ids[3], b"m" * 1000)
+    assert big.read_bytes() == b"m" * 1000
+    assert sorted(p.name for p in folder.iterdir()) == sorted([ids[3], ".partial-now"])

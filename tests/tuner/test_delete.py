@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pytest
 
 TUNER = [sys.executable, "-m", "tuner._cli"]
 
@@ -199,8 +198,7 @@ def test_a_night_a_nightly_run_holds_is_deleted_only_with_force(
         store.engine.dispose()
 
 
-@pytest.mark.postgres
-def test_delete_on_postgres(tmp_path: Path, tiny_spec: Any, postgres_url: str) -> None:
+def test_delete_on_a_database_server(tmp_path: Path, tiny_spec: Any, server_url: str) -> None:
     import tuner
 
     # A server store keeps models and runs where the spec says (else ./tuner-artifacts).
@@ -208,11 +206,11 @@ def test_delete_on_postgres(tmp_path: Path, tiny_spec: Any, postgres_url: str) -
         budget={"n_trials": 1, "max_epochs": 1},
         artifacts={"keep": "all", "path": str(tmp_path / "artifacts")},
     )
-    tuner.run(spec, storage=postgres_url)
+    tuner.run(spec, storage=server_url)
     models = tmp_path / "artifacts" / "tiny"
     runs = tmp_path / "artifacts" / "tensorboard" / "tiny"
     assert models.is_dir() and runs.is_dir()
-    out = _tuner("delete", "tiny", "--yes", "--storage", postgres_url, cwd=tmp_path)
+    out = _tuner("delete", "tiny", "--yes", "--storage", server_url, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "tiny" not in optuna.get_all_study_names(postgres_url)
+    assert "tiny" not in optuna.get_all_study_names(server_url)
     assert not models.exists() and not runs.exists()

@@ -157,6 +157,9 @@ def test_a_cluster_run_ships_its_workload_and_times_each_model_on_the_target(
         )
         assert retimed.returncode == 0, retimed.stderr[-3000:]
         assert "timing 1 model on the target 'edge'" in retimed.stderr, retimed.stderr[-3000:]
+        # The target's own progress reaches this terminal (streamed from the task).
+        said = retimed.stderr
+        assert "ready (torch) [1/1]" in said and "round 1/1 done" in said, said[-3000:]
         result = json.loads(retimed.stdout)
         assert result["target"] == "edge" and [t["number"] for t in result["trials"]] == [0]
         assert result["trials"][0]["retimed"]["latency_ms"] > 0

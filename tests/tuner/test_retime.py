@@ -303,8 +303,12 @@ def test_the_target_task_times_the_models_it_can_read_and_its_result_travels_bac
         torch.save(load_trial_model(artifact_status(study, number).path), buffer)
         sent.append((buffer.getvalue(), records[number], f"trial {number}"))
     sent.insert(1, (b"not a model", records[1], "trial 1 (damaged)"))
-    timing = pickle.loads(pickle.dumps(_time_pool_here(sent, 1, [str(tmp_path / "gone")])))
+    said: list[str] = []
+    timing = _time_pool_here(sent, 1, [str(tmp_path / "gone")], say=said.append)
+    timing = pickle.loads(pickle.dumps(timing))
     assert sorted(timing.trials) == [0, 2] and list(timing.unbuilt) == [1]
+    # What the target says (streamed to the terminal that asked), the damaged model too.
+    assert said[0].startswith("trial 1 (damaged): not re-timed: ") and said[-1] == "round 1/1 done"
     assert "this node lacks" in timing.unbuilt[1] and str(tmp_path / "gone") in timing.unbuilt[1]
     assert [timing.trials[i].number for i in (0, 2)] == [0, 1]
     assert all(t.retimed["latency_ms"] > 0 for t in timing.trials.values())

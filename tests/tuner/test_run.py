@@ -172,13 +172,12 @@ def test_existing_study_with_other_objectives_is_refused(sqlite_url: str, tiny_s
         tuner.run(tiny_spec(objectives={"accuracy": "maximize"}), storage=sqlite_url)
 
 
-@pytest.mark.postgres
-def test_run_on_postgresql(postgres_url: str, tiny_spec: Any) -> None:
+def test_run_on_a_database_server(server_url: str, tiny_spec: Any) -> None:
     result = tuner.run(
-        tiny_spec(budget={"n_trials": 2, "max_epochs": 1}), storage=postgres_url, workers=2
+        tiny_spec(budget={"n_trials": 2, "max_epochs": 1}), storage=server_url, workers=2
     )
     assert result.n_finished == 2
-    study = optuna.load_study(study_name="tiny", storage=postgres_url)
+    study = optuna.load_study(study_name="tiny", storage=server_url)
     assert study.metric_names == ["accuracy", "size_bytes", "latency_ms"]
     assert "***" not in result.storage_url or "@" in result.storage_url
 
