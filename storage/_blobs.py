@@ -10,6 +10,9 @@ writes to it as to a folder.
 The run's driver creates the table before its workers start (a write that finds it
 missing creates it too); a store without it holds no models. Readers never create it.
 Database errors come out as :class:`StoreError`, one line.
+
+Each trial's TensorBoard run is a row of the same table too (its files packed), with the
+id :func:`run_id` gives it: the models are counted apart from the runs.
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ _blobs = Table(
     Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
     Column("created_at", PRECISE_TIME, nullable=False),
 )
+
+
+RUN_PREFIX = "tensorboard-"
+
+
+def run_id(trial_id: int) -> str:
+    """The row id of a trial's TensorBoard run (one per trial, whatever its study)."""
+    return f"{RUN_PREFIX}{trial_id}"
+
+
+def _is_run(column: Any) -> Any:
+    return column.startswith(RUN_PREFIX, autoescape=True)
 
 
 def _missing_table(exc: BaseException) -> bool:
@@ -101,7 +116,9 @@ class StoreArtifacts:
         except sqlalchemy.exc.SQLAlchemyError:
             return False
 
-    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+    def write(self, artifact_id: str, content_body: BinaryIO, *, replace: bool = False) -> None:
+        """Store a file under ``artifact_id``; with ``replace``, in place of the one that
+        id has (a write retried after its commit was lost lands once)."""
         data = content_body.read()
         self._check_packet(data)
         row = {
@@ -113,6 +130,10 @@ class StoreArtifacts:
         for attempt in range(2):
             try:
                 with self._engine.begin() as connection:
+                    if replace:
+                        connection.execute(
+                            _blobs.delete().where(_blobs.c.artifact_id == artifact_id)
+                        )
                     connection.execute(_blobs.insert().values(**row))
                 return
             except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -170,30 +191,60 @@ class StoreArtifacts:
                 raise _failed(f"delete the model {artifact_id}", exc) from exc
 
     def count_study(self, study: str) -> tuple[int, int]:
-        """How many files ``study`` has in the store, and their bytes."""
+        """How many model files ``study`` has in the store, and their bytes."""
+        count, size, _runs = self.count_all(study)
+        return count, size
+
+    def count_all(self, study: str) -> tuple[int, int, int]:
+        """How many model files ``study`` has in the store, their bytes, and how many
+        TensorBoard runs."""
         size = sqlalchemy.func.coalesce(
             sqlalchemy.func.sum(sqlalchemy.func.length(_blobs.c.content)), 0
         )
-        query = sqlalchemy.select(sqlalchemy.func.count(), size).where(_blobs.c.study == study)
+        run = _is_run(_blobs.c.artifact_id)
+        query = (
+            sqlalchemy.select(run, sqlalchemy.func.count(), size)
+            .where(_blobs.c.study == study)
+            .group_by(run)
+        )
+        models, total, runs = 0, 0, 0
         try:
             with self._engine.connect() as connection:
-                count, total = connection.execute(query).one()
+                for is_run, count, nbytes in connection.execute(query):
+                    if is_run:
+                        runs += int(count)
+                    else:
+                        models, total = int(count), int(nbytes)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if _missing_table(exc):
-                return 0, 0
+                return 0, 0, 0
             raise _failed("count its models", exc) from exc
-        return int(count), int(total)
+        return models, total, runs
 
-    def remove_study(self, study: str) -> tuple[int, int]:
-        """Delete every file of ``study``: how many, and their bytes."""
-        count, size = self.count_study(study)
-        if count:
+    def runs(self, study: str) -> list[tuple[str, bytes]]:
+        """Every TensorBoard run ``study`` has in the store: (row id, packed files)."""
+        query = sqlalchemy.select(_blobs.c.artifact_id, _blobs.c.content).where(
+            _blobs.c.study == study, _is_run(_blobs.c.artifact_id)
+        )
+        try:
+            with self._engine.connect() as connection:
+                return [(str(i), bytes(c)) for i, c in connection.execute(query)]
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if _missing_table(exc):
+                return []
+            raise _failed(f"read the TensorBoard runs of {study!r}", exc) from exc
+
+    def remove_study(self, study: str) -> tuple[int, int, int]:
+        """Delete every file of ``study``: how many models, their bytes, and how many
+        TensorBoard runs."""
+        count, size, runs = self.count_all(study)
+        if count or runs:
             try:
                 with self._engine.begin() as connection:
                     connection.execute(_blobs.delete().where(_blobs.c.study == study))
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise _failed(f"delete the models of {study!r}", exc) from exc
-        return count, size
+        return count, size, runs
 
 
 def _sent_size(data: bytes, driver: str) -> int:

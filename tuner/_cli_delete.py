@@ -63,7 +63,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         try:
             load_study_readonly(reader, args.study)
             records = read_records(reader, args.study)
-            in_store = StoreArtifacts(reader).count_study(args.study)[0]
+            in_store, _size_of, runs_in_store = StoreArtifacts(reader).count_all(args.study)
         finally:
             reader.engine.dispose()
     except StoreError as exc:
@@ -74,8 +74,10 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     kept = study_files(args.study, records)
     if kept and not args.keep_files:
         what += f" and the {kept.describe()} its trials kept"
-    if in_store:
-        what += f", with the {counted(in_store, 'model')} kept in the store"
+    stored = [counted(in_store, "model")] if in_store else []
+    stored += [counted(runs_in_store, "TensorBoard run")] if runs_in_store else []
+    if stored:
+        what += f", with the {' and '.join(stored)} kept in the store"
     if not args.yes:
         if not sys.stdin.isatty():
             raise SpecError(

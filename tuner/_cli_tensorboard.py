@@ -10,7 +10,7 @@ from typing import Any
 
 from ._cli import _open_readonly, _storage_arg, check_port, serve
 from ._exceptions import EXIT_OK, StorageError, storage_error
-from .storage.keys import TENSORBOARD_ATTR
+from .storage.keys import ARTIFACT_IN_STORE, TENSORBOARD_ATTR
 
 
 def add_parser(sub: Any) -> None:
@@ -36,6 +36,7 @@ def log_folder_of(records: Any) -> tuple[Path | None, int]:
         str(Path(r.metrics[TENSORBOARD_ATTR]).parent)
         for r in records
         if isinstance(r.metrics.get(TENSORBOARD_ATTR), str)
+        and r.metrics[TENSORBOARD_ATTR] != ARTIFACT_IN_STORE
     )
     if not roots:
         return None, 0
@@ -57,18 +58,47 @@ def tensorboard_command(folder: Path, port: int) -> list[str]:
     ]
 
 
+def runs_from_store(store: Any, study: str) -> tuple[Path, int]:
+    """The study's runs kept in the study store, laid out afresh in this user's cache:
+    the folder, and how many runs."""
+    import hashlib
+    import shutil
+
+    from ._datasets import _cache_dir
+    from ._tensorboard import unpack_runs
+    from .storage._blobs import StoreArtifacts
+
+    url = store.engine.url.render_as_string(hide_password=True)
+    digest = hashlib.blake2b(f"{url}\n{study}".encode(), digest_size=8).hexdigest()
+    folder = _cache_dir() / "tensorboard" / digest / study
+    packed = StoreArtifacts(store).runs(study)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder, unpack_runs((data for _, data in packed), folder)
+
+
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
     from .storage import StoreError, read_records
 
     check_port(args.port)
     store = _open_readonly(args.storage)
+    where = ""
     try:
         records = read_records(store, args.study)
+        if any(r.metrics.get(TENSORBOARD_ATTR) == ARTIFACT_IN_STORE for r in records):
+            folder: Path | None
+            folder, count = runs_from_store(store, args.study)
+            where = " (kept in the study store, copied here)"
+        else:
+            folder, count = log_folder_of(records)
     except StoreError as exc:
         raise storage_error(exc) from exc
+    except OSError as exc:
+        raise StorageError(
+            f"study {args.study!r}: its TensorBoard runs could not be copied here: {exc}"
+        ) from exc
     finally:
         store.engine.dispose()
-    folder, count = log_folder_of(records)
     if folder is None:
         raise StorageError(
             f"study {args.study!r}: no trial wrote TensorBoard files (none has run yet, or "
@@ -80,7 +110,7 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
             "(trials ran elsewhere; copy the folder here or set artifacts.path to a shared one)"
         )
     if not args.serve:
-        print(f"{count} of {len(records)} trials of {args.study} logged; open them with:")
+        print(f"{count} of {len(records)} trials of {args.study} logged{where}; open them with:")
         print(f"  tensorboard --logdir {folder}")
         print(folder)
         return EXIT_OK

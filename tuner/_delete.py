@@ -180,7 +180,7 @@ def delete_study(
     finally:
         if lock is not None:
             lock.release()
-    out = Deleted(study_name, len(records), models=in_store[0], size=in_store[1])
+    out = Deleted(study_name, len(records), models=in_store[0], runs=in_store[2], size=in_store[1])
     if not files:
         out.left = {folder: "kept (--keep-files)" for folder in kept.folders}
         return out

@@ -6,15 +6,17 @@ import copy
 import dataclasses
 import math
 import statistics
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
 
-from ._artifacts import artifacts_root, keep_trial_model, storage_url
+from ._artifacts import artifacts_root, keep_trial_model, models_in_store, storage_url
 from ._compression import check_float8_device
 from ._cv import REFIT, Folds
 from ._cv import summary as cv_summary
@@ -24,12 +26,13 @@ from ._settings import COMPRESSION_PARAMS, settings_from_params
 from ._shipping import QAT_LR_SCALE, finetuner, measure, ship, trial_model
 from ._space import suggest
 from ._spec import StudySpec
-from ._tensorboard import TrialLog, log_folder
+from ._tensorboard import TrialLog, keep_run, log_folder
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
 from .storage import StoreError
 from .storage._optuna import study_storage, trial_id
 from .storage._rdb import set_trial_user_attrs
 from .storage.keys import (
+    ARTIFACT_IN_STORE,
     COMPRESSION_CHOICE_ATTR,
     CURVE_ATTR,
     ERROR_ATTR,
@@ -95,6 +98,8 @@ class Objective:
         self.workload = workload
         self._should_stop = should_stop
         self._log: TrialLog | None = None
+        # Where the trial's run is written when the study store keeps it (else None).
+        self._scratch: Path | None = None
         self._kept: _Kept | None = None
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
@@ -113,18 +118,29 @@ class Objective:
         finally:
             if self._log is not None:
                 self._log.close()
+                if self._scratch is not None:
+                    keep_run(trial, self._log, self._scratch)
             self._log = None
+            self._scratch = None
 
     def _trial_log(self, trial: optuna.Trial) -> TrialLog | None:
-        """The trial's TensorBoard files, unless the spec turns them off."""
+        """The trial's TensorBoard files, unless the spec turns them off: in the study
+        store where the models are kept there (written in a scratch folder first)."""
         if not self.spec.artifacts.tensorboard:
             return None
-        root = artifacts_root(self.spec.artifacts.path, storage_url(study_storage(trial.study)))
+        url = storage_url(study_storage(trial.study))
+        if models_in_store(self.spec.artifacts, url):
+            self._scratch = Path(tempfile.mkdtemp(prefix="tuner-tensorboard-"))
+            root = self._scratch
+        else:
+            root = artifacts_root(self.spec.artifacts.path, url)
         return TrialLog(log_folder(root, trial.study.study_name), self.spec, trial.number)
 
     def _log_attr(self) -> dict[str, str]:
         """Where the trial's TensorBoard files are, written with its other attributes."""
-        return {TENSORBOARD_ATTR: str(self._log.folder)} if self._log is not None else {}
+        if self._log is None:
+            return {}
+        return {TENSORBOARD_ATTR: ARTIFACT_IN_STORE if self._scratch else str(self._log.folder)}
 
     def compress_again(
         self, study: optuna.Study, finished: int

@@ -12,18 +12,28 @@ Layout, next to the studies' artifacts (``<artifacts root>/tensorboard/<study>``
 ``tensorboard --logdir <that folder>`` compares the trials. Writing goes through
 ``torch.utils.tensorboard`` (TensorBoard's own format, written by a background thread);
 a folder that cannot be written costs the trial its event files, never the trial.
+
+Where trials keep their models in the study store (``artifacts.in_store``), each trial
+writes its run in a scratch folder and keeps it, packed, in the store too
+(:func:`keep_run`): nodes of a cluster then need no shared disk for TensorBoard either,
+and ``tuner tensorboard`` lays the study's runs out here again (:func:`unpack_runs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
+import shutil
+import tarfile
 import warnings
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import optuna
+
     from ._spec import StudySpec
 
 FOLDER = "tensorboard"
@@ -183,3 +193,71 @@ def _set_status(end_summary: Any, status: int) -> None:
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
     data.session_end_info.status = status
     value.metadata.plugin_data.content = data.SerializeToString()
+
+
+def pack_run(log: TrialLog) -> bytes:
+    """A trial's run as one file (tar.gz): the study's experiment summary (the event
+    files at the top of ``log.root``) and the trial's own folder."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(log.root.iterdir()):
+            if path.is_file() and path.name.startswith(_EVENTS):
+                tar.add(path, arcname=path.name)
+        for path in sorted(log.folder.rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=path.relative_to(log.root).as_posix())
+    return buffer.getvalue()
+
+
+def keep_run(trial: optuna.Trial, log: TrialLog, scratch: Path) -> None:
+    """Keep the trial's finished run in the study store, then remove ``scratch``, the
+    folder it was written in.
+    A store that cannot take it costs the trial its run (with a warning), never the trial."""
+    from .storage import StoreError
+    from .storage._blobs import StoreArtifacts, run_id
+    from .storage._optuna import rdb_backend, study_storage
+    from .storage._outage import ride_out
+
+    try:
+        if log.folder.is_dir():
+            data = pack_run(log)
+            backend = rdb_backend(study_storage(trial.study))
+            blobs = StoreArtifacts(backend, trial.study.study_name)
+            ride_out(
+                lambda: blobs.write(run_id(trial._trial_id), io.BytesIO(data), replace=True),
+                backend,
+            )
+    except (StoreError, OSError) as exc:
+        warnings.warn(
+            f"TensorBoard run of trial {trial.number} not kept in the study store: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def unpack_runs(packed: Iterable[bytes], into: Path) -> int:
+    """Lay runs packed by :func:`pack_run` out in ``into`` as TensorBoard reads them (the
+    experiment summary once); how many runs. Only plain files inside ``into`` are written."""
+    into.mkdir(parents=True, exist_ok=True)
+    summary = False
+    count = 0
+    for data in packed:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar.getmembers():
+                parts = PurePosixPath(member.name).parts
+                if not member.isfile() or not parts or parts[0] == "/" or ".." in parts:
+                    continue
+                if len(parts) == 1:  # the experiment summary, which every run carries
+                    if summary:
+                        continue
+                    summary = True
+                source = tar.extractfile(member)
+                if source is None:
+                    continue
+                target = into.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(source.read())
+        count += 1
+    return count

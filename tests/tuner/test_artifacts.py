@@ -105,6 +105,7 @@ def test_a_servers_study_keeps_its_models_in_the_store_for_every_machine(
 ) -> None:
     import onnx
     import sqlalchemy
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     monkeypatch.delenv("TUNER_ARTIFACTS", raising=False)
     here, elsewhere = tmp_path / "driver", tmp_path / "laptop"
@@ -118,20 +119,24 @@ def test_a_servers_study_keeps_its_models_in_the_store_for_every_machine(
         objectives={"accuracy": "maximize", "size_bytes": "minimize"},
     )
     result = tuner.run(spec, storage=server_url)
-    # No model file on this machine's disk (TensorBoard runs stay in the folder).
-    written = [p for p in here.rglob("*") if p.is_file() and "tensorboard" not in p.parts]
-    assert written == []
+    # Nothing written on this machine's disk: models and TensorBoard runs are in the store.
+    assert [p for p in here.rglob("*") if p.is_file()] == []
     trials = optuna.load_study(study_name="pgstore", storage=server_url).get_trials()
     kept = {t.number: t.user_attrs["artifact_id"] for t in trials if "artifact_id" in t.user_attrs}
     assert all(t.user_attrs["artifact_store"] == "study store" for t in trials if t.number in kept)
+    assert all(t.user_attrs["tensorboard"] == "study store" for t in trials)
     engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as connection:
         query = "SELECT artifact_id, study FROM tuner_artifacts"
         rows = dict(connection.exec_driver_sql(query).tuples().all())
     engine.dispose()
-    # keep: pareto: what stays in the store is the front's models, and only those.
+    runs = {i for i in rows if i.startswith("tensorboard-")}
+    models = set(rows) - runs
+    # keep: pareto: what stays in the store is the front's models, and only those; every
+    # trial's run stays.
     front = {t.number for t in result.pareto_front}
-    assert set(rows) == {kept[n] for n in front} and set(rows.values()) == {"pgstore"}
+    assert models == {kept[n] for n in front} and set(rows.values()) == {"pgstore"}
+    assert runs == {f"tensorboard-{t._trial_id}" for t in trials}
 
     # Another machine with the store's URL and nothing else exports a front trial.
     monkeypatch.chdir(elsewhere)
@@ -147,9 +152,30 @@ def test_a_servers_study_keeps_its_models_in_the_store_for_every_machine(
     assert main(["export", "pgstore", *args, "--storage", server_url]) == 1
     assert f"artifact of trial {dropped} was dropped by keep: pareto" in capsys.readouterr().out
 
-    # Deleting the study deletes its models with it.
+    # Another machine with the store's URL sees every trial's run in TensorBoard.
+    capsys.readouterr()
+    monkeypatch.setenv("TUNER_CACHE_DIR", str(elsewhere / "cache"))
+    assert main(["tensorboard", "pgstore", "--storage", server_url]) == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said[0] == (
+        "4 of 4 trials of pgstore logged (kept in the study store, copied here); open them with:"
+    )
+    folder = Path(said[-1])
+    assert folder.is_relative_to(elsewhere / "cache") and folder.name == "pgstore"
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(folder))
+    multiplexer.Reload()
+    by_number = {t.number: t for t in trials}
+    assert set(multiplexer.Runs()) == {".", *(f"trial-{n:05d}" for n in by_number)}
+    for number, trial in by_number.items():
+        curve = multiplexer.Scalars(f"trial-{number:05d}", "curve/val_accuracy")
+        assert [e.value for e in curve] == pytest.approx(trial.user_attrs["curve"], abs=1e-6)
+    experiments = [p for p in folder.iterdir() if p.is_file()]
+    assert len(experiments) == 1, "the experiment summary, once"
+
+    # Deleting the study deletes its models and runs with it.
     assert main(["delete", "pgstore", "--yes", "--storage", server_url]) == 0
-    assert f"removed {len(front)} model file" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"removed {len(front)} model file" in out and "and 4 TensorBoard runs" in out
     engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM tuner_artifacts").scalar() == 0

@@ -161,25 +161,14 @@ def _assert_recovered(url: str, name: str, budget: int, killed: set[int]) -> Non
         assert all(r.datetime_start >= dead.datetime_complete for r in retries)
 
 
-@pytest.mark.parametrize(
-    ("backend", "store"),
-    [
-        ("local", "sqlite"),
-        ("ray", "sqlite"),
-        pytest.param("local", "mysql", marks=pytest.mark.mysql),
-    ],
-)
+@pytest.mark.parametrize("backend", ["local", "ray"])
 def test_killed_worker_trial_fails_and_is_retried(
-    backend: str, store: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, slow_spec: Any
 ) -> None:
     spec = slow_spec(n_trials=4, epochs=4, epoch_s=0.5)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    url = (
-        f"sqlite:///{tmp_path / 'study.db'}"
-        if store == "sqlite"
-        else request.getfixturevalue(f"{store}_url")
-    )
+    url = f"sqlite:///{tmp_path / 'study.db'}"
     run_dir = Path(spec["search_space"]["run_dir"])
     args = ["--workers", "2", "--backend", backend]
     if backend == "ray":
