@@ -17,6 +17,7 @@ id :func:`run_id` gives it: the models are counted apart from the runs.
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -80,7 +81,7 @@ class StoreArtifacts:
         self._study = study
         self._packet_limit: int | None = None
 
-    def _check_packet(self, data: bytes) -> None:
+    def _check_packet(self, data: bytes, what: str) -> None:
         """On MySQL, refuse a model the server would not take in one statement: past its
         ``max_allowed_packet`` the server drops the connection, which looks like an
         outage and would be waited on in vain."""
@@ -96,10 +97,10 @@ class StoreArtifacts:
         needed = _sent_size(data, self._engine.dialect.driver)
         if needed > self._packet_limit:
             raise StoreError(
-                f"the study store cannot take a {len(data)}-byte model: sent, it needs "
+                f"the study store cannot take a {len(data)}-byte {what}: sent, it needs "
                 f"{needed} bytes, more than the server's max_allowed_packet "
                 f"({self._packet_limit}); raise max_allowed_packet on the server, or keep "
-                "models in a folder (artifacts.path)"
+                "models and runs in a folder (artifacts.path)"
             )
 
     def create_table(self) -> None:
@@ -116,11 +117,19 @@ class StoreArtifacts:
         except sqlalchemy.exc.SQLAlchemyError:
             return False
 
-    def write(self, artifact_id: str, content_body: BinaryIO, *, replace: bool = False) -> None:
+    def write(
+        self,
+        artifact_id: str,
+        content_body: BinaryIO,
+        *,
+        replace: bool = False,
+        what: str = "model",
+    ) -> None:
         """Store a file under ``artifact_id``; with ``replace``, in place of the one that
-        id has (a write retried after its commit was lost lands once)."""
+        id has (a write retried after its commit was lost lands once). ``what`` names the
+        file in errors."""
         data = content_body.read()
-        self._check_packet(data)
+        self._check_packet(data, what)
         row = {
             "artifact_id": artifact_id,
             "study": self._study,
@@ -140,7 +149,7 @@ class StoreArtifacts:
                 if attempt == 0 and _missing_table(exc):
                     self.create_table()
                     continue
-                raise _failed(f"take a {len(data)}-byte model", exc) from exc
+                raise _failed(f"take a {len(data)}-byte {what}", exc) from exc
 
     def read(self, artifact_id: str) -> bytes | None:
         """The file's bytes, or None where the store holds no such file."""
@@ -248,13 +257,20 @@ class StoreArtifacts:
 
 
 def _sent_size(data: bytes, driver: str) -> int:
-    """Bytes a MySQL driver sends for an INSERT of ``data``: PyMySQL writes binary as hex;
-    others escape six byte values, which double, and send the rest as they are. 1 KiB
-    covers the rest of the statement."""
-    if driver == "pymysql":
+    """Bytes a MySQL driver sends for an INSERT of ``data``: recent PyMySQL writes binary
+    as hex; other drivers (and PyMySQL before 1.2.3) escape seven byte values, which
+    double, and send the rest as they are. 1 KiB covers the rest of the statement."""
+    if driver == "pymysql" and _pymysql_sends_hex():
         return 2 * len(data) + 1024
     escaped = sum(data.count(byte) for byte in (b"\0", b"\\", b"\n", b"\r", b"\x1a", b"'", b'"'))
     return len(data) + escaped + 1024
+
+
+@functools.cache
+def _pymysql_sends_hex() -> bool:
+    from pymysql.converters import escape_item
+
+    return "X'" in str(escape_item(b"\x00", "utf8mb4"))
 
 
 def _first_line(exc: BaseException) -> str:

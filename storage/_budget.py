@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,8 +90,10 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
             unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
         elif dialect in ("mysql", "mariadb"):
             name = _lock_name(engine.url.database, study_id)
+            # MariaDB waits fractions of a second; MySQL rounds the wait to whole seconds.
+            seconds = wait if engine.dialect.is_mariadb else max(1, math.ceil(wait))
             got = conn.execute(
-                sqlalchemy.text("SELECT GET_LOCK(:k, :s)"), {"k": name, "s": wait}
+                sqlalchemy.text("SELECT GET_LOCK(:k, :s)"), {"k": name, "s": seconds}
             ).scalar()
             if got != 1:
                 raise _held_too_long(engine, study_id, wait)

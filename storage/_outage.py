@@ -39,9 +39,10 @@ _down_since: dict[str, float] = {}
 _listeners: list[Callable[[str], None]] = []
 
 # SQLSTATE classes and MySQL codes that look like connection errors but are not outages:
-# a wrong password or a database that does not exist stays wrong however long one waits.
+# a wrong password, a database that does not exist or a command the user may not run
+# stays wrong however long one waits.
 _NOT_OUTAGE_SQLSTATE = ("28", "3D")
-_NOT_OUTAGE_MYSQL = (1044, 1045, 1049)
+_NOT_OUTAGE_MYSQL = (1044, 1045, 1049, 1142, 1143, 1227)
 # The same refusals at connect time, where drivers give only the server's message.
 _NOT_OUTAGE_WORDS = (
     "does not exist",
@@ -91,8 +92,8 @@ def _lasting(orig: BaseException | None) -> bool:
 
 # A server that is up but has no connection left says so in these words (PostgreSQL's
 # max_connections and per-role or per-database limits; MySQL's max_connections and
-# max_user_connections). Waiting
-# can help, as other clients leave, but the cure is usually the number of workers.
+# max_user_connections). Waiting can help, as other clients leave, but the cure is
+# usually the number of workers.
 _FULL_WORDS = (
     "too many clients",
     "too many connections",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from ._frozen import FastRDBStorage
 from ._optuna import rdb_backend
 from ._outage import StoreUnavailable, is_outage, reason_of, ride_url
 from ._url import check_url, mask_url
+
+_log = logging.getLogger("tuner.storage")
 
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 30
@@ -77,6 +80,8 @@ def _has_unread_input(dbapi_connection: Any) -> bool:
     import select
 
     fileno = getattr(dbapi_connection, "fileno", None)
+    if fileno is None:  # PyMySQL keeps its socket to itself
+        fileno = getattr(getattr(dbapi_connection, "_sock", None), "fileno", None)
     if fileno is None:
         return False
     try:
@@ -219,28 +224,46 @@ _TIMES = {
 }
 
 
+_LOCK_WAIT_TIMEOUT = 1205  # MySQL: another session holds the table
+
+
 def _keep_microseconds(engine: sqlalchemy.engine.Engine) -> None:
+    """Widen a new MySQL store's trial times to microseconds. Best effort: a user who may
+    not alter tables, or a table another session holds, leaves them as Optuna made them
+    (with one line in the log)."""
     if engine.dialect.name not in ("mysql", "mariadb"):
         return
-    with engine.begin() as conn:
-        whole = conn.execute(
-            sqlalchemy.text(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND data_type = 'datetime' "
-                "AND datetime_precision = 0 AND table_name IN ('trials', 'trial_heartbeats')"
-            )
-        ).all()
-        if not whole:
-            return
-        # A store that already holds trials (one made by Optuna itself) is left as it is:
-        # rebuilding a large table would hold up its workers.
-        if conn.execute(sqlalchemy.text("SELECT 1 FROM trials LIMIT 1")).first() is not None:
-            return
-    with engine.connect() as conn:
-        for table, column in whole:
-            null = _TIMES.get((str(table), str(column)))
-            if null is not None:
-                conn.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} DATETIME(6) {null}")
+    try:
+        with engine.begin() as conn:
+            whole = conn.execute(
+                sqlalchemy.text(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = DATABASE() AND data_type = 'datetime' "
+                    "AND datetime_precision = 0 AND table_name IN ('trials', 'trial_heartbeats')"
+                )
+            ).all()
+            if not whole:
+                return
+            # A store that already holds trials (one made by Optuna itself) is left as it
+            # is: rebuilding a large table would hold up its workers.
+            if conn.execute(sqlalchemy.text("SELECT 1 FROM trials LIMIT 1")).first() is not None:
+                return
+        with engine.connect() as conn:
+            # An ALTER waits for every open transaction on the table; not for long here.
+            conn.exec_driver_sql("SET SESSION lock_wait_timeout = 5")
+            for table, column in whole:
+                null = _TIMES.get((str(table), str(column)))
+                if null is not None:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} MODIFY {column} DATETIME(6) {null}")
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        code = tuple(getattr(getattr(exc, "orig", None), "args", ()))[:1]
+        if is_outage(exc) and code != (_LOCK_WAIT_TIMEOUT,):
+            raise
+        _log.warning(
+            "study store %s keeps trial times to the second: %s",
+            mask_url(engine.url.render_as_string(hide_password=False)),
+            reason_of(exc, engine.url),
+        )
 
 
 def _check_is_store(url: str) -> None:

@@ -204,7 +204,13 @@ def mysql_url(mysql_server: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["postgres", "mysql"])
+_SERVERS = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
+
+
+@pytest.fixture(params=_SERVERS)
 def server_url(request: pytest.FixtureRequest) -> str:
     """A fresh database on each database server tuner supports for shared stores."""
     return str(request.getfixturevalue(f"{request.param}_url"))
@@ -355,7 +361,7 @@ def mysql_secret_url(mysql_url: str, mysql_server: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["postgres", "mysql"])
+@pytest.fixture(params=_SERVERS)
 def server_proxy(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A TCP proxy in front of a fresh database on each database server, to play an
     outage with; ``secret_url`` goes through it with the password ``SECRET``."""

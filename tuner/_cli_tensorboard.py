@@ -62,6 +62,7 @@ def runs_from_store(store: Any, study: str) -> tuple[Path, int]:
     """The study's runs kept in the study store, laid out afresh in this user's cache:
     the folder, and how many runs."""
     import hashlib
+    import re
     import shutil
 
     from ._datasets import _cache_dir
@@ -70,7 +71,9 @@ def runs_from_store(store: Any, study: str) -> tuple[Path, int]:
 
     url = store.engine.url.render_as_string(hide_password=True)
     digest = hashlib.blake2b(f"{url}\n{study}".encode(), digest_size=8).hexdigest()
-    folder = _cache_dir() / "tensorboard" / digest / study
+    # One folder name, whatever the study is called (a name may hold "/" or "..").
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", study)[:48]
+    folder = _cache_dir() / "tensorboard" / f"{readable}-{digest}"
     packed = StoreArtifacts(store).runs(study)
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ import os
 # The import names of what tuner loads as it runs.
 LIBRARIES = (
     *("alembic", "click", "colorlog", "mnist1d", "numpy", "onnx", "onnxruntime", "onnxscript"),
-    *("optuna", "packaging", "pandas", "plotly", "psycopg", "ray", "rich", "scipy", "sklearn"),
+    *("optuna", "packaging", "pandas", "plotly", "psycopg", "pymysql", "ray", "rich", "scipy"),
+    "sklearn",
     *("sqlalchemy", "streamlit", "tensorboard", "torch", "torch_pruning", "torchao", "tqdm"),
     "yaml",
 )

@@ -6,9 +6,9 @@ import copy
 import dataclasses
 import math
 import statistics
-import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from ._settings import COMPRESSION_PARAMS, settings_from_params
 from ._shipping import QAT_LR_SCALE, finetuner, measure, ship, trial_model
 from ._space import suggest
 from ._spec import StudySpec
-from ._tensorboard import TrialLog, keep_run, log_folder
+from ._tensorboard import TrialLog, keep_run, log_folder, scratch_folder
 from ._workloads import TrainedModel, TrialContext, TrialStopped, Workload
 from .storage import StoreError
 from .storage._optuna import study_storage, trial_id
@@ -104,10 +104,14 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self._log = self._trial_log(trial)
+        store_failed = False
         try:
             return self._run(trial)
-        except (optuna.TrialPruned, StoreError):
-            raise  # a stop, or a store that cannot take the error anyway
+        except optuna.TrialPruned:
+            raise
+        except StoreError:
+            store_failed = True  # nor would it take the run
+            raise  # a store that cannot take the error anyway
         except Exception as exc:
             record_user_attrs(trial, {ERROR_ATTR: _short_error(exc), **self._log_attr()})
             if self._log is not None:
@@ -119,7 +123,7 @@ class Objective:
             if self._log is not None:
                 self._log.close()
                 if self._scratch is not None:
-                    keep_run(trial, self._log, self._scratch)
+                    keep_run(trial, self._log, self._scratch, upload=not store_failed)
             self._log = None
             self._scratch = None
 
@@ -130,7 +134,15 @@ class Objective:
             return None
         url = storage_url(study_storage(trial.study))
         if models_in_store(self.spec.artifacts, url):
-            self._scratch = Path(tempfile.mkdtemp(prefix="tuner-tensorboard-"))
+            try:
+                self._scratch = scratch_folder()
+            except OSError as exc:  # no scratch space: the trial goes on without its run
+                warnings.warn(
+                    f"TensorBoard files of trial {trial.number} not written: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return None
             root = self._scratch
         else:
             root = artifacts_root(self.spec.artifacts.path, url)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import shutil
 import tarfile
 import warnings
@@ -209,22 +210,45 @@ def pack_run(log: TrialLog) -> bytes:
     return buffer.getvalue()
 
 
-def keep_run(trial: optuna.Trial, log: TrialLog, scratch: Path) -> None:
-    """Keep the trial's finished run in the study store, then remove ``scratch``, the
-    folder it was written in.
-    A store that cannot take it costs the trial its run (with a warning), never the trial."""
+_SCRATCH_PREFIX = "tuner-tensorboard-"
+# A scratch folder this old was left by a worker that was killed mid-trial.
+_SCRATCH_AGE_S = 86400.0
+
+
+def scratch_folder() -> Path:
+    """A new folder for one trial's run on its way to the study store; folders that
+    killed workers left behind are removed on the way."""
+    import tempfile
+    import time
+
+    top = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for old in top.glob(_SCRATCH_PREFIX + "*"):
+            with contextlib.suppress(OSError):
+                info = old.stat()
+                if info.st_uid == os.getuid() and time.time() - info.st_mtime > _SCRATCH_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=top))
+
+
+def keep_run(trial: optuna.Trial, log: TrialLog, scratch: Path, *, upload: bool = True) -> None:
+    """Keep the trial's finished run in the study store (unless not ``upload``: a trial
+    the store failed), then remove ``scratch``, the folder it was written in. A store that
+    cannot take it costs the trial its run (with a warning), never the trial."""
     from .storage import StoreError
     from .storage._blobs import StoreArtifacts, run_id
     from .storage._optuna import rdb_backend, study_storage
     from .storage._outage import ride_out
 
     try:
-        if log.folder.is_dir():
+        if upload and log.folder.is_dir():
             data = pack_run(log)
             backend = rdb_backend(study_storage(trial.study))
             blobs = StoreArtifacts(backend, trial.study.study_name)
             ride_out(
-                lambda: blobs.write(run_id(trial._trial_id), io.BytesIO(data), replace=True),
+                lambda: blobs.write(
+                    run_id(trial._trial_id), io.BytesIO(data), replace=True, what="run"
+                ),
                 backend,
             )
     except (StoreError, OSError) as exc:
@@ -239,25 +263,40 @@ def keep_run(trial: optuna.Trial, log: TrialLog, scratch: Path) -> None:
 
 def unpack_runs(packed: Iterable[bytes], into: Path) -> int:
     """Lay runs packed by :func:`pack_run` out in ``into`` as TensorBoard reads them (the
-    experiment summary once); how many runs. Only plain files inside ``into`` are written."""
+    experiment summary once); how many runs. Only plain files inside ``into`` are written;
+    a run that cannot be read is left out, with a warning."""
+    import zlib
+
     into.mkdir(parents=True, exist_ok=True)
     summary = False
     count = 0
     for data in packed:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            for member in tar.getmembers():
-                parts = PurePosixPath(member.name).parts
-                if not member.isfile() or not parts or parts[0] == "/" or ".." in parts:
+        try:
+            files = _run_files(data)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            warnings.warn(f"a TensorBoard run left out: {exc}", RuntimeWarning, stacklevel=2)
+            continue
+        for parts, content in files:
+            if len(parts) == 1:  # the experiment summary, which every run carries
+                if summary:
                     continue
-                if len(parts) == 1:  # the experiment summary, which every run carries
-                    if summary:
-                        continue
-                    summary = True
-                source = tar.extractfile(member)
-                if source is None:
-                    continue
-                target = into.joinpath(*parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(source.read())
+                summary = True
+            target = into.joinpath(*parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
         count += 1
     return count
+
+
+def _run_files(data: bytes) -> list[tuple[tuple[str, ...], bytes]]:
+    """The plain files of one packed run, with paths that stay inside the folder."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or not parts or parts[0] == "/" or ".." in parts:
+                continue
+            source = tar.extractfile(member)
+            if source is not None:
+                out.append((parts, source.read()))
+    return out

@@ -113,3 +113,36 @@ def test_a_url_whose_driver_is_missing_names_the_one_to_install(
     message = str(raised.value)
     assert "No module named 'MySQLdb'" in message and hint in message
     assert ":pw@" not in message and "\n" not in message
+
+
+@pytest.mark.mysql
+def test_a_user_who_may_not_alter_tables_opens_an_empty_optuna_store_as_it_is(
+    mysql_url: str, mysql_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uuid
+
+    optuna.storages.RDBStorage(mysql_url).engine.dispose()  # made by an administrator
+    database = sqlalchemy.engine.make_url(mysql_url).database
+    user = f"tuner_rw_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(mysql_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
+        conn.exec_driver_sql(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON `{database}`.* TO '{user}'@'%%'"
+        )
+    url = sqlalchemy.engine.make_url(mysql_url).set(username=user, password="pw")
+    try:
+        started = time.monotonic()
+        storage = open_storage(url.render_as_string(hide_password=False), heartbeat=False)
+        assert time.monotonic() - started < 10, "a refusal is not an outage to wait out"
+        study = optuna.create_study(study_name="as-is", storage=storage)
+        study.optimize(lambda t: 1.0, n_trials=1)
+        assert [t.value for t in study.trials] == [1.0]
+        assert set(_precisions(mysql_url).values()) == {0}
+        said = [r.getMessage() for r in caplog.records if "to the second" in r.getMessage()]
+        assert len(said) == 1 and "ALTER command denied" in said[0] and ":pw@" not in said[0]
+        storage.engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        admin.dispose()

@@ -178,3 +178,36 @@ def test_cli_prints_the_folder_last_and_serves_it(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_runs_from_the_store_are_laid_out_inside_their_folder_only(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from tuner._tensorboard import unpack_runs
+
+    def packed(files: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    first = packed({"events.out.tfevents.1": b"summary", "trial-00000/events.out.tfevents.2": b"a"})
+    second = packed({"events.out.tfevents.3": b"again", "trial-00001/events.out.tfevents.4": b"b"})
+    hostile = packed({"../escaped": b"x", "/abs/escaped": b"x", "trial-00002/ok": b"c"})
+    into = tmp_path / "runs"
+    with pytest.warns(RuntimeWarning, match="a TensorBoard run left out"):
+        count = unpack_runs([first, b"not a run at all", second, hostile], into)
+    assert count == 3
+    written = sorted(p.relative_to(into).as_posix() for p in into.rglob("*") if p.is_file())
+    # The experiment summary once; every trial's files; nothing outside the folder.
+    assert written == [
+        "events.out.tfevents.1",
+        "trial-00000/events.out.tfevents.2",
+        "trial-00001/events.out.tfevents.4",
+        "trial-00002/ok",
+    ]
+    assert not (tmp_path / "escaped").exists() and not Path("/abs/escaped").exists()
