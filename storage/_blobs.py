@@ -201,12 +201,12 @@ class StoreArtifacts:
 
     def count_study(self, study: str) -> tuple[int, int]:
         """How many model files ``study`` has in the store, and their bytes."""
-        count, size, _runs = self.count_all(study)
+        count, size, _runs, _run_bytes = self.count_all(study)
         return count, size
 
-    def count_all(self, study: str) -> tuple[int, int, int]:
-        """How many model files ``study`` has in the store, their bytes, and how many
-        TensorBoard runs."""
+    def count_all(self, study: str) -> tuple[int, int, int, int]:
+        """How many model files ``study`` has in the store and their bytes, and how many
+        TensorBoard runs and theirs."""
         size = sqlalchemy.func.coalesce(
             sqlalchemy.func.sum(sqlalchemy.func.length(_blobs.c.content)), 0
         )
@@ -216,19 +216,19 @@ class StoreArtifacts:
             .where(_blobs.c.study == study)
             .group_by(run)
         )
-        models, total, runs = 0, 0, 0
+        models, total, runs, run_bytes = 0, 0, 0, 0
         try:
             with self._engine.connect() as connection:
                 for is_run, count, nbytes in connection.execute(query):
                     if is_run:
-                        runs += int(count)
+                        runs, run_bytes = int(count), int(nbytes)
                     else:
                         models, total = int(count), int(nbytes)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if _missing_table(exc):
-                return 0, 0, 0
+                return 0, 0, 0, 0
             raise _failed("count its models", exc) from exc
-        return models, total, runs
+        return models, total, runs, run_bytes
 
     def runs(self, study: str) -> list[tuple[str, bytes]]:
         """Every TensorBoard run ``study`` has in the store: (row id, packed files)."""
@@ -244,16 +244,16 @@ class StoreArtifacts:
             raise _failed(f"read the TensorBoard runs of {study!r}", exc) from exc
 
     def remove_study(self, study: str) -> tuple[int, int, int]:
-        """Delete every file of ``study``: how many models, their bytes, and how many
-        TensorBoard runs."""
-        count, size, runs = self.count_all(study)
+        """Delete every file of ``study``: how many models, the bytes of all it removed,
+        and how many TensorBoard runs."""
+        count, size, runs, run_bytes = self.count_all(study)
         if count or runs:
             try:
                 with self._engine.begin() as connection:
                     connection.execute(_blobs.delete().where(_blobs.c.study == study))
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise _failed(f"delete the models of {study!r}", exc) from exc
-        return count, size, runs
+        return count, size + run_bytes, runs
 
 
 def _sent_size(data: bytes, driver: str) -> int:

@@ -63,7 +63,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         try:
             load_study_readonly(reader, args.study)
             records = read_records(reader, args.study)
-            in_store, _size_of, runs_in_store = StoreArtifacts(reader).count_all(args.study)
+            in_store, _, runs_in_store, _ = StoreArtifacts(reader).count_all(args.study)
         finally:
             reader.engine.dispose()
     except StoreError as exc:

@@ -172,10 +172,18 @@ def test_a_servers_study_keeps_its_models_in_the_store_for_every_machine(
     experiments = [p for p in folder.iterdir() if p.is_file()]
     assert len(experiments) == 1, "the experiment summary, once"
 
-    # Deleting the study deletes its models and runs with it.
+    # Deleting the study deletes its models and runs with it, and says how much.
+    from tuner._cli_delete import _size
+
+    engine = sqlalchemy.create_engine(server_url)
+    with engine.connect() as connection:
+        total = connection.exec_driver_sql("SELECT sum(length(content)) FROM tuner_artifacts")
+        stored_bytes = int(total.scalar() or 0)
+    engine.dispose()
     assert main(["delete", "pgstore", "--yes", "--storage", server_url]) == 0
     out = capsys.readouterr().out
     assert f"removed {len(front)} model file" in out and "and 4 TensorBoard runs" in out
+    assert f"of its trials ({_size(stored_bytes)})" in out, out
     engine = sqlalchemy.create_engine(server_url)
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM tuner_artifacts").scalar() == 0
