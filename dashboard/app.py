@@ -816,6 +816,10 @@ def _trial_body(url: str, page: StudyPage, record: TrialRecord) -> None:
         )
     else:
         st.caption("No learning curve recorded.")
+    run = _trials.tensorboard_run(record)
+    if run:
+        st.caption(f"{run} Open the study's runs in TensorBoard with:")
+        st.code(_trials.tensorboard_command(page.name, url), language="bash")
     if record.state == "COMPLETE":
         st.subheader("Export")
         reason = _trials.not_exported(record)

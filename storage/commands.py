@@ -41,3 +41,12 @@ def retime_command(study: str, *, storage: str | None = None) -> str:
     if storage is not None:
         parts += ["--storage", mask_url(storage)]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def tensorboard_command(study: str, *, storage: str | None = None) -> str:
+    """The shell command that serves ``study``'s TensorBoard runs (``storage`` as for
+    :func:`export_command`)."""
+    parts = ["tuner", "tensorboard", study, "--serve"]
+    if storage is not None:
+        parts += ["--storage", mask_url(storage)]
+    return " ".join(shlex.quote(part) for part in parts)

@@ -171,6 +171,21 @@ def kept_model(record: TrialRecord, study_attrs: Mapping[str, Any]) -> tuple[str
     return "It recorded no model.", True
 
 
+def tensorboard_run(record: TrialRecord) -> str | None:
+    """Where the trial's TensorBoard run is, in words; None where it wrote none."""
+    where = record.metrics.get(keys.TENSORBOARD_ATTR)
+    if not isinstance(where, str) or not where:
+        return None
+    if where == keys.ARTIFACT_IN_STORE:
+        return "Its TensorBoard run (curves, final metrics, HParams) is kept in the study store."
+    return f"Its TensorBoard run (curves, final metrics, HParams) is in {where}."
+
+
+def tensorboard_command(study: str, url: str) -> str:
+    """The shell command that serves ``study``'s TensorBoard runs."""
+    return commands.tensorboard_command(study, storage=None if url == DEFAULT_URL else url)
+
+
 def retime_command(study: str, url: str) -> str:
     """The shell command that times ``study``'s front again side by side."""
     return commands.retime_command(study, storage=None if url == DEFAULT_URL else url)

@@ -219,6 +219,9 @@ def test_trial_page_shows_params_metrics_curve_and_export(
     assert any(kept in c.value for c in at.caption)
     assert at.code[-1].value.endswith("--retrain") == retrain
     assert f"ran on {done.metrics['worker']}" in at.caption[0].value
+    # Where its TensorBoard run is, and the command that opens the study's runs.
+    assert any(str(trial_views.tensorboard_run(done)) in c.value for c in at.caption)
+    assert "tuner tensorboard tiny --serve --storage " in at.code[-2].value
 
 
 def test_failed_and_stopped_trials_say_why(

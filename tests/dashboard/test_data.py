@@ -316,3 +316,19 @@ def test_a_trial_page_says_where_its_model_is_kept_and_when_export_retrains() ->
     assert trial_views.export_command("s", 3, "sqlite:///x.db", retrain=True).endswith(
         "--storage sqlite:///x.db --retrain"
     )
+
+
+def test_a_trial_says_where_its_tensorboard_run_is_and_how_to_open_it() -> None:
+    in_store = _trial(0, 0.9, 1000.0, 0.1, metrics={"tensorboard": "study store"})
+    on_disk = _trial(1, 0.9, 1000.0, 0.1, metrics={"tensorboard": "/srv/runs/s/trial-00001"})
+    none = _trial(2, 0.9, 1000.0, 0.1, metrics={})
+    assert trial_views.tensorboard_run(in_store) == (
+        "Its TensorBoard run (curves, final metrics, HParams) is kept in the study store."
+    )
+    assert "is in /srv/runs/s/trial-00001." in str(trial_views.tensorboard_run(on_disk))
+    assert trial_views.tensorboard_run(none) is None
+    command = trial_views.tensorboard_command("s", "mysql+pymysql://u:s3cret@db/t")
+    assert command == "tuner tensorboard s --serve --storage 'mysql+pymysql://u:***@db/t'"
+    assert trial_views.tensorboard_command("s", "sqlite:///tuner.db") == (
+        "tuner tensorboard s --serve"
+    )
