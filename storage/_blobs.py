@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import weakref
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
@@ -29,6 +30,7 @@ from sqlalchemy.dialects import mysql
 
 from ._errors import StoreError
 from ._locks import PRECISE_TIME, _engine
+from ._url import MYSQL
 
 _metadata = MetaData()
 _blobs = Table(
@@ -37,10 +39,13 @@ _blobs = Table(
     Column("artifact_id", String(64), primary_key=True),
     Column("study", String(512), nullable=False, index=True),
     # MySQL's BLOB holds 64 KiB; LONGBLOB holds what max_allowed_packet lets through.
-    Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")),
+    Column("content", LargeBinary().with_variant(mysql.LONGBLOB(), *MYSQL)),
     Column("created_at", PRECISE_TIME, nullable=False),
 )
 
+
+# MySQL's max_allowed_packet, by engine.
+_PACKET_LIMITS: weakref.WeakKeyDictionary[sqlalchemy.Engine, int] = weakref.WeakKeyDictionary()
 
 RUN_PREFIX = "tensorboard-"
 
@@ -79,27 +84,27 @@ class StoreArtifacts:
     def __init__(self, store: Any, study: str = "") -> None:
         self._engine = _engine(store)
         self._study = study
-        self._packet_limit: int | None = None
 
     def _check_packet(self, data: bytes, what: str) -> None:
         """On MySQL, refuse a model the server would not take in one statement: past its
         ``max_allowed_packet`` the server drops the connection, which looks like an
         outage and would be waited on in vain."""
-        if self._engine.dialect.name not in ("mysql", "mariadb"):
+        if self._engine.dialect.name not in MYSQL:
             return
-        if self._packet_limit is None:
+        limit = _PACKET_LIMITS.get(self._engine)  # asked once per engine, not per model
+        if limit is None:
             try:
                 with self._engine.connect() as connection:
                     found = connection.exec_driver_sql("SELECT @@max_allowed_packet").scalar()
             except sqlalchemy.exc.SQLAlchemyError as exc:
                 raise _failed("say how large a model it takes", exc) from exc
-            self._packet_limit = int(found or 0)
+            limit = _PACKET_LIMITS[self._engine] = int(found or 0)
         needed = _sent_size(data, self._engine.dialect.driver)
-        if needed > self._packet_limit:
+        if needed > limit:
             raise StoreError(
                 f"the study store cannot take a {len(data)}-byte {what}: sent, it needs "
                 f"{needed} bytes, more than the server's max_allowed_packet "
-                f"({self._packet_limit}); raise max_allowed_packet on the server, or keep "
+                f"({limit}); raise max_allowed_packet on the server, or keep "
                 "models and runs in a folder (artifacts.path)"
             )
 

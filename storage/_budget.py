@@ -24,7 +24,7 @@ from typing import Any
 
 from ._env import seconds_from_env
 from ._errors import StoreError
-from ._url import mask_url
+from ._url import MYSQL, mask_url
 
 WAIT_VAR = "TUNER_BUDGET_LOCK_S"
 WAIT_S = 60.0
@@ -88,7 +88,7 @@ def budget_lock(storage: Any, study_id: int) -> Iterator[Any]:
             if timed_out:  # raised here, so no database error rides along as its context
                 raise _held_too_long(engine, study_id, wait)
             unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:k)")
-        elif dialect in ("mysql", "mariadb"):
+        elif dialect in MYSQL:
             name = _lock_name(engine.url.database, study_id)
             # MariaDB waits fractions of a second; MySQL rounds the wait to whole seconds.
             seconds = wait if engine.dialect.is_mariadb else max(1, math.ceil(wait))

@@ -29,7 +29,7 @@ from ._errors import StoreError
 from ._optuna import rdb_models
 from ._outage import StoreUnavailable, is_outage, reason_of
 from ._records import StudySummary, TrialRecord
-from ._url import mask_url
+from ._url import MYSQL, mask_url
 
 models = rdb_models()
 
@@ -64,7 +64,7 @@ def _snapshot(engine: sqlalchemy.engine.Engine) -> Iterator[sqlalchemy.engine.Co
     # One transaction for all queries, so a trial finishing between two of them
     # cannot give a record with the new state and the old values.
     options: dict[str, Any] = {}
-    if engine.dialect.name in ("postgresql", "mysql", "mariadb"):
+    if engine.dialect.name in ("postgresql", *MYSQL):
         # (MySQL's default, but a server may be set to another.)
         options["isolation_level"] = "REPEATABLE READ"
     try:

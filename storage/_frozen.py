@@ -36,6 +36,7 @@ from ._fast import (
 from ._fast import _system_attrs as _system
 from ._fast import _user_attrs as _user
 from ._outage import ride_out
+from ._url import MYSQL
 
 _heartbeats = models.TrialHeartbeatModel.__table__
 
@@ -120,7 +121,7 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
     def _fast(self) -> bool:
         # The SQL here is checked against SQLite, PostgreSQL and MySQL (MariaDB); other
         # databases keep Optuna's own methods.
-        return self.engine.dialect.name in ("sqlite", "postgresql", "mysql", "mariadb")
+        return self.engine.dialect.name in ("sqlite", "postgresql", *MYSQL)
 
     def _upsert(self, table: Any, rows: Any, keys: list[Any], column: str) -> Any:
         """INSERT of ``rows`` that sets ``column`` where a row with the same ``keys``
@@ -128,7 +129,7 @@ class FastRDBStorage(BulkReads, optuna.storages.RDBStorage):
         from sqlalchemy.dialects import mysql, postgresql, sqlite
 
         dialect = self.engine.dialect.name
-        if dialect in ("mysql", "mariadb"):
+        if dialect in MYSQL:
             stmt: Any = mysql.insert(table).values(rows)
             return stmt.on_duplicate_key_update({column: stmt.inserted[column]})
         insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert

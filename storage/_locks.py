@@ -24,9 +24,10 @@ from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
 from ._errors import StoreError
+from ._url import MYSQL
 
 # Times in tuner's own tables: MySQL's DATETIME keeps whole seconds unless told otherwise.
-PRECISE_TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+PRECISE_TIME = DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL)
 
 LOCK_HEARTBEAT_S = 10.0
 LOCK_STALE_AFTER_S = 60.0

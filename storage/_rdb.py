@@ -17,7 +17,7 @@ from ._errors import StoreError
 from ._frozen import FastRDBStorage
 from ._optuna import rdb_backend
 from ._outage import StoreUnavailable, is_outage, reason_of, ride_url
-from ._url import check_url, mask_url
+from ._url import MYSQL, check_url, mask_url
 
 _log = logging.getLogger("tuner.storage")
 
@@ -231,7 +231,7 @@ def _keep_microseconds(engine: sqlalchemy.engine.Engine) -> None:
     """Widen a new MySQL store's trial times to microseconds. Best effort: a user who may
     not alter tables, or a table another session holds, leaves them as Optuna made them
     (with one line in the log)."""
-    if engine.dialect.name not in ("mysql", "mariadb"):
+    if engine.dialect.name not in MYSQL:
         return
     try:
         with engine.begin() as conn:

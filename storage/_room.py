@@ -14,6 +14,8 @@ from typing import Any
 
 import sqlalchemy
 
+from ._url import MYSQL
+
 # Connections a worker holds while it trains (its pool and its heartbeats), as measured
 # on PostgreSQL; a busy worker may hold up to five.
 PER_WORKER = 2
@@ -73,7 +75,7 @@ def connection_room(storage: Any) -> Room | None:
     engine = getattr(storage, "engine", None)
     if engine is None:
         return None
-    if engine.dialect.name in ("mysql", "mariadb"):
+    if engine.dialect.name in MYSQL:
         return _mysql_room(engine)
     if engine.dialect.name != "postgresql":
         return None

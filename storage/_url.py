@@ -13,7 +13,9 @@ from ._errors import StoreError
 ENV_VAR = "TUNER_STORAGE"
 DEFAULT_URL = "sqlite:///tuner.db"
 
-_SUPPORTED = ("sqlite", "postgresql", "mysql", "mariadb")
+# SQLAlchemy's dialect names for MySQL and MariaDB, which tuner treats alike.
+MYSQL = ("mysql", "mariadb")
+_SUPPORTED = ("sqlite", "postgresql", *MYSQL)
 # Catches `scheme://user:secret@host` even where SQLAlchemy cannot parse the rest.
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
 

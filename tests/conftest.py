@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
@@ -138,70 +139,59 @@ def _server_available(url: str) -> bool:
         return False
 
 
+def _server(url: str, name: str, skip_var: str) -> str:
+    """``url`` where its server answers; else the test fails, or skips where ``skip_var``
+    says so."""
+    if not _server_available(url):
+        if os.environ.get(skip_var) == "1":
+            pytest.skip(f"{name} not reachable and {skip_var}=1")
+        pytest.fail(f"{name} is not reachable at {url} (set {skip_var}=1 to skip)")
+    return url
+
+
+@contextlib.contextmanager
+def _fresh_database(server: str) -> Iterator[str]:
+    """A new, empty database on ``server`` (an admin URL), dropped afterwards."""
+    import sqlalchemy
+
+    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    postgres = admin.dialect.name == "postgresql"
+    quoted = f'"{name}"' if postgres else f"`{name}`"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    url = sqlalchemy.engine.make_url(server).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if postgres else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}{force}")
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
-    if not _server_available(PG_ADMIN_URL):
-        if os.environ.get("TUNER_SKIP_POSTGRES") == "1":
-            pytest.skip("PostgreSQL not reachable and TUNER_SKIP_POSTGRES=1")
-        pytest.fail(
-            f"PostgreSQL is not reachable at {PG_ADMIN_URL} (set TUNER_SKIP_POSTGRES=1 to skip)"
-        )
-    return PG_ADMIN_URL
+    return _server(PG_ADMIN_URL, "PostgreSQL", "TUNER_SKIP_POSTGRES")
 
 
 @pytest.fixture
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    import sqlalchemy
-
-    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = (
-        sqlalchemy.engine.make_url(postgres_server)
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
-    try:
+    with _fresh_database(postgres_server) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def mysql_server() -> str:
-    if not _server_available(MYSQL_ADMIN_URL):
-        if os.environ.get("TUNER_SKIP_MYSQL") == "1":
-            pytest.skip("MySQL/MariaDB not reachable and TUNER_SKIP_MYSQL=1")
-        pytest.fail(
-            f"MySQL/MariaDB is not reachable at {MYSQL_ADMIN_URL} (set TUNER_SKIP_MYSQL=1 to skip)"
-        )
-    return MYSQL_ADMIN_URL
+    return _server(MYSQL_ADMIN_URL, "MySQL/MariaDB", "TUNER_SKIP_MYSQL")
 
 
 @pytest.fixture
 def mysql_url(mysql_server: str) -> Iterator[str]:
     """A fresh, empty MySQL/MariaDB database for one test, dropped afterwards."""
-    import sqlalchemy
-
-    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(mysql_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
-    url = (
-        sqlalchemy.engine.make_url(mysql_server)
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
-    try:
+    with _fresh_database(mysql_server) as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
 
 
 _SERVERS = [

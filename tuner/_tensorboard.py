@@ -22,6 +22,7 @@ and ``tuner tensorboard`` lays the study's runs out here again (:func:`unpack_ru
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -217,18 +218,24 @@ _SCRATCH_AGE_S = 86400.0
 
 def scratch_folder() -> Path:
     """A new folder for one trial's run on its way to the study store; folders that
-    killed workers left behind are removed on the way."""
+    killed workers left behind are removed first (once per process)."""
     import tempfile
-    import time
 
     top = Path(tempfile.gettempdir())
+    _clear_old_scratch(top)
+    return Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=top))
+
+
+@functools.cache
+def _clear_old_scratch(top: Path) -> None:
+    import time
+
     with contextlib.suppress(OSError):
         for old in top.glob(_SCRATCH_PREFIX + "*"):
             with contextlib.suppress(OSError):
                 info = old.stat()
                 if info.st_uid == os.getuid() and time.time() - info.st_mtime > _SCRATCH_AGE_S:
                     shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=_SCRATCH_PREFIX, dir=top))
 
 
 def keep_run(trial: optuna.Trial, log: TrialLog, scratch: Path, *, upload: bool = True) -> None:
